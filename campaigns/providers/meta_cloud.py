@@ -1,0 +1,89 @@
+"""Meta's WhatsApp Cloud API: POST {api_base}/{version}/{phone_number_id}/messages."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+
+from campaigns.errors import AMBIGUOUS_CODES
+from campaigns.providers.base import Credentials, OutboundMessage, SendResult
+
+
+def graph_error(body: Any) -> tuple[int | None, str]:
+    """Code and a readable message from a Graph error envelope (details included when present)."""
+    err = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(err, dict):
+        return None, str(body)[:300]
+    code = err.get("code")
+    message = str(err.get("message") or "")
+    details = (err.get("error_data") or {}).get("details") if isinstance(err.get("error_data"), dict) else None
+    if details and details not in message:
+        message = f"{message}: {details}"
+    return (int(code) if isinstance(code, int | str) and str(code).isdigit() else None), message
+
+
+def _retry_after(headers: Any) -> float | None:
+    value = headers.get("Retry-After")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+class MetaCloudProvider:
+    name = "meta_cloud"
+
+    def __init__(self, credentials: Credentials) -> None:
+        c = credentials
+        self.url = f"{c.api_base.rstrip('/')}/{c.graph_version}/{c.phone_number_id}/messages"
+        self.headers = {"Authorization": f"Bearer {c.token}", "Content-Type": "application/json"}
+
+    def supports(self, kind: str) -> bool:
+        return kind in ("text", "template")
+
+    def body(self, msg: OutboundMessage) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": msg.to.removeprefix("+"),
+            "type": msg.kind,
+            "biz_opaque_callback_data": msg.callback_data,
+        }
+        if msg.kind == "text":
+            body["text"] = {"preview_url": False, "body": msg.text}
+        else:
+            body["template"] = msg.template
+        return body
+
+    async def send(self, session: aiohttp.ClientSession, msg: OutboundMessage) -> SendResult:
+        rid = msg.recipient_id
+        data = json.dumps(self.body(msg), ensure_ascii=False).encode()
+        try:
+            async with session.post(self.url, data=data, headers=self.headers) as resp:
+                raw = await resp.read()
+                status = resp.status
+                retry_after = _retry_after(resp.headers)
+        except TimeoutError:
+            # The request may have reached Meta: the outcome is unknown.
+            return SendResult(rid, False, error_message="timeout waiting for the provider", ambiguous=True)
+        except aiohttp.ClientConnectorError as exc:
+            return SendResult(rid, False, error_message=f"connection failed: {exc.os_error}")
+        except aiohttp.ClientError as exc:
+            return SendResult(rid, False, error_message=f"transport error: {exc}", ambiguous=True)
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            payload = raw.decode(errors="replace")
+        if status == 200 and isinstance(payload, dict) and payload.get("messages"):
+            return SendResult(rid, True, message_id=payload["messages"][0].get("id"), http_status=status)
+        code, message = graph_error(payload)
+        ambiguous = code in AMBIGUOUS_CODES or (code is None and status >= 500)
+        return SendResult(rid, False, None, code, message or f"HTTP {status}", status, ambiguous, retry_after)
+
+
+class SandboxProvider(MetaCloudProvider):
+    """The built-in sandbox speaks Meta's wire format; only its address differs."""
+
+    name = "sandbox"

@@ -1,0 +1,144 @@
+"""Tables (SQLAlchemy Core). Alembic migrations create them; this module is how code names them.
+
+Every row carries organization_id so that every query can be scoped by tenant.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+
+metadata = sa.MetaData()
+
+_now = sa.text("now()")
+_uuid = sa.text("gen_random_uuid()")
+
+organizations = sa.Table(
+    "organizations",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True, server_default=_uuid),
+    sa.Column("name", sa.Text, nullable=False, unique=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+)
+
+whatsapp_numbers = sa.Table(
+    "whatsapp_numbers",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True, server_default=_uuid),
+    sa.Column("organization_id", UUID(as_uuid=True), sa.ForeignKey("organizations.id"), nullable=False),
+    sa.Column("provider", sa.Text, nullable=False),
+    sa.Column("phone_number_id", sa.Text, nullable=False),
+    sa.Column("display_phone_number", sa.Text),
+    sa.Column("block_name", sa.Text, nullable=False),
+    sa.Column("mps", sa.Integer, nullable=False, server_default="80"),
+    sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.UniqueConstraint("organization_id", "phone_number_id"),
+    sa.CheckConstraint("provider in ('meta_cloud', 'evolution', 'sandbox')", name="provider_known"),
+)
+
+contacts = sa.Table(
+    "contacts",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True, server_default=_uuid),
+    sa.Column("organization_id", UUID(as_uuid=True), sa.ForeignKey("organizations.id"), nullable=False),
+    sa.Column("phone", sa.Text, nullable=False),
+    sa.Column("name", sa.Text),
+    sa.Column("tags", ARRAY(sa.Text), nullable=False, server_default="{}"),
+    sa.Column("attributes", JSONB, nullable=False, server_default="{}"),
+    sa.Column("opted_out_at", sa.DateTime(timezone=True)),
+    sa.Column("last_inbound_at", sa.DateTime(timezone=True)),
+    sa.Column("in_conversation", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Index("ix_contacts_org_phone", "organization_id", "phone"),
+    sa.Index("ix_contacts_tags", "tags", postgresql_using="gin"),
+)
+
+CAMPAIGN_STATUSES = ("draft", "scheduled", "running", "paused", "completed", "cancelled", "failed")
+
+campaigns = sa.Table(
+    "campaigns",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True, server_default=_uuid),
+    sa.Column("organization_id", UUID(as_uuid=True), sa.ForeignKey("organizations.id"), nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("description", sa.Text),
+    sa.Column("campaign_type", sa.Text, nullable=False, server_default="broadcast"),
+    sa.Column("whatsapp_number_id", UUID(as_uuid=True), sa.ForeignKey("whatsapp_numbers.id"), nullable=False),
+    sa.Column("message_type", sa.Text, nullable=False),
+    sa.Column("message_content", JSONB, nullable=False),
+    sa.Column("template_variables", JSONB, nullable=False, server_default="{}"),
+    sa.Column("audience_type", sa.Text, nullable=False),
+    sa.Column("audience_filter", JSONB, nullable=False, server_default="{}"),
+    sa.Column("messages_per_hour", sa.Integer),
+    sa.Column("delay_between_messages_seconds", sa.Float, nullable=False, server_default="2"),
+    sa.Column("retry_max_attempts", sa.Integer, nullable=False, server_default="3"),
+    sa.Column("retry_base_delay", sa.Integer, nullable=False, server_default="60"),
+    sa.Column("retry_max_delay", sa.Integer, nullable=False, server_default="3600"),
+    sa.Column("respect_opt_out", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("skip_active_conversations", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("scheduled_at", sa.DateTime(timezone=True)),
+    sa.Column("status", sa.Text, nullable=False, server_default="draft"),
+    sa.Column("paused_reason", sa.Text),
+    sa.Column("resume_at", sa.DateTime(timezone=True)),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("completed_at", sa.DateTime(timezone=True)),
+    sa.Column("total_recipients", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error_message", sa.Text),
+    sa.Column("error_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("flow_run_id", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Index("ix_campaigns_org_status", "organization_id", "status"),
+    sa.Index("ix_campaigns_due", "scheduled_at", postgresql_where=sa.text("status = 'scheduled'")),
+    sa.CheckConstraint(
+        "status in ('draft','scheduled','running','paused','completed','cancelled','failed')",
+        name="campaign_status_known",
+    ),
+)
+
+RECIPIENT_STATUSES = ("pending", "sending", "sent", "delivered", "read", "failed", "skipped", "cancelled")
+
+campaign_recipients = sa.Table(
+    "campaign_recipients",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("campaign_id", UUID(as_uuid=True), sa.ForeignKey("campaigns.id"), nullable=False),
+    sa.Column("organization_id", UUID(as_uuid=True), nullable=False),
+    sa.Column("contact_id", UUID(as_uuid=True), nullable=False),
+    sa.Column("phone", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("skip_reason", sa.Text),
+    sa.Column("error_code", sa.Integer),
+    sa.Column("error_message", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("attempt_log", JSONB, nullable=False, server_default="[]"),
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True)),
+    sa.Column("claimed_at", sa.DateTime(timezone=True)),
+    sa.Column("wamid", sa.Text),
+    sa.Column("sent_at", sa.DateTime(timezone=True)),
+    sa.Column("delivered_at", sa.DateTime(timezone=True)),
+    sa.Column("read_at", sa.DateTime(timezone=True)),
+    sa.Column("failed_at", sa.DateTime(timezone=True)),
+    sa.Column("replied_at", sa.DateTime(timezone=True)),
+    # Serves the batch claim (status='pending' order by id), stats by status and progress, index-only.
+    # (campaign_id, contact_id) is unique by construction: the audience is written once, deduplicated.
+    sa.Index("ix_recipients_campaign_status_id", "campaign_id", "status", "id"),
+    sa.Index("ux_recipients_wamid", "wamid", unique=True, postgresql_where=sa.text("wamid is not null")),
+)
+
+webhook_events = sa.Table(
+    "webhook_events",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("provider", sa.Text, nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("payload", JSONB),
+    sa.Column("state", sa.Text, nullable=False, server_default="pending"),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("processed_at", sa.DateTime(timezone=True)),
+    sa.Column("error", sa.Text),
+    sa.Index("ix_webhook_events_pending", "id", postgresql_where=sa.text("state = 'pending'")),
+)

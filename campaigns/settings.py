@@ -1,0 +1,47 @@
+"""Process-wide settings, read from the environment once.
+
+Per-number credentials are not here: they live in Prefect blocks named on the number's row.
+Unset URLs mean "use the embedded defaults" (see `campaigns.embedded`).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore")
+
+    database_url: str | None = Field(None, description="postgresql:// URL; unset = embedded pgserver")
+    redis_url: str | None = Field(None, description="redis:// URL; unset = embedded redis-server")
+    prefect_api_url: str | None = Field(None, description="Prefect API; unset = local background server")
+    campaigns_home: Path = Field(Path(".campaigns"), description="where embedded servers keep their data")
+
+    # Send path tuning.
+    batch_size: int = Field(100, ge=1, le=5000)
+    parallel_batches: int = Field(4, ge=1, le=64, description="send_batch tasks running at once per flow run")
+    http_max_connections: int = Field(1000, ge=1)
+    http_timeout_seconds: float = Field(30.0, gt=0)
+    rate_headroom: float = Field(0.04, ge=0, lt=1, description="share of a number's mps left for replies")
+    control_poll_seconds: float = Field(0.5, gt=0, description="how often in-flight sends re-read the status")
+    reconcile_grace_seconds: float = Field(
+        120.0, ge=0, description="how long a send of unknown outcome waits for its status webhook"
+    )
+    default_country_code: str = Field("55", description="prepended to imported phones without one")
+
+    # Webhooks.
+    meta_app_secret: SecretStr | None = Field(None, description="the Meta app's secret for X-Hub-Signature-256")
+    webhook_max_body_bytes: int = Field(3 * 1024 * 1024)
+
+    # Prefect.
+    send_concurrency_tag: str = Field("whatsapp-send", description="tag limit across all flow runs")
+    send_concurrency_limit: int = Field(16, ge=1)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
