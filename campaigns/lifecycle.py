@@ -1,0 +1,204 @@
+"""Campaign lifecycle: draft → scheduled → running ⇄ paused → completed | cancelled | failed.
+
+Every function takes the organization and scopes its queries by it: a campaign of another tenant is
+"Campaign not found", exactly as for a missing one. Transitions are single guarded UPDATEs, so two
+operators acting at once cannot break the state machine.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from campaigns.models import CampaignCreate
+from campaigns.schema import campaigns, organizations, whatsapp_numbers
+
+EDITABLE = ("draft", "scheduled", "paused")
+STARTABLE = ("draft", "scheduled")
+TERMINAL = ("completed", "cancelled", "failed")
+
+
+class CampaignError(Exception):
+    """An operation refused, with the HTTP status the API answers."""
+
+    status_code = 400
+
+    def __init__(self, message: str, details: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+
+
+class NotFound(CampaignError):
+    status_code = 404
+
+
+class Conflict(CampaignError):
+    status_code = 409
+
+
+class Invalid(CampaignError):
+    status_code = 422
+
+
+def org_id_by_name(conn: sa.Connection, name_or_id: str) -> uuid.UUID:
+    try:
+        cond = organizations.c.id == uuid.UUID(name_or_id)
+    except ValueError:
+        cond = organizations.c.name == name_or_id
+    found = conn.execute(sa.select(organizations.c.id).where(cond)).scalar()
+    if found is None:
+        raise NotFound(f"Organization not found: {name_or_id}")
+    return found
+
+
+def add_org(conn: sa.Connection, name: str) -> uuid.UUID:
+    stmt = (
+        sa.dialects.postgresql.insert(organizations)
+        .values(name=name)
+        .on_conflict_do_update(index_elements=["name"], set_={"name": name})
+        .returning(organizations.c.id)
+    )
+    return conn.execute(stmt).scalar_one()
+
+
+def get_number(conn: sa.Connection, org: uuid.UUID, number_id: uuid.UUID) -> dict[str, Any]:
+    row = conn.execute(
+        sa.select(whatsapp_numbers).where(whatsapp_numbers.c.id == number_id, whatsapp_numbers.c.organization_id == org)
+    ).mappings().first()
+    if row is None:
+        raise NotFound("WhatsApp number not found")
+    return dict(row)
+
+
+def create(conn: sa.Connection, org: uuid.UUID, body: CampaignCreate) -> uuid.UUID:
+    try:
+        number = get_number(conn, org, body.whatsapp_number_id)
+    except NotFound:
+        raise Invalid("whatsapp_number_id: no such WhatsApp number in this organization") from None
+    if body.message_type == "template" and number["provider"] == "evolution":
+        raise Invalid("message_type: Evolution numbers cannot send templates; use a text message")
+    values = body.model_dump(mode="json")
+    values["whatsapp_number_id"] = body.whatsapp_number_id
+    values["scheduled_at"] = body.scheduled_at
+    values["status"] = "draft"
+    return conn.execute(
+        sa.insert(campaigns).values(organization_id=org, **values).returning(campaigns.c.id)
+    ).scalar_one()
+
+
+def get(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID | str, *, lock: bool = False) -> dict[str, Any]:
+    try:
+        cid = uuid.UUID(str(campaign_id))
+    except ValueError:
+        raise NotFound("Campaign not found") from None
+    stmt = sa.select(campaigns).where(campaigns.c.id == cid, campaigns.c.organization_id == org)
+    if lock:
+        stmt = stmt.with_for_update()
+    row = conn.execute(stmt).mappings().first()
+    if row is None:
+        raise NotFound("Campaign not found")
+    return dict(row)
+
+
+def get_any_org(conn: sa.Connection, campaign_id: uuid.UUID) -> dict[str, Any]:
+    """For the flow, which receives only a campaign id (the organization comes from the row)."""
+    row = conn.execute(sa.select(campaigns).where(campaigns.c.id == campaign_id)).mappings().first()
+    if row is None:
+        raise NotFound("Campaign not found")
+    return dict(row)
+
+
+def update(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID, changes: dict[str, Any]) -> None:
+    current = get(conn, org, campaign_id, lock=True)
+    if current["status"] not in EDITABLE:
+        raise Conflict("Cannot edit running campaign" if current["status"] == "running" else
+                       f"Cannot edit a {current['status']} campaign")
+    merged = {k: v for k, v in current.items() if k in CampaignCreate.model_fields}
+    merged["audience_filter"] = merged.get("audience_filter") or {}
+    merged.update(changes)
+    body = CampaignCreate.model_validate(merged)
+    values = body.model_dump(mode="json", include=set(changes))
+    conn.execute(sa.update(campaigns).where(campaigns.c.id == current["id"]).values(**values, updated_at=sa.func.now()))
+
+
+@dataclass(frozen=True)
+class Transition:
+    status: str
+    previous: str
+
+
+def _transition(
+    conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID, allowed: tuple[str, ...], values: dict[str, Any],
+    refusal: str,
+) -> Transition:
+    current = get(conn, org, campaign_id, lock=True)
+    if current["status"] not in allowed:
+        raise Conflict(refusal.format(status=current["status"]))
+    conn.execute(
+        sa.update(campaigns).where(campaigns.c.id == current["id"]).values(**values, updated_at=sa.func.now())
+    )
+    return Transition(values.get("status", current["status"]), current["status"])
+
+
+def mark_running(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID) -> Transition:
+    return _transition(
+        conn, org, campaign_id, STARTABLE,
+        {"status": "running", "started_at": sa.func.coalesce(campaigns.c.started_at, sa.func.now()),
+         "paused_reason": None, "resume_at": None},
+        "Cannot start a {status} campaign",
+    )
+
+
+def pause(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID, reason: str = "operator",
+          message: str | None = None) -> Transition:
+    values: dict[str, Any] = {"status": "paused", "paused_reason": reason}
+    if message:
+        values["last_error_message"] = message
+    return _transition(conn, org, campaign_id, ("running", "scheduled"), values, "Cannot pause a {status} campaign")
+
+
+def resume(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID) -> Transition:
+    return _transition(
+        conn, org, campaign_id, ("paused",), {"status": "running", "paused_reason": None, "resume_at": None},
+        "Cannot resume a {status} campaign",
+    )
+
+
+def cancel(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID) -> Transition:
+    """Final. Pending rows become cancelled at once; rows in flight are cancelled by their batch."""
+    t = _transition(
+        conn, org, campaign_id, ("draft", "scheduled", "running", "paused"),
+        {"status": "cancelled", "completed_at": sa.func.now()}, "Cannot cancel a {status} campaign",
+    )
+    conn.execute(
+        sa.text("update campaign_recipients set status = 'cancelled' where campaign_id = :c and status = 'pending'"),
+        {"c": campaign_id},
+    )
+    return t
+
+
+def pause_for_error(conn: sa.Connection, campaign_id: uuid.UUID, reason: str, message: str) -> bool:
+    """Pause a running campaign from inside the send path (auth_error, template_paused, payment, quality)."""
+    return bool(conn.execute(
+        sa.update(campaigns)
+        .where(campaigns.c.id == campaign_id, campaigns.c.status == "running")
+        .values(status="paused", paused_reason=reason, last_error_message=message, updated_at=sa.func.now())
+    ).rowcount)
+
+
+def complete_if_done(conn: sa.Connection, campaign_id: uuid.UUID) -> bool:
+    """Completed is a query: nothing pending and nothing in flight."""
+    return bool(conn.execute(sa.text("""
+        update campaigns set status = 'completed', completed_at = now(), updated_at = now()
+        where id = :c and status = 'running' and not exists (
+            select 1 from campaign_recipients where campaign_id = :c and status in ('pending', 'sending'))
+    """), {"c": campaign_id}).rowcount)
+
+
+def as_json(row: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(row, default=str))

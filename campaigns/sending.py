@@ -1,0 +1,341 @@
+"""The send path of one batch: claim rows, render, pace, send concurrently, record every outcome in bulk.
+
+Exactly-once rests on Postgres, not on Prefect: a batch claims its rows in one statement
+(pending → sending, FOR UPDATE SKIP LOCKED), so a retried task or a second flow run cannot claim them
+again; outcomes are written in one UPDATE per batch. A row still in `sending` after its batch is an
+unknown outcome (a crash, a timeout after the request left): `reconcile.py` settles it from the status
+webhooks that carry our recipient id before anything is resent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from campaigns.engine import SendEngine
+from campaigns.errors import FailureClass, classify, pause_reason
+from campaigns.lifecycle import pause_for_error
+from campaigns.providers import OutboundMessage, Provider, SendResult
+from campaigns.ratelimit import Limit, campaign_limit, chunk_size, number_limit
+from campaigns.rendering import RenderError, contact_values, render_template, render_text
+
+log = logging.getLogger(__name__)
+
+CLAIM = sa.text("""
+    with picked as (
+        select r.id from campaign_recipients r
+        where r.campaign_id = :campaign and r.status = 'pending'
+          and (r.next_attempt_at is null or r.next_attempt_at <= now())
+          and exists (select 1 from campaigns c where c.id = :campaign and c.status = 'running')
+        order by r.id
+        limit :limit
+        for update of r skip locked
+    )
+    update campaign_recipients r
+    set status = 'sending', claimed_at = now(), attempts = r.attempts + 1
+    from picked, contacts ct
+    where r.id = picked.id and ct.id = r.contact_id
+    returning r.id, r.phone, r.attempts, ct.name, ct.attributes, ct.opted_out_at
+""")
+
+RECORD = sa.text("""
+    update campaign_recipients r set
+        status = v.status,
+        wamid = coalesce(v.wamid, r.wamid),
+        sent_at = case when v.status = 'sent' then coalesce(r.sent_at, v.at) else r.sent_at end,
+        failed_at = case when v.status = 'failed' then v.at else r.failed_at end,
+        error_code = coalesce(v.code, case when v.status in ('sent', 'pending') then null else r.error_code end),
+        error_message = case when v.status = 'sent' then null else coalesce(v.message, r.error_message) end,
+        skip_reason = coalesce(v.skip_reason, r.skip_reason),
+        next_attempt_at = v.next_at,
+        attempts = r.attempts + v.attempts_delta,
+        attempt_log = case when v.entry is null then r.attempt_log else r.attempt_log || jsonb_build_array(v.entry) end
+    from unnest(
+        cast(:ids as bigint[]), cast(:statuses as text[]), cast(:wamids as text[]), cast(:codes as int[]),
+        cast(:messages as text[]), cast(:skip_reasons as text[]), cast(:next_ats as timestamptz[]),
+        cast(:deltas as int[]), cast(:entries as jsonb[]), cast(:ats as timestamptz[])
+    ) as v(id, status, wamid, code, message, skip_reason, next_at, attempts_delta, entry, at)
+    where r.id = v.id and r.status = 'sending'
+""")
+
+
+@dataclass
+class Claimed:
+    id: int
+    phone: str
+    attempts: int
+    name: str | None
+    attributes: dict[str, Any]
+    opted_out: bool
+
+
+@dataclass
+class Outcome:
+    """What to write for one recipient after its batch."""
+
+    id: int
+    status: str  # sent | failed | pending | skipped | cancelled | sending (unknown)
+    wamid: str | None = None
+    code: int | None = None
+    message: str | None = None
+    skip_reason: str | None = None
+    next_at: datetime | None = None
+    attempts_delta: int = 0  # -1 when the message was never attempted (pause, rate limit)
+    entry: dict[str, Any] | None = None  # the attempt log entry
+    at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+@dataclass
+class BatchCounts:
+    claimed: int = 0
+    sent: int = 0
+    failed: int = 0
+    retrying: int = 0
+    skipped: int = 0
+    unknown: int = 0
+    returned: int = 0  # not attempted: back to pending (pause) or cancelled
+    paused_reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class CampaignSpec:
+    """The parts of a campaign row the send path needs (plain data: picklable, loggable)."""
+
+    id: uuid.UUID
+    organization_id: uuid.UUID
+    number_id: uuid.UUID
+    message_type: str
+    message_content: dict[str, Any]
+    template_variables: dict[str, Any]
+    respect_opt_out: bool
+    messages_per_hour: int | None
+    delay_seconds: float
+    retry_max_attempts: int
+    retry_base_delay: int
+    retry_max_delay: int
+    mps: int
+
+    @classmethod
+    def from_rows(cls, campaign: dict[str, Any], number: dict[str, Any]) -> CampaignSpec:
+        return cls(
+            id=campaign["id"], organization_id=campaign["organization_id"], number_id=number["id"],
+            message_type=campaign["message_type"], message_content=campaign["message_content"],
+            template_variables=campaign["template_variables"] or {}, respect_opt_out=campaign["respect_opt_out"],
+            messages_per_hour=campaign["messages_per_hour"], delay_seconds=campaign["delay_between_messages_seconds"],
+            retry_max_attempts=campaign["retry_max_attempts"], retry_base_delay=campaign["retry_base_delay"],
+            retry_max_delay=campaign["retry_max_delay"], mps=number["mps"],
+        )
+
+    def limits(self, headroom: float) -> list[Limit]:
+        limits = [number_limit(str(self.number_id), self.mps, headroom)]
+        own = campaign_limit(str(self.id), self.messages_per_hour, self.delay_seconds)
+        return [*limits, own] if own else limits
+
+    def claim_size(self, batch_size: int, headroom: float) -> int:
+        """At most ~30 s of sending at this campaign's pace, so claimed rows never wait long."""
+        step = max(limit.interval_us for limit in self.limits(headroom)) / 1_000_000
+        return max(1, min(batch_size, math.ceil(30 / step)))
+
+
+def claim(conn: sa.Connection, campaign_id: uuid.UUID, limit: int) -> list[Claimed]:
+    rows = conn.execute(CLAIM, {"campaign": campaign_id, "limit": limit}).all()
+    return [
+        Claimed(r.id, r.phone, r.attempts, r.name, r.attributes or {}, r.opted_out_at is not None)
+        for r in sorted(rows, key=lambda r: r.id)
+    ]
+
+
+def prepare(spec: CampaignSpec, rows: list[Claimed]) -> tuple[list[OutboundMessage], list[Outcome]]:
+    """Render each message; opt-outs since the audience was built and render errors settle at once."""
+    messages: list[OutboundMessage] = []
+    settled: list[Outcome] = []
+    for row in rows:
+        if spec.respect_opt_out and row.opted_out:
+            settled.append(Outcome(row.id, "skipped", skip_reason="opt_out", attempts_delta=-1))
+            continue
+        values = contact_values({"name": row.name, "phone": row.phone, "attributes": row.attributes})
+        try:
+            if spec.message_type == "text":
+                msg = OutboundMessage(row.id, row.phone, "text", text=render_text(spec.message_content["text"], values))
+            else:
+                template = render_template(spec.message_content, spec.template_variables, values)
+                msg = OutboundMessage(row.id, row.phone, "template", template=template)
+        except RenderError as exc:
+            entry = _entry(row.attempts, False, None, str(exc))
+            settled.append(Outcome(row.id, "failed", message=str(exc), entry=entry))
+            continue
+        messages.append(msg)
+    return messages, settled
+
+
+async def deliver(
+    engine: SendEngine, provider: Provider, spec: CampaignSpec, messages: list[OutboundMessage]
+) -> dict[int, SendResult | None]:
+    """Send at the reserved slots, many requests in flight. None = not attempted (campaign stopped)."""
+    control = engine.control
+    control.register(spec.id, "running")
+    limits = spec.limits(engine.settings.rate_headroom)
+    results: dict[int, SendResult | None] = {m.recipient_id: None for m in messages}
+    loop = asyncio.get_running_loop()
+
+    async def send_at(when: float, msg: OutboundMessage) -> None:
+        delay = when - loop.time()
+        if delay > 0 and not await control.sleep(spec.id, delay):
+            return
+        if control.running(spec.id):
+            result = await provider.send(engine.session, msg)
+            results[msg.recipient_id] = result
+            if not result.ok and not result.ambiguous and classify(result.error_code) is FailureClass.CAMPAIGN:
+                # Stop this process's other sends now; the batch records the pause in Postgres.
+                control.stop(spec.id, "paused")
+
+    inflight: list[asyncio.Task[None]] = []
+    try:
+        i = 0
+        while i < len(messages) and control.running(spec.id):
+            n = chunk_size(limits, len(messages) - i)
+            reservation = await engine.limiter.reserve(limits, n)
+            base = loop.time()
+            offsets = reservation.offsets()
+            inflight += [asyncio.create_task(send_at(base + off, messages[i + k])) for k, off in enumerate(offsets)]
+            i += n
+            # Reserve the next chunk only when this one is nearly due: slots are never hoarded.
+            await control.sleep(spec.id, max(0.0, offsets[-1] - reservation.step_s))
+        await asyncio.gather(*inflight)
+    finally:
+        control.unregister(spec.id)
+    return results
+
+
+def _entry(attempt: int, success: bool, code: int | None, message: str | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"attempt": attempt, "success": success, "timestamp": datetime.now(UTC).isoformat()}
+    if code is not None:
+        entry["error_code"] = code
+    if message:
+        entry["error_message"] = message[:500]
+    return entry
+
+
+def backoff(spec: CampaignSpec, attempt: int, rng: random.Random) -> timedelta:
+    """base·2^(attempt-1), capped at retry_max_delay, with ±20% jitter: 60 s, 120 s, 240 s by default."""
+    seconds = min(spec.retry_base_delay * 2 ** max(attempt - 1, 0), spec.retry_max_delay)
+    return timedelta(seconds=seconds * rng.uniform(0.8, 1.2))
+
+
+def outcome_for(
+    spec: CampaignSpec, row: Claimed, result: SendResult | None, status_now: str, rng: random.Random
+) -> Outcome:
+    """Pure decision for one recipient: the failure classes of errors.py turned into row changes."""
+    now = datetime.now(UTC)
+    if result is None:  # never attempted: the campaign was paused or cancelled meanwhile
+        return Outcome(row.id, "cancelled" if status_now == "cancelled" else "pending", attempts_delta=-1)
+    if result.ok:
+        return Outcome(row.id, "sent", wamid=result.message_id, entry=_entry(row.attempts, True, None, None), at=now)
+    entry = _entry(row.attempts, False, result.error_code, result.error_message)
+    if result.ambiguous:
+        # It may have been accepted: leave it in `sending` for reconciliation; never resend blindly.
+        return Outcome(row.id, "sending", code=result.error_code, message=result.error_message, entry=entry)
+    cls = classify(result.error_code)
+    if cls is FailureClass.RECIPIENT:
+        return Outcome(row.id, "failed", code=result.error_code, message=result.error_message, entry=entry, at=now)
+    if cls is FailureClass.CAMPAIGN:
+        # Nothing pending is marked failed: the row waits for the campaign to be fixed and resumed.
+        return Outcome(row.id, "pending", code=result.error_code, message=result.error_message, entry=entry,
+                       attempts_delta=-1)
+    if cls is FailureClass.RATE:
+        wait = result.retry_after or (4 ** min(row.attempts, 4) if result.error_code == 131056 else 1.0)
+        return Outcome(row.id, "pending", code=result.error_code, message=result.error_message, entry=entry,
+                       next_at=now + timedelta(seconds=wait), attempts_delta=-1)
+    if cls is FailureClass.UNKNOWN:
+        log.warning("unknown provider error code %s: %s", result.error_code, result.error_message)
+    if row.attempts >= spec.retry_max_attempts:
+        message = f"retries exhausted after {row.attempts} attempts: {result.error_message}"
+        return Outcome(row.id, "failed", code=result.error_code, message=message, entry=entry, at=now)
+    return Outcome(row.id, "pending", code=result.error_code, message=result.error_message, entry=entry,
+                   next_at=now + backoff(spec, row.attempts, rng))
+
+
+def record(conn: sa.Connection, spec: CampaignSpec, outcomes: list[Outcome]) -> int:
+    if not outcomes:
+        return 0
+    cols = list(zip(*[
+        (o.id, o.status, o.wamid, o.code, o.message, o.skip_reason, o.next_at, o.attempts_delta,
+         json.dumps(o.entry) if o.entry else None, o.at)
+        for o in outcomes
+    ], strict=True))
+    names = ("ids", "statuses", "wamids", "codes", "messages", "skip_reasons", "next_ats", "deltas", "entries", "ats")
+    updated = conn.execute(RECORD, dict(zip(names, map(list, cols), strict=True))).rowcount
+    errors = [o for o in outcomes if o.status == "failed" or (o.code is not None and o.status != "sent")]
+    if errors:
+        conn.execute(
+            sa.text("update campaigns set error_count = error_count + :n, last_error_message = :m, updated_at = now() "
+                    "where id = :c"),
+            {"n": len(errors), "m": errors[-1].message, "c": spec.id},
+        )
+    return updated
+
+
+def tally(outcomes: list[Outcome]) -> BatchCounts:
+    counts = BatchCounts(claimed=len(outcomes))
+    for o in outcomes:
+        if o.status == "sent":
+            counts.sent += 1
+        elif o.status == "failed":
+            counts.failed += 1
+        elif o.status == "skipped":
+            counts.skipped += 1
+        elif o.status == "sending":
+            counts.unknown += 1
+        elif o.status == "pending" and o.entry is not None:
+            counts.retrying += 1
+        else:
+            counts.returned += 1
+    return counts
+
+
+def send_batch(
+    db: sa.Engine, engine: SendEngine, provider: Provider, spec: CampaignSpec, batch_size: int
+) -> BatchCounts:
+    """Claim up to `batch_size` pending rows of the campaign, send them, record the outcomes."""
+    with db.begin() as conn:
+        rows = claim(conn, spec.id, spec.claim_size(batch_size, engine.settings.rate_headroom))
+    if not rows:
+        return BatchCounts()
+    started = time.monotonic()
+    messages, settled = prepare(spec, rows)
+    results = engine.run(deliver(engine, provider, spec, messages)) if messages else {}
+    with db.connect() as conn:
+        status_now = conn.execute(sa.text("select status from campaigns where id = :c"), {"c": spec.id}).scalar_one()
+    rng = random.Random()
+    by_id = {r.id: r for r in rows}
+    outcomes = settled + [outcome_for(spec, by_id[rid], res, status_now, rng) for rid, res in results.items()]
+    counts = tally(outcomes)
+    campaign_errors = [
+        (o, res) for o in outcomes
+        if (res := results.get(o.id)) is not None and not res.ok and not res.ambiguous
+        and classify(res.error_code) is FailureClass.CAMPAIGN
+    ]
+    with db.begin() as conn:
+        record(conn, spec, outcomes)
+        if campaign_errors:
+            outcome, res = campaign_errors[0]
+            reason = pause_reason(res.error_code or 0)
+            message = f"({res.error_code}) {res.error_message}"
+            if pause_for_error(conn, spec.id, reason, message):
+                log.warning("campaign %s paused: %s %s", spec.id, reason, message)
+            counts.paused_reason = reason
+    log.info("batch of %d done in %.2fs: %s", len(rows), time.monotonic() - started, counts.as_dict())
+    return counts
