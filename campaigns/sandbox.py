@@ -321,8 +321,16 @@ class _Outgoing:
 
     __slots__ = ("to", "wa_id", "type", "body", "template", "rendered", "biz")
 
-    def __init__(self, to: str, wa_id: str, type_: str, body: str | None, template: dict[str, Any] | None,
-                 rendered: str, biz: str | None) -> None:
+    def __init__(
+        self,
+        to: str,
+        wa_id: str,
+        type_: str,
+        body: str | None,
+        template: dict[str, Any] | None,
+        rendered: str,
+        biz: str | None,
+    ) -> None:
         self.to = to
         self.wa_id = wa_id
         self.type = type_
@@ -529,8 +537,9 @@ class Sandbox:
 
     # ---- read-only views ----------------------------------------------------------------------------
 
-    def messages(self, biz: str | None = None, to: str | None = None,
-                 phone_number_id: str | None = None) -> list[dict[str, Any]]:
+    def messages(
+        self, biz: str | None = None, to: str | None = None, phone_number_id: str | None = None
+    ) -> list[dict[str, Any]]:
         """Copies of the accepted-message records, optionally filtered."""
         return [
             dict(r)
@@ -604,13 +613,20 @@ class Sandbox:
         scheme, _, token = (header or "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            raise GraphError(190, "Invalid OAuth access token - Cannot parse access token",
-                             details="Missing or malformed Authorization header.")
+            raise GraphError(
+                190,
+                "Invalid OAuth access token - Cannot parse access token",
+                details="Missing or malformed Authorization header.",
+            )
         if phone_number_id in cfg.tokens:
             expected = cfg.tokens[phone_number_id]
             if expected is None or not hmac.compare_digest(expected.encode(), token.encode()):
-                raise GraphError(190, "Error validating access token: Session has expired",
-                                 details="The access token is invalid or has expired.", subcode=463)
+                raise GraphError(
+                    190,
+                    "Error validating access token: Session has expired",
+                    details="The access token is invalid or has expired.",
+                    subcode=463,
+                )
 
     def _check_throughput(self, cfg: SandboxConfig, phone_number_id: str, now: float) -> deque[float]:
         """Prune this number's 1-s window and answer 130429 if one more message would exceed ``mps_cap``."""
@@ -638,8 +654,9 @@ class Sandbox:
             return rule
         return None
 
-    def _accept(self, phone_number_id: str, msg: _Outgoing, now: float, window: deque[float],
-                rule: FailureRule | None) -> dict[str, Any]:
+    def _accept(
+        self, phone_number_id: str, msg: _Outgoing, now: float, window: deque[float], rule: FailureRule | None
+    ) -> dict[str, Any]:
         window.append(now)
         if len(window) > self._max_window_by_phone.get(phone_number_id, 0):
             self._max_window_by_phone[phone_number_id] = len(window)
@@ -671,8 +688,9 @@ class Sandbox:
 
     # ---- webhook scheduling -------------------------------------------------------------------------
 
-    def _push(self, cfg: SandboxConfig, offset_s: float, phone_number_id: str, kind: str,
-              item: dict[str, Any], now: float) -> None:
+    def _push(
+        self, cfg: SandboxConfig, offset_s: float, phone_number_id: str, kind: str, item: dict[str, Any], now: float
+    ) -> None:
         """Schedule one event ``offset_s`` from now (plus shuffle jitter), maybe twice."""
         due = now + offset_s
         if cfg.shuffle:
@@ -706,8 +724,12 @@ class Sandbox:
             failed = status("failed", t_sent, errors=[rule.error().webhook_error()])
             self._push(cfg, t_sent, pnid, "status", failed, now)
             return
-        pricing = {"billable": True, "pricing_model": "PMP", "type": "regular",
-                   "category": "marketing" if record["type"] == "template" else "service"}
+        pricing = {
+            "billable": True,
+            "pricing_model": "PMP",
+            "type": "regular",
+            "category": "marketing" if record["type"] == "template" else "service",
+        }
         self._push(cfg, t_sent, pnid, "status", status("sent", t_sent, pricing=pricing), now)
         if self._rng.random() >= cfg.delivered_rate:
             return
@@ -742,6 +764,8 @@ class Sandbox:
 
     async def start_webhooks(self) -> None:
         """Create the long-lived client session and the dispatcher task (on the serving loop)."""
+        if self._record_file is None:
+            self._open_record_file()
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=False))
         self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="sandbox-webhook-dispatcher")
 
@@ -796,8 +820,12 @@ class Sandbox:
                 changes.append({"field": "messages", "value": value})
             for chunk in _chunks(replies, cfg.webhook_statuses_per_change):
                 contacts = list({r["contact"]["wa_id"]: r["contact"] for r in chunk}.values())
-                value = {"messaging_product": "whatsapp", "metadata": metadata, "contacts": contacts,
-                         "messages": [r["message"] for r in chunk]}
+                value = {
+                    "messaging_product": "whatsapp",
+                    "metadata": metadata,
+                    "contacts": contacts,
+                    "messages": [r["message"] for r in chunk],
+                }
                 changes.append({"field": "messages", "value": value})
         entries = [
             {"id": waba, "changes": chunk}
@@ -822,7 +850,9 @@ class Sandbox:
                 }
                 try:
                     async with self._session.post(
-                        cfg.webhook_url, data=body, headers=headers,
+                        cfg.webhook_url,
+                        data=body,
+                        headers=headers,
                         timeout=aiohttp.ClientTimeout(total=cfg.webhook_timeout_s),
                     ) as resp:
                         await resp.read()
@@ -839,8 +869,9 @@ class Sandbox:
                 if attempt < cfg.webhook_max_retries:
                     await asyncio.sleep(min(5.0, cfg.webhook_retry_backoff_ms / 1000.0 * 2**attempt))
             self._webhook_events_dropped += len(batch)
-            logger.warning("dropping %d webhook events after %d failed POSTs", len(batch),
-                           self._cfg.webhook_max_retries + 1)
+            logger.warning(
+                "dropping %d webhook events after %d failed POSTs", len(batch), self._cfg.webhook_max_retries + 1
+            )
         finally:
             self._pending -= len(batch)
             self._inflight_posts -= 1
@@ -883,8 +914,9 @@ class Sandbox:
         data = await _json_object(request)
         pnid, token = data.get("phone_number_id"), data.get("token")
         if not isinstance(pnid, str) or not (token is None or isinstance(token, str)):
-            raise web.HTTPBadRequest(text='{"error": "need phone_number_id (str) and token (str or null)"}',
-                                     content_type="application/json")
+            raise web.HTTPBadRequest(
+                text='{"error": "need phone_number_id (str) and token (str or null)"}', content_type="application/json"
+            )
         self.set_token(pnid, token)
         return web.json_response({"phone_number_id": pnid, "token": token})
 
@@ -892,8 +924,9 @@ class Sandbox:
         try:
             timeout = float(request.query.get("timeout", "10"))
         except ValueError as exc:
-            raise web.HTTPBadRequest(text='{"error": "timeout must be a number"}',
-                                     content_type="application/json") from exc
+            raise web.HTTPBadRequest(
+                text='{"error": "timeout must be a number"}', content_type="application/json"
+            ) from exc
         drained = await self.drain_webhooks(timeout)
         return web.json_response({"drained": drained, "pending": self._pending})
 
@@ -923,16 +956,18 @@ def create_app(config: SandboxConfig | None = None, *, sandbox: Sandbox | None =
         await sb.stop_webhooks()
 
     app.cleanup_ctx.append(webhooks_ctx)
-    app.add_routes([
-        web.get("/_sandbox/messages", sb.handle_messages),
-        web.get("/_sandbox/stats", sb.handle_stats),
-        web.get("/_sandbox/config", sb.handle_get_config),
-        web.post("/_sandbox/config", sb.handle_config),
-        web.post("/_sandbox/reset", sb.handle_reset),
-        web.post("/_sandbox/tokens", sb.handle_tokens),
-        web.post("/_sandbox/webhooks/drain", sb.handle_drain),
-        web.post(r"/{version:v\d+(?:\.\d+)?}/{phone_number_id}/messages", sb.handle_send),
-    ])
+    app.add_routes(
+        [
+            web.get("/_sandbox/messages", sb.handle_messages),
+            web.get("/_sandbox/stats", sb.handle_stats),
+            web.get("/_sandbox/config", sb.handle_get_config),
+            web.post("/_sandbox/config", sb.handle_config),
+            web.post("/_sandbox/reset", sb.handle_reset),
+            web.post("/_sandbox/tokens", sb.handle_tokens),
+            web.post("/_sandbox/webhooks/drain", sb.handle_drain),
+            web.post(r"/{version:v\d+(?:\.\d+)?}/{phone_number_id}/messages", sb.handle_send),
+        ]
+    )
     return app
 
 
@@ -948,8 +983,9 @@ class SandboxServer:
     see and change state exactly as the request handlers do, without locks.
     """
 
-    def __init__(self, config: SandboxConfig | None = None, *, host: str = "127.0.0.1", port: int = 0,
-                 **overrides: Any) -> None:
+    def __init__(
+        self, config: SandboxConfig | None = None, *, host: str = "127.0.0.1", port: int = 0, **overrides: Any
+    ) -> None:
         cfg = config or SandboxConfig()
         self.sandbox = Sandbox(cfg.updated(overrides) if overrides else cfg)
         self.host = host
@@ -1045,8 +1081,9 @@ class SandboxServer:
     def config(self) -> SandboxConfig:
         return self._call(lambda: self.sandbox.config)
 
-    def messages(self, biz: str | None = None, to: str | None = None,
-                 phone_number_id: str | None = None) -> list[dict[str, Any]]:
+    def messages(
+        self, biz: str | None = None, to: str | None = None, phone_number_id: str | None = None
+    ) -> list[dict[str, Any]]:
         """Accepted messages (copies), optionally filtered by biz_opaque_callback_data / to / sender."""
         return self._call(self.sandbox.messages, biz, to, phone_number_id)
 
@@ -1075,5 +1112,6 @@ def serve(config: SandboxConfig | None = None, host: str = "127.0.0.1", port: in
     """Run the sandbox in the foreground until interrupted (``campaigns sandbox serve``)."""
     logger.info("sandbox serving on http://%s:%d", host, port)
     with contextlib.suppress(KeyboardInterrupt):
-        web.run_app(create_app(config), host=host, port=port, access_log=None, print=None, backlog=2048,
-                    shutdown_timeout=1.0)
+        web.run_app(
+            create_app(config), host=host, port=port, access_log=None, print=None, backlog=2048, shutdown_timeout=1.0
+        )

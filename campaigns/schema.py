@@ -138,6 +138,7 @@ webhook_events = sa.Table(
     sa.Column("payload", JSONB),
     sa.Column("state", sa.Text, nullable=False, server_default="pending"),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("retry_at", sa.DateTime(timezone=True)),
     sa.Column("processed_at", sa.DateTime(timezone=True)),
     sa.Column("error", sa.Text),
     sa.Index("ix_webhook_events_pending", "id", postgresql_where=sa.text("state = 'pending'")),

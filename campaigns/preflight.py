@@ -1,0 +1,103 @@
+"""The seed's pre-send checklist. Every failed check is listed, not just the first."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from campaigns.audience import contacts_query
+from campaigns.rendering import placeholders
+
+KNOWN_FIELDS = {"contact.name", "contact.phone", "contact.first_name"}
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str = ""
+    warning: bool = False  # reported, does not block
+
+
+@dataclass
+class Preflight:
+    checks: list[Check] = field(default_factory=list)
+    audience_size: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok or c.warning for c in self.checks)
+
+    def failures(self) -> list[str]:
+        return [f"{c.name}: {c.detail}" for c in self.checks if not c.ok and not c.warning]
+
+    def add(self, name: str, ok: bool, detail: str = "", warning: bool = False) -> None:
+        self.checks.append(Check(name, ok, detail, warning))
+
+
+def _probe(fn: Callable[[], Any]) -> str | None:
+    try:
+        fn()
+        return None
+    except Exception as exc:  # reported as a failed check, whatever it was
+        return f"{type(exc).__name__}: {exc}"[:200]
+
+
+def run_preflight(
+    conn: sa.Connection,
+    campaign: dict[str, Any],
+    number: dict[str, Any],
+    load_credentials: Callable[[], Any],
+    ping_redis: Callable[[], Any],
+    ping_prefect: Callable[[], Any] | None = None,
+    allowed_statuses: tuple[str, ...] = ("draft", "scheduled"),
+) -> Preflight:
+    pf = Preflight()
+    pf.add("campaign status", campaign["status"] in allowed_statuses,
+           f"campaign is {campaign['status']}; it must be draft or scheduled")
+
+    where, params = contacts_query(campaign["audience_type"], campaign["audience_filter"] or {})
+    params["org"] = str(campaign["organization_id"])
+    raw = conn.connection.driver_connection
+    with raw.cursor() as cur:
+        cur.execute(f"select count(*) from contacts where organization_id = %(org)s{where}", params)
+        row = cur.fetchone()
+        pf.audience_size = int(row[0]) if row else 0
+    pf.add("audience", pf.audience_size > 0, "the audience has no contacts")
+
+    pf.add("whatsapp number active", bool(number["active"]), "the WhatsApp number is inactive")
+    problem = _probe(lambda: _token_present(load_credentials()))
+    pf.add("whatsapp credentials", problem is None, f"credentials block {number['block_name']!r}: {problem}")
+
+    content = campaign["message_content"] or {}
+    if campaign["message_type"] == "text":
+        text = content.get("text") or ""
+        pf.add("message content", bool(text.strip()), "message_content.text is empty")
+        attrs = _attribute_names(conn, campaign["organization_id"])
+        unknown = [p for p in placeholders(text) if p not in KNOWN_FIELDS and p.removeprefix("contact.") not in attrs]
+        pf.add("message variables", not unknown,
+               "no contact has " + ", ".join(unknown) + " (each such recipient would fail)", warning=True)
+    else:
+        pf.add("message content", bool(content.get("template_name")), "message_content.template_name is empty")
+
+    problem = _probe(ping_redis)
+    pf.add("redis", problem is None, f"Redis unreachable (rate limiting needs it): {problem}")
+    if ping_prefect is not None:
+        problem = _probe(ping_prefect)
+        pf.add("prefect", problem is None, f"Prefect API unreachable: {problem}")
+    return pf
+
+
+def _token_present(creds: Any) -> None:
+    if not getattr(creds, "token", ""):
+        raise ValueError("no access token")
+
+
+def _attribute_names(conn: sa.Connection, org: Any) -> set[str]:
+    rows = conn.execute(sa.text(
+        "select distinct jsonb_object_keys(attributes) from (select attributes from contacts "
+        "where organization_id = :o limit 1000) s"), {"o": org})
+    return {r[0] for r in rows}

@@ -1,0 +1,64 @@
+"""Settling sends whose outcome is unknown, before anything is resent.
+
+A row is left in `sending` when its worker died mid-batch (kill -9, OOM, lost machine) or when the
+provider timed out after the request left. The provider may or may not have accepted it. Meta (and the
+sandbox) echo our recipient id in `biz_opaque_callback_data` on every status webhook, so:
+
+1. Ingest every stored webhook event: a row with a status webhook becomes sent/delivered/read/failed.
+2. A row still in `sending` whose claim is older than `grace_seconds` has had no status webhook for that
+   long: it was almost surely never accepted, and it goes back to `pending` to be sent again.
+3. A younger one waits (the flow sends everything else meanwhile and checks again at the end).
+
+The policy for an outcome that stays unknown is therefore "resend after the grace period"
+(`RECONCILE_GRACE_SECONDS`, default 120 s; Meta's `sent` webhook normally arrives within seconds). A
+duplicate can only happen if a status webhook is delayed by more than the grace period; raise it for
+more safety, lower it for faster recovery. Only the one runner of a campaign reconciles it, with no
+batch in flight, so rows that are really being sent are never touched.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from campaigns.ingest import ingest_pending
+
+
+@dataclass
+class ReconcileResult:
+    settled: int  # unknown rows that a status webhook settled
+    requeued: int  # unknown rows with no evidence past the grace period: back to pending
+    waiting: int  # unknown rows still inside the grace period
+    next_check_in: float  # seconds until the oldest waiting row passes the grace period
+
+
+def unknown_count(conn: sa.Connection, campaign_id: uuid.UUID) -> int:
+    return conn.execute(
+        sa.text("select count(*) from campaign_recipients where campaign_id = :c and status = 'sending'"),
+        {"c": campaign_id},
+    ).scalar_one()
+
+
+def reconcile(db: sa.Engine, campaign_id: uuid.UUID, grace_seconds: float) -> ReconcileResult:
+    with db.connect() as conn:
+        before = unknown_count(conn, campaign_id)
+    if before == 0:
+        return ReconcileResult(0, 0, 0, 0.0)
+    ingest_pending(db)
+    with db.begin() as conn:
+        after_ingest = unknown_count(conn, campaign_id)
+        requeued = conn.execute(sa.text("""
+            update campaign_recipients set status = 'pending', next_attempt_at = null,
+                attempt_log = attempt_log || jsonb_build_array(jsonb_build_object(
+                    'attempt', attempts, 'success', false, 'timestamp', now(),
+                    'error_message', 'outcome unknown: no status webhook within the grace period, resending'))
+            where campaign_id = :c and status = 'sending' and claimed_at < now() - make_interval(secs => :g)
+        """), {"c": campaign_id, "g": grace_seconds}).rowcount
+        oldest = conn.execute(sa.text("""
+            select extract(epoch from (min(claimed_at) + make_interval(secs => :g) - now()))
+            from campaign_recipients where campaign_id = :c and status = 'sending'
+        """), {"c": campaign_id, "g": grace_seconds}).scalar()
+    waiting = after_ingest - requeued
+    return ReconcileResult(before - after_ingest, requeued, waiting, max(float(oldest or 0.0), 0.0))

@@ -1,0 +1,91 @@
+"""Statistics and progress in the seed's shapes, always derived from recipient rows (nothing to drift)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from campaigns.ratelimit import campaign_limit, number_limit
+
+
+def _pct(num: int, den: int) -> float:
+    return round(100.0 * num / den, 1) if den else 0.0
+
+
+def counts_by_status(conn: sa.Connection, campaign_id: uuid.UUID) -> dict[str, int]:
+    rows = conn.execute(sa.text(
+        "select status, count(*) from campaign_recipients where campaign_id = :c group by status"
+    ), {"c": campaign_id})
+    return {r[0]: r[1] for r in rows}
+
+
+def stats(conn: sa.Connection, campaign: dict[str, Any]) -> dict[str, Any]:
+    cid = campaign["id"]
+    by = counts_by_status(conn, cid)
+    replied = conn.execute(sa.text(
+        "select count(*) from campaign_recipients where campaign_id = :c and replied_at is not null"
+    ), {"c": cid}).scalar_one()
+    skipped = conn.execute(sa.text(
+        "select skip_reason, count(*) from campaign_recipients where campaign_id = :c and status = 'skipped' "
+        "group by skip_reason"), {"c": cid}).all()
+    failures = conn.execute(sa.text(
+        "select coalesce(error_code::text, 'none'), count(*) from campaign_recipients "
+        "where campaign_id = :c and status = 'failed' group by 1"), {"c": cid}).all()
+    sent = by.get("sent", 0) + by.get("delivered", 0) + by.get("read", 0)
+    delivered = by.get("delivered", 0) + by.get("read", 0)
+    read = by.get("read", 0)
+    return {
+        "total_recipients": sum(by.values()),
+        "messages_sent": sent,
+        "messages_delivered": delivered,
+        "messages_read": read,
+        "messages_failed": by.get("failed", 0),
+        "messages_pending": by.get("pending", 0) + by.get("sending", 0),
+        "delivery_rate": _pct(delivered, sent),
+        "read_rate": _pct(read, delivered),
+        "reply_rate": _pct(replied, sent),
+        "error_count": campaign["error_count"],
+        "last_error_message": campaign["last_error_message"],
+        "messages_skipped": by.get("skipped", 0),
+        "messages_cancelled": by.get("cancelled", 0),
+        "skipped_by_reason": dict(skipped),
+        "failures_by_code": dict(failures),
+        "awaiting_status": by.get("sent", 0),
+        "in_flight": by.get("sending", 0),
+    }
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def progress(conn: sa.Connection, campaign: dict[str, Any], mps: int, headroom: float) -> dict[str, Any]:
+    cid = campaign["id"]
+    by = counts_by_status(conn, cid)
+    total = sum(by.values())
+    pending = by.get("pending", 0) + by.get("sending", 0)
+    processed = total - pending
+    recent = conn.execute(sa.text(
+        "select count(*) from campaign_recipients where campaign_id = :c and status <> 'skipped' "
+        "and coalesce(sent_at, failed_at) > now() - interval '30 seconds'"), {"c": cid}).scalar_one()
+    limits = [number_limit("n", mps, headroom)]
+    own = campaign_limit("c", campaign["messages_per_hour"], campaign["delay_between_messages_seconds"])
+    if own:
+        limits.append(own)
+    limit_rate = 1_000_000 / max(limit.interval_us for limit in limits)
+    observed = recent / 30.0
+    rate = min(observed, limit_rate) if observed > 0 else limit_rate
+    eta = pending / rate if pending and campaign["status"] in ("running", "scheduled", "draft") else 0.0
+    return {
+        "campaign_id": str(cid),
+        "progress_percentage": _pct(processed, total),
+        "messages_processed": processed,
+        "messages_pending": pending,
+        "estimated_remaining_time": _hms(eta),
+        "current_status": campaign["status"],
+        "last_update": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+    }

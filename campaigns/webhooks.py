@@ -1,0 +1,172 @@
+"""The webhook receiver (ASGI): verify, store durably, answer fast. Processing is the ingest flow's job.
+
+- GET  /webhooks/whatsapp: Meta's verification handshake against the numbers' verify tokens.
+- POST /webhooks/whatsapp: X-Hub-Signature-256 is checked over the raw body, in constant time, against
+  every app secret the engine knows (settings' Meta app and each number's own app) before any parsing.
+  Bad or missing signature → 401, nothing stored. Oversized → 413. Otherwise the raw body is stored
+  in webhook_events and only then answered 200; malformed JSON with a good signature is stored too and
+  answered 200 (Meta would retry a 4xx for days; the ingester marks it unparseable for a human to see).
+- POST /webhooks/evolution/{instance}: Evolution signs nothing; its `apikey` must match the instance's.
+
+Concurrent requests are grouped into one COPY, so the receiver keeps up with three webhooks per
+message at the engine's top send rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import psycopg
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from campaigns.db import libpq_url
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class KnownSecrets:
+    """What the receiver checks against; refreshed from a loader (Prefect blocks) every `ttl` seconds."""
+
+    loader: Callable[[], KnownSecrets] | None = None
+    app_secrets: list[bytes] = field(default_factory=list)
+    verify_tokens: list[str] = field(default_factory=list)
+    evolution_keys: dict[str, str] = field(default_factory=dict)  # instance → api key
+    ttl: float = 60.0
+    _loaded_at: float = 0.0
+
+    async def current(self) -> KnownSecrets:
+        if self.loader and time.monotonic() - self._loaded_at > self.ttl:
+            fresh = await asyncio.to_thread(self.loader)
+            self.app_secrets, self.verify_tokens = fresh.app_secrets, fresh.verify_tokens
+            self.evolution_keys = fresh.evolution_keys
+            self._loaded_at = time.monotonic()
+        return self
+
+
+def signature_ok(body: bytes, header: str | None, secrets: list[bytes]) -> bool:
+    if not header or not header.startswith("sha256="):
+        return False
+    given = header.removeprefix("sha256=").strip().lower()
+    ok = False
+    for secret in secrets:  # every secret is checked, so timing says nothing about which matched
+        expected = hmac.new(secret, body, hashlib.sha256).hexdigest()
+        ok |= hmac.compare_digest(expected, given)
+    return ok
+
+
+class EventWriter:
+    """Groups concurrent stores into one COPY; each request waits for its own durable write."""
+
+    def __init__(self, database_url: str, max_batch: int = 1000) -> None:
+        self.database_url = libpq_url(database_url)
+        self.max_batch = max_batch
+        self.queue: asyncio.Queue[tuple[str, bytes, asyncio.Future[None]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.stored = 0
+
+    async def store(self, provider: str, body: bytes) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self.queue.put((provider, body, fut))
+        await fut
+
+    async def _run(self) -> None:
+        conn: psycopg.AsyncConnection | None = None
+        while True:
+            first = await self.queue.get()
+            batch = [first]
+            while len(batch) < self.max_batch and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            try:
+                if conn is None or conn.closed:
+                    conn = await psycopg.AsyncConnection.connect(self.database_url, autocommit=False)
+                async with (
+                    conn.cursor() as cur,
+                    cur.copy("copy webhook_events (provider, body) from stdin") as copy,
+                ):
+                    for provider, body, _ in batch:
+                        await copy.write_row((provider, body))
+                await conn.commit()
+                self.stored += len(batch)
+                for *_, fut in batch:
+                    if not fut.done():
+                        fut.set_result(None)
+            except Exception as exc:  # the requests answer 500 and Meta retries them
+                log.exception("storing %d webhook events failed", len(batch))
+                if conn is not None:
+                    await conn.close()
+                conn = None
+                for *_, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+
+
+def create_app(database_url: str, secrets: KnownSecrets, max_body_bytes: int = 3 * 1024 * 1024) -> Starlette:
+    writer = EventWriter(database_url)
+
+    async def read_body(request: Request) -> bytes | None:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > max_body_bytes:
+            return None
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body_bytes:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def verify(request: Request) -> Response:
+        q = request.query_params
+        known = await secrets.current()
+        token = q.get("hub.verify_token", "")
+        token_ok = any(hmac.compare_digest(token.encode(), t.encode()) for t in known.verify_tokens if t)
+        if q.get("hub.mode") == "subscribe" and token_ok:
+            return PlainTextResponse(q.get("hub.challenge", ""))
+        return PlainTextResponse("verification failed", status_code=403)
+
+    async def receive_meta(request: Request) -> Response:
+        body = await read_body(request)
+        if body is None:
+            return PlainTextResponse("payload too large", status_code=413)
+        known = await secrets.current()
+        if not signature_ok(body, request.headers.get("x-hub-signature-256"), known.app_secrets):
+            return PlainTextResponse("invalid signature", status_code=401)
+        await writer.store("meta_cloud", body)
+        return PlainTextResponse("ok")
+
+    async def receive_evolution(request: Request) -> Response:
+        body = await read_body(request)
+        if body is None:
+            return PlainTextResponse("payload too large", status_code=413)
+        known = await secrets.current()
+        instance = request.path_params["instance"]
+        expected = known.evolution_keys.get(instance, "")
+        given = request.headers.get("apikey", "")
+        if not expected or not hmac.compare_digest(expected.encode(), given.encode()):
+            return PlainTextResponse("invalid api key", status_code=401)
+        await writer.store("evolution", body)
+        return PlainTextResponse("ok")
+
+    async def health(_: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[
+        Route("/webhooks/whatsapp", verify, methods=["GET"]),
+        Route("/webhooks/whatsapp", receive_meta, methods=["POST"]),
+        Route("/webhooks/evolution/{instance}", receive_evolution, methods=["POST"]),
+        Route("/health", health),
+    ])
+    app.state.writer = writer
+    return app
