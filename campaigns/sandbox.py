@@ -1016,10 +1016,12 @@ class SandboxServer:
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        runner = web.AppRunner(create_app(sandbox=self.sandbox), access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            create_app(sandbox=self.sandbox), access_log=None, handle_signals=False, shutdown_timeout=1.0
+        )
         try:
             loop.run_until_complete(runner.setup())
-            site = web.TCPSite(runner, self.host, self._port, backlog=2048, shutdown_timeout=1.0)
+            site = web.TCPSite(runner, self.host, self._port, backlog=2048)
             loop.run_until_complete(site.start())
             self._port = runner.addresses[0][1]
         except BaseException as exc:  # reported to start()

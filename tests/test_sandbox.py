@@ -70,7 +70,7 @@ class Receiver:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/webhook"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def close(self) -> None:
         self.httpd.shutdown()
@@ -101,7 +101,9 @@ def receiver() -> Iterator[Receiver]:
     rec.close()
 
 
-def post(server: SandboxServer, payload: Any, phone: str = "PN1", headers: dict[str, str] | None = None) -> httpx.Response:
+def post(
+    server: SandboxServer, payload: Any, phone: str = "PN1", headers: dict[str, str] | None = None
+) -> httpx.Response:
     return httpx.post(server.messages_url(phone), json=payload, headers=AUTH if headers is None else headers)
 
 
@@ -133,10 +135,20 @@ def test_accepts_and_records_text_and_template(tmp_path: Path) -> None:
         template = {
             "name": "promo",
             "language": {"code": "pt_BR"},
-            "components": [{"type": "body", "parameters": [{"type": "text", "text": "Bia"}, {"type": "text", "text": "10%"}]}],
+            "components": [
+                {"type": "body", "parameters": [{"type": "text", "text": "Bia"}, {"type": "text", "text": "10%"}]}
+            ],
         }
-        r2 = post(server, {"messaging_product": "whatsapp", "to": "5511999990002", "type": "template",
-                           "template": template, "biz_opaque_callback_data": "rcpt-2"})
+        r2 = post(
+            server,
+            {
+                "messaging_product": "whatsapp",
+                "to": "5511999990002",
+                "type": "template",
+                "template": template,
+                "biz_opaque_callback_data": "rcpt-2",
+            },
+        )
         assert r1.status_code == 200 and r2.status_code == 200
         b1 = r1.json()
         assert b1["messaging_product"] == "whatsapp"
@@ -161,8 +173,9 @@ def test_accepts_and_records_text_and_template(tmp_path: Path) -> None:
 
         # A known template with the wrong parameter count is refused with Meta's 132000.
         template["components"][0]["parameters"].pop()
-        r3 = post(server, {"messaging_product": "whatsapp", "to": "5511999990003", "type": "template",
-                           "template": template})
+        r3 = post(
+            server, {"messaging_product": "whatsapp", "to": "5511999990003", "type": "template", "template": template}
+        )
         assert r3.status_code == 400 and r3.json()["error"]["code"] == 132000
         assert server.stats()["accepted"] == 2
 
@@ -198,18 +211,37 @@ def test_token_check_and_runtime_rotation(sandbox: SandboxServer) -> None:
     [
         (b"{not json", "JSON"),
         (json.dumps({"messaging_product": "whatsapp", "type": "text", "text": {"body": "x"}}).encode(), "to"),
-        (json.dumps({"messaging_product": "whatsapp", "to": "5511999990001", "type": "text", "text": {}}).encode(),
-         "text['body']"),
-        (json.dumps({"messaging_product": "whatsapp", "to": "5511999990001", "type": "template",
-                     "template": {"language": {"code": "pt_BR"}}}).encode(), "template['name']"),
-        (json.dumps({"messaging_product": "whatsapp", "to": "5511999990001", "type": "template",
-                     "template": {"name": "promo"}}).encode(), "template['language']['code']"),
+        (
+            json.dumps({"messaging_product": "whatsapp", "to": "5511999990001", "type": "text", "text": {}}).encode(),
+            "text['body']",
+        ),
+        (
+            json.dumps(
+                {
+                    "messaging_product": "whatsapp",
+                    "to": "5511999990001",
+                    "type": "template",
+                    "template": {"language": {"code": "pt_BR"}},
+                }
+            ).encode(),
+            "template['name']",
+        ),
+        (
+            json.dumps(
+                {
+                    "messaging_product": "whatsapp",
+                    "to": "5511999990001",
+                    "type": "template",
+                    "template": {"name": "promo"},
+                }
+            ).encode(),
+            "template['language']['code']",
+        ),
         (json.dumps({"to": "5511999990001", "type": "text", "text": {"body": "x"}}).encode(), "messaging_product"),
     ],
 )
 def test_malformed_body_is_code_100_naming_the_field(sandbox: SandboxServer, body: bytes, field: str) -> None:
-    resp = httpx.post(sandbox.messages_url("PN1"), content=body,
-                      headers={**AUTH, "Content-Type": "application/json"})
+    resp = httpx.post(sandbox.messages_url("PN1"), content=body, headers={**AUTH, "Content-Type": "application/json"})
     assert resp.status_code == 400
     err = resp.json()["error"]
     assert err["code"] == 100
@@ -232,9 +264,17 @@ def test_throughput_cap_is_a_strict_sliding_window() -> None:
         other = burst(server.messages_url("PN2"), [text_msg(f"55119100{i:05d}") for i in range(30)])
         assert sum(status == 200 for status, _ in other) == cap
 
+        # The window is exactly 1 s: still full 0.5 s after the burst, free again 1.05 s after it.
+        burst_times = [m["accepted_at"] for m in server.messages(phone_number_id="PN1")]
+        assert max(burst_times) - min(burst_times) < 0.4
+        time.sleep(max(0.0, max(burst_times) + 0.5 - time.time()))
+        assert post(server, text_msg("5511900099991")).json()["error"]["code"] == 130429
+        time.sleep(max(0.0, max(burst_times) + 1.05 - time.time()))
+        assert post(server, text_msg("5511900099992")).status_code == 200
+
         # Paced traffic above the cap: the window slides (more get through) but never exceeds it.
         with httpx.Client(headers=AUTH) as client:
-            deadline = time.monotonic() + 1.6
+            deadline = time.monotonic() + 1.2
             i = 0
             while time.monotonic() < deadline:
                 client.post(server.messages_url("PN1"), json=text_msg(f"55119200{i:05d}"))
@@ -296,10 +336,12 @@ def test_sustains_hundreds_in_flight_with_latency() -> None:
 
 
 def test_status_webhooks_are_signed_and_meta_shaped(sandbox: SandboxServer, receiver: Receiver) -> None:
-    sandbox.configure(webhook_url=receiver.url, read_rate=1.0, waba_id="WABA1",
-                      display_phone_numbers={"PN1": "15550001111"})
-    wamids = {post(sandbox, text_msg(f"551199999000{i}", biz=f"r{i}")).json()["messages"][0]["id"]: f"r{i}"
-              for i in range(5)}
+    sandbox.configure(
+        webhook_url=receiver.url, read_rate=1.0, waba_id="WABA1", display_phone_numbers={"PN1": "15550001111"}
+    )
+    wamids = {
+        post(sandbox, text_msg(f"551199999000{i}", biz=f"r{i}")).json()["messages"][0]["id"]: f"r{i}" for i in range(5)
+    }
     assert sandbox.drain_webhooks(10)
 
     for headers, raw in receiver.posts:
@@ -335,8 +377,15 @@ def test_status_webhooks_are_signed_and_meta_shaped(sandbox: SandboxServer, rece
 
 def test_batches_span_entries_changes_and_statuses(sandbox: SandboxServer, receiver: Receiver) -> None:
     # All three statuses of every message fall due together, so they share a POST and must be split.
-    sandbox.configure(webhook_url=receiver.url, read_rate=1.0, sent_delay_ms=100, delivered_delay_ms=0,
-                      read_delay_ms=0, webhook_statuses_per_change=2, webhook_changes_per_entry=2)
+    sandbox.configure(
+        webhook_url=receiver.url,
+        read_rate=1.0,
+        sent_delay_ms=100,
+        delivered_delay_ms=0,
+        read_delay_ms=0,
+        webhook_statuses_per_change=2,
+        webhook_changes_per_entry=2,
+    )
     burst(sandbox.messages_url("PN1"), [text_msg(f"55119300{i:05d}") for i in range(10)])
     assert sandbox.drain_webhooks(10)
     payloads = receiver.payloads()
@@ -347,8 +396,7 @@ def test_batches_span_entries_changes_and_statuses(sandbox: SandboxServer, recei
 
 
 def test_duplicates_and_shuffled_order(sandbox: SandboxServer, receiver: Receiver) -> None:
-    sandbox.configure(webhook_url=receiver.url, read_rate=1.0, duplicate_rate=1.0, shuffle=True,
-                      shuffle_window_ms=300)
+    sandbox.configure(webhook_url=receiver.url, read_rate=1.0, duplicate_rate=1.0, shuffle=True, shuffle_window_ms=300)
     for i in range(20):
         post(sandbox, text_msg(f"55119400{i:05d}"))
     assert sandbox.drain_webhooks(10)
@@ -388,8 +436,9 @@ def test_webhook_failure_rule_reports_failed_status(sandbox: SandboxServer, rece
 
 
 def test_replies_reference_the_campaign_wamid(sandbox: SandboxServer, receiver: Receiver) -> None:
-    sandbox.configure(webhook_url=receiver.url, reply_rate=1.0, reply_text="Quero!",
-                      display_phone_numbers={"PN1": "15550001111"})
+    sandbox.configure(
+        webhook_url=receiver.url, reply_rate=1.0, reply_text="Quero!", display_phone_numbers={"PN1": "15550001111"}
+    )
     wamids = {post(sandbox, text_msg(f"+55119500{i:05d}")).json()["messages"][0]["id"] for i in range(3)}
     assert sandbox.drain_webhooks(10)
     replies = [v for v in receiver.values() if "messages" in v]

@@ -1,0 +1,68 @@
+"""Registering a number: its row in Postgres, its secrets in a Prefect block."""
+
+from __future__ import annotations
+
+import uuid
+
+import sqlalchemy as sa
+from pydantic import SecretStr
+
+from blocks.whatsapp import WhatsAppNumberCredentials
+from campaigns.schema import whatsapp_numbers
+from campaigns.settings import get_settings
+from campaigns.webhooks import KnownSecrets
+
+
+def block_name_for(organization_id: uuid.UUID, phone_number_id: str) -> str:
+    """Block names allow lowercase letters, digits and dashes."""
+    safe = "".join(ch if ch.isalnum() else "-" for ch in phone_number_id.lower())
+    return f"wa-{str(organization_id)[:8]}-{safe}"[:100]
+
+
+def add_number(
+    conn: sa.Connection, organization_id: uuid.UUID, *, provider: str, phone_number_id: str, token: str,
+    app_secret: str, verify_token: str, api_base: str, mps: int = 80, display_phone_number: str | None = None,
+    graph_version: str = "v24.0",
+) -> uuid.UUID:
+    """Create or update the number; the block is saved first so the row never names a missing block."""
+    name = block_name_for(organization_id, phone_number_id)
+    WhatsAppNumberCredentials(
+        provider=provider, phone_number_id=phone_number_id, access_token=SecretStr(token),
+        app_secret=SecretStr(app_secret), verify_token=SecretStr(verify_token), api_base=api_base,
+        graph_version=graph_version,
+    ).save(name, overwrite=True)
+    stmt = sa.dialects.postgresql.insert(whatsapp_numbers).values(
+        organization_id=organization_id, provider=provider, phone_number_id=phone_number_id,
+        display_phone_number=display_phone_number, block_name=name, mps=mps,
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["organization_id", "phone_number_id"],
+        set_={"provider": provider, "block_name": name, "mps": mps, "active": True,
+              "display_phone_number": display_phone_number},
+    ).returning(whatsapp_numbers.c.id)
+    return conn.execute(stmt).scalar_one()
+
+
+def secrets_loader() -> KnownSecrets:
+    """Every app secret and verify token the receiver accepts: the Meta app's and each number's own."""
+    from campaigns.db import get_engine
+
+    settings = get_settings()
+    known = KnownSecrets()
+    if settings.meta_app_secret:
+        known.app_secrets.append(settings.meta_app_secret.get_secret_value().encode())
+    with get_engine().connect() as conn:
+        rows = conn.execute(sa.select(whatsapp_numbers.c.block_name, whatsapp_numbers.c.provider)).all()
+    for block_name, provider in rows:
+        try:
+            creds = WhatsAppNumberCredentials.load(block_name).to_credentials()
+        except ValueError:
+            continue  # a number whose block was deleted signs nothing we can check
+        if provider == "evolution":
+            known.evolution_keys[creds.phone_number_id] = creds.token
+        else:
+            if creds.app_secret:
+                known.app_secrets.append(creds.app_secret.encode())
+            if creds.verify_token:
+                known.verify_tokens.append(creds.verify_token)
+    return known

@@ -1,0 +1,331 @@
+"""The `campaigns` command. Ids go to stdout alone (scripts capture them); everything else to stderr."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from campaigns import lifecycle
+from campaigns.embedded import bootstrap
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def _db() -> Any:
+    from campaigns.db import get_engine
+
+    return get_engine()
+
+
+def _org_of(conn: Any, campaign_id: str, org: str | None) -> uuid.UUID:
+    if org:
+        return lifecycle.org_id_by_name(conn, org)
+    try:
+        return lifecycle.get_any_org(conn, uuid.UUID(campaign_id))["organization_id"]
+    except ValueError:
+        raise lifecycle.NotFound("Campaign not found") from None
+
+
+# -- commands ---------------------------------------------------------------------------------------------
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from campaigns.db import upgrade
+
+    upgrade()
+    _err("database is up to date")
+    return 0
+
+
+def cmd_orgs_add(args: argparse.Namespace) -> int:
+    with _db().begin() as conn:
+        print(lifecycle.add_org(conn, args.name))
+    return 0
+
+
+def cmd_numbers_add(args: argparse.Namespace) -> int:
+    from blocks.numbers import add_number
+
+    with _db().begin() as conn:
+        org = lifecycle.org_id_by_name(conn, args.org)
+        number_id = add_number(
+            conn, org, provider=args.provider, phone_number_id=args.phone_number_id, token=args.token,
+            app_secret=args.app_secret, verify_token=args.verify_token, api_base=args.api_base, mps=args.mps,
+            display_phone_number=args.display_phone_number, graph_version=args.graph_version,
+        )
+    print(number_id)
+    return 0
+
+
+def cmd_contacts_import(args: argparse.Namespace) -> int:
+    from campaigns.contacts import ImportFileError, import_csv
+    from campaigns.settings import get_settings
+
+    path = Path(args.file)
+    if not path.exists():
+        _err(f"file not found: {path}")
+        return 2
+    try:
+        with _db().begin() as conn:
+            org = lifecycle.org_id_by_name(conn, args.org)
+            report = import_csv(conn, org, path, get_settings().default_country_code)
+    except ImportFileError as exc:
+        _err(f"import refused: {exc}")
+        return 2
+    for line, reason in report.errors:
+        _err(f"line {line}: {reason}")
+    _err(f"imported {report.imported} contacts ({report.inserted} new, {report.updated} updated); "
+         f"{len(report.errors)} rows rejected")
+    print(report.imported)
+    return 0
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    from campaigns.models import CampaignCreate, describe_validation_error
+
+    try:
+        body = CampaignCreate.model_validate_json(Path(args.file).read_bytes())
+    except ValidationError as exc:
+        _err(f"invalid campaign: {describe_validation_error(exc)}")
+        return 2
+    with _db().begin() as conn:
+        org = lifecycle.org_id_by_name(conn, args.org)
+        print(lifecycle.create(conn, org, body))
+    return 0
+
+
+def _spawn_runner(campaign_id: uuid.UUID) -> None:
+    """Start the campaign's flow run in its own process; it outlives this command."""
+    from campaigns.settings import get_settings
+
+    logs = get_settings().campaigns_home.resolve() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    out = (logs / f"run-{campaign_id}.log").open("ab")
+    subprocess.Popen(
+        [sys.executable, "-m", "campaigns.cli", "run", str(campaign_id)],
+        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=os.environ,
+    )
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from campaigns.services import start_campaign
+
+    with _db().begin() as conn:
+        org = _org_of(conn, args.id, args.org)
+    result = start_campaign(_db(), org, uuid.UUID(args.id))
+    _spawn_runner(uuid.UUID(args.id))
+    _err(json.dumps(result, default=str))
+    print(args.id)
+    if args.wait:
+        return _wait(uuid.UUID(args.id), org)
+    return 0
+
+
+def _wait(campaign_id: uuid.UUID, org: uuid.UUID) -> int:
+    from campaigns.services import progress_of
+
+    width = 40
+    while True:
+        with _db().connect() as conn:
+            p = progress_of(conn, org, campaign_id)
+        filled = int(width * p["progress_percentage"] / 100)
+        sys.stderr.write(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {p['progress_percentage']:5.1f}% "
+            f"{p['messages_processed']} done, {p['messages_pending']} pending, ETA {p['estimated_remaining_time']} "
+            f"({p['current_status']})   "
+        )
+        sys.stderr.flush()
+        if p["current_status"] not in ("running", "scheduled", "draft"):
+            sys.stderr.write("\n")
+            return 0
+        time.sleep(0.5)
+
+
+def cmd_transition(args: argparse.Namespace) -> int:
+    fn = {"pause": lifecycle.pause, "resume": lifecycle.resume, "cancel": lifecycle.cancel}[args.command]
+    with _db().begin() as conn:
+        org = _org_of(conn, args.id, args.org)
+        t = fn(conn, org, uuid.UUID(args.id))
+    if args.command == "resume":
+        _spawn_runner(uuid.UUID(args.id))
+    _err(f"campaign {args.id}: {t.previous} -> {t.status}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from campaigns.services import progress_of, stats_of
+
+    with _db().connect() as conn:
+        org = _org_of(conn, args.id, args.org)
+        body = stats_of(conn, org, uuid.UUID(args.id)) if args.command == "stats" else \
+            progress_of(conn, org, uuid.UUID(args.id))
+    if args.json:
+        print(json.dumps(body, indent=2, default=str))
+    else:
+        for k, v in body.items():
+            print(f"{k:28} {v}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.send_campaign import send_campaign
+
+    result = send_campaign(uuid.UUID(args.id))
+    _err(json.dumps(result, default=str))
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from campaigns.ingest import ingest_pending
+
+    r = ingest_pending(_db())
+    _err(f"ingested {r.events} events, {r.statuses} statuses ({r.unmatched} not matched yet)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from campaigns.demo import run_demo
+
+    return run_demo(args.contacts, latency_ms=args.latency_ms)
+
+
+def cmd_sandbox_serve(args: argparse.Namespace) -> int:
+    from campaigns.sandbox import SandboxConfig, serve
+
+    config = SandboxConfig(latency_ms=args.latency_ms, mps_cap=args.mps_cap, webhook_url=args.webhook_url,
+                           app_secret=args.app_secret)
+    serve(config, args.host, args.port)
+    return 0
+
+
+def cmd_webhooks_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from blocks.numbers import secrets_loader
+    from campaigns.settings import get_settings
+    from campaigns.webhooks import KnownSecrets, create_app
+
+    settings = get_settings()
+    app = create_app(settings.database_url or "", KnownSecrets(loader=secrets_loader), settings.webhook_max_body_bytes)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="campaigns", description="PyTake Campaigns: WhatsApp campaigns on Prefect")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
+    db.add_parser("upgrade", help="apply migrations").set_defaults(fn=cmd_db_upgrade, prefect=False)
+
+    orgs = sub.add_parser("orgs", help="organizations").add_subparsers(dest="orgs_command", required=True)
+    a = orgs.add_parser("add", help="add an organization; prints its id")
+    a.add_argument("name")
+    a.set_defaults(fn=cmd_orgs_add, prefect=False)
+
+    nums = sub.add_parser("numbers", help="WhatsApp numbers").add_subparsers(dest="numbers_command", required=True)
+    a = nums.add_parser("add", help="add a number; its credentials go to a Prefect block; prints its id")
+    a.add_argument("--org", required=True)
+    a.add_argument("--provider", required=True, choices=["meta_cloud", "evolution", "sandbox"])
+    a.add_argument("--phone-number-id", required=True, help="Meta phone number id, or Evolution instance")
+    a.add_argument("--token", required=True)
+    a.add_argument("--app-secret", default="")
+    a.add_argument("--verify-token", default="")
+    a.add_argument("--api-base", required=True)
+    a.add_argument("--mps", type=int, default=80, help="messages per second (Meta default 80)")
+    a.add_argument("--display-phone-number", default=None)
+    a.add_argument("--graph-version", default="v24.0")
+    a.set_defaults(fn=cmd_numbers_add, prefect=True)
+
+    cts = sub.add_parser("contacts", help="contacts").add_subparsers(dest="contacts_command", required=True)
+    a = cts.add_parser("import", help="import contacts from CSV")
+    a.add_argument("file")
+    a.add_argument("--org", required=True)
+    a.set_defaults(fn=cmd_contacts_import, prefect=False)
+
+    a = sub.add_parser("create", help="create a campaign from the seed's JSON body; prints its id")
+    a.add_argument("file")
+    a.add_argument("--org", required=True)
+    a.set_defaults(fn=cmd_create, prefect=False)
+
+    a = sub.add_parser("start", help="preflight and start a campaign")
+    a.add_argument("id")
+    a.add_argument("--org")
+    a.add_argument("--wait", action="store_true", help="show progress until it stops")
+    a.set_defaults(fn=cmd_start, prefect=True)
+
+    for name in ("pause", "resume", "cancel"):
+        a = sub.add_parser(name, help=f"{name} a campaign")
+        a.add_argument("id")
+        a.add_argument("--org")
+        a.set_defaults(fn=cmd_transition, prefect=name == "resume")
+
+    for name in ("stats", "progress"):
+        a = sub.add_parser(name, help=f"campaign {name}")
+        a.add_argument("id")
+        a.add_argument("--org")
+        a.add_argument("--json", action="store_true")
+        a.set_defaults(fn=cmd_stats, prefect=False)
+
+    a = sub.add_parser("run", help="run the send-campaign flow in this process (what `start` spawns)")
+    a.add_argument("id")
+    a.set_defaults(fn=cmd_run, prefect=True)
+
+    a = sub.add_parser("ingest", help="apply stored webhook events now")
+    a.set_defaults(fn=cmd_ingest, prefect=False)
+
+    a = sub.add_parser("demo", help="a whole campaign against the built-in sandbox")
+    a.add_argument("--contacts", type=int, default=10_000)
+    a.add_argument("--latency-ms", type=int, default=100)
+    a.set_defaults(fn=cmd_demo, prefect=True)
+
+    sb = sub.add_parser("sandbox", help="the built-in Meta-like provider").add_subparsers(dest="sb", required=True)
+    a = sb.add_parser("serve")
+    a.add_argument("--host", default="127.0.0.1")
+    a.add_argument("--port", type=int, default=8088)
+    a.add_argument("--latency-ms", type=int, default=100)
+    a.add_argument("--mps-cap", type=int, default=None)
+    a.add_argument("--webhook-url", default=None)
+    a.add_argument("--app-secret", default="sandbox-app-secret")
+    a.set_defaults(fn=cmd_sandbox_serve, prefect=False, services=False)
+
+    wh = sub.add_parser("webhooks", help="the webhook receiver").add_subparsers(dest="wh", required=True)
+    a = wh.add_parser("serve")
+    a.add_argument("--host", default="127.0.0.1")
+    a.add_argument("--port", type=int, default=8089)
+    a.set_defaults(fn=cmd_webhooks_serve, prefect=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=os.environ.get("CAMPAIGNS_LOG_LEVEL", "WARNING"), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if getattr(args, "services", True):
+        bootstrap(prefect=args.prefect)
+    try:
+        return args.fn(args)
+    except lifecycle.CampaignError as exc:
+        _err(f"error: {exc.message}")
+        for detail in exc.details:
+            _err(f"  - {detail}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

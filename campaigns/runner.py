@@ -1,0 +1,110 @@
+"""What a campaign run does between batches (plain functions; the flow only wires them to Prefect)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from campaigns import audience, lifecycle
+from campaigns.preflight import run_preflight
+from campaigns.providers import Credentials, Provider, build_provider
+from campaigns.sending import CampaignSpec
+
+
+@dataclass
+class Prepared:
+    status: str
+    refused: list[str] = field(default_factory=list)
+    audience: dict[str, int] = field(default_factory=dict)
+    total_recipients: int = 0
+
+
+def load_spec(
+    db: sa.Engine, campaign_id: uuid.UUID, credentials: Callable[[str], Credentials]
+) -> tuple[CampaignSpec, Provider]:
+    with db.connect() as conn:
+        campaign = lifecycle.get_any_org(conn, campaign_id)
+        number = lifecycle.get_number(conn, campaign["organization_id"], campaign["whatsapp_number_id"])
+    provider = build_provider(number["provider"], credentials(number["block_name"]))
+    return CampaignSpec.from_rows(campaign, number), provider
+
+
+def build_audience_once(conn: sa.Connection, campaign: dict[str, Any], provider: str) -> dict[str, int]:
+    """Freeze the audience the first time the campaign runs; later runs (resume, restart) reuse it."""
+    exists = conn.execute(
+        sa.text("select exists (select 1 from campaign_recipients where campaign_id = :c)"), {"c": campaign["id"]}
+    ).scalar_one()
+    if exists:
+        return {}
+    rules = audience.AudienceRules(
+        respect_opt_out=campaign["respect_opt_out"],
+        skip_active_conversations=campaign["skip_active_conversations"],
+        require_window=campaign["message_type"] == "text" and provider in ("meta_cloud", "sandbox"),
+    )
+    frame = audience.load_contacts(conn, campaign["organization_id"], campaign["audience_type"],
+                                   campaign["audience_filter"] or {})
+    classified = audience.classify(frame, rules, datetime.now(UTC))
+    total = audience.write_recipients(conn, campaign["id"], campaign["organization_id"], classified)
+    conn.execute(sa.text("update campaigns set total_recipients = :n, updated_at = now() where id = :c"),
+                 {"n": total, "c": campaign["id"]})
+    return audience.counts(classified)
+
+
+def prepare(
+    db: sa.Engine,
+    campaign_id: uuid.UUID,
+    credentials: Callable[[str], Credentials],
+    ping_redis: Callable[[], Any],
+    ping_prefect: Callable[[], Any] | None = None,
+) -> Prepared:
+    """Preflight (for a campaign not yet running), mark it running, build its audience once."""
+    with db.begin() as conn:
+        campaign = lifecycle.get_any_org(conn, campaign_id)
+        org = campaign["organization_id"]
+        number = lifecycle.get_number(conn, org, campaign["whatsapp_number_id"])
+        if campaign["status"] in lifecycle.STARTABLE:
+            pf = run_preflight(conn, campaign, number, lambda: credentials(number["block_name"]), ping_redis,
+                               ping_prefect)
+            if not pf.ok:
+                return Prepared(campaign["status"], refused=pf.failures())
+            lifecycle.mark_running(conn, org, campaign_id)
+        elif campaign["status"] != "running":
+            return Prepared(campaign["status"])
+    with db.begin() as conn:
+        campaign = lifecycle.get_any_org(conn, campaign_id)
+        counts = build_audience_once(conn, campaign, number["provider"])
+        total = conn.execute(sa.text("select total_recipients from campaigns where id = :c"),
+                             {"c": campaign_id}).scalar_one()
+    return Prepared("running", audience=counts, total_recipients=total)
+
+
+@dataclass
+class Remaining:
+    status: str
+    due: int  # pending rows that may be sent now
+    waiting_retry: int  # pending rows with a future next_attempt_at
+    unknown: int  # rows in `sending` (unknown outcome)
+    next_retry_in: float | None
+
+
+def remaining(db: sa.Engine, campaign_id: uuid.UUID) -> Remaining:
+    with db.connect() as conn:
+        row = conn.execute(sa.text("""
+            select c.status,
+                   count(r.id) filter (where r.status = 'pending' and (r.next_attempt_at is null
+                                        or r.next_attempt_at <= now())) as due,
+                   count(r.id) filter (where r.status = 'pending' and r.next_attempt_at > now()) as waiting,
+                   count(r.id) filter (where r.status = 'sending') as unknown,
+                   extract(epoch from min(r.next_attempt_at) filter (where r.status = 'pending'
+                                          and r.next_attempt_at > now()) - now()) as next_in
+            from campaigns c left join campaign_recipients r
+                 on r.campaign_id = c.id and r.status in ('pending', 'sending')
+            where c.id = :c group by c.status
+        """), {"c": campaign_id}).one()
+    return Remaining(row.status, row.due, row.waiting, row.unknown,
+                     float(row.next_in) if row.next_in is not None else None)

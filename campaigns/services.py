@@ -1,0 +1,48 @@
+"""Operations shared by the CLI and the HTTP API: each scoped by organization."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import redis
+import sqlalchemy as sa
+
+from campaigns import lifecycle, stats
+from campaigns.preflight import run_preflight
+from campaigns.settings import get_settings
+
+
+def start_campaign(db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID) -> dict[str, Any]:
+    """Preflight now (so the caller sees every failed check), then mark running; the flow does the rest."""
+    from blocks.whatsapp import load_credentials
+
+    settings = get_settings()
+    with db.begin() as conn:
+        campaign = lifecycle.get(conn, org, campaign_id, lock=True)
+        number = lifecycle.get_number(conn, org, campaign["whatsapp_number_id"])
+        pf = run_preflight(
+            conn, campaign, number, lambda: load_credentials(number["block_name"], fresh=True),
+            lambda: redis.Redis.from_url(settings.redis_url or "").ping(),
+        )
+        if not pf.ok:
+            raise lifecycle.Invalid("Preflight failed", pf.failures())
+        lifecycle.mark_running(conn, org, campaign_id)
+        started = lifecycle.get(conn, org, campaign_id)
+    return {
+        "campaign_id": str(campaign_id),
+        "status": started["status"],
+        "started_at": started["started_at"],
+        "total_recipients": pf.audience_size,
+        "message": "Campaign started.",
+    }
+
+
+def stats_of(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID) -> dict[str, Any]:
+    return stats.stats(conn, lifecycle.get(conn, org, campaign_id))
+
+
+def progress_of(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID) -> dict[str, Any]:
+    campaign = lifecycle.get(conn, org, campaign_id)
+    number = lifecycle.get_number(conn, org, campaign["whatsapp_number_id"])
+    return stats.progress(conn, campaign, number["mps"], get_settings().rate_headroom)

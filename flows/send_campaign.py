@@ -1,0 +1,95 @@
+"""send-campaign: a campaign from its audience to every recipient, exactly once.
+
+Requires: DATABASE_URL, REDIS_URL, PREFECT_API_URL (or the embedded defaults); one
+`whatsapp-number-credentials` block per number; the tag concurrency limit `whatsapp-send`
+(created by `campaigns serve` / `ensure_send_limit`). Deployed as `send-campaign/default`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from campaigns import lifecycle, runner, stats
+from campaigns.db import get_engine
+from campaigns.runlock import campaign_runner_lock
+from campaigns.settings import get_settings
+from tasks.send import prepare_campaign, reconcile_unknown, send_batch
+
+MAX_IDLE_SLEEP = 5.0
+
+
+def _progress(campaign_id: uuid.UUID) -> tuple[float, dict[str, int]]:
+    with get_engine().connect() as conn:
+        by = stats.counts_by_status(conn, campaign_id)
+    total = sum(by.values()) or 1
+    done = total - by.get("pending", 0) - by.get("sending", 0)
+    return 100.0 * done / total, by
+
+
+@flow(
+    name="send-campaign",
+    task_runner=ThreadPoolTaskRunner(max_workers=get_settings().parallel_batches),
+    flow_run_name="send-campaign-{campaign_id}",
+)
+def send_campaign(campaign_id: uuid.UUID) -> dict[str, Any]:
+    """Send a campaign. Safe to run again at any time: it continues where the last run stopped."""
+    log = get_run_logger()
+    settings = get_settings()
+    db = get_engine()
+    with campaign_runner_lock(db, campaign_id) as held:
+        if not held:
+            log.warning("another runner is sending campaign %s; this run does nothing", campaign_id)
+            return {"campaign_id": str(campaign_id), "status": "already running elsewhere"}
+        prepared = prepare_campaign(campaign_id)
+        if prepared.refused:
+            raise RuntimeError("preflight failed:\n- " + "\n- ".join(prepared.refused))
+        if prepared.status != "running":
+            log.info("campaign %s is %s: nothing to send", campaign_id, prepared.status)
+            return {"campaign_id": str(campaign_id), "status": prepared.status}
+        if prepared.audience:
+            log.info("audience: %d recipients %s", prepared.total_recipients, prepared.audience)
+        key = f"campaign-{campaign_id}-progress"
+        pct, _ = _progress(campaign_id)
+        artifact = create_progress_artifact(pct, key=key, description="Recipients processed")
+        batch_no = 0
+        while True:
+            reconcile_unknown(campaign_id)
+            left = runner.remaining(db, campaign_id)
+            if left.status != "running":
+                break
+            if left.due:
+                per_batch = settings.batch_size
+                n = math.ceil(left.due / per_batch)
+                futures = send_batch.map(campaign_id, range(batch_no, batch_no + n))
+                batch_no += n
+                for _ in as_completed(futures):
+                    update_progress_artifact(artifact, _progress(campaign_id)[0])
+                continue
+            if not left.waiting_retry and not left.unknown:
+                break
+            # Only future retries or unknown outcomes inside their grace period: wait for the nearest.
+            waits = [w for w in (left.next_retry_in, settings.reconcile_grace_seconds if left.unknown else None) if w]
+            time.sleep(min([MAX_IDLE_SLEEP, *waits]))
+        with db.begin() as conn:
+            lifecycle.complete_if_done(conn, campaign_id)
+            campaign = lifecycle.get_any_org(conn, campaign_id)
+            summary = stats.stats(conn, campaign)
+        pct, by = _progress(campaign_id)
+        update_progress_artifact(artifact, pct)
+        create_table_artifact(
+            key=f"campaign-{campaign_id}-summary",
+            table=[{"metric": k, "value": str(v)} for k, v in summary.items()],
+            description=f"Campaign {campaign['name']}: {campaign['status']}",
+        )
+        log.info("campaign %s is %s: %s", campaign_id, campaign["status"], by)
+        return {"campaign_id": str(campaign_id), "status": campaign["status"], **summary}
+
+

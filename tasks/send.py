@@ -1,0 +1,56 @@
+"""Thin Prefect tasks over the plain send-path functions."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from blocks.whatsapp import load_credentials
+from campaigns import runner, sending
+from campaigns.db import get_engine
+from campaigns.engine import get_send_engine
+from campaigns.ingest import ingest_pending
+from campaigns.reconcile import reconcile
+from campaigns.settings import get_settings
+
+SEND_TAG = "whatsapp-send"
+
+
+def _ping_redis() -> None:
+    import redis
+
+    redis.Redis.from_url(get_settings().redis_url or "").ping()
+
+
+@task(name="prepare-campaign", cache_policy=NO_CACHE)
+def prepare_campaign(campaign_id: uuid.UUID) -> runner.Prepared:
+    """Preflight, mark running, build the audience once."""
+    return runner.prepare(get_engine(), campaign_id, load_credentials, _ping_redis)
+
+
+@task(
+    name="send-batch", cache_policy=NO_CACHE, tags=[SEND_TAG], retries=2, retry_delay_seconds=5,
+    task_run_name="send-batch-{batch_no}",
+)
+def send_batch(campaign_id: uuid.UUID, batch_no: int) -> dict[str, Any]:
+    """Claim, send and record one batch. A retry claims only rows still pending: never a double send."""
+    db = get_engine()
+    spec, provider = runner.load_spec(db, campaign_id, load_credentials)
+    return sending.send_batch(db, get_send_engine(), provider, spec, get_settings().batch_size).as_dict()
+
+
+@task(name="reconcile-unknown", cache_policy=NO_CACHE)
+def reconcile_unknown(campaign_id: uuid.UUID) -> dict[str, Any]:
+    """Settle rows left in `sending` (crash or timeout) from status webhooks before any resend."""
+    result = reconcile(get_engine(), campaign_id, get_settings().reconcile_grace_seconds)
+    return dict(result.__dict__)
+
+
+@task(name="ingest-statuses", cache_policy=NO_CACHE)
+def ingest_statuses_task() -> dict[str, Any]:
+    result = ingest_pending(get_engine())
+    return {"events": result.events, "statuses": result.statuses, "unmatched": result.unmatched,
+            "campaigns": [str(c) for c in result.campaigns]}

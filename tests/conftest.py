@@ -1,0 +1,103 @@
+"""Real Postgres, real Redis, a real Prefect server and the real sandbox over HTTP: no mocks.
+
+With DATABASE_URL / REDIS_URL set (CI points them at the machine's servers) the tests use a fresh
+database `campaigns_test` on that server and Redis db 15; unset, the embedded servers start by themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("CAMPAIGNS_HOME", str(ROOT / ".campaigns" / "test"))
+os.environ.setdefault("CAMPAIGNS_PREFECT_PORT", "4278")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_TASKS_REFRESH_CACHE", "false")
+os.environ["RECONCILE_GRACE_SECONDS"] = "2"
+os.environ["CONTROL_POLL_SECONDS"] = "0.2"
+
+
+def _fresh_database(url: str, name: str) -> str:
+    from campaigns.db import libpq_url
+
+    base = libpq_url(url)
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"drop database if exists {name} with (force)")
+        conn.execute(f"create database {name}")
+    if "?" in base:  # pgserver: postgresql://user:@/db?host=/socket
+        head, query = base.split("?", 1)
+        return head.rsplit("/", 1)[0] + f"/{name}?{query}"
+    return base.rsplit("/", 1)[0] + f"/{name}"
+
+
+def _redis_db(url: str, number: int) -> str:
+    """The same server, another logical database (tests never touch a developer's db 0)."""
+    if url.startswith("unix://"):
+        return url.split("?", 1)[0] + f"?db={number}"
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://{rest.split('/', 1)[0]}/{number}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def services() -> Iterator[None]:
+    from campaigns.embedded import bootstrap
+    from campaigns.settings import get_settings
+
+    settings = bootstrap(prefect=True)
+    os.environ["DATABASE_URL"] = _fresh_database(settings.database_url or "", "campaigns_test")
+    os.environ["REDIS_URL"] = _redis_db(settings.redis_url or "", 15)
+    get_settings.cache_clear()
+    import redis
+
+    redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
+    from campaigns.db import upgrade
+
+    upgrade(os.environ["DATABASE_URL"])
+    yield
+
+
+@pytest.fixture
+def db():
+    from campaigns.db import get_engine
+
+    return get_engine()
+
+
+@pytest.fixture
+def org(db) -> uuid.UUID:
+    from campaigns import lifecycle
+
+    with db.begin() as conn:
+        return lifecycle.add_org(conn, f"org-{uuid.uuid4().hex[:10]}")
+
+
+APP_SECRET = "sandbox-app-secret"
+
+
+@pytest.fixture(scope="session")
+def receiver(services) -> Iterator[str]:
+    """The real webhook receiver, where every sandbox posts its signed status webhooks."""
+    from campaigns.asgi_thread import ThreadedServer
+    from campaigns.webhooks import KnownSecrets, create_app
+
+    app = create_app(os.environ["DATABASE_URL"], KnownSecrets(app_secrets=[APP_SECRET.encode()],
+                                                                verify_tokens=["verify-me"]))
+    server = ThreadedServer(app).start()
+    yield server.url + "/webhooks/whatsapp"
+    server.stop()
+
+
+@pytest.fixture
+def sandbox(receiver) -> Iterator:
+    from campaigns.sandbox import SandboxConfig, SandboxServer
+
+    server = SandboxServer(SandboxConfig(webhook_url=receiver, app_secret=APP_SECRET, sent_delay_ms=10,
+                                         delivered_delay_ms=10, read_delay_ms=10)).start()
+    yield server
+    server.stop()

@@ -1,0 +1,87 @@
+"""Builders for test data: organizations' numbers, contacts and campaigns, through the real code paths."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from campaigns import lifecycle
+from campaigns.models import CampaignCreate
+
+
+def add_sandbox_number(db: sa.Engine, org: uuid.UUID, sandbox: Any, mps: int = 1000, token: str = "tok",
+                       phone_number_id: str | None = None) -> uuid.UUID:
+    from blocks.numbers import add_number
+
+    pnid = phone_number_id or str(uuid.uuid4().int)[:15]
+    sandbox.set_token(pnid, token)
+    with db.begin() as conn:
+        return add_number(conn, org, provider="sandbox", phone_number_id=pnid, token=token,
+                          app_secret="sandbox-app-secret", verify_token="verify-me", api_base=sandbox.url, mps=mps)
+
+
+def add_contacts(db: sa.Engine, org: uuid.UUID, rows: list[dict[str, Any]]) -> list[uuid.UUID]:
+    """Insert contacts as the main app would (any phone, even invalid or repeated), in order."""
+    now = datetime.now(UTC)
+    ids = []
+    with db.begin() as conn:
+        for i, row in enumerate(rows):
+            ids.append(conn.execute(sa.text("""
+                insert into contacts (organization_id, phone, name, tags, attributes, opted_out_at, last_inbound_at,
+                                      in_conversation, created_at)
+                values (:org, :phone, :name, :tags, cast(:attrs as jsonb), :opted, :inbound, :conv, :created)
+                returning id
+            """), {
+                "org": org, "phone": row["phone"], "name": row.get("name"), "tags": row.get("tags", []),
+                "attrs": json.dumps(row.get("attributes", {})),
+                "opted": now if row.get("opted_out") else None,
+                "inbound": now - timedelta(hours=row["inbound_hours_ago"]) if "inbound_hours_ago" in row else None,
+                "conv": row.get("in_conversation", False), "created": now + timedelta(microseconds=i),
+            }).scalar_one())
+    return ids
+
+
+def phones(n: int, start: int = 0) -> list[str]:
+    return [f"+55119{start + i:08d}" for i in range(n)]
+
+
+def create_campaign(db: sa.Engine, org: uuid.UUID, number_id: uuid.UUID, **fields: Any) -> uuid.UUID:
+    body: dict[str, Any] = {
+        "name": "Black Friday",
+        "whatsapp_number_id": str(number_id),
+        "message_type": "template",
+        "message_content": {"template_name": "black_friday", "language": "pt_BR"},
+        "template_variables": {"body": ["{{contact.name}}"]},
+        "audience_type": "all_contacts",
+        "messages_per_hour": None,
+        "delay_between_messages_seconds": 0,
+        "retry_base_delay": 10,
+    }
+    body.update(fields)
+    with db.begin() as conn:
+        return lifecycle.create(conn, org, CampaignCreate.model_validate(body))
+
+
+def recipients(db: sa.Engine, campaign_id: uuid.UUID) -> list[dict[str, Any]]:
+    with db.connect() as conn:
+        rows = conn.execute(sa.text(
+            "select * from campaign_recipients where campaign_id = :c order by id"), {"c": campaign_id})
+        return [dict(r._mapping) for r in rows]
+
+
+def campaign_row(db: sa.Engine, campaign_id: uuid.UUID) -> dict[str, Any]:
+    with db.connect() as conn:
+        return lifecycle.get_any_org(conn, campaign_id)
+
+
+def sent_counts(sandbox: Any) -> dict[str, int]:
+    """How many times the sandbox accepted each of our recipient ids."""
+    counts: dict[str, int] = {}
+    for m in sandbox.messages():
+        key = m["biz_opaque_callback_data"]
+        counts[key] = counts.get(key, 0) + 1
+    return counts

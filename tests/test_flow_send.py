@@ -1,0 +1,26 @@
+"""The send-campaign flow on the real Prefect engine against the sandbox."""
+
+from __future__ import annotations
+
+from flows.send_campaign import send_campaign
+from tests.helpers import add_contacts, add_sandbox_number, campaign_row, create_campaign, phones, recipients, sent_counts
+
+
+def test_every_eligible_contact_gets_the_message_exactly_once(db, org, sandbox):
+    number = add_sandbox_number(db, org, sandbox)
+    add_contacts(db, org, [{"phone": p, "name": f"Ana {i}"} for i, p in enumerate(phones(250))])
+    cid = create_campaign(db, org, number)
+
+    result = send_campaign(cid)
+
+    assert result["status"] == "completed"
+    rows = recipients(db, cid)
+    assert len(rows) == 250
+    assert {r["status"] for r in rows} <= {"sent", "delivered", "read"}
+    counts = sent_counts(sandbox)
+    assert sorted(counts) == sorted(f"pytake:{r['id']}" for r in rows)
+    assert set(counts.values()) == {1}
+    bodies = {m["biz_opaque_callback_data"]: m for m in sandbox.messages()}
+    first = rows[0]
+    assert "Ana 0" in bodies[f"pytake:{first['id']}"]["rendered"]
+    assert campaign_row(db, cid)["completed_at"] is not None
