@@ -314,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # our own output is the interface
     logging.basicConfig(level=os.environ.get("CAMPAIGNS_LOG_LEVEL", "WARNING"), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if getattr(args, "services", True):

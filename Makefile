@@ -1,0 +1,32 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Everything else is installed here.
+SHELL := /bin/bash
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+export XDG_RUNTIME_DIR ?= /tmp/campaigns-runtime-$(shell id -u)
+
+.PHONY: sync demo test lint bench clean
+
+.tools/bin/uv:
+	python3 -m venv .tools && .tools/bin/pip install --quiet --disable-pip-version-check uv
+
+.venv/.synced: $(UV) pyproject.toml uv.lock
+	@mkdir -p -m 700 $(XDG_RUNTIME_DIR)
+	$(UV) sync --locked --quiet
+	@touch $@
+
+sync: .venv/.synced
+
+demo: sync
+	$(UV) run --locked campaigns demo
+
+lint: sync
+	$(UV) run --locked ruff check .
+
+test: lint
+	$(UV) run --locked pytest
+
+bench: sync
+	$(UV) run --locked python -m bench.audience
+	$(UV) run --locked python -m bench.throughput
+
+clean:
+	rm -rf .campaigns .venv .tools

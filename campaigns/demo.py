@@ -1,0 +1,129 @@
+"""`campaigns demo`: a whole campaign on embedded defaults, against the built-in sandbox.
+
+It imports N generated contacts (with a few bad rows, opt-outs and a duplicate, so every path shows),
+creates a template campaign, runs the real send-campaign flow on the local Prefect server, lets the
+sandbox's signed status webhooks flow through the real receiver, ingests them and prints the stats.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from campaigns import lifecycle
+from campaigns.asgi_thread import ThreadedServer
+from campaigns.contacts import import_csv
+from campaigns.db import get_engine, upgrade
+from campaigns.ingest import ingest_pending
+from campaigns.models import CampaignCreate
+from campaigns.sandbox import SandboxConfig, SandboxServer
+from campaigns.services import progress_of, start_campaign, stats_of
+from campaigns.settings import get_settings
+from campaigns.webhooks import KnownSecrets, create_app
+
+APP_SECRET = "demo-app-secret"
+NAMES = ["Ana", "Bruno", "Carla", "Diego", "Elisa", "Fábio", "Gabi", "Heitor", "Iara", "João"]
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def write_contacts_csv(path: Path, n: int, seed: int = 7) -> None:
+    rng = random.Random(seed)
+    lines = ["phone,name,tags,opted_out,last_inbound_at,city"]
+    for i in range(n):
+        phone = f"+55 11 9{i:08d}"
+        if i % 200 == 199:
+            phone = f"12{i}"  # not a phone number: reported with its line
+        opted = "true" if i % 50 == 7 else "false"
+        lines.append(f"{phone},{rng.choice(NAMES)} {i},{'vip' if i % 10 == 0 else 'geral'},{opted},,São Paulo")
+    lines.append(lines[1])  # the same contact twice: reported as a duplicate line
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _progress_bar(org: uuid.UUID, campaign_id: uuid.UUID, stop: threading.Event) -> None:
+    db = get_engine()
+    width = 40
+    while not stop.is_set():
+        with db.connect() as conn:
+            p = progress_of(conn, org, campaign_id)
+        filled = int(width * p["progress_percentage"] / 100)
+        sys.stderr.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] {p['progress_percentage']:5.1f}%  "
+                         f"{p['messages_processed']} processed, {p['messages_pending']} pending   ")
+        sys.stderr.flush()
+        stop.wait(0.5)
+    sys.stderr.write("\n")
+
+
+def run_demo(n_contacts: int = 10_000, latency_ms: int = 100) -> int:
+    from blocks.numbers import add_number
+    from flows.send_campaign import send_campaign
+
+    settings = get_settings()
+    upgrade()
+    db = get_engine()
+    home = settings.campaigns_home.resolve() / "demo"
+    home.mkdir(parents=True, exist_ok=True)
+
+    receiver = ThreadedServer(create_app(settings.database_url or "", KnownSecrets(app_secrets=[APP_SECRET.encode()])))
+    receiver.start()
+    sandbox = SandboxServer(SandboxConfig(
+        latency_ms=latency_ms, latency_jitter_ms=latency_ms / 5, mps_cap=1000, webhook_url=receiver.url +
+        "/webhooks/whatsapp", app_secret=APP_SECRET, read_rate=0.6, reply_rate=0.05,
+        templates={"black_friday": "Olá {{1}}, aproveite nossa promoção de Black Friday!"},
+    )).start()
+    _say(f"sandbox provider at {sandbox.url} (latency {latency_ms} ms, cap 1,000 msg/s); "
+         f"webhook receiver at {receiver.url}")
+    try:
+        with db.begin() as conn:
+            org = lifecycle.add_org(conn, "demo")
+            number = add_number(conn, org, provider="sandbox", phone_number_id="100000000000042",
+                                token="demo-token", app_secret=APP_SECRET, verify_token="demo-verify",
+                                api_base=sandbox.url, mps=1000)
+        csv_path = home / "contacts.csv"
+        write_contacts_csv(csv_path, n_contacts)
+        with db.begin() as conn:
+            report = import_csv(conn, org, csv_path, settings.default_country_code)
+        _say(f"contacts: {report.imported} imported, {len(report.errors)} rows rejected")
+        for line, reason in report.errors[:3]:
+            _say(f"  line {line}: {reason}")
+        body = CampaignCreate(
+            name=f"Black Friday demo {time.strftime('%H:%M:%S')}", whatsapp_number_id=number,
+            message_type="template", message_content={"template_name": "black_friday", "language": "pt_BR"},
+            template_variables={"body": ["{{contact.first_name}}"]}, audience_type="all_contacts",
+            messages_per_hour=None, delay_between_messages_seconds=0,
+        )
+        with db.begin() as conn:
+            campaign_id = lifecycle.create(conn, org, body)
+        started = start_campaign(db, org, campaign_id)
+        _say(f"campaign {campaign_id} started: audience of {started['total_recipients']} contacts")
+        stop = threading.Event()
+        bar = threading.Thread(target=_progress_bar, args=(org, campaign_id, stop), daemon=True)
+        t0 = time.monotonic()
+        bar.start()
+        try:
+            send_campaign(campaign_id)
+        finally:
+            stop.set()
+            bar.join()
+        elapsed = time.monotonic() - t0
+        sandbox.drain_webhooks(timeout=60)
+        ingest_pending(db)
+        with db.connect() as conn:
+            stats = stats_of(conn, org, campaign_id)
+        rate = stats["messages_sent"] / elapsed if elapsed else 0
+        _say(f"sent {stats['messages_sent']} messages in {elapsed:.1f} s ({rate:.0f} msg/s); "
+             f"sandbox answered 130429 {sandbox.stats()['throttled_130429']} times")
+        print(json.dumps(stats, indent=2, ensure_ascii=False))
+        _say(f"\nPrefect UI: {get_settings().prefect_api_url.removesuffix('/api')}  (flow runs, artifacts)")
+        _say(f"try: campaigns stats {campaign_id}   |   campaigns progress {campaign_id} --json")
+        return 0
+    finally:
+        sandbox.stop()
+        receiver.stop()
