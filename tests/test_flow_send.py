@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from flows.send_campaign import send_campaign
-from tests.helpers import add_contacts, add_sandbox_number, campaign_row, create_campaign, phones, recipients, sent_counts
+from tests.helpers import (
+    add_contacts,
+    add_sandbox_number,
+    campaign_row,
+    create_campaign,
+    phones,
+    recipients,
+    sent_counts,
+)
 
 
 def test_every_eligible_contact_gets_the_message_exactly_once(db, org, sandbox):
