@@ -8,7 +8,8 @@ message is subject to, atomically, using Redis' own clock so that every process 
     start = max(now, TAT of each key);  step = the largest interval;  slot i = start + i * step
     each key's TAT becomes start + (n - 1) * step + its own interval
 
-Callers then sleep until each slot. Two campaigns on one number interleave their slots; none can take
+Callers then sleep until each slot, on the wall clock (Redis' TIME; hosts are assumed NTP-synced to
+a few milliseconds). Two campaigns on one number interleave their slots; none can take
 more than the number's rate, and there is no burst at a window edge because there are no windows.
 A chunk is at most ~50 ms of sending, so a pause never strands many reserved slots.
 """
@@ -16,6 +17,7 @@ A chunk is at most ~50 ms of sending, so a pause never strands many reserved slo
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import redis.asyncio as aredis
@@ -39,10 +41,10 @@ for i = 1, #KEYS do
   local ttl = math.ceil((tat - now) / 1000) + 60000
   redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', ttl)
 end
-return {string.format('%.0f', start - now), string.format('%.0f', step)}
+return {string.format('%.0f', start), string.format('%.0f', step)}
 """
 
-CHUNK_SECONDS = 0.05
+CHUNK_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -53,12 +55,13 @@ class Limit:
 
 @dataclass(frozen=True)
 class Reservation:
-    delay_s: float  # from now until the first slot
+    start: float  # wall-clock time (Redis' clock, Unix seconds) of the first slot
     step_s: float  # between consecutive slots
     count: int
 
-    def offsets(self) -> list[float]:
-        return [self.delay_s + i * self.step_s for i in range(self.count)]
+    def slots(self) -> list[float]:
+        """Absolute send times. Absolute, so a slow reply cannot shift them later unnoticed."""
+        return [self.start + i * self.step_s for i in range(self.count)]
 
 
 def number_limit(number_id: str, mps: float, headroom: float) -> Limit:
@@ -85,8 +88,8 @@ class RateLimiter:
 
     async def reserve(self, limits: list[Limit], n: int) -> Reservation:
         if not limits or n <= 0:
-            return Reservation(0.0, 0.0, max(n, 0))
-        delay_us, step_us = await self._script(
+            return Reservation(time.time(), 0.0, max(n, 0))
+        start_us, step_us = await self._script(
             keys=[limit.key for limit in limits], args=[n, *(f"{limit.interval_us:.3f}" for limit in limits)]
         )
-        return Reservation(int(delay_us) / 1_000_000, int(step_us) / 1_000_000, n)
+        return Reservation(int(start_us) / 1_000_000, int(step_us) / 1_000_000, n)

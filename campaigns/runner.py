@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from campaigns import audience, lifecycle
 from campaigns.preflight import run_preflight
-from campaigns.providers import Credentials, Provider, build_provider
+from campaigns.providers import Credentials
 from campaigns.sending import CampaignSpec
 
 
@@ -26,12 +26,12 @@ class Prepared:
 
 def load_spec(
     db: sa.Engine, campaign_id: uuid.UUID, credentials: Callable[[str], Credentials]
-) -> tuple[CampaignSpec, Provider]:
+) -> tuple[CampaignSpec, str, Credentials]:
+    """The campaign as the send path needs it, its provider's name and the number's credentials."""
     with db.connect() as conn:
         campaign = lifecycle.get_any_org(conn, campaign_id)
         number = lifecycle.get_number(conn, campaign["organization_id"], campaign["whatsapp_number_id"])
-    provider = build_provider(number["provider"], credentials(number["block_name"]))
-    return CampaignSpec.from_rows(campaign, number), provider
+    return CampaignSpec.from_rows(campaign, number), number["provider"], credentials(number["block_name"])
 
 
 def build_audience_once(conn: sa.Connection, campaign: dict[str, Any], provider: str) -> dict[str, int]:

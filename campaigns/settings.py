@@ -23,10 +23,13 @@ class Settings(BaseSettings):
 
     # Send path tuning.
     batch_size: int = Field(100, ge=1, le=5000)
-    parallel_batches: int = Field(4, ge=1, le=64, description="send_batch tasks running at once per flow run")
+    parallel_batches: int = Field(8, ge=1, le=64, description="send_batch tasks running at once per flow run")
     http_max_connections: int = Field(1000, ge=1)
     http_timeout_seconds: float = Field(30.0, gt=0)
     rate_headroom: float = Field(0.04, ge=0, lt=1, description="share of a number's mps left for replies")
+    late_tolerance_seconds: float = Field(
+        0.01, ge=0, description="a send woken later than this after its rate-limit slot waits for the next slot"
+    )
     control_poll_seconds: float = Field(0.5, gt=0, description="how often in-flight sends re-read the status")
     reconcile_grace_seconds: float = Field(
         120.0, ge=0, description="how long a send of unknown outcome waits for its status webhook"
@@ -38,8 +41,10 @@ class Settings(BaseSettings):
     webhook_max_body_bytes: int = Field(3 * 1024 * 1024)
 
     # Prefect.
-    send_concurrency_tag: str = Field("whatsapp-send", description="tag limit across all flow runs")
-    send_concurrency_limit: int = Field(16, ge=1)
+    send_concurrency_name: str = Field("whatsapp-send-batches", description="Prefect global concurrency limit")
+    send_concurrency_limit: int = Field(
+        32, ge=1, description="send batches running at once across every flow run (created if missing)"
+    )
 
 
 @lru_cache(maxsize=1)

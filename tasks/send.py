@@ -11,12 +11,11 @@ from prefect.cache_policies import NO_CACHE
 from blocks.whatsapp import load_credentials
 from campaigns import runner, sending
 from campaigns.db import get_engine
-from campaigns.engine import get_send_engine
+from campaigns.engine_process import get_engine_client
 from campaigns.ingest import ingest_pending
+from campaigns.providers import OutboundMessage, SendResult
 from campaigns.reconcile import reconcile
 from campaigns.settings import get_settings
-
-SEND_TAG = "whatsapp-send"
 
 
 def _ping_redis() -> None:
@@ -31,15 +30,18 @@ def prepare_campaign(campaign_id: uuid.UUID) -> runner.Prepared:
     return runner.prepare(get_engine(), campaign_id, load_credentials, _ping_redis)
 
 
-@task(
-    name="send-batch", cache_policy=NO_CACHE, tags=[SEND_TAG], retries=2, retry_delay_seconds=5,
-    task_run_name="send-batch-{batch_no}",
-)
+@task(name="send-batch", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, task_run_name="send-batch-{batch_no}")
 def send_batch(campaign_id: uuid.UUID, batch_no: int) -> dict[str, Any]:
     """Claim, send and record one batch. A retry claims only rows still pending: never a double send."""
     db = get_engine()
-    spec, provider = runner.load_spec(db, campaign_id, load_credentials)
-    return sending.send_batch(db, get_send_engine(), provider, spec, get_settings().batch_size).as_dict()
+    settings = get_settings()
+    spec, provider, credentials = runner.load_spec(db, campaign_id, load_credentials)
+    engine = get_engine_client()
+
+    def deliver(messages: list[OutboundMessage]) -> dict[int, SendResult | None]:
+        return engine.deliver(provider, credentials, spec, messages)
+
+    return sending.send_batch(db, deliver, spec, settings.batch_size, settings.rate_headroom).as_dict()
 
 
 @task(name="reconcile-unknown", cache_policy=NO_CACHE)

@@ -1,0 +1,83 @@
+"""Send throughput against the sandbox at 200 ms latency, as a ratio to the number's cap.
+
+Runs the real send-campaign flow (Prefect engine, Postgres claims, Redis limiter, aiohttp) against the
+sandbox with its throughput cap equal to the number's mps. Prints sustained rate (first to last accepted
+message), end-to-end rate (flow start to end), 130429 answers and the largest one-second window.
+
+    uv run python -m bench.throughput [--cap 1000 --recipients 20000] [--cap 80 --recipients 4000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import time
+
+from bench.common import SandboxProcess, bulk_contacts, fresh_services, new_org
+
+
+def run(cap: int, recipients: int, latency_ms: float, timeline: bool = False) -> dict[str, float]:
+    from blocks.numbers import add_number
+    from campaigns import lifecycle
+    from campaigns.db import get_engine
+    from campaigns.models import CampaignCreate
+    from flows.send_campaign import send_campaign
+
+    db = get_engine()
+    with SandboxProcess(latency_ms, cap) as sandbox:
+        org = new_org()
+        bulk_contacts(org, recipients)
+        with db.begin() as conn:
+            number = add_number(conn, org, provider="sandbox", phone_number_id=f"9{cap}", token="t",
+                                app_secret="s", verify_token="v", api_base=sandbox.url, mps=cap)
+            cid = lifecycle.create(conn, org, CampaignCreate(
+                name="bench", whatsapp_number_id=number, message_type="template",
+                message_content={"template_name": "bench", "language": "pt_BR"},
+                template_variables={"body": ["{{contact.name}}"]}, messages_per_hour=None,
+                delay_between_messages_seconds=0,
+            ))
+        t0 = time.time()
+        result = send_campaign(cid)
+        t1 = time.time()
+        accepted = sorted(m["accepted_at"] for m in sandbox.messages())
+        if timeline and accepted:
+            per = collections.Counter(int(a - accepted[0]) for a in accepted)
+            print("accepted per second:", [per[i] for i in range(max(per) + 1)])
+        stats = sandbox.stats()
+    n = len(accepted)
+    sustained = (n - 1) / (accepted[-1] - accepted[0]) if n > 1 else 0.0
+    # Steady state: the middle 80% of messages, away from ramp-up and the tail.
+    lo, hi = accepted[n // 10], accepted[n * 9 // 10]
+    steady = (n * 8 // 10) / (hi - lo) if hi > lo else 0.0
+    return {
+        "cap": cap, "recipients": recipients, "status": result["status"], "accepted": n,
+        "sustained_mps": sustained, "steady_mps": steady, "end_to_end_mps": n / (t1 - t0),
+        "ratio_sustained": sustained / cap, "ratio_steady": steady / cap,
+        "throttled_130429": stats["throttled_130429"], "max_window": stats["max_window_per_second"],
+        "seconds": t1 - t0,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--cap", type=int, action="append")
+    p.add_argument("--recipients", type=int, action="append")
+    p.add_argument("--latency-ms", type=float, default=200)
+    p.add_argument("--timeline", action="store_true", help="print messages accepted in each second")
+    args = p.parse_args()
+    caps = args.cap or [1000, 80]
+    sizes = args.recipients or [20_000 if c >= 1000 else 4_000 for c in caps]
+    fresh_services()
+    for cap, size in zip(caps, sizes, strict=True):
+        r = run(cap, size, args.latency_ms, args.timeline)
+        print(
+            f"cap {r['cap']:>5} msg/s, {r['recipients']} recipients, latency {args.latency_ms:.0f} ms: "
+            f"sustained {r['sustained_mps']:.1f} msg/s (ratio {r['ratio_sustained']:.3f}), "
+            f"steady {r['steady_mps']:.1f} (ratio {r['ratio_steady']:.3f}), "
+            f"end-to-end {r['end_to_end_mps']:.1f} msg/s in {r['seconds']:.1f} s; "
+            f"130429: {r['throttled_130429']}; largest 1-s window: {r['max_window']}; {r['status']}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""The send engine in a process of its own, one per worker; batches reach it through a pipe.
+
+Why a process: pacing at 1,000 msg/s needs the event loop to wake within a few milliseconds of each
+reserved slot. In the worker process, Prefect's task threads and their garbage hold the GIL for tens of
+milliseconds at a time; sends then woke late and bunched (bench: 130429 answers from the sandbox and
+~750 msg/s at a cap of 1,000). Alone in its process the same loop paces at the cap with no 130429.
+
+The child watches its pipe: when the worker dies (even by SIGKILL) the pipe closes and the child exits
+at once, so no orphan keeps sending rows whose outcome the next runner will reconcile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+from concurrent.futures import Future
+from multiprocessing.connection import Connection
+from typing import Any
+
+from campaigns.providers import Credentials, OutboundMessage, SendResult
+
+log = logging.getLogger(__name__)
+
+Results = dict[int, SendResult | None]
+
+
+class EngineClient:
+    """Used by task threads; any number of batches may be in flight at once."""
+
+    def __init__(self) -> None:
+        # A plain subprocess on a socketpair rather than multiprocessing's spawn, which would re-run the
+        # caller's __main__ script in the child.
+        parent_sock, child_sock = socket.socketpair()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "campaigns.engine_process", str(child_sock.fileno())],
+            pass_fds=[child_sock.fileno()], stdin=subprocess.DEVNULL,
+        )
+        child_sock.close()
+        self._conn = Connection(parent_sock.detach())
+        self._send_lock = threading.Lock()
+        self._pending: dict[int, Future[Results]] = {}
+        self._ids = itertools.count()
+        self._reader = threading.Thread(target=self._read_loop, name="send-engine-reader", daemon=True)
+        self._reader.start()
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None and self._reader.is_alive()
+
+    def deliver(
+        self, provider: str, credentials: Credentials, spec: Any, messages: list[OutboundMessage]
+    ) -> Results:
+        fut: Future[Results] = Future()
+        request_id = next(self._ids)
+        self._pending[request_id] = fut
+        with self._send_lock:
+            self._conn.send((request_id, provider, credentials, spec, messages))
+        return fut.result()
+
+    def _read_loop(self) -> None:
+        while True:
+            try:
+                request_id, ok, payload = self._conn.recv()
+            except (EOFError, OSError):
+                for fut in self._pending.values():
+                    if not fut.done():
+                        fut.set_exception(RuntimeError("the send engine process exited"))
+                return
+            fut = self._pending.pop(request_id)
+            if ok:
+                fut.set_result(payload)
+            else:
+                fut.set_exception(RuntimeError(f"send engine: {payload}"))
+
+    def close(self) -> None:
+        self._conn.close()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def _child_main(conn: Connection) -> None:
+    from campaigns.engine import SendEngine
+    from campaigns.providers import build_provider
+    from campaigns.sending import deliver
+    from campaigns.settings import get_settings
+
+    engine = SendEngine(get_settings())
+    providers: dict[tuple[str, Credentials], Any] = {}
+    reply_lock = threading.Lock()
+
+    def reply(request_id: int, fut: Future[Results]) -> None:
+        exc = fut.exception()
+        message = (request_id, False, f"{type(exc).__name__}: {exc}") if exc else (request_id, True, fut.result())
+        with reply_lock:
+            try:
+                conn.send(message)
+            except (BrokenPipeError, OSError):
+                os._exit(0)
+
+    while True:
+        try:
+            request_id, provider_name, credentials, spec, messages = conn.recv()
+        except (EOFError, OSError):
+            os._exit(0)  # the worker is gone: stop now, send nothing more
+        key = (provider_name, credentials)
+        if key not in providers:
+            providers[key] = build_provider(provider_name, credentials)
+        coro = deliver(engine, providers[key], spec, messages)
+        future = asyncio.run_coroutine_threadsafe(coro, engine.loop)
+        future.add_done_callback(lambda f, rid=request_id: reply(rid, f))
+
+
+_client: EngineClient | None = None
+_lock = threading.Lock()
+
+
+def get_engine_client() -> EngineClient:
+    global _client
+    with _lock:
+        if _client is None or not _client.alive:
+            _client = EngineClient()
+        return _client
+
+
+if __name__ == "__main__":
+    _child_main(Connection(int(sys.argv[1])))
