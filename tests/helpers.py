@@ -85,3 +85,13 @@ def sent_counts(sandbox: Any) -> dict[str, int]:
         key = m["biz_opaque_callback_data"]
         counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.05) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(interval)
