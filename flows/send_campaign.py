@@ -72,7 +72,8 @@ def send_campaign(campaign_id: uuid.UUID) -> dict[str, Any]:
                 break
             if left.due:
                 n = math.ceil(left.due / settings.batch_size)
-                with concurrency(limit_name, occupy=slots_for_run()):
+                # Leases are renewed while held; a crashed worker's slots come back within 60 s.
+                with concurrency(limit_name, occupy=slots_for_run(), lease_duration=60):
                     futures = send_batch.map(campaign_id, range(batch_no, batch_no + n))
                     batch_no += n
                     for _ in as_completed(futures):
