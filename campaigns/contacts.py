@@ -103,6 +103,7 @@ def import_contacts(conn: sa.Connection, organization_id: uuid.UUID, good: pl.Da
     """Upsert by (organization, phone). Returns (inserted, updated)."""
     if good.is_empty():
         return 0, 0
+    conn.execute(sa.text("drop table if exists _import"))
     conn.execute(sa.text(
         "create temp table _import (phone text, name text, tags text[], attributes jsonb, opted_out bool, "
         "last_inbound_at timestamptz) on commit drop"

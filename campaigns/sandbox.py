@@ -720,7 +720,10 @@ class Sandbox:
             return {"id": record["wamid"], "status": name, "timestamp": str(int(wall + at)), **common, **extra}
 
         t_sent = cfg.sent_delay_ms / 1000.0
+        # The truth the engine's statistics must match: each message's last status and whether it was replied.
+        record["final_status"], record["replied"] = "sent", False
         if rule is not None:  # where == "webhook": Meta accepted it, then reports the failure
+            record["final_status"] = "failed"
             self._webhook_failures_by_code[rule.code] += 1
             failed = status("failed", t_sent, errors=[rule.error().webhook_error()])
             self._push(cfg, t_sent, pnid, "status", failed, now)
@@ -735,11 +738,14 @@ class Sandbox:
         if self._rng.random() >= cfg.delivered_rate:
             return
         t_delivered = t_sent + cfg.delivered_delay_ms / 1000.0
+        record["final_status"] = "delivered"
         self._push(cfg, t_delivered, pnid, "status", status("delivered", t_delivered, pricing=pricing), now)
         if self._rng.random() < cfg.read_rate:
+            record["final_status"] = "read"
             t_read = t_delivered + cfg.read_delay_ms / 1000.0
             self._push(cfg, t_read, pnid, "status", status("read", t_read), now)
         if self._rng.random() < cfg.reply_rate:
+            record["replied"] = True
             t_reply = t_delivered + cfg.reply_delay_ms / 1000.0
             reply = {
                 "contact": {"profile": {"name": cfg.reply_profile_name}, "wa_id": record["wa_id"]},
