@@ -34,24 +34,31 @@ def load_spec(
     return CampaignSpec.from_rows(campaign, number), number["provider"], credentials(number["block_name"])
 
 
-def build_audience_once(conn: sa.Connection, campaign: dict[str, Any], provider: str) -> dict[str, int]:
-    """Freeze the audience the first time the campaign runs; later runs (resume, restart) reuse it."""
-    exists = conn.execute(
-        sa.text("select exists (select 1 from campaign_recipients where campaign_id = :c)"), {"c": campaign["id"]}
-    ).scalar_one()
-    if exists:
-        return {}
-    rules = audience.AudienceRules(
-        respect_opt_out=campaign["respect_opt_out"],
-        skip_active_conversations=campaign["skip_active_conversations"],
-        require_window=campaign["message_type"] == "text" and provider in ("meta_cloud", "sandbox"),
-    )
-    frame = audience.load_contacts(conn, campaign["organization_id"], campaign["audience_type"],
-                                   campaign["audience_filter"] or {})
+def build_audience_once(db: sa.Engine, campaign_id: uuid.UUID, provider: str) -> dict[str, int]:
+    """Freeze the audience the first time the campaign runs; later runs (resume, restart) reuse it.
+
+    `audience_frozen_at` is set only after every row is written, so a build that crashed halfway is
+    cleaned up and redone; no batch claims rows before the audience is frozen.
+    """
+    with db.begin() as conn:
+        campaign = lifecycle.get_any_org(conn, campaign_id)
+        if campaign["audience_frozen_at"] is not None:
+            return {}
+        conn.execute(sa.text("delete from campaign_recipients where campaign_id = :c"), {"c": campaign_id})
+        rules = audience.AudienceRules(
+            respect_opt_out=campaign["respect_opt_out"],
+            skip_active_conversations=campaign["skip_active_conversations"],
+            require_window=campaign["message_type"] == "text" and provider in ("meta_cloud", "sandbox"),
+        )
+        frame = audience.load_contacts(conn, campaign["organization_id"], campaign["audience_type"],
+                                       campaign["audience_filter"] or {})
     classified = audience.classify(frame, rules, datetime.now(UTC))
-    total = audience.write_recipients(conn, campaign["id"], campaign["organization_id"], classified)
-    conn.execute(sa.text("update campaigns set total_recipients = :n, updated_at = now() where id = :c"),
-                 {"n": total, "c": campaign["id"]})
+    total = audience.write_recipients(db, campaign_id, campaign["organization_id"], classified)
+    with db.begin() as conn:
+        conn.execute(sa.text("""
+            update campaigns set total_recipients = :n, audience_frozen_at = now(), updated_at = now()
+            where id = :c and audience_frozen_at is null
+        """), {"n": total, "c": campaign_id})
     return audience.counts(classified)
 
 
@@ -75,9 +82,8 @@ def prepare(
             lifecycle.mark_running(conn, org, campaign_id)
         elif campaign["status"] != "running":
             return Prepared(campaign["status"])
-    with db.begin() as conn:
-        campaign = lifecycle.get_any_org(conn, campaign_id)
-        counts = build_audience_once(conn, campaign, number["provider"])
+    counts = build_audience_once(db, campaign_id, number["provider"])
+    with db.connect() as conn:
         total = conn.execute(sa.text("select total_recipients from campaigns where id = :c"),
                              {"c": campaign_id}).scalar_one()
     return Prepared("running", audience=counts, total_recipients=total)

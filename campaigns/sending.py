@@ -40,7 +40,8 @@ CLAIM = sa.text("""
         select r.id from campaign_recipients r
         where r.campaign_id = :campaign and r.status = 'pending'
           and (r.next_attempt_at is null or r.next_attempt_at <= now())
-          and exists (select 1 from campaigns c where c.id = :campaign and c.status = 'running')
+          and exists (select 1 from campaigns c where c.id = :campaign and c.status = 'running'
+                      and c.audience_frozen_at is not null)
         order by r.id
         limit :limit
         for update of r skip locked

@@ -90,12 +90,8 @@ def test_every_contact_gets_a_row_written_once(db, org, sandbox):
         {"phone": "+5511933333333", "in_conversation": True},
     ])
     cid = create_campaign(db, org, number, skip_active_conversations=True)
-    with db.begin() as conn:
-        from campaigns import lifecycle
-
-        campaign = lifecycle.get(conn, org, cid)
-        counts = build_audience_once(conn, campaign, "sandbox")
-        again = build_audience_once(conn, campaign, "sandbox")
+    counts = build_audience_once(db, cid, "sandbox")
+    again = build_audience_once(db, cid, "sandbox")
     assert counts == {"pending": 1, "invalid_number": 1, "opt_out": 1, "duplicate": 1, "active_conversation": 1}
     assert again == {}
     rows = recipients(db, cid)

@@ -95,6 +95,7 @@ def upgrade() -> None:
     sa.Column('started_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('completed_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('total_recipients', sa.Integer(), server_default='0', nullable=False),
+    sa.Column('audience_frozen_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('last_error_message', sa.Text(), nullable=True),
     sa.Column('error_count', sa.Integer(), server_default='0', nullable=False),
     sa.Column('flow_run_id', sa.Text(), nullable=True),
@@ -127,7 +128,6 @@ def upgrade() -> None:
     sa.Column('read_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('failed_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('replied_at', sa.DateTime(timezone=True), nullable=True),
-    sa.ForeignKeyConstraint(['campaign_id'], ['campaigns.id'], ),
     sa.PrimaryKeyConstraint('id')
     )
     op.create_index('ix_recipients_campaign_status_id', 'campaign_recipients', ['campaign_id', 'status', 'id'], unique=False)
