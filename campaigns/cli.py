@@ -187,6 +187,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from deployments.serve import main as serve_main
+
+    _err("serving send-campaign/default and ingest-statuses/default (Ctrl-C to stop)")
+    serve_main(limit=args.limit)
+    return 0
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from campaigns.ingest import ingest_pending
 
@@ -285,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("run", help="run the send-campaign flow in this process (what `start` spawns)")
     a.add_argument("id")
     a.set_defaults(fn=cmd_run, prefect=True)
+
+    a = sub.add_parser("serve", help="serve the Prefect deployments (UI runs, schedules, the main app)")
+    a.add_argument("--limit", type=int, default=8, help="flow runs at once in this process")
+    a.set_defaults(fn=cmd_serve, prefect=True)
 
     a = sub.add_parser("ingest", help="apply stored webhook events now")
     a.set_defaults(fn=cmd_ingest, prefect=False)

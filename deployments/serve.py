@@ -1,0 +1,28 @@
+"""Serve every deployment from one process: `campaigns serve` (or `python -m deployments.serve`).
+
+- send-campaign/default: run by `campaigns start`, the Prefect UI's "Run" form (campaign_id), or the
+  main app through Prefect's REST API (`POST /api/deployments/{id}/create_flow_run`).
+- ingest-statuses/default: every 10 seconds.
+The global concurrency limit for send batches is created here if missing.
+"""
+
+from __future__ import annotations
+
+from prefect import serve
+
+from deployments.limits import ensure_send_limit
+from flows.ingest_statuses import ingest_statuses
+from flows.send_campaign import send_campaign
+
+
+def main(limit: int = 8) -> None:
+    ensure_send_limit()
+    serve(
+        send_campaign.to_deployment(name="default", tags=["campaigns"]),
+        ingest_statuses.to_deployment(name="default", interval=10, tags=["campaigns"]),
+        limit=limit,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""The command line as the README, the demo and acceptance checks use it: real processes, real services."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, "-m", "campaigns.cli", *args], capture_output=True, text=True,
+                            env=os.environ.copy(), timeout=180)
+    if check and result.returncode != 0:
+        raise AssertionError(f"campaigns {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+    return result
+
+
+def test_a_campaign_from_the_command_line(tmp_path, sandbox):
+    assert cli("db", "upgrade").stdout == ""
+    org = f"cli-{uuid.uuid4().hex[:8]}"
+    org_id = cli("orgs", "add", org).stdout.strip()
+    assert uuid.UUID(org_id)
+    pnid = "5550001"
+    sandbox.set_token(pnid, "cli-token")
+    number_id = cli("numbers", "add", "--org", org, "--provider", "sandbox", "--phone-number-id", pnid,
+                    "--token", "cli-token", "--app-secret", "sandbox-app-secret", "--verify-token", "v",
+                    "--api-base", sandbox.url, "--mps", "200").stdout.strip()
+    assert uuid.UUID(number_id)
+    assert "cli-token" not in cli("numbers", "add", "--org", org, "--provider", "sandbox", "--phone-number-id", pnid,
+                                  "--token", "cli-token", "--api-base", sandbox.url).stderr
+
+    csv = tmp_path / "contacts.csv"
+    csv.write_text("phone,name,tags,opted_out\n" + "".join(f"+55119000{i:05d},Ana {i},,false\n" for i in range(30))
+                   + "oops,Bad,,false\n+5511900000001,Dup,,false\n")
+    imported = cli("contacts", "import", str(csv), "--org", org)
+    assert imported.stdout.strip() == "30"
+    assert "line 32: invalid phone 'oops'" in imported.stderr
+    assert "line 33: duplicate phone (first seen on line 3)" in imported.stderr
+
+    body = {"name": "CLI", "whatsapp_number_id": number_id, "message_type": "template",
+            "message_content": {"template_name": "promo", "language": "pt_BR"},
+            "template_variables": {"body": ["{{contact.name}}"]}, "messages_per_hour": None,
+            "delay_between_messages_seconds": 0}
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**body, "retry_max_attempts": 99}))
+    refused = cli("create", str(bad), "--org", org, check=False)
+    assert refused.returncode == 2 and "retry_max_attempts" in refused.stderr
+    good = tmp_path / "campaign.json"
+    good.write_text(json.dumps(body))
+    campaign_id = cli("create", str(good), "--org", org).stdout.strip()
+
+    started = cli("start", campaign_id, "--wait")
+    assert started.stdout.strip() == campaign_id
+
+    stats = json.loads(cli("stats", campaign_id, "--json").stdout)
+    assert stats["total_recipients"] == 30 and stats["messages_sent"] == 30 and stats["messages_pending"] == 0
+    for key in ("messages_delivered", "messages_read", "messages_failed", "delivery_rate", "read_rate",
+                "reply_rate", "error_count", "last_error_message"):
+        assert key in stats
+    progress = json.loads(cli("progress", campaign_id, "--json").stdout)
+    assert progress["progress_percentage"] == 100.0 and progress["current_status"] == "completed"
+    assert progress["estimated_remaining_time"] == "00:00:00"
+    assert len(sandbox.messages()) == 30
+
+    again = cli("pause", campaign_id, check=False)
+    assert again.returncode == 1 and "Cannot pause a completed campaign" in again.stderr
+    missing = cli("stats", str(uuid.uuid4()), check=False)
+    assert missing.returncode == 1 and "Campaign not found" in missing.stderr
