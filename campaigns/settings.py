@@ -23,7 +23,7 @@ class Settings(BaseSettings):
 
     # Send path tuning.
     batch_size: int = Field(100, ge=1, le=5000)
-    parallel_batches: int = Field(8, ge=1, le=64, description="send_batch tasks running at once per flow run")
+    parallel_batches: int = Field(12, ge=1, le=64, description="send_batch tasks running at once per flow run")
     http_max_connections: int = Field(1000, ge=1)
     http_timeout_seconds: float = Field(30.0, gt=0)
     rate_headroom: float = Field(0.04, ge=0, lt=1, description="share of a number's mps left for replies")
