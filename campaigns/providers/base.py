@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -53,6 +54,44 @@ def parse_callback_data(value: str | None) -> int | None:
         except ValueError:
             return None
     return None
+
+
+@dataclass(frozen=True)
+class HttpReply:
+    status: int
+    payload: Any  # parsed JSON, or the body as text when it is not JSON
+    retry_after: float | None
+
+
+async def post_json(
+    session: aiohttp.ClientSession, url: str, body: dict[str, Any], headers: dict[str, str], recipient_id: int
+) -> HttpReply | SendResult:
+    """POST a JSON body; a transport failure comes back as a failed SendResult with its class.
+
+    A timeout or a broken connection after the request left is ambiguous (the provider may have
+    accepted it); a connection that never opened is not.
+    """
+    data = json.dumps(body, ensure_ascii=False).encode()
+    try:
+        async with session.post(url, data=data, headers=headers) as resp:
+            raw = await resp.read()
+            status = resp.status
+            retry_after = resp.headers.get("Retry-After")
+    except TimeoutError:
+        return SendResult(recipient_id, False, error_message="timeout waiting for the provider", ambiguous=True)
+    except aiohttp.ClientConnectorError as exc:
+        return SendResult(recipient_id, False, error_message=f"connection failed: {exc.os_error}")
+    except aiohttp.ClientError as exc:
+        return SendResult(recipient_id, False, error_message=f"transport error: {exc}", ambiguous=True)
+    try:
+        payload: Any = json.loads(raw)
+    except ValueError:
+        payload = raw.decode(errors="replace")
+    try:
+        seconds = float(retry_after) if retry_after is not None else None
+    except ValueError:
+        seconds = None
+    return HttpReply(status, payload, seconds)
 
 
 class Provider(Protocol):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import aiohttp
 
 from campaigns.errors import AMBIGUOUS_CODES
-from campaigns.providers.base import Credentials, OutboundMessage, SendResult
+from campaigns.providers.base import Credentials, OutboundMessage, SendResult, post_json
 
 
 def graph_error(body: Any) -> tuple[int | None, str]:
@@ -23,13 +22,6 @@ def graph_error(body: Any) -> tuple[int | None, str]:
         message = f"{message}: {details}"
     return (int(code) if isinstance(code, int | str) and str(code).isdigit() else None), message
 
-
-def _retry_after(headers: Any) -> float | None:
-    value = headers.get("Retry-After")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
 
 
 class MetaCloudProvider:
@@ -58,29 +50,16 @@ class MetaCloudProvider:
         return body
 
     async def send(self, session: aiohttp.ClientSession, msg: OutboundMessage) -> SendResult:
-        rid = msg.recipient_id
-        data = json.dumps(self.body(msg), ensure_ascii=False).encode()
-        try:
-            async with session.post(self.url, data=data, headers=self.headers) as resp:
-                raw = await resp.read()
-                status = resp.status
-                retry_after = _retry_after(resp.headers)
-        except TimeoutError:
-            # The request may have reached Meta: the outcome is unknown.
-            return SendResult(rid, False, error_message="timeout waiting for the provider", ambiguous=True)
-        except aiohttp.ClientConnectorError as exc:
-            return SendResult(rid, False, error_message=f"connection failed: {exc.os_error}")
-        except aiohttp.ClientError as exc:
-            return SendResult(rid, False, error_message=f"transport error: {exc}", ambiguous=True)
-        try:
-            payload = json.loads(raw)
-        except ValueError:
-            payload = raw.decode(errors="replace")
+        reply = await post_json(session, self.url, self.body(msg), self.headers, msg.recipient_id)
+        if isinstance(reply, SendResult):
+            return reply
+        status, payload = reply.status, reply.payload
         if status == 200 and isinstance(payload, dict) and payload.get("messages"):
-            return SendResult(rid, True, message_id=payload["messages"][0].get("id"), http_status=status)
+            return SendResult(msg.recipient_id, True, message_id=payload["messages"][0].get("id"), http_status=status)
         code, message = graph_error(payload)
         ambiguous = code in AMBIGUOUS_CODES or (code is None and status >= 500)
-        return SendResult(rid, False, None, code, message or f"HTTP {status}", status, ambiguous, retry_after)
+        return SendResult(msg.recipient_id, False, None, code, message or f"HTTP {status}", status, ambiguous,
+                          reply.retry_after)
 
 
 class SandboxProvider(MetaCloudProvider):
