@@ -44,8 +44,10 @@ def _redis_db(url: str, number: int) -> str:
     return f"{scheme}://{rest.split('/', 1)[0]}/{number}"
 
 
-@pytest.fixture(scope="session", autouse=True)
-def services() -> Iterator[None]:
+def pytest_configure(config: pytest.Config) -> None:
+    """Start the services before test modules are collected: Prefect reads PREFECT_API_URL when it is
+    first imported, and test modules import it. A test process and the workers it spawns must talk to
+    the same Prefect server (they share the number's credentials block)."""
     from campaigns.embedded import bootstrap
     from campaigns.settings import get_settings
 
@@ -59,7 +61,11 @@ def services() -> Iterator[None]:
     from campaigns.db import upgrade
 
     upgrade(os.environ["DATABASE_URL"])
-    yield
+
+
+@pytest.fixture(scope="session")
+def services() -> None:
+    """Started by pytest_configure; a fixture other fixtures can depend on."""
 
 
 @pytest.fixture
