@@ -22,6 +22,7 @@ from campaigns.phones import E164
 
 WINDOW = timedelta(hours=24)
 AUDIENCE_TYPES = ("all_contacts", "tags", "contacts")
+PARALLEL_COPY_MIN_ROWS = 100_000
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,8 @@ def write_recipients(
     )
     if out.is_empty():
         return 0
+    if out.height < PARALLEL_COPY_MIN_ROWS:
+        parallel = 1  # small audiences keep one COPY, so ids (the send order) follow the contacts' order
     size = -(-out.height // max(parallel, 1))
     chunks = [out.slice(i, size) for i in range(0, out.height, size)]
     with ThreadPoolExecutor(max_workers=len(chunks)) as pool:

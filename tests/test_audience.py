@@ -82,7 +82,7 @@ def test_tags_any_all_and_explicit_lists_are_scoped_by_organization(db, org):
 
 def test_every_contact_gets_a_row_written_once(db, org, sandbox):
     number = add_sandbox_number(db, org, sandbox)
-    add_contacts(db, org, [
+    contacts = add_contacts(db, org, [
         {"phone": "+5511911111111", "name": "Ana"},
         {"phone": "not a phone"},
         {"phone": "+5511922222222", "opted_out": True},
@@ -96,4 +96,6 @@ def test_every_contact_gets_a_row_written_once(db, org, sandbox):
     assert again == {}
     rows = recipients(db, cid)
     assert len(rows) == 5
-    assert [r["skip_reason"] for r in rows] == [None, "invalid_number", "opt_out", "duplicate", "active_conversation"]
+    reason = {r["contact_id"]: r["skip_reason"] for r in rows}
+    assert [reason[c] for c in contacts] == [None, "invalid_number", "opt_out", "duplicate", "active_conversation"]
+    assert [r["contact_id"] for r in rows] == contacts  # small audiences are sent in contact order
