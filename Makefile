@@ -27,6 +27,7 @@ test: lint
 bench: sync
 	$(UV) run --locked python -m bench.audience
 	$(UV) run --locked python -m bench.throughput
+	$(UV) run --locked python -m bench.limiter
 
 clean:
 	rm -rf .campaigns .venv .tools

@@ -1,0 +1,65 @@
+"""Limits shared by campaigns, and the rate-class and unknown errors (issue #3's ground floor)."""
+
+from __future__ import annotations
+
+import threading
+
+import sqlalchemy as sa
+
+from flows.send_campaign import send_campaign
+from tests.helpers import add_contacts, add_sandbox_number, create_campaign, phones, recipients, sent_counts
+
+
+def test_two_campaigns_on_one_number_never_exceed_its_rate_together(db, org, sandbox):
+    sandbox.configure(mps_cap=100, latency_ms=50)
+    number = add_sandbox_number(db, org, sandbox, mps=100)
+    add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(500)])
+    first = create_campaign(db, org, number, name="one")
+    second = create_campaign(db, org, number, name="two")
+    results = {}
+    threads = [threading.Thread(target=lambda c=c: results.update({c: send_campaign(c)})) for c in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+
+    assert {r["status"] for r in results.values()} == {"completed"}
+    stats = sandbox.stats()
+    assert stats["throttled_130429"] == 0
+    assert stats["max_window_per_second"] <= 100
+    assert len(sandbox.messages()) == 1000 and set(sent_counts(sandbox).values()) == {1}
+
+
+def test_a_pair_rate_limit_delays_only_that_recipient(db, org, sandbox):
+    sandbox.configure(rules=[{"match": "3$", "code": 131056, "times": 1}])
+    number = add_sandbox_number(db, org, sandbox)
+    add_contacts(db, org, [{"phone": f"+551190000000{i}", "name": "Ana"} for i in range(1, 6)])
+    cid = create_campaign(db, org, number)
+
+    assert send_campaign(cid)["status"] == "completed"
+
+    rows = {r["phone"]: r for r in recipients(db, cid)}
+    delayed = rows["+5511900000003"]
+    assert delayed["status"] in ("sent", "delivered", "read")
+    assert [e.get("error_code") for e in delayed["attempt_log"]] == [131056, None]
+    others = [r for p, r in rows.items() if p != "+5511900000003"]
+    assert all(len(r["attempt_log"]) == 1 for r in others)
+    # The others went out before the delayed one was retried (4 s later).
+    assert max(r["sent_at"] for r in others) < delayed["sent_at"]
+
+
+def test_an_unknown_error_code_is_retried_safely_then_recorded(db, org, sandbox):
+    sandbox.configure(rules=[{"match": "1$", "code": 987654, "http_status": 400}])
+    number = add_sandbox_number(db, org, sandbox)
+    add_contacts(db, org, [{"phone": "+5511900000001", "name": "Ana"}, {"phone": "+5511900000002", "name": "Bia"}])
+    cid = create_campaign(db, org, number, retry_max_attempts=2)
+    with db.begin() as conn:
+        conn.execute(sa.text("update campaigns set retry_base_delay = 1 where id = :c"), {"c": cid})
+
+    assert send_campaign(cid)["status"] == "completed"
+
+    rows = {r["phone"]: r for r in recipients(db, cid)}
+    assert rows["+5511900000001"]["status"] == "failed"
+    assert rows["+5511900000001"]["error_code"] == 987654
+    assert rows["+5511900000001"]["attempts"] == 2  # neither dropped at once nor retried forever
+    assert rows["+5511900000002"]["status"] in ("sent", "delivered", "read")
