@@ -57,10 +57,14 @@ class EngineClient:
         self, provider: str, credentials: Credentials, spec: Any, messages: list[OutboundMessage]
     ) -> Results:
         fut: Future[Results] = Future()
-        request_id = next(self._ids)
-        self._pending[request_id] = fut
         with self._send_lock:
-            self._conn.send((request_id, provider, credentials, spec, messages))
+            request_id = next(self._ids)
+            self._pending[request_id] = fut
+            try:
+                self._conn.send((request_id, provider, credentials, spec, messages))
+            except OSError:
+                self._pending.pop(request_id, None)
+                raise
         return fut.result()
 
     def _read_loop(self) -> None:
@@ -68,11 +72,15 @@ class EngineClient:
             try:
                 request_id, ok, payload = self._conn.recv()
             except (EOFError, OSError):
-                for fut in self._pending.values():
+                with self._send_lock:
+                    orphans = list(self._pending.values())
+                    self._pending.clear()
+                for fut in orphans:
                     if not fut.done():
                         fut.set_exception(RuntimeError("the send engine process exited"))
                 return
-            fut = self._pending.pop(request_id)
+            with self._send_lock:
+                fut = self._pending.pop(request_id)
             if ok:
                 fut.set_result(payload)
             else:
@@ -97,7 +105,7 @@ def _child_main(conn: Connection) -> None:
     reply_lock = threading.Lock()
 
     def reply(request_id: int, fut: Future[Results]) -> None:
-        exc = fut.exception()
+        exc: BaseException | None = asyncio.CancelledError() if fut.cancelled() else fut.exception()
         message = (request_id, False, f"{type(exc).__name__}: {exc}") if exc else (request_id, True, fut.result())
         with reply_lock:
             try:
@@ -126,6 +134,8 @@ def get_engine_client() -> EngineClient:
     global _client
     with _lock:
         if _client is None or not _client.alive:
+            if _client is not None:
+                _client.close()
             _client = EngineClient()
         return _client
 

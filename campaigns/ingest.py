@@ -2,7 +2,9 @@
 
 Events are claimed in bulk with SKIP LOCKED inside one transaction (several ingesters may run; a crash
 rolls the claim back). Every entry × change × status is read. Statuses only move forward
-(sending < sent < delivered < read, and `failed` is terminal), each status keeps its first timestamp,
+(pending/sending < sent < delivered < read, and `failed` is terminal: a status webhook for a row that
+reconciliation had put back to pending proves it was accepted, so it is not sent again), each status keeps
+its first timestamp,
 so duplicates and shuffled order give the same result. A status is matched by our recipient id
 (biz_opaque_callback_data) or by wamid; one that matches nothing yet stays pending and is retried,
 and after `ORPHAN_AFTER_ATTEMPTS` it is marked orphaned, never silently dropped.
@@ -50,8 +52,11 @@ class ParsedEvent:
 def _ts(value: Any) -> datetime:
     try:
         return datetime.fromtimestamp(int(value), UTC)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, OSError):
         return datetime.now(UTC)
+
+
+INT4_MAX = 2**31 - 1
 
 
 def _error(status: dict[str, Any]) -> tuple[int | None, str | None]:
@@ -62,7 +67,10 @@ def _error(status: dict[str, Any]) -> tuple[int | None, str | None]:
     details = (err.get("error_data") or {}).get("details") if isinstance(err.get("error_data"), dict) else None
     text = " - ".join(str(x) for x in (err.get("title") or err.get("message"), details) if x)
     code = err.get("code")
-    return (int(code) if str(code).isdigit() else None), text or None
+    number = int(code) if str(code).isdigit() else None
+    if number is not None and number > INT4_MAX:  # not a Graph code; keep it in the text only
+        text, number = f"{text} (code {number})", None
+    return number, text or None
 
 
 def parse_meta(event_id: int, payload: Any) -> ParsedEvent:
@@ -139,7 +147,7 @@ APPLY = sa.text("""
         wamid = coalesce(r.wamid, s.wamid),
         status = (array['sending', 'sent', 'delivered', 'read', 'failed'])[greatest(s.rank, case r.status
             when 'sent' then 2 when 'delivered' then 3 when 'read' then 4 when 'failed' then 5 else 1 end)],
-        sent_at = coalesce(least(r.sent_at, s.sent_at), s.delivered_at, s.read_at, s.failed_at),
+        sent_at = coalesce(least(r.sent_at, s.sent_at), s.delivered_at, s.read_at),
         delivered_at = least(r.delivered_at, s.delivered_at),
         read_at = least(r.read_at, s.read_at),
         failed_at = least(r.failed_at, s.failed_at),
@@ -147,7 +155,7 @@ APPLY = sa.text("""
         error_message = case when s.failed_at is not null and r.status <> 'failed' then s.message
                         else r.error_message end
     from s
-    where r.id = s.rid and r.status in ('sending', 'sent', 'delivered', 'read', 'failed')
+    where r.id = s.rid and r.status in ('pending', 'sending', 'sent', 'delivered', 'read', 'failed')
     returning r.id, r.campaign_id
 """)
 
@@ -202,7 +210,10 @@ def ingest_once(conn: sa.Connection, limit: int = 5000) -> IngestResult:
             parsed.append(ParsedEvent(row.id, error="body is not valid JSON"))
             continue
         parse = parse_evolution if row.provider == "evolution" else parse_meta
-        parsed.append(parse(row.id, payload))
+        try:
+            parsed.append(parse(row.id, payload))
+        except Exception as exc:  # a signed but malformed event must never stop ingestion for the rest
+            parsed.append(ParsedEvent(row.id, error=f"malformed event: {type(exc).__name__}: {exc}"[:500]))
     updates = [u for p in parsed for u in p.statuses]
     _resolve(conn, updates)
     result.statuses = len(updates)

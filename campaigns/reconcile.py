@@ -51,6 +51,7 @@ def reconcile(db: sa.Engine, campaign_id: uuid.UUID, grace_seconds: float) -> Re
         after_ingest = unknown_count(conn, campaign_id)
         requeued = conn.execute(sa.text("""
             update campaign_recipients set status = 'pending', next_attempt_at = null,
+                attempts = greatest(attempts - 1, 0),
                 attempt_log = attempt_log || jsonb_build_array(jsonb_build_object(
                     'attempt', attempts, 'success', false, 'timestamp', now(),
                     'error_message', 'outcome unknown: no status webhook within the grace period, resending'))

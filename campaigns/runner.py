@@ -114,3 +114,16 @@ def remaining(db: sa.Engine, campaign_id: uuid.UUID) -> Remaining:
         """), {"c": campaign_id}).one()
     return Remaining(row.status, row.due, row.waiting, row.unknown,
                      float(row.next_in) if row.next_in is not None else None)
+
+
+def batches_per_wave(db: sa.Engine, campaign_id: uuid.UUID, batch_size: int, headroom: float, parallel: int) -> int:
+    """How many batches to start at once. A slow campaign (say 100 messages an hour) starts one: parallel
+    batches would only queue behind its pace, their claimed rows waiting minutes in `sending`, where a
+    crash would make reconciliation count their grace from the claim rather than the send."""
+    with db.connect() as conn:
+        campaign = lifecycle.get_any_org(conn, campaign_id)
+        number = lifecycle.get_number(conn, campaign["organization_id"], campaign["whatsapp_number_id"])
+    spec = CampaignSpec.from_rows(campaign, number)
+    step = max(limit.interval_us for limit in spec.limits(headroom)) / 1_000_000
+    seconds_per_batch = spec.claim_size(batch_size, headroom) * step
+    return max(1, min(parallel * 50, int(30 // seconds_per_batch) if seconds_per_batch else parallel * 50))

@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 CLAIM = sa.text("""
     with picked as (
-        select r.id from campaign_recipients r
+        select r.id, ct.id as contact_exists, ct.name, ct.attributes, ct.opted_out_at
+        from campaign_recipients r left join contacts ct on ct.id = r.contact_id
         where r.campaign_id = :campaign and r.status = 'pending'
           and (r.next_attempt_at is null or r.next_attempt_at <= now())
           and exists (select 1 from campaigns c where c.id = :campaign and c.status = 'running'
@@ -48,9 +49,9 @@ CLAIM = sa.text("""
     )
     update campaign_recipients r
     set status = 'sending', claimed_at = now(), attempts = r.attempts + 1
-    from picked, contacts ct
-    where r.id = picked.id and ct.id = r.contact_id
-    returning r.id, r.phone, r.attempts, ct.name, ct.attributes, ct.opted_out_at
+    from picked
+    where r.id = picked.id
+    returning r.id, r.phone, r.attempts, picked.contact_exists, picked.name, picked.attributes, picked.opted_out_at
 """)
 
 RECORD = sa.text("""
@@ -63,6 +64,7 @@ RECORD = sa.text("""
         error_message = case when v.status = 'sent' then null else coalesce(v.message, r.error_message) end,
         skip_reason = coalesce(v.skip_reason, r.skip_reason),
         next_attempt_at = v.next_at,
+        claimed_at = case when v.status = 'sending' then v.at else r.claimed_at end,
         attempts = r.attempts + v.attempts_delta,
         attempt_log = case when v.entry is null then r.attempt_log else r.attempt_log || jsonb_build_array(v.entry) end
     from unnest(
@@ -82,6 +84,7 @@ class Claimed:
     name: str | None
     attributes: dict[str, Any]
     opted_out: bool
+    contact_deleted: bool = False
 
 
 @dataclass
@@ -158,7 +161,8 @@ class CampaignSpec:
 def claim(conn: sa.Connection, campaign_id: uuid.UUID, limit: int) -> list[Claimed]:
     rows = conn.execute(CLAIM, {"campaign": campaign_id, "limit": limit}).all()
     return [
-        Claimed(r.id, r.phone, r.attempts, r.name, r.attributes or {}, r.opted_out_at is not None)
+        Claimed(r.id, r.phone, r.attempts, r.name, r.attributes or {}, r.opted_out_at is not None,
+                contact_deleted=r.contact_exists is None)
         for r in sorted(rows, key=lambda r: r.id)
     ]
 
@@ -168,6 +172,9 @@ def prepare(spec: CampaignSpec, rows: list[Claimed]) -> tuple[list[OutboundMessa
     messages: list[OutboundMessage] = []
     settled: list[Outcome] = []
     for row in rows:
+        if row.contact_deleted:  # deleted from the main app after the audience froze: never sent
+            settled.append(Outcome(row.id, "skipped", skip_reason="contact_deleted", attempts_delta=-1))
+            continue
         if spec.respect_opt_out and row.opted_out:
             settled.append(Outcome(row.id, "skipped", skip_reason="opt_out", attempts_delta=-1))
             continue
@@ -203,14 +210,23 @@ async def deliver(
     inflight: list[asyncio.Task[None]] = []
 
     async def send(msg: OutboundMessage) -> None:
-        result = await provider.send(engine.session, msg)
+        try:
+            result = await provider.send(engine.session, msg)
+        except Exception as exc:  # a bug or an odd reply: the request may have left, so it is ambiguous
+            log.exception("send to recipient %s raised", msg.recipient_id)
+            result = SendResult(msg.recipient_id, False, error_message=f"{type(exc).__name__}: {exc}",
+                                ambiguous=True)
         results[msg.recipient_id] = result
         if not result.ok and not result.ambiguous and classify(result.error_code) is FailureClass.CAMPAIGN:
             control.stop(spec.id, "paused")  # stop this process's other sends now; the batch records it
 
     try:
         while queue and control.running(spec.id):
-            reservation = await engine.limiter.reserve(limits, chunk_size(limits, len(queue)))
+            try:
+                reservation = await engine.limiter.reserve(limits, chunk_size(limits, len(queue)))
+            except Exception:  # Redis unreachable: stop starting sends; the rest go back to pending
+                log.exception("rate limiter unavailable; %d messages not sent in this batch", len(queue))
+                break
             for when in reservation.slots():
                 # Sleep only when the slot is ahead: timer wake-ups cost ~1 ms, as much as a slot at
                 # 1,000 msg/s, so slots already due are sent back to back rather than slept for.
@@ -223,8 +239,8 @@ async def deliver(
                 inflight.append(asyncio.create_task(send(queue.popleft())))
                 if not queue:
                     break
-        await asyncio.gather(*inflight)
     finally:
+        await asyncio.gather(*inflight, return_exceptions=True)
         control.unregister(spec.id)
     return results
 
@@ -334,21 +350,45 @@ def send_batch(db: sa.Engine, deliver_fn: Deliver, spec: CampaignSpec, batch_siz
     rng = random.Random()
     by_id = {r.id: r for r in rows}
     outcomes = settled + [outcome_for(spec, by_id[rid], res, status_now, rng) for rid, res in results.items()]
+    if status_now == "cancelled":  # cancel is final: what would wait for a retry is cancelled instead
+        for o in outcomes:
+            if o.status == "pending":
+                o.status, o.next_at = "cancelled", None
     counts = tally(outcomes)
     campaign_errors = [
         (o, res) for o in outcomes
         if (res := results.get(o.id)) is not None and not res.ok and not res.ambiguous
         and classify(res.error_code) is FailureClass.CAMPAIGN
     ]
-    with db.begin() as conn:
-        record(conn, spec, outcomes)
-        if campaign_errors:
-            outcome, res = campaign_errors[0]
-            reason = pause_reason(res.error_code or 0)
-            message = f"({res.error_code}) {res.error_message}"
-            if pause_for_error(conn, spec.id, reason, message):
-                log.warning("campaign %s paused: %s %s", spec.id, reason, message)
-            counts.paused_reason = reason
+    for attempt in range(3):  # a deadlock with a concurrent ingest is retried; RECORD is idempotent
+        try:
+            with db.begin() as conn:
+                _record_and_pause(conn, spec, outcomes, campaign_errors, counts)
+            break
+        except sa.exc.OperationalError:
+            if attempt == 2:
+                raise
+            time.sleep(0.2 * (attempt + 1))
     log.info("batch of %d: claim %.3fs, send %.3fs, record %.3fs: %s", len(rows), claimed_at - started,
              delivered_at - claimed_at, time.monotonic() - delivered_at, counts.as_dict())
     return counts
+
+
+def _record_and_pause(
+    conn: sa.Connection, spec: CampaignSpec, outcomes: list[Outcome], campaign_errors: list[Any],
+    counts: BatchCounts,
+) -> None:
+    """Write the batch's outcomes and, on a campaign-level error, pause the campaign: one transaction."""
+    record(conn, spec, outcomes)
+    # A cancel that committed while this batch was sending already swept pending rows: sweep again.
+    conn.execute(sa.text("""
+        update campaign_recipients set status = 'cancelled' where campaign_id = :c and status = 'pending'
+        and exists (select 1 from campaigns where id = :c and status = 'cancelled')
+    """), {"c": spec.id})
+    if campaign_errors:
+        _, res = campaign_errors[0]
+        reason = pause_reason(res.error_code or 0)
+        message = f"({res.error_code}) {res.error_message}"
+        if pause_for_error(conn, spec.id, reason, message):
+            log.warning("campaign %s paused: %s %s", spec.id, reason, message)
+        counts.paused_reason = reason

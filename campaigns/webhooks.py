@@ -56,10 +56,10 @@ class KnownSecrets:
 def signature_ok(body: bytes, header: str | None, secrets: list[bytes]) -> bool:
     if not header or not header.startswith("sha256="):
         return False
-    given = header.removeprefix("sha256=").strip().lower()
+    given = header.removeprefix("sha256=").strip().lower().encode("utf-8", "replace")
     ok = False
     for secret in secrets:  # every secret is checked, so timing says nothing about which matched
-        expected = hmac.new(secret, body, hashlib.sha256).hexdigest()
+        expected = hmac.new(secret, body, hashlib.sha256).hexdigest().encode()
         ok |= hmac.compare_digest(expected, given)
     return ok
 

@@ -27,6 +27,7 @@ from deployments.limits import ensure_send_limit, slots_for_run
 from tasks.send import prepare_campaign, reconcile_unknown, send_batch
 
 MAX_IDLE_SLEEP = 5.0
+MAX_FAILED_WAVES = 3
 
 
 def _progress(campaign_id: uuid.UUID) -> tuple[float, dict[str, int]]:
@@ -64,20 +65,26 @@ def send_campaign(campaign_id: uuid.UUID) -> dict[str, Any]:
         key = f"campaign-{campaign_id}-progress"
         pct, _ = _progress(campaign_id)
         artifact = create_progress_artifact(pct, key=key, description="Recipients processed")
-        batch_no = 0
+        batch_no = failed_waves = 0
+        wave_cap = runner.batches_per_wave(db, campaign_id, settings.batch_size, settings.rate_headroom,
+                                           settings.parallel_batches)
         while True:
             reconcile_unknown(campaign_id)
             left = runner.remaining(db, campaign_id)
             if left.status != "running":
                 break
             if left.due:
-                n = math.ceil(left.due / settings.batch_size)
+                n = min(math.ceil(left.due / settings.batch_size), wave_cap)
                 # Leases are renewed while held; a crashed worker's slots come back within 60 s.
                 with concurrency(limit_name, occupy=slots_for_run(), lease_duration=60):
                     futures = send_batch.map(campaign_id, range(batch_no, batch_no + n))
                     batch_no += n
                     for _ in as_completed(futures):
                         update_progress_artifact(artifact, _progress(campaign_id)[0])
+                failed = [f for f in futures if f.state.is_failed()]
+                failed_waves = failed_waves + 1 if len(failed) == len(futures) else 0
+                if failed_waves >= MAX_FAILED_WAVES:  # e.g. the credentials block is gone: stop, don't spin
+                    failed[0].result()  # raises the batches' own error
                 continue
             if not left.waiting_retry and not left.unknown:
                 break

@@ -108,3 +108,22 @@ def sandbox_pnid(db, number_id):
     with db.connect() as conn:
         return conn.execute(sa.text("select phone_number_id from whatsapp_numbers where id = :n"),
                             {"n": number_id}).scalar_one()
+
+
+def test_a_contact_deleted_after_the_audience_froze_is_skipped_not_stuck(db, org, sandbox):
+    from tasks.send import prepare_campaign
+
+    number = add_sandbox_number(db, org, sandbox)
+    ids = add_contacts(db, org, [{"phone": "+5511900000001", "name": "Ana"},
+                                 {"phone": "+5511900000002", "name": "Bia"}])
+    cid = create_campaign(db, org, number)
+    prepare_campaign.fn(cid)
+    with db.begin() as conn:
+        conn.execute(sa.text("delete from contacts where id = :i"), {"i": ids[0]})
+
+    assert send_campaign(cid)["status"] == "completed"
+
+    rows = by_phone(db, cid)
+    assert rows["+5511900000001"]["status"] == "skipped"
+    assert rows["+5511900000001"]["skip_reason"] == "contact_deleted"
+    assert rows["+5511900000002"]["status"] in ("sent", "delivered", "read")

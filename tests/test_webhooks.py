@@ -75,3 +75,27 @@ def test_shuffled_duplicated_statuses_give_exact_stats(db, org, sandbox):
     assert s["read_rate"] == round(100 * read / delivered, 1)
     assert s["reply_rate"] == round(100 * replied / 300, 1)
     assert sandbox.stats()["webhook_duplicates_scheduled"] > 0
+
+
+def test_a_signed_but_malformed_event_never_blocks_the_others(db, org, sandbox, receiver):
+    number = add_sandbox_number(db, org, sandbox)
+    add_contacts(db, org, [{"phone": "+5511900000001", "name": "Ana"}])
+    cid = create_campaign(db, org, number)
+    start = _last_id(db)
+    odd = [
+        b'{"object":"whatsapp_business_account","entry":[{"changes":[{"value":{"statuses":["x"]}}]}]}',
+        b'{"object":"whatsapp_business_account","entry":[{"changes":[{"value":{"statuses":[{"id":"w",'
+        b'"status":"failed","timestamp":"99999999999999999999","errors":[{"code":99999999999}]}]}}]}]}',
+        b'{"entry": "not a list"}',
+    ]
+    for body in odd:
+        assert httpx.post(receiver, content=body, headers={"X-Hub-Signature-256": sign_body(body, APP_SECRET)}
+                          ).status_code == 200
+    assert send_campaign(cid)["status"] == "completed"
+    sandbox.drain_webhooks(timeout=10)
+    ingest_pending(db)
+    states = [e.state for e in _events_after(db, start)]
+    assert states[0] == "unparseable" and states[2] == "unparseable"
+    assert states[1] in ("pending", "orphaned")  # well-formed, for a message nobody knows: kept, retried
+    assert all(s == "processed" for s in states[3:]) and len(states) > 3
+    assert recipients(db, cid)[0]["status"] in ("delivered", "read")
