@@ -126,4 +126,9 @@ def batches_per_wave(db: sa.Engine, campaign_id: uuid.UUID, batch_size: int, hea
     spec = CampaignSpec.from_rows(campaign, number)
     step = max(limit.interval_us for limit in spec.limits(headroom)) / 1_000_000
     seconds_per_batch = spec.claim_size(batch_size, headroom) * step
-    return max(1, min(parallel * 50, int(30 // seconds_per_batch) if seconds_per_batch else parallel * 50))
+    fits = int(30 // seconds_per_batch) if seconds_per_batch else UNLIMITED
+    # Enough room for every parallel batch: no cap (capping waves would idle the number between them).
+    return UNLIMITED if fits >= parallel else max(1, fits)
+
+
+UNLIMITED = 1_000_000

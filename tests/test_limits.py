@@ -63,3 +63,13 @@ def test_an_unknown_error_code_is_retried_safely_then_recorded(db, org, sandbox)
     assert rows["+5511900000001"]["error_code"] == 987654
     assert rows["+5511900000001"]["attempts"] == 2  # neither dropped at once nor retried forever
     assert rows["+5511900000002"]["status"] in ("sent", "delivered", "read")
+
+
+def test_a_slow_campaign_runs_one_batch_at_a_time_and_a_fast_one_is_not_capped(db, org, sandbox):
+    from campaigns.runner import UNLIMITED, batches_per_wave
+
+    number = add_sandbox_number(db, org, sandbox, mps=80)
+    slow = create_campaign(db, org, number, messages_per_hour=100, delay_between_messages_seconds=2)
+    fast = create_campaign(db, org, number)
+    assert batches_per_wave(db, slow, 100, 0.04, 12) == 1
+    assert batches_per_wave(db, fast, 100, 0.04, 12) == UNLIMITED
