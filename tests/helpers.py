@@ -95,3 +95,10 @@ def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.05) -> N
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(interval)
+
+
+def shrink_retry_delay(db: sa.Engine, campaign_id: uuid.UUID, seconds: int = 1) -> None:
+    """Tests shrink the retry base delay below the API's 10 s minimum, never the retry logic itself."""
+    with db.begin() as conn:
+        conn.execute(sa.text("update campaigns set retry_base_delay = :s where id = :c"),
+                     {"s": seconds, "c": campaign_id})

@@ -6,7 +6,15 @@ import sqlalchemy as sa
 
 from campaigns.ingest import ingest_pending
 from flows.send_campaign import send_campaign
-from tests.helpers import add_contacts, add_sandbox_number, campaign_row, create_campaign, recipients, sent_counts
+from tests.helpers import (
+    add_contacts,
+    add_sandbox_number,
+    campaign_row,
+    create_campaign,
+    recipients,
+    sent_counts,
+    shrink_retry_delay,
+)
 
 
 def by_phone(db, cid):
@@ -45,8 +53,7 @@ def test_transient_failures_succeed_on_a_later_attempt(db, org, sandbox):
     number = add_sandbox_number(db, org, sandbox)
     add_contacts(db, org, [{"phone": f"+551190000000{i}", "name": "Ana"} for i in range(5, 9)])
     cid = create_campaign(db, org, number, retry_max_attempts=3)
-    with db.begin() as conn:  # tests shrink the base delay, not the logic: 1 s, 2 s
-        conn.execute(sa.text("update campaigns set retry_base_delay = 1 where id = :c"), {"c": cid})
+    shrink_retry_delay(db, cid)
 
     assert send_campaign(cid)["status"] == "completed"
 
@@ -64,8 +71,7 @@ def test_retries_exhausted_fail_the_recipient_with_the_last_reason(db, org, sand
     number = add_sandbox_number(db, org, sandbox)
     add_contacts(db, org, [{"phone": "+5511900000006", "name": "Ana"}, {"phone": "+5511900000004", "name": "Bia"}])
     cid = create_campaign(db, org, number, retry_max_attempts=2)
-    with db.begin() as conn:
-        conn.execute(sa.text("update campaigns set retry_base_delay = 1 where id = :c"), {"c": cid})
+    shrink_retry_delay(db, cid)
 
     assert send_campaign(cid)["status"] == "completed"
 

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import threading
 
-import sqlalchemy as sa
-
 from flows.send_campaign import send_campaign
-from tests.helpers import add_contacts, add_sandbox_number, create_campaign, phones, recipients, sent_counts
+from tests.helpers import (
+    add_contacts,
+    add_sandbox_number,
+    create_campaign,
+    phones,
+    recipients,
+    sent_counts,
+    shrink_retry_delay,
+)
 
 
 def test_two_campaigns_on_one_number_never_exceed_its_rate_together(db, org, sandbox):
@@ -53,8 +59,7 @@ def test_an_unknown_error_code_is_retried_safely_then_recorded(db, org, sandbox)
     number = add_sandbox_number(db, org, sandbox)
     add_contacts(db, org, [{"phone": "+5511900000001", "name": "Ana"}, {"phone": "+5511900000002", "name": "Bia"}])
     cid = create_campaign(db, org, number, retry_max_attempts=2)
-    with db.begin() as conn:
-        conn.execute(sa.text("update campaigns set retry_base_delay = 1 where id = :c"), {"c": cid})
+    shrink_retry_delay(db, cid)
 
     assert send_campaign(cid)["status"] == "completed"
 
