@@ -103,3 +103,9 @@ class SandboxProcess:
         import httpx
 
         return httpx.get(self.url + "/_sandbox/stats", timeout=60).json()
+
+    def set_token(self, phone_number_id: str, token: str | None) -> None:
+        import httpx
+
+        httpx.post(self.url + "/_sandbox/tokens", json={"phone_number_id": phone_number_id, "token": token},
+                   timeout=10).raise_for_status()
