@@ -135,17 +135,12 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def _wait(campaign_id: uuid.UUID, org: uuid.UUID) -> int:
     from campaigns.services import progress_of
+    from campaigns.stats import progress_line
 
-    width = 40
     while True:
         with _db().connect() as conn:
             p = progress_of(conn, org, campaign_id)
-        filled = int(width * p["progress_percentage"] / 100)
-        sys.stderr.write(
-            f"\r[{'#' * filled}{'.' * (width - filled)}] {p['progress_percentage']:5.1f}% "
-            f"{p['messages_processed']} done, {p['messages_pending']} pending, ETA {p['estimated_remaining_time']} "
-            f"({p['current_status']})   "
-        )
+        sys.stderr.write("\r" + progress_line(p))
         sys.stderr.flush()
         if p["current_status"] not in ("running", "scheduled", "draft"):
             sys.stderr.write("\n")

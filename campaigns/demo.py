@@ -24,6 +24,7 @@ from campaigns.models import CampaignCreate
 from campaigns.sandbox import SandboxConfig, SandboxServer
 from campaigns.services import progress_of, start_campaign, stats_of
 from campaigns.settings import get_settings
+from campaigns.stats import progress_line
 from campaigns.webhooks import KnownSecrets, create_app
 
 APP_SECRET = "demo-app-secret"
@@ -49,13 +50,9 @@ def write_contacts_csv(path: Path, n: int, seed: int = 7) -> None:
 
 def _progress_bar(org: uuid.UUID, campaign_id: uuid.UUID, stop: threading.Event) -> None:
     db = get_engine()
-    width = 40
     while not stop.is_set():
         with db.connect() as conn:
-            p = progress_of(conn, org, campaign_id)
-        filled = int(width * p["progress_percentage"] / 100)
-        sys.stderr.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] {p['progress_percentage']:5.1f}%  "
-                         f"{p['messages_processed']} processed, {p['messages_pending']} pending   ")
+            sys.stderr.write("\r  " + progress_line(progress_of(conn, org, campaign_id)))
         sys.stderr.flush()
         stop.wait(0.5)
     sys.stderr.write("\n")

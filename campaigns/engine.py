@@ -1,16 +1,13 @@
-"""One send engine per worker process: an event loop thread that owns the HTTP session and Redis client.
-
-Prefect runs `send_batch` tasks in threads, each of which would otherwise make its own event loop and
-client. Instead every batch hands its coroutine to this loop, so the whole process shares one aiohttp
-connection pool (keep-alive, hundreds of requests in flight, explicit timeouts), one limiter and one
-view of campaign status. DESIGN.md measured plain httpx.AsyncClient at 61 req/s with 300 in flight and
-aiohttp at ~1,400 req/s, hence aiohttp.
+"""The send engine: an event loop thread that owns the HTTP session, the Redis limiter and a view of
+campaign status. It runs inside the send-engine process (`engine_process.py`), one per worker, so the
+whole worker shares one aiohttp connection pool (keep-alive, hundreds of requests in flight, explicit
+timeouts). DESIGN.md measured plain httpx.AsyncClient at 61 req/s with 300 in flight and aiohttp at
+~1,400 req/s, hence aiohttp.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import gc
 import threading
 import time
@@ -25,7 +22,7 @@ import sqlalchemy as sa
 
 from campaigns.db import get_engine
 from campaigns.ratelimit import RateLimiter
-from campaigns.settings import Settings, get_settings
+from campaigns.settings import Settings
 
 T = TypeVar("T")
 
@@ -146,16 +143,3 @@ class SendEngine:
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout=5)
-
-
-_engine: SendEngine | None = None
-_lock = threading.Lock()
-
-
-def get_send_engine() -> SendEngine:
-    global _engine
-    with _lock:
-        if _engine is None:
-            _engine = SendEngine(get_settings())
-            atexit.register(_engine.close)
-        return _engine

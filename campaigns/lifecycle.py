@@ -7,7 +7,6 @@ operators acting at once cannot break the state machine.
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -198,7 +197,3 @@ def complete_if_done(conn: sa.Connection, campaign_id: uuid.UUID) -> bool:
         where id = :c and status = 'running' and not exists (
             select 1 from campaign_recipients where campaign_id = :c and status in ('pending', 'sending'))
     """), {"c": campaign_id}).rowcount)
-
-
-def as_json(row: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(row, default=str))

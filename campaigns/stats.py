@@ -89,3 +89,11 @@ def progress(conn: sa.Connection, campaign: dict[str, Any], mps: int, headroom: 
         "current_status": campaign["status"],
         "last_update": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
     }
+
+
+def progress_line(p: dict[str, Any], width: int = 40) -> str:
+    """One terminal line for a `progress` body (used by `start --wait` and the demo)."""
+    filled = int(width * p["progress_percentage"] / 100)
+    return (f"[{'#' * filled}{'.' * (width - filled)}] {p['progress_percentage']:5.1f}%  "
+            f"{p['messages_processed']} processed, {p['messages_pending']} pending, "
+            f"ETA {p['estimated_remaining_time']} ({p['current_status']})   ")

@@ -19,10 +19,6 @@ log = logging.getLogger(__name__)
 _ensured: set[str] = set()
 
 
-def send_limit_name() -> str:
-    return get_settings().send_concurrency_name
-
-
 def ensure_send_limit() -> str:
     """Create the limit if it is missing (idempotent; an operator's later change of its size is kept)."""
     settings = get_settings()
