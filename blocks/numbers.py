@@ -10,7 +10,7 @@ from pydantic import SecretStr
 from blocks.whatsapp import WhatsAppNumberCredentials
 from campaigns.schema import whatsapp_numbers
 from campaigns.settings import get_settings
-from campaigns.webhooks import KnownSecrets
+from campaigns.webhooks import KnownSecrets, signer_id
 
 
 def block_name_for(organization_id: uuid.UUID, phone_number_id: str) -> str:
@@ -31,14 +31,16 @@ def add_number(
         app_secret=SecretStr(app_secret), verify_token=SecretStr(verify_token), api_base=api_base,
         graph_version=graph_version,
     ).save(name, overwrite=True)
+    signing_secret = token if provider == "evolution" else app_secret
+    signer = signer_id(signing_secret) if signing_secret else None  # None: signed by the platform's app
     stmt = sa.dialects.postgresql.insert(whatsapp_numbers).values(
         organization_id=organization_id, provider=provider, phone_number_id=phone_number_id,
-        display_phone_number=display_phone_number, block_name=name, mps=mps,
+        display_phone_number=display_phone_number, block_name=name, mps=mps, webhook_signer=signer,
     )
     stmt = stmt.on_conflict_do_update(
         index_elements=["organization_id", "phone_number_id"],
         set_={"provider": provider, "block_name": name, "mps": mps, "active": True,
-              "display_phone_number": display_phone_number},
+              "display_phone_number": display_phone_number, "webhook_signer": signer},
     ).returning(whatsapp_numbers.c.id)
     return conn.execute(stmt).scalar_one()
 
@@ -50,7 +52,7 @@ def secrets_loader() -> KnownSecrets:
     settings = get_settings()
     known = KnownSecrets()
     if settings.meta_app_secret:
-        known.app_secrets.append(settings.meta_app_secret.get_secret_value().encode())
+        known.platform_secret = settings.meta_app_secret.get_secret_value().encode()
     with get_engine().connect() as conn:
         rows = conn.execute(sa.select(whatsapp_numbers.c.block_name, whatsapp_numbers.c.provider)).all()
     for block_name, provider in rows:
@@ -59,10 +61,11 @@ def secrets_loader() -> KnownSecrets:
         except ValueError:
             continue  # a number whose block was deleted signs nothing we can check
         if provider == "evolution":
-            known.evolution_keys[creds.phone_number_id] = creds.token
+            known.evolution_keys.setdefault(creds.phone_number_id, []).append(creds.token)
         else:
             if creds.app_secret:
                 known.app_secrets.append(creds.app_secret.encode())
             if creds.verify_token:
                 known.verify_tokens.append(creds.verify_token)
+    known.app_secrets = list(dict.fromkeys(known.app_secrets))  # many numbers share one app: one HMAC each
     return known

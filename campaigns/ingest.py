@@ -1,129 +1,78 @@
-"""Webhook events → recipient statuses, set-based, idempotent, in any order.
+"""Webhook events → recipient statuses, replies, the 24 h window and opt-outs; set-based, idempotent.
 
 Events are claimed in bulk with SKIP LOCKED inside one transaction (several ingesters may run; a crash
-rolls the claim back). Every entry × change × status is read. Statuses only move forward
-(pending/sending < sent < delivered < read, and `failed` is terminal: a status webhook for a row that
-reconciliation had put back to pending proves it was accepted, so it is not sent again), each status keeps
-its first timestamp,
-so duplicates and shuffled order give the same result. A status is matched by our recipient id
-(biz_opaque_callback_data) or by wamid; one that matches nothing yet stays pending and is retried,
-and after `ORPHAN_AFTER_ATTEMPTS` it is marked orphaned, never silently dropped.
+rolls the claim back). Statuses only move forward (pending/sending < sent < delivered < read, and `failed`
+is terminal: a status webhook for a row that reconciliation had put back to pending proves it was
+accepted, so it is not sent again), each status keeps its first timestamp, so duplicates and shuffled
+order give the same result. A status is matched by our recipient id (biz_opaque_callback_data) or by
+wamid; one that matches nothing yet stays pending and is retried, and after `ORPHAN_AFTER_ATTEMPTS` it is
+marked orphaned, never silently dropped.
+
+Tenancy: an event only touches the numbers whose webhook signer vouched for it (the secret that signed it,
+see `campaigns.webhooks.signer_id`). A status about another signer's message is rejected and noted.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
-from campaigns.providers.base import parse_callback_data
+from campaigns.contact_events import OptChange, Seen, apply_opt_changes, keyword_set, normalise_keyword, touch
+from campaigns.settings import get_settings
+from campaigns.webhook_parse import Inbound, ParsedEvent, StatusUpdate, parse_evolution, parse_meta
+from campaigns.webhooks import PLATFORM
 
 log = logging.getLogger(__name__)
 
 ORPHAN_AFTER_ATTEMPTS = 30  # with backoff capped at 5 min: about two hours
-RANK = {"sent": 2, "delivered": 3, "read": 4, "played": 4, "failed": 5}
-EVOLUTION_STATUS = {"SERVER_ACK": "sent", "DELIVERY_ACK": "delivered", "READ": "read", "PLAYED": "read",
-                    "ERROR": "failed", "SENT": "sent", "DELIVERED": "delivered", "FAILED": "failed"}
+REPLY_WAIT = timedelta(minutes=10)  # a reply quoting an unknown wamid waits this long for its send to be recorded
+OPTED_OUT_CODE = 131050
+
+
+def vouched(signers: frozenset[str], number_signer: str | None) -> bool:
+    """Did one of the event's signers sign for this number? (None on the number = the platform's app.)"""
+    return (number_signer in signers) if number_signer else PLATFORM in signers
 
 
 @dataclass
-class StatusUpdate:
-    event_id: int
+class Claimed:
+    parsed: ParsedEvent
+    signers: frozenset[str]
+    received_at: datetime
+    unmatched: int = 0
+    rejected: int = 0
+    waiting_reply: bool = False
+
+
+@dataclass(frozen=True)
+class Known:
+    """A recipient row as ingestion needs it."""
+
+    id: int
     wamid: str | None
-    recipient_id: int | None
-    status: str
-    at: datetime
-    code: int | None = None
-    message: str | None = None
+    organization_id: uuid.UUID
+    phone: str
+    signer: str | None
 
 
-@dataclass
-class ParsedEvent:
-    event_id: int
-    statuses: list[StatusUpdate] = field(default_factory=list)
-    replies: list[tuple[str, datetime]] = field(default_factory=list)  # (context wamid, at)
-    error: str | None = None
-
-
-def _ts(value: Any) -> datetime:
-    try:
-        return datetime.fromtimestamp(int(value), UTC)
-    except (TypeError, ValueError, OverflowError, OSError):
-        return datetime.now(UTC)
-
-
-INT4_MAX = 2**31 - 1
-
-
-def _error(status: dict[str, Any]) -> tuple[int | None, str | None]:
-    errors = status.get("errors") or []
-    if not errors or not isinstance(errors[0], dict):
-        return None, None
-    err = errors[0]
-    details = (err.get("error_data") or {}).get("details") if isinstance(err.get("error_data"), dict) else None
-    text = " - ".join(str(x) for x in (err.get("title") or err.get("message"), details) if x)
-    code = err.get("code")
-    number = int(code) if str(code).isdigit() else None
-    if number is not None and number > INT4_MAX:  # not a Graph code; keep it in the text only
-        text, number = f"{text} (code {number})", None
-    return number, text or None
-
-
-def parse_meta(event_id: int, payload: Any) -> ParsedEvent:
-    out = ParsedEvent(event_id)
-    if not isinstance(payload, dict) or not isinstance(payload.get("entry"), list):
-        out.error = "not a WhatsApp Business Account notification (no entry list)"
-        return out
-    for entry in payload["entry"]:
-        for change in (entry or {}).get("changes") or []:
-            value = (change or {}).get("value") or {}
-            for st in value.get("statuses") or []:
-                status = str(st.get("status", "")).lower()
-                if status not in RANK:
-                    continue
-                code, message = _error(st) if status == "failed" else (None, None)
-                out.statuses.append(StatusUpdate(
-                    event_id, st.get("id"), parse_callback_data(st.get("biz_opaque_callback_data")), status,
-                    _ts(st.get("timestamp")), code, message,
-                ))
-            for msg in value.get("messages") or []:
-                context = msg.get("context") or {}
-                if context.get("id"):
-                    out.replies.append((context["id"], _ts(msg.get("timestamp"))))
-    return out
-
-
-def parse_evolution(event_id: int, payload: Any) -> ParsedEvent:
-    out = ParsedEvent(event_id)
-    if not isinstance(payload, dict):
-        out.error = "not an Evolution event"
-        return out
-    data = payload.get("data")
-    items = data if isinstance(data, list) else [data]
-    if str(payload.get("event", "")).lower() in ("messages.update", "messages_update"):
-        for item in items:
-            if not isinstance(item, dict):
-                continue
-            status = EVOLUTION_STATUS.get(str(item.get("status", "")).upper())
-            if status:
-                out.statuses.append(StatusUpdate(event_id, item.get("keyId"), None, status, datetime.now(UTC)))
-    return out
-
-
-def _resolve(conn: sa.Connection, updates: list[StatusUpdate]) -> None:
-    """Fill recipient_id from the wamid where the callback data did not carry it."""
-    missing = list({u.wamid for u in updates if u.recipient_id is None and u.wamid})
-    if not missing:
-        return
-    rows = conn.execute(sa.text("select wamid, id from campaign_recipients where wamid = any(:w)"), {"w": missing})
-    known = dict(rows.all())
-    for u in updates:
-        if u.recipient_id is None and u.wamid in known:
-            u.recipient_id = known[u.wamid]
+def _lookup(conn: sa.Connection, ids: set[int], wamids: set[str]) -> tuple[dict[int, Known], dict[str, Known]]:
+    if not ids and not wamids:
+        return {}, {}
+    rows = conn.execute(sa.text("""
+        select r.id, r.wamid, r.organization_id, r.phone, n.webhook_signer as signer
+        from campaign_recipients r
+        join campaigns c on c.id = r.campaign_id
+        join whatsapp_numbers n on n.id = c.whatsapp_number_id
+        where r.id = any(:ids) or r.wamid = any(:w)
+    """), {"ids": list(ids), "w": list(wamids)}).all()
+    known = [Known(*row) for row in rows]
+    return {k.id: k for k in known}, {k.wamid: k for k in known if k.wamid}
 
 
 APPLY = sa.text("""
@@ -160,9 +109,8 @@ APPLY = sa.text("""
 """)
 
 
-def apply_statuses(conn: sa.Connection, updates: list[StatusUpdate]) -> set[Any]:
-    """Apply matched updates set-based; returns the campaigns touched."""
-    matched = [u for u in updates if u.recipient_id is not None]
+def apply_statuses(conn: sa.Connection, matched: list[StatusUpdate]) -> set[Any]:
+    """Apply updates whose recipient is known, set-based; returns the campaigns touched."""
     if not matched:
         return set()
     params = {
@@ -173,15 +121,28 @@ def apply_statuses(conn: sa.Connection, updates: list[StatusUpdate]) -> set[Any]
     return {row.campaign_id for row in conn.execute(APPLY, params)}
 
 
-def apply_replies(conn: sa.Connection, replies: list[tuple[str, datetime]]) -> set[Any]:
+def apply_replies(conn: sa.Connection, replies: list[tuple[int, datetime]]) -> set[Any]:
     if not replies:
         return set()
     rows = conn.execute(sa.text("""
         update campaign_recipients r set replied_at = least(coalesce(r.replied_at, v.at), v.at)
-        from unnest(cast(:w as text[]), cast(:a as timestamptz[])) as v(wamid, at)
-        where r.wamid = v.wamid returning r.campaign_id
-    """), {"w": [w for w, _ in replies], "a": [a for _, a in replies]})
+        from unnest(cast(:ids as bigint[]), cast(:a as timestamptz[])) as v(id, at)
+        where r.id = v.id returning r.campaign_id
+    """), {"ids": [i for i, _ in replies], "a": [a for _, a in replies]})
     return {row.campaign_id for row in rows}
+
+
+def _channels(conn: sa.Connection, events: list[Claimed]) -> dict[str, list[tuple[uuid.UUID, str | None]]]:
+    """phone_number_id / instance → [(organization, signer)] for the numbers inbound events name."""
+    wanted = {i.channel for e in events for i in (*e.parsed.inbound, *e.parsed.preferences) if i.channel}
+    if not wanted:
+        return {}
+    out: dict[str, list[tuple[uuid.UUID, str | None]]] = {}
+    for pnid, org, signer in conn.execute(sa.text(
+        "select phone_number_id, organization_id, webhook_signer from whatsapp_numbers where phone_number_id = any(:p)"
+    ), {"p": list(wanted)}):
+        out.setdefault(pnid, []).append((org, signer))
+    return out
 
 
 @dataclass
@@ -189,55 +150,141 @@ class IngestResult:
     events: int = 0
     statuses: int = 0
     unmatched: int = 0
+    rejected: int = 0
+    inbound: int = 0
+    opt_changes: int = 0
     campaigns: set[Any] = field(default_factory=set)
+
+    def add(self, other: IngestResult) -> None:
+        for name in ("events", "statuses", "unmatched", "rejected", "inbound", "opt_changes"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.campaigns |= other.campaigns
+
+
+def _parse(row: Any) -> ParsedEvent:
+    try:
+        payload = json.loads(bytes(row.body))
+    except ValueError:
+        return ParsedEvent(row.id, error="body is not valid JSON")
+    try:
+        if row.provider == "evolution":
+            return parse_evolution(row.id, payload, row.received_at)
+        return parse_meta(row.id, payload)
+    except Exception as exc:  # a signed but malformed event must never stop ingestion for the rest
+        return ParsedEvent(row.id, error=f"malformed event: {type(exc).__name__}: {exc}"[:500])
+
+
+def _match_statuses(events: list[Claimed], by_id: dict[int, Known], by_wamid: dict[str, Known]
+                    ) -> tuple[list[StatusUpdate], list[OptChange]]:
+    matched, opt_outs = [], []
+    for e in events:
+        for u in e.parsed.statuses:
+            row = by_id.get(u.recipient_id) if u.recipient_id is not None else None
+            row = row or by_wamid.get(u.wamid or "")
+            if row is None:
+                e.unmatched += 1
+            elif not vouched(e.signers, row.signer):
+                e.rejected += 1
+            else:
+                u.recipient_id = row.id
+                matched.append(u)
+                if u.status == "failed" and u.code == OPTED_OUT_CODE:
+                    opt_outs.append(OptChange(row.organization_id, row.phone, u.at, True, str(OPTED_OUT_CODE)))
+    return matched, opt_outs
+
+
+def _contact_events(events: list[Claimed], channels: dict[str, list[tuple[uuid.UUID, str | None]]],
+                    by_wamid: dict[str, Known], now: datetime) -> tuple[list[Seen], list[OptChange], list[Any]]:
+    settings = get_settings()
+    stop, start = keyword_set(settings.opt_out_keywords), keyword_set(settings.opt_in_keywords)
+    seen: list[Seen] = []
+    changes: list[OptChange] = []
+    replies: list[tuple[int, datetime]] = []
+
+    def orgs(e: Claimed, item: Inbound | Any) -> list[uuid.UUID]:
+        return [org for org, signer in channels.get(item.channel or "", []) if vouched(e.signers, signer)]
+
+    for e in events:
+        for msg in e.parsed.inbound:
+            word = normalise_keyword(msg.text)
+            for org in orgs(e, msg):
+                seen.append(Seen(org, msg.phone, msg.at, msg.name))
+                if word in stop or word in start:
+                    changes.append(OptChange(org, msg.phone, msg.at, word in stop, "keyword"))
+            if msg.context_wamid:
+                row = by_wamid.get(msg.context_wamid)
+                if row is not None and vouched(e.signers, row.signer):
+                    replies.append((row.id, msg.at))
+                elif row is None and now - e.received_at < REPLY_WAIT:
+                    e.waiting_reply = True  # its campaign send may not be recorded yet
+        for pref in e.parsed.preferences:
+            for org in orgs(e, pref):
+                changes.append(OptChange(org, pref.phone, pref.at, pref.value == "stop", "user_preferences"))
+    return seen, changes, replies
 
 
 def ingest_once(conn: sa.Connection, limit: int = 5000) -> IngestResult:
     """Claim up to `limit` pending events and apply them, all in the caller's transaction."""
     rows = conn.execute(sa.text("""
-        select id, provider, body from webhook_events
+        select id, provider, body, signers, received_at from webhook_events
         where state = 'pending' and (retry_at is null or retry_at <= now())
         order by id limit :n for update skip locked
     """), {"n": limit}).all()
     result = IngestResult(events=len(rows))
     if not rows:
         return result
-    parsed: list[ParsedEvent] = []
-    for row in rows:
-        try:
-            payload = json.loads(bytes(row.body))
-        except ValueError:
-            parsed.append(ParsedEvent(row.id, error="body is not valid JSON"))
-            continue
-        parse = parse_evolution if row.provider == "evolution" else parse_meta
-        try:
-            parsed.append(parse(row.id, payload))
-        except Exception as exc:  # a signed but malformed event must never stop ingestion for the rest
-            parsed.append(ParsedEvent(row.id, error=f"malformed event: {type(exc).__name__}: {exc}"[:500]))
-    updates = [u for p in parsed for u in p.statuses]
-    _resolve(conn, updates)
+    now = datetime.now(UTC)
+    events = [Claimed(_parse(r), frozenset(r.signers or ()), r.received_at) for r in rows]
+    updates = [u for e in events for u in e.parsed.statuses]
+    by_id, by_wamid = _lookup(
+        conn, {u.recipient_id for u in updates if u.recipient_id is not None},
+        {w for e in events for w in [*(u.wamid for u in e.parsed.statuses),
+                                     *(i.context_wamid for i in e.parsed.inbound)] if w},
+    )
+    matched, opt_outs = _match_statuses(events, by_id, by_wamid)
+    seen, changes, replies = _contact_events(events, _channels(conn, events), by_wamid, now)
+    result.campaigns |= apply_statuses(conn, matched)
+    result.campaigns |= apply_replies(conn, replies)
+    touch(conn, seen)
+    apply_opt_changes(conn, [*opt_outs, *changes])
     result.statuses = len(updates)
-    result.campaigns |= apply_statuses(conn, updates)
-    result.campaigns |= apply_replies(conn, [r for p in parsed for r in p.replies])
-    unmatched_events = {u.event_id for u in updates if u.recipient_id is None}
-    result.unmatched = sum(1 for u in updates if u.recipient_id is None)
-    done = [p.event_id for p in parsed if p.event_id not in unmatched_events and not p.error]
-    bad = [(p.event_id, p.error) for p in parsed if p.error]
+    result.unmatched = sum(e.unmatched for e in events)
+    result.rejected = sum(e.rejected for e in events)
+    result.inbound = len(seen)
+    result.opt_changes = len(opt_outs) + len(changes)
+    _settle(conn, events)
+    return result
+
+
+def _settle(conn: sa.Connection, events: list[Claimed]) -> None:
+    """Mark each claimed event processed, unparseable, or pending again (with backoff) for what is unmatched."""
+    done, notes, retry = [], [], []
+    for e in events:
+        if e.parsed.error:
+            notes.append({"id": e.parsed.event_id, "state": "unparseable", "e": e.parsed.error})
+        elif e.unmatched or e.waiting_reply:
+            retry.append(e.parsed.event_id)
+        elif e.rejected:
+            log.warning("event %s: %d statuses for numbers its signer does not vouch for", e.parsed.event_id,
+                        e.rejected)
+            notes.append({"id": e.parsed.event_id, "state": "processed",
+                          "e": f"{e.rejected} statuses rejected: their numbers are not signed by this secret"})
+        else:
+            done.append(e.parsed.event_id)
     if done:
         conn.execute(sa.text("update webhook_events set state = 'processed', processed_at = now(), "
                              "attempts = attempts + 1 where id = any(:ids)"), {"ids": done})
-    for event_id, error in bad:
-        conn.execute(sa.text("update webhook_events set state = 'unparseable', processed_at = now(), error = :e, "
-                             "attempts = attempts + 1 where id = :id"), {"e": error, "id": event_id})
-    if unmatched_events:
+    if notes:
+        conn.execute(sa.text("update webhook_events set state = :state, processed_at = now(), error = :e, "
+                             "attempts = attempts + 1 where id = :id"), notes)
+    if retry:
         conn.execute(sa.text("""
             update webhook_events set attempts = attempts + 1,
                 state = case when attempts + 1 >= :max then 'orphaned' else 'pending' end,
                 retry_at = now() + least(interval '5 seconds' * power(2, attempts), interval '5 minutes'),
-                error = 'status for a message not known yet'
+                error = 'status or reply for a message not known yet'
             where id = any(:ids)
-        """), {"ids": list(unmatched_events), "max": ORPHAN_AFTER_ATTEMPTS})
-    return result
+        """), {"ids": retry, "max": ORPHAN_AFTER_ATTEMPTS})
 
 
 def ingest_pending(engine: sa.Engine, limit: int = 5000, max_rounds: int = 1000) -> IngestResult:
@@ -246,10 +293,7 @@ def ingest_pending(engine: sa.Engine, limit: int = 5000, max_rounds: int = 1000)
     for _ in range(max_rounds):
         with engine.begin() as conn:
             r = ingest_once(conn, limit)
-        total.events += r.events
-        total.statuses += r.statuses
-        total.unmatched += r.unmatched
-        total.campaigns |= r.campaigns
+        total.add(r)
         if r.events < limit:
             break
     return total

@@ -31,6 +31,8 @@ whatsapp_numbers = sa.Table(
     sa.Column("display_phone_number", sa.Text),
     sa.Column("block_name", sa.Text, nullable=False),
     sa.Column("mps", sa.Integer, nullable=False, server_default="80"),
+    # Fingerprint of the secret that signs this number's webhooks (campaigns.signers); null = platform app.
+    sa.Column("webhook_signer", sa.Text),
     sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
     sa.UniqueConstraint("organization_id", "phone_number_id"),
@@ -47,6 +49,8 @@ contacts = sa.Table(
     sa.Column("tags", ARRAY(sa.Text), nullable=False, server_default="{}"),
     sa.Column("attributes", JSONB, nullable=False, server_default="{}"),
     sa.Column("opted_out_at", sa.DateTime(timezone=True)),
+    sa.Column("opt_out_source", sa.Text),  # import, user_preferences, keyword, 131050
+    sa.Column("opt_out_changed_at", sa.DateTime(timezone=True)),  # the user's latest stop/resume wins
     sa.Column("last_inbound_at", sa.DateTime(timezone=True)),
     sa.Column("in_conversation", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
@@ -139,6 +143,7 @@ webhook_events = sa.Table(
     sa.Column("provider", sa.Text, nullable=False),
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
     sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("signers", ARRAY(sa.Text)),  # who vouched for it: it may only touch those signers' numbers
     sa.Column("payload", JSONB),
     sa.Column("state", sa.Text, nullable=False, server_default="pending"),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),

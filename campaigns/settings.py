@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     # Webhooks.
     meta_app_secret: SecretStr | None = Field(None, description="the Meta app's secret for X-Hub-Signature-256")
     webhook_max_body_bytes: int = Field(3 * 1024 * 1024)
+    opt_out_keywords: str = Field("PARAR,SAIR,CANCELAR,STOP", description="a reply that is exactly one opts out")
+    opt_in_keywords: str = Field("VOLTAR,START", description="a reply that is exactly one opts back in")
 
     # Prefect.
     send_concurrency_name: str = Field("whatsapp-send-batches", description="Prefect global concurrency limit")

@@ -3,6 +3,7 @@
 - GET  /webhooks/whatsapp: Meta's verification handshake against the numbers' verify tokens.
 - POST /webhooks/whatsapp: X-Hub-Signature-256 is checked over the raw body, in constant time, against
   every app secret the engine knows (settings' Meta app and each number's own app) before any parsing.
+  The event is stored with the signers that vouched for it; ingestion applies it only to their numbers.
   Bad or missing signature → 401, nothing stored. Oversized → 413. Otherwise the raw body is stored
   in webhook_events and only then answered 200; malformed JSON with a good signature is stored too and
   answered 200 (Meta would retry a 4xx for days; the ingester marks it unparseable for a human to see).
@@ -33,35 +34,61 @@ from campaigns.db import libpq_url
 log = logging.getLogger(__name__)
 
 
+PLATFORM = "platform"  # the signer name of the platform's own Meta app (settings.META_APP_SECRET)
+
+
+def signer_id(secret: str | bytes) -> str:
+    """A stable, one-way name for a webhook secret: stored on numbers and events, never the secret itself.
+
+    An event is applied only to numbers whose signer vouched for it, so an organization that brings its own
+    Meta app cannot forge statuses or opt-outs for another organization's messages.
+    """
+    raw = secret.encode() if isinstance(secret, str) else secret
+    return hashlib.sha256(b"pytake-webhook-signer:" + raw).hexdigest()[:32]
+
+
 @dataclass
 class KnownSecrets:
     """What the receiver checks against; refreshed from a loader (Prefect blocks) every `ttl` seconds."""
 
     loader: Callable[[], KnownSecrets] | None = None
-    app_secrets: list[bytes] = field(default_factory=list)
+    app_secrets: list[bytes] = field(default_factory=list)  # numbers' own Meta apps
+    platform_secret: bytes | None = None
     verify_tokens: list[str] = field(default_factory=list)
-    evolution_keys: dict[str, str] = field(default_factory=dict)  # instance → api key
+    evolution_keys: dict[str, list[str]] = field(default_factory=dict)  # instance → api keys
     ttl: float = 60.0
     _loaded_at: float = 0.0
 
     async def current(self) -> KnownSecrets:
         if self.loader and time.monotonic() - self._loaded_at > self.ttl:
             fresh = await asyncio.to_thread(self.loader)
-            self.app_secrets, self.verify_tokens = fresh.app_secrets, fresh.verify_tokens
-            self.evolution_keys = fresh.evolution_keys
+            self.app_secrets, self.platform_secret = fresh.app_secrets, fresh.platform_secret
+            self.verify_tokens, self.evolution_keys = fresh.verify_tokens, fresh.evolution_keys
             self._loaded_at = time.monotonic()
         return self
 
 
-def signature_ok(body: bytes, header: str | None, secrets: list[bytes]) -> bool:
+def meta_signers(body: bytes, header: str | None, known: KnownSecrets) -> list[str] | None:
+    """The signers whose secret produced X-Hub-Signature-256 over the raw body; None if none did."""
     if not header or not header.startswith("sha256="):
-        return False
+        return None
     given = header.removeprefix("sha256=").strip().lower().encode("utf-8", "replace")
-    ok = False
-    for secret in secrets:  # every secret is checked, so timing says nothing about which matched
+    candidates = [(s, [signer_id(s)]) for s in known.app_secrets]
+    if known.platform_secret:
+        candidates.append((known.platform_secret, [PLATFORM, signer_id(known.platform_secret)]))
+    matched: list[str] = []
+    for secret, names in candidates:  # every secret is checked, so timing says nothing about which matched
         expected = hmac.new(secret, body, hashlib.sha256).hexdigest().encode()
-        ok |= hmac.compare_digest(expected, given)
-    return ok
+        if hmac.compare_digest(expected, given):
+            matched += names
+    return sorted(set(matched)) or None
+
+
+def evolution_signers(instance: str, apikey: str, known: KnownSecrets) -> list[str] | None:
+    """Evolution signs nothing: the instance's api key, compared in constant time, is the proof."""
+    matched = [signer_id(key) for key in known.evolution_keys.get(instance, [])
+               if key and hmac.compare_digest(key.encode(), apikey.encode())]
+    return matched or None
 
 
 class EventWriter:
@@ -70,15 +97,15 @@ class EventWriter:
     def __init__(self, database_url: str, max_batch: int = 1000) -> None:
         self.database_url = libpq_url(database_url)
         self.max_batch = max_batch
-        self.queue: asyncio.Queue[tuple[str, bytes, asyncio.Future[None]]] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[str, bytes, list[str], asyncio.Future[None]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.stored = 0
 
-    async def store(self, provider: str, body: bytes) -> None:
+    async def store(self, provider: str, body: bytes, signers: list[str]) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self.queue.put((provider, body, fut))
+        await self.queue.put((provider, body, signers, fut))
         await fut
 
     async def _run(self) -> None:
@@ -93,10 +120,10 @@ class EventWriter:
                     conn = await psycopg.AsyncConnection.connect(self.database_url, autocommit=False)
                 async with (
                     conn.cursor() as cur,
-                    cur.copy("copy webhook_events (provider, body) from stdin") as copy,
+                    cur.copy("copy webhook_events (provider, body, signers) from stdin") as copy,
                 ):
-                    for provider, body, _ in batch:
-                        await copy.write_row((provider, body))
+                    for provider, body, signers, _ in batch:
+                        await copy.write_row((provider, body, signers))
                 await conn.commit()
                 self.stored += len(batch)
                 for *_, fut in batch:
@@ -141,9 +168,10 @@ def create_app(database_url: str, secrets: KnownSecrets, max_body_bytes: int = 3
         if body is None:
             return PlainTextResponse("payload too large", status_code=413)
         known = await secrets.current()
-        if not signature_ok(body, request.headers.get("x-hub-signature-256"), known.app_secrets):
+        signers = meta_signers(body, request.headers.get("x-hub-signature-256"), known)
+        if signers is None:
             return PlainTextResponse("invalid signature", status_code=401)
-        await writer.store("meta_cloud", body)
+        await writer.store("meta_cloud", body, signers)
         return PlainTextResponse("ok")
 
     async def receive_evolution(request: Request) -> Response:
@@ -151,12 +179,10 @@ def create_app(database_url: str, secrets: KnownSecrets, max_body_bytes: int = 3
         if body is None:
             return PlainTextResponse("payload too large", status_code=413)
         known = await secrets.current()
-        instance = request.path_params["instance"]
-        expected = known.evolution_keys.get(instance, "")
-        given = request.headers.get("apikey", "")
-        if not expected or not hmac.compare_digest(expected.encode(), given.encode()):
+        signers = evolution_signers(request.path_params["instance"], request.headers.get("apikey", ""), known)
+        if signers is None:
             return PlainTextResponse("invalid api key", status_code=401)
-        await writer.store("evolution", body)
+        await writer.store("evolution", body, signers)
         return PlainTextResponse("ok")
 
     async def health(_: Request) -> Response:

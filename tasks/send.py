@@ -54,5 +54,5 @@ def reconcile_unknown(campaign_id: uuid.UUID) -> dict[str, Any]:
 @task(name="ingest-statuses", cache_policy=NO_CACHE)
 def ingest_statuses_task() -> dict[str, Any]:
     result = ingest_pending(get_engine())
-    return {"events": result.events, "statuses": result.statuses, "unmatched": result.unmatched,
+    return {**{k: v for k, v in result.__dict__.items() if k != "campaigns"},
             "campaigns": [str(c) for c in result.campaigns]}

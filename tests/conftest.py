@@ -2,6 +2,8 @@
 
 With DATABASE_URL / REDIS_URL set (CI points them at the machine's servers) the tests use a fresh
 database `campaigns_test` on that server and Redis db 15; unset, the embedded servers start by themselves.
+TEST_SLOT=N (1-9) gives a second test session its own database, Redis db, Prefect server and folder, so
+two sessions can run side by side on one machine.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import psycopg
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-os.environ.setdefault("CAMPAIGNS_HOME", str(ROOT / ".campaigns" / "test"))
-os.environ.setdefault("CAMPAIGNS_PREFECT_PORT", "4278")
+SLOT = int(os.environ.get("TEST_SLOT", "0"))
+SUFFIX = f"_{SLOT}" if SLOT else ""
+os.environ.setdefault("CAMPAIGNS_HOME", str(ROOT / ".campaigns" / f"test{SUFFIX}"))
+os.environ.setdefault("CAMPAIGNS_PREFECT_PORT", str(4278 + 10 * SLOT))
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_TASKS_REFRESH_CACHE", "false")
 os.environ["RECONCILE_GRACE_SECONDS"] = "2"
@@ -52,8 +56,8 @@ def pytest_configure(config: pytest.Config) -> None:
     from campaigns.settings import get_settings
 
     settings = bootstrap(prefect=True)
-    os.environ["DATABASE_URL"] = _fresh_database(settings.database_url or "", "campaigns_test")
-    os.environ["REDIS_URL"] = _redis_db(settings.redis_url or "", 15)
+    os.environ["DATABASE_URL"] = _fresh_database(settings.database_url or "", f"campaigns_test{SUFFIX}")
+    os.environ["REDIS_URL"] = _redis_db(settings.redis_url or "", 15 - SLOT)
     get_settings.cache_clear()
     import redis
 
