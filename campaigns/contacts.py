@@ -117,13 +117,20 @@ def import_contacts(conn: sa.Connection, organization_id: uuid.UUID, good: pl.Da
     updated = conn.execute(sa.text("""
         update contacts c set name = coalesce(i.name, c.name), tags = i.tags,
                attributes = c.attributes || i.attributes,
-               opted_out_at = case when i.opted_out then coalesce(c.opted_out_at, now()) else null end,
+               opted_out_at = case when i.opted_out then coalesce(c.opted_out_at, now())
+                                   when coalesce(c.opt_out_source, 'import') = 'import' then null
+                                   else c.opted_out_at end,  -- a user's own opt-out outlives any import
+               opt_out_source = case when i.opted_out then coalesce(c.opt_out_source, 'import')
+                                     when coalesce(c.opt_out_source, 'import') = 'import' then null
+                                     else c.opt_out_source end,
                last_inbound_at = greatest(c.last_inbound_at, i.last_inbound_at), updated_at = now()
         from _import i where c.organization_id = :org and c.phone = i.phone
     """), params).rowcount
     inserted = conn.execute(sa.text("""
-        insert into contacts (organization_id, phone, name, tags, attributes, opted_out_at, last_inbound_at)
-        select :org, i.phone, i.name, i.tags, i.attributes, case when i.opted_out then now() end, i.last_inbound_at
+        insert into contacts (organization_id, phone, name, tags, attributes, opted_out_at, opt_out_source,
+                              last_inbound_at)
+        select :org, i.phone, i.name, i.tags, i.attributes, case when i.opted_out then now() end,
+               case when i.opted_out then 'import' end, i.last_inbound_at
         from _import i
         where not exists (select 1 from contacts c where c.organization_id = :org and c.phone = i.phone)
     """), params).rowcount

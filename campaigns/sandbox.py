@@ -1,4 +1,4 @@
-"""A local, real-HTTP imitation of Meta's WhatsApp Cloud API.
+"""A local, real-HTTP imitation of Meta's WhatsApp Cloud API (and of Evolution API's text sends).
 
 The campaign engine is only trustworthy if it is exercised against something that answers like Meta does:
 real sockets, real latency, real throughput limits, Meta's error envelope and codes, and signed status
@@ -24,12 +24,17 @@ Semantics worth knowing (they are what the tests rely on):
 * Failure-rule attempts are counted per ``(rule, phone_number_id, wa_id, biz_opaque_callback_data)``: a
   ``times: 2`` rule fails the first two sends of *that message* and lets the third through; an exhausted
   rule, or one whose probability roll misses, is skipped and the next rule is tried.
+* Evolution (``POST /message/sendText/{instance}``, header ``apikey``) goes through the same decision,
+  record and webhook schedule, with the instance in the place of the phone_number_id. Only the wire
+  differs: Evolution's answers (:func:`_evolution_refusal` maps Graph errors to them) and one unsigned
+  ``messages.update``/``messages.upsert`` event per POST to ``{evolution_webhook_url}/{instance}``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import hashlib
 import heapq
@@ -42,8 +47,12 @@ import re
 import secrets
 import threading
 import time
+import uuid
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import IO, Any, Literal, Self, TypeVar
 
 import aiohttp
@@ -199,7 +208,8 @@ class FailureRule(BaseModel):
     """Make sends to matching recipients fail, synchronously or through a ``failed`` status webhook.
 
     ``match`` is a regex searched in the recipient's wa_id (the ``to`` number without ``+``/spaces), so
-    ``"3$"`` hits every number ending in 3 and ``".*"`` hits everyone.
+    ``"3$"`` hits every number ending in 3 and ``".*"`` hits everyone. Rules apply to Evolution sends too
+    (``phone_number_id`` then names the instance); see :func:`_evolution_refusal` for their answers.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -288,6 +298,14 @@ class SandboxConfig(BaseModel):
     webhook_max_retries: int = Field(default=4, ge=0)
     webhook_retry_backoff_ms: float = Field(default=100.0, ge=0, description="doubles on every retry")
     webhook_timeout_s: float = Field(default=10.0, gt=0)
+
+    # --- Evolution API (POST /message/sendText/{instance}); the knobs above apply to it as well
+    evolution_keys: dict[str, str] = Field(
+        default_factory=dict, description="instance -> valid apikey. Instances not listed accept any key."
+    )
+    evolution_webhook_url: str | None = Field(
+        default=None, description="receiver base: each event is POSTed to {evolution_webhook_url}/{instance}"
+    )
 
     def updated(self, fields: dict[str, Any]) -> SandboxConfig:
         """A validated copy with ``fields`` replaced (rules given as dicts are parsed)."""
@@ -434,6 +452,95 @@ def _parse_message(raw: bytes, templates: dict[str, str]) -> _Outgoing:
     return _Outgoing(to, wa_id, type_, None, None, json.dumps(data[type_], sort_keys=True), biz)
 
 
+def _parse_evolution(raw: bytes) -> _Outgoing:
+    """Evolution's ``textMessageSchema``: ``number`` and ``text`` are required strings (code 100 if not)."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise GraphError(100, details=f"Request body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise GraphError(100, details="instance is not of a type(s) object")
+    for field in ("number", "text"):
+        if not isinstance(data.get(field), str) or not data[field]:
+            raise GraphError(100, details=f'instance requires property "{field}"')
+    number, text = data["number"], data["text"]
+    wa_id = _PHONE_STRIP.sub("", number)
+    if not wa_id.isdigit() or not 5 <= len(wa_id) <= 20:
+        raise GraphError(100, details="instance.number is not a valid phone number")
+    return _Outgoing(number, wa_id, "text", text, None, text, None)
+
+
+def _graph_accepted(record: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    return 200, {
+        "messaging_product": "whatsapp",
+        "contacts": [{"input": record["to"], "wa_id": record["wa_id"]}],
+        "messages": [{"id": record["wamid"], "message_status": "accepted"}],
+    }
+
+
+def _graph_refused(err: GraphError, msg: _Outgoing | None) -> tuple[int, dict[str, Any]]:
+    return err.http_status, err.envelope()
+
+
+def _instance_id(instance: str) -> str:
+    """A stable per-instance UUID, like the ``instanceId`` Evolution keeps in its database."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"sandbox-evolution:{instance}"))
+
+
+def _jid(wa_id: str) -> str:
+    return f"{wa_id}@s.whatsapp.net"
+
+
+def _evolution_accepted(record: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """Evolution answers 201 with the stored message; ``key.id`` is what its webhooks call ``keyId``."""
+    return 201, {
+        "key": {"remoteJid": _jid(record["wa_id"]), "fromMe": True, "id": record["wamid"]},
+        "pushName": "",
+        "status": "PENDING",
+        "message": {"conversation": record["body"]},
+        "contextInfo": None,
+        "messageType": "conversation",
+        "messageTimestamp": int(record["accepted_at"]),
+        "instanceId": _instance_id(record["instance"]),
+        "source": "unknown",
+    }
+
+
+def _evolution_refusal(err: GraphError, msg: _Outgoing | None) -> tuple[int, dict[str, Any]]:
+    """Evolution has no error codes, only HTTP statuses, so a Graph error maps onto the one it would give.
+
+    Auth (190, any 401/403) → 401 Unauthorized; 130429 (``mps_cap``) → 429; a 5xx (131000, 2, 131016,
+    133004 or a rule's ``http_status`` ≥ 500) → 500; a malformed request → 400 naming the field; any other
+    code (131026, 131049, …) → 400 ``exists: false``, the only per-recipient refusal Evolution has.
+    """
+    if err.http_status in (401, 403):
+        status, message = 401, "Unauthorized"
+    elif err.code == 130429:
+        status, message = 429, [err.details]
+    elif err.http_status >= 500:
+        status, message = 500, [err.details]
+    elif msg is None:  # refused before the body was understood
+        status, message = 400, [err.details]
+    else:
+        status, message = 400, [{"exists": False, "jid": _jid(msg.wa_id), "number": msg.to}]
+    return status, {"status": status, "error": HTTPStatus(status).phrase, "response": {"message": message}}
+
+
+@dataclass(frozen=True)
+class _Wire:
+    """What differs between the APIs the sandbox speaks; admission, limits, rules and records are shared."""
+
+    provider: str
+    accepted: Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]
+    refused: Callable[[GraphError, _Outgoing | None], tuple[int, dict[str, Any]]]
+
+
+_GRAPH = _Wire("meta_cloud", _graph_accepted, _graph_refused)
+_EVOLUTION = _Wire("evolution", _evolution_accepted, _evolution_refusal)
+#: Our lifecycle names (the record's ``final_status``) as Baileys' ``messages.update`` statuses.
+_EVOLUTION_STATUS = {"sent": "SERVER_ACK", "delivered": "DELIVERY_ACK", "read": "READ", "failed": "ERROR"}
+
+
 def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -443,8 +550,40 @@ def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
 # The sandbox
 # --------------------------------------------------------------------------------------------------------
 
-#: A scheduled webhook event: (due monotonic time, tie-breaker, phone_number_id, kind, item).
-_Event = tuple[float, int, str, str, dict[str, Any]]
+#: A scheduled webhook event: (due monotonic time, tie-breaker, provider, phone_number_id or instance, kind,
+#: item); kind is sent/delivered/read/failed/reply whatever the provider, so stats count both alike.
+_Event = tuple[float, int, str, str, str, dict[str, Any]]
+#: Where a webhook body goes, from the config current at each attempt (so rotated secrets and URLs apply to
+#: retries): (url, headers), or None when no receiver is configured any more.
+_Target = Callable[[SandboxConfig, bytes], tuple[str, dict[str, str]] | None]
+#: One POST to make: the kinds of the events it carries, its body and its target.
+_Post = tuple[list[str], bytes, _Target]
+
+
+def _meta_target(cfg: SandboxConfig, body: bytes) -> tuple[str, dict[str, str]] | None:
+    if not cfg.webhook_url:
+        return None
+    headers = {
+        "Content-Type": "application/json",
+        "X-Hub-Signature-256": sign_body(body, cfg.app_secret),
+        "User-Agent": "facebookexternalua",
+    }
+    return cfg.webhook_url, headers
+
+
+def _evolution_url(cfg: SandboxConfig, instance: str) -> str | None:
+    return f"{cfg.evolution_webhook_url.rstrip('/')}/{instance}" if cfg.evolution_webhook_url else None
+
+
+def _evolution_target(instance: str, cfg: SandboxConfig, body: bytes) -> tuple[str, dict[str, str]] | None:
+    """Evolution signs nothing: the receiver checks the ``apikey`` header against the instance's key."""
+    url = _evolution_url(cfg, instance)
+    if url is None:
+        return None
+    headers = {"Content-Type": "application/json", "User-Agent": "axios/1.7.9"}
+    if key := cfg.evolution_keys.get(instance):
+        headers["apikey"] = key
+    return url, headers
 
 
 class Sandbox:
@@ -467,6 +606,7 @@ class Sandbox:
         self._post_tasks: set[asyncio.Task[None]] = set()
         self._dispatcher: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._server_url = "http://127.0.0.1"  # Evolution's SERVER_URL, as last seen by an Evolution request
         self._record_file: IO[str] | None = None
         self._open_record_file()
         self._reset_state()
@@ -575,31 +715,48 @@ class Sandbox:
         """``POST /{version}/{phone_number_id}/messages``: decide at once, sleep the latency, answer."""
         phone_number_id = request.match_info["phone_number_id"]
         raw = await request.read()
-        # From here to the sleep there is no await: the decision is atomic with respect to other requests.
         cfg = self._cfg
+
+        def admit() -> _Outgoing:
+            self._check_token(cfg, phone_number_id, request.headers.get("Authorization"))
+            return _parse_message(raw, cfg.templates)
+
+        return await self._send(cfg, _GRAPH, phone_number_id, admit)
+
+    async def handle_evolution_send(self, request: web.Request) -> web.Response:
+        """``POST /message/sendText/{instance}`` (header ``apikey``): Evolution's wire, the same decision."""
+        instance = request.match_info["instance"]
+        raw = await request.read()
+        cfg = self._cfg
+        self._server_url = f"{request.scheme}://{request.host}"
+
+        def admit() -> _Outgoing:
+            self._check_apikey(cfg, instance, request.headers.get("apikey"))
+            return _parse_evolution(raw)
+
+        return await self._send(cfg, _EVOLUTION, instance, admit)
+
+    async def _send(self, cfg: SandboxConfig, wire: _Wire, sender: str, admit: Callable[[], _Outgoing]) -> web.Response:
+        """Decide at once (auth + body, throughput, rules, record), sleep the latency, answer in ``wire``."""
+        # From here to the sleep there is no await: the decision is atomic with respect to other requests.
         self._requests += 1
         rule: FailureRule | None = None
         record: dict[str, Any] | None = None
+        msg: _Outgoing | None = None
         try:
-            self._check_token(cfg, phone_number_id, request.headers.get("Authorization"))
-            msg = _parse_message(raw, cfg.templates)
+            msg = admit()
             now = time.monotonic()
-            window = self._check_throughput(cfg, phone_number_id, now)
-            rule = self._match_rule(cfg, phone_number_id, msg)
+            window = self._check_throughput(cfg, sender, now)
+            rule = self._match_rule(cfg, sender, msg)
             if rule is not None and rule.where == "sync":
                 raise rule.error()
-            record = self._accept(phone_number_id, msg, now, window, rule)
-            status = 200
-            body: dict[str, Any] = {
-                "messaging_product": "whatsapp",
-                "contacts": [{"input": msg.to, "wa_id": msg.wa_id}],
-                "messages": [{"id": record["wamid"], "message_status": "accepted"}],
-            }
+            record = self._accept(wire.provider, sender, msg, now, window, rule)
+            status, body = wire.accepted(record)
         except GraphError as err:
             self._errors_by_code[err.code] += 1
             if err.code == 130429:
                 self._throttled += 1
-            status, body = err.http_status, err.envelope()
+            status, body = wire.refused(err, msg)
         delay = cfg.latency_ms
         if cfg.latency_jitter_ms:
             delay += self._timing_rng.uniform(-cfg.latency_jitter_ms, cfg.latency_jitter_ms)
@@ -629,6 +786,13 @@ class Sandbox:
                     subcode=463,
                 )
 
+    @staticmethod
+    def _check_apikey(cfg: SandboxConfig, instance: str, key: str | None) -> None:
+        """Evolution's guard: an ``apikey`` is always required, and must be the instance's when one is set."""
+        expected = cfg.evolution_keys.get(instance)
+        if not key or (expected is not None and not hmac.compare_digest(expected.encode(), key.encode())):
+            raise GraphError(190, "Unauthorized", details="Missing or wrong apikey.")
+
     def _check_throughput(self, cfg: SandboxConfig, phone_number_id: str, now: float) -> deque[float]:
         """Prune this number's 1-s window and answer 130429 if one more message would exceed ``mps_cap``."""
         window = self._windows.get(phone_number_id)
@@ -655,8 +819,21 @@ class Sandbox:
             return rule
         return None
 
+    def _new_id(self, provider: str, inbound: bool = False) -> str:
+        """A unique message id in the provider's style (Meta's ``wamid.…``, Baileys' ``3EB0…``)."""
+        seq = next(self._wamid_seq)
+        if provider == "evolution":
+            return f"{'3A' if inbound else '3EB0'}{self._run_id}{seq:010X}"
+        return f"wamid.SBX{'IN' if inbound else ''}{self._run_id}{seq:010d}"
+
     def _accept(
-        self, phone_number_id: str, msg: _Outgoing, now: float, window: deque[float], rule: FailureRule | None
+        self,
+        provider: str,
+        phone_number_id: str,
+        msg: _Outgoing,
+        now: float,
+        window: deque[float],
+        rule: FailureRule | None,
     ) -> dict[str, Any]:
         window.append(now)
         if len(window) > self._max_window_by_phone.get(phone_number_id, 0):
@@ -669,8 +846,9 @@ class Sandbox:
         self._max_window = max(self._max_window, len(overall))
         self._accepted += 1
         self._accepted_by_phone[phone_number_id] += 1
-        record = {
-            "wamid": f"wamid.SBX{self._run_id}{next(self._wamid_seq):010d}",
+        record: dict[str, Any] = {
+            "wamid": self._new_id(provider),
+            "provider": provider,  # the API spoken: "meta_cloud" (Graph) or "evolution"
             "phone_number_id": phone_number_id,
             "to": msg.to,
             "wa_id": msg.wa_id,
@@ -682,6 +860,8 @@ class Sandbox:
             "accepted_at": time.time(),
             "webhook_error_code": rule.code if rule is not None else None,
         }
+        if provider == "evolution":
+            record["instance"] = phone_number_id
         self._records.append(record)
         if self._record_file is not None:
             self._record_file.write(json.dumps(record, default=str) + "\n")
@@ -690,75 +870,117 @@ class Sandbox:
     # ---- webhook scheduling -------------------------------------------------------------------------
 
     def _push(
-        self, cfg: SandboxConfig, offset_s: float, phone_number_id: str, kind: str, item: dict[str, Any], now: float
+        self, cfg: SandboxConfig, offset_s: float, record: dict[str, Any], kind: str, item: dict[str, Any], now: float
     ) -> None:
         """Schedule one event ``offset_s`` from now (plus shuffle jitter), maybe twice."""
         due = now + offset_s
         if cfg.shuffle:
             due += self._timing_rng.uniform(0, cfg.shuffle_window_ms / 1000.0)
-        heapq.heappush(self._heap, (due, next(self._heap_seq), phone_number_id, kind, item))
+        route = (record["provider"], record["phone_number_id"], kind, item)
+        heapq.heappush(self._heap, (due, next(self._heap_seq), *route))
         self._pending += 1
         if cfg.duplicate_rate and self._rng.random() < cfg.duplicate_rate:
             again = due + self._timing_rng.uniform(0, cfg.duplicate_delay_ms / 1000.0)
-            heapq.heappush(self._heap, (again, next(self._heap_seq), phone_number_id, kind, item))
+            heapq.heappush(self._heap, (again, next(self._heap_seq), *route))
             self._pending += 1
             self._duplicates_scheduled += 1
         self._wake.set()
 
     def _schedule_webhooks(self, cfg: SandboxConfig, record: dict[str, Any], rule: FailureRule | None) -> None:
         """Plan sent/delivered/read (or failed) and maybe a reply. Only heap pushes: never slows the send."""
-        if not cfg.webhook_url:
+        evolution = record["provider"] == "evolution"
+        if not (cfg.evolution_webhook_url if evolution else cfg.webhook_url):
             return
         now, wall = time.monotonic(), time.time()
-        pnid = record["phone_number_id"]
-        common: dict[str, Any] = {"recipient_id": record["wa_id"]}
-        if record["biz_opaque_callback_data"] is not None:
-            common["biz_opaque_callback_data"] = record["biz_opaque_callback_data"]
+        build = self._evolution_event if evolution else self._meta_event
 
-        def status(name: str, at: float, **extra: Any) -> dict[str, Any]:
+        def push(kind: str, at: float) -> None:
             # The timestamp is the event time; shuffling only changes when it is posted.
-            return {"id": record["wamid"], "status": name, "timestamp": str(int(wall + at)), **common, **extra}
+            self._push(cfg, at, record, kind, build(cfg, record, kind, wall + at, rule), now)
 
         t_sent = cfg.sent_delay_ms / 1000.0
         # The truth the engine's statistics must match: each message's last status and whether it was replied.
         record["final_status"], record["replied"] = "sent", False
-        if rule is not None:  # where == "webhook": Meta accepted it, then reports the failure
+        if rule is not None:  # where == "webhook": the API accepted it, then reports the failure
             record["final_status"] = "failed"
             self._webhook_failures_by_code[rule.code] += 1
-            failed = status("failed", t_sent, errors=[rule.error().webhook_error()])
-            self._push(cfg, t_sent, pnid, "status", failed, now)
+            push("failed", t_sent)
             return
-        pricing = {
-            "billable": True,
-            "pricing_model": "PMP",
-            "type": "regular",
-            "category": "marketing" if record["type"] == "template" else "service",
-        }
-        self._push(cfg, t_sent, pnid, "status", status("sent", t_sent, pricing=pricing), now)
+        push("sent", t_sent)
         if self._rng.random() >= cfg.delivered_rate:
             return
         t_delivered = t_sent + cfg.delivered_delay_ms / 1000.0
         record["final_status"] = "delivered"
-        self._push(cfg, t_delivered, pnid, "status", status("delivered", t_delivered, pricing=pricing), now)
+        push("delivered", t_delivered)
         if self._rng.random() < cfg.read_rate:
             record["final_status"] = "read"
-            t_read = t_delivered + cfg.read_delay_ms / 1000.0
-            self._push(cfg, t_read, pnid, "status", status("read", t_read), now)
+            push("read", t_delivered + cfg.read_delay_ms / 1000.0)
         if self._rng.random() < cfg.reply_rate:
             record["replied"] = True
-            t_reply = t_delivered + cfg.reply_delay_ms / 1000.0
-            reply = {
-                "contact": {"profile": {"name": cfg.reply_profile_name}, "wa_id": record["wa_id"]},
+            push("reply", t_delivered + cfg.reply_delay_ms / 1000.0)
+
+    def _meta_event(
+        self, cfg: SandboxConfig, record: dict[str, Any], kind: str, ts: float, rule: FailureRule | None
+    ) -> dict[str, Any]:
+        """One Cloud API status, or for ``reply`` an inbound message with its contact (batched later)."""
+        wa_id = record["wa_id"]
+        if kind == "reply":
+            return {
+                "contact": {"profile": {"name": cfg.reply_profile_name}, "wa_id": wa_id},
                 "message": {
-                    "context": {"from": self._display_number(cfg, pnid), "id": record["wamid"]},
-                    "from": record["wa_id"],
-                    "id": f"wamid.SBXIN{self._run_id}{next(self._wamid_seq):010d}",
-                    "timestamp": str(int(wall + t_reply)),
+                    "context": {"from": self._display_number(cfg, record["phone_number_id"]), "id": record["wamid"]},
+                    "from": wa_id,
+                    "id": self._new_id("meta_cloud", inbound=True),
+                    "timestamp": str(int(ts)),
                     "type": "text",
                     "text": {"body": cfg.reply_text},
                 },
             }
-            self._push(cfg, t_reply, pnid, "reply", reply, now)
+        status: dict[str, Any] = {
+            "id": record["wamid"],
+            "status": kind,
+            "timestamp": str(int(ts)),
+            "recipient_id": wa_id,
+        }
+        if record["biz_opaque_callback_data"] is not None:
+            status["biz_opaque_callback_data"] = record["biz_opaque_callback_data"]
+        if kind == "failed" and rule is not None:
+            status["errors"] = [rule.error().webhook_error()]
+        elif kind != "read":
+            status["pricing"] = {
+                "billable": True,
+                "pricing_model": "PMP",
+                "type": "regular",
+                "category": "marketing" if record["type"] == "template" else "service",
+            }
+        return status
+
+    def _evolution_event(
+        self, cfg: SandboxConfig, record: dict[str, Any], kind: str, ts: float, rule: FailureRule | None
+    ) -> dict[str, Any]:
+        """``messages.update`` (Baileys status) or, for ``reply``, ``messages.upsert`` quoting our message."""
+        instance, jid = record["instance"], _jid(record["wa_id"])
+        if kind == "reply":
+            data: dict[str, Any] = {
+                "key": {"remoteJid": jid, "fromMe": False, "id": self._new_id("evolution", inbound=True)},
+                "pushName": cfg.reply_profile_name,
+                "message": {
+                    "extendedTextMessage": {"text": cfg.reply_text, "contextInfo": {"stanzaId": record["wamid"]}}
+                },
+                "messageType": "extendedTextMessage",
+                "messageTimestamp": int(ts),
+                "instanceId": _instance_id(instance),
+            }
+            return {"event": "messages.upsert", "instance": instance, "data": data}
+        data = {
+            "keyId": record["wamid"],
+            "remoteJid": jid,
+            "fromMe": True,
+            "status": _EVOLUTION_STATUS[kind],
+            "instanceId": _instance_id(instance),
+            "messageId": "sbx" + record["wamid"].lower(),  # Evolution's database id of the message
+        }
+        return {"event": "messages.update", "instance": instance, "data": data}
 
     @staticmethod
     def _display_number(cfg: SandboxConfig, phone_number_id: str) -> str:
@@ -798,17 +1020,37 @@ class Sandbox:
             now = time.monotonic()
             while self._heap and self._heap[0][0] <= now:
                 cfg = self._cfg
-                batch: list[tuple[str, str, dict[str, Any]]] = []
+                batch: list[tuple[str, str, str, dict[str, Any]]] = []
                 while self._heap and self._heap[0][0] <= now and len(batch) < cfg.webhook_batch_size:
-                    _, _, pnid, kind, item = heapq.heappop(self._heap)
-                    batch.append((pnid, kind, item))
-                while self._inflight_posts >= self._cfg.webhook_concurrency:
-                    self._slot_free.clear()
-                    await self._slot_free.wait()
-                self._inflight_posts += 1
-                task = asyncio.create_task(self._post_batch(batch))
-                self._post_tasks.add(task)
-                task.add_done_callback(self._post_tasks.discard)
+                    _, _, provider, sender, kind, item = heapq.heappop(self._heap)
+                    batch.append((provider, sender, kind, item))
+                for kinds, body, target in self._posts(cfg, batch):
+                    while self._inflight_posts >= self._cfg.webhook_concurrency:
+                        self._slot_free.clear()
+                        await self._slot_free.wait()
+                    self._inflight_posts += 1
+                    task = asyncio.create_task(self._post(kinds, body, target))
+                    self._post_tasks.add(task)
+                    task.add_done_callback(self._post_tasks.discard)
+
+    def _posts(self, cfg: SandboxConfig, batch: list[tuple[str, str, str, dict[str, Any]]]) -> Iterator[_Post]:
+        """Meta batches a tick's events into one signed POST; Evolution posts every event on its own."""
+        meta = [(sender, kind, item) for provider, sender, kind, item in batch if provider != "evolution"]
+        if meta:
+            body = json.dumps(self._build_payload(cfg, meta), separators=(",", ":")).encode()
+            yield [kind for _, kind, _ in meta], body, _meta_target
+        for provider, instance, kind, item in batch:
+            if provider == "evolution":
+                envelope = {
+                    **item,
+                    "destination": _evolution_url(cfg, instance),
+                    "date_time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                    "sender": _jid(self._display_number(cfg, instance)),
+                    "server_url": self._server_url,
+                    "apikey": cfg.evolution_keys.get(instance),
+                }
+                body = json.dumps(envelope, separators=(",", ":")).encode()
+                yield [kind], body, functools.partial(_evolution_target, instance)
 
     def _build_payload(self, cfg: SandboxConfig, batch: list[tuple[str, str, dict[str, Any]]]) -> dict[str, Any]:
         """Meta's envelope; statuses split over several changes and entries to exercise every level."""
@@ -817,7 +1059,7 @@ class Sandbox:
         by_phone: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
         for pnid, kind, item in batch:
             statuses, replies = by_phone.setdefault(pnid, ([], []))
-            (statuses if kind == "status" else replies).append(item)
+            (replies if kind == "reply" else statuses).append(item)
         changes_by_waba: dict[str, list[dict[str, Any]]] = {}
         for pnid, (statuses, replies) in by_phone.items():
             changes = changes_by_waba.setdefault(cfg.waba_ids.get(pnid, cfg.waba_id), [])
@@ -841,32 +1083,23 @@ class Sandbox:
         ]
         return {"object": "whatsapp_business_account", "entry": entries}
 
-    async def _post_batch(self, batch: list[tuple[str, str, dict[str, Any]]]) -> None:
-        """POST one signed batch, retrying with exponential backoff like Meta; count the outcome."""
+    async def _post(self, kinds: list[str], body: bytes, target: _Target) -> None:
+        """POST one webhook body, retrying with exponential backoff as Meta and Evolution do; count the outcome."""
         try:
-            cfg = self._cfg
-            body = json.dumps(self._build_payload(cfg, batch), separators=(",", ":")).encode()
-            for attempt in range(cfg.webhook_max_retries + 1):
+            for attempt in range(self._cfg.webhook_max_retries + 1):
                 cfg = self._cfg
-                if not cfg.webhook_url or self._session is None:
+                destination = target(cfg, body) if self._session is not None else None
+                if destination is None:
                     break
-                headers = {
-                    "Content-Type": "application/json",
-                    "X-Hub-Signature-256": sign_body(body, cfg.app_secret),
-                    "User-Agent": "facebookexternalua",
-                }
+                url, headers = destination
                 try:
                     async with self._session.post(
-                        cfg.webhook_url,
-                        data=body,
-                        headers=headers,
-                        timeout=aiohttp.ClientTimeout(total=cfg.webhook_timeout_s),
+                        url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=cfg.webhook_timeout_s)
                     ) as resp:
                         await resp.read()
                         if 200 <= resp.status < 300:
                             self._webhook_posts_ok += 1
-                            for _, kind, item in batch:
-                                self._webhook_events_posted[item["status"] if kind == "status" else kind] += 1
+                            self._webhook_events_posted.update(kinds)
                             return
                         reason = f"HTTP {resp.status}"
                 except (aiohttp.ClientError, TimeoutError) as exc:
@@ -875,12 +1108,12 @@ class Sandbox:
                 logger.debug("webhook POST attempt %d failed: %s", attempt + 1, reason)
                 if attempt < cfg.webhook_max_retries:
                     await asyncio.sleep(min(5.0, cfg.webhook_retry_backoff_ms / 1000.0 * 2**attempt))
-            self._webhook_events_dropped += len(batch)
+            self._webhook_events_dropped += len(kinds)
             logger.warning(
-                "dropping %d webhook events after %d failed POSTs", len(batch), self._cfg.webhook_max_retries + 1
+                "dropping %d webhook events after %d failed POSTs", len(kinds), self._cfg.webhook_max_retries + 1
             )
         finally:
-            self._pending -= len(batch)
+            self._pending -= len(kinds)
             self._inflight_posts -= 1
             self._slot_free.set()
 
@@ -952,7 +1185,7 @@ SANDBOX_KEY = web.AppKey("sandbox", Sandbox)
 
 
 def create_app(config: SandboxConfig | None = None, *, sandbox: Sandbox | None = None) -> web.Application:
-    """The aiohttp app: Cloud API send endpoint plus the ``/_sandbox/`` admin API."""
+    """The aiohttp app: Cloud API and Evolution send endpoints plus the ``/_sandbox/`` admin API."""
     sb = sandbox if sandbox is not None else Sandbox(config)
     app = web.Application(client_max_size=8 * 1024 * 1024)
     app[SANDBOX_KEY] = sb
@@ -973,6 +1206,7 @@ def create_app(config: SandboxConfig | None = None, *, sandbox: Sandbox | None =
             web.post("/_sandbox/tokens", sb.handle_tokens),
             web.post("/_sandbox/webhooks/drain", sb.handle_drain),
             web.post(r"/{version:v\d+(?:\.\d+)?}/{phone_number_id}/messages", sb.handle_send),
+            web.post("/message/sendText/{instance}", sb.handle_evolution_send),
         ]
     )
     return app
@@ -1073,6 +1307,9 @@ class SandboxServer:
 
     def messages_url(self, phone_number_id: str, version: str = "v24.0") -> str:
         return f"{self.url}/{version}/{phone_number_id}/messages"
+
+    def evolution_send_url(self, instance: str) -> str:
+        return f"{self.url}/message/sendText/{instance}"
 
     # ---- thread-safe access -------------------------------------------------------------------------
 

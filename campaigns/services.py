@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import IO, Any
 
 import redis
 import sqlalchemy as sa
 
-from campaigns import lifecycle, stats
+from campaigns import lifecycle, recipient_statuses, stats
 from campaigns.preflight import run_preflight
 from campaigns.settings import get_settings
 
@@ -46,3 +46,20 @@ def progress_of(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID) -> 
     campaign = lifecycle.get(conn, org, campaign_id)
     number = lifecycle.get_number(conn, org, campaign["whatsapp_number_id"])
     return stats.progress(conn, campaign, number["mps"], get_settings().rate_headroom)
+
+
+def recipients_of(
+    conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID, status: str | None = None,
+    after: int | str | None = None, page_size: int = recipient_statuses.DEFAULT_PAGE_SIZE,
+) -> dict[str, Any]:
+    """A page of per-contact statuses; "Campaign not found" for another organization's campaign."""
+    lifecycle.get(conn, org, campaign_id)
+    return recipient_statuses.page(conn, org, campaign_id, status, after=after, page_size=page_size)
+
+
+def export_recipients(
+    conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID, status: str | None, out: IO[bytes]
+) -> int:
+    """Every matching recipient as CSV to `out` (streamed); returns how many rows were written."""
+    lifecycle.get(conn, org, campaign_id)
+    return recipient_statuses.export_csv(conn, org, campaign_id, status, out)

@@ -2,7 +2,8 @@
 
 - send-campaign/default: run by `campaigns start`, the Prefect UI's "Run" form (campaign_id), or the
   main app through Prefect's REST API (`POST /api/deployments/{id}/create_flow_run`).
-- ingest-statuses/default: every 10 seconds.
+- ingest-statuses/default: every minute, each run ingesting once a second for the minute
+  (a status reaches the statistics about a second after receipt; see flows/ingest_statuses.py).
 The global concurrency limit for send batches is created here if missing.
 """
 
@@ -14,12 +15,15 @@ from deployments.limits import ensure_send_limit
 from flows.ingest_statuses import ingest_statuses
 from flows.send_campaign import send_campaign
 
+INGEST_INTERVAL = 60
+
 
 def main(limit: int = 8) -> None:
     ensure_send_limit()
     serve(
         send_campaign.to_deployment(name="default", tags=["campaigns"]),
-        ingest_statuses.to_deployment(name="default", interval=10, tags=["campaigns"]),
+        ingest_statuses.to_deployment(name="default", interval=INGEST_INTERVAL, tags=["campaigns"],
+                                      parameters={"run_for_seconds": INGEST_INTERVAL, "every_seconds": 1.0}),
         limit=limit,
     )
 

@@ -1,6 +1,8 @@
-"""ingest-statuses: stored webhook events → recipient statuses (scheduled; `campaigns ingest` runs it now).
+"""ingest-statuses: stored webhook events → recipient statuses, replies, the 24 h window and opt-outs.
 
-Requires: DATABASE_URL (or the embedded default). Deployed as `ingest-statuses/default`, every 10 s.
+Requires: DATABASE_URL (or the embedded default). Deployed as `ingest-statuses/default`: every minute,
+each run ingesting once a second for that minute (runs overlap by their start-up time; several
+ingesters are safe, they claim with SKIP LOCKED). `campaigns ingest` drains once, now.
 """
 
 from __future__ import annotations
@@ -13,5 +15,5 @@ from tasks.send import ingest_statuses_task
 
 
 @flow(name="ingest-statuses")
-def ingest_statuses() -> dict[str, Any]:
-    return ingest_statuses_task()
+def ingest_statuses(run_for_seconds: float = 0.0, every_seconds: float = 1.0) -> dict[str, Any]:
+    return ingest_statuses_task(run_for_seconds, every_seconds)

@@ -12,7 +12,7 @@ from blocks.whatsapp import load_credentials
 from campaigns import runner, sending
 from campaigns.db import get_engine
 from campaigns.engine_process import get_engine_client
-from campaigns.ingest import ingest_pending
+from campaigns.ingest import ingest_for
 from campaigns.providers import OutboundMessage, SendResult
 from campaigns.reconcile import reconcile
 from campaigns.settings import get_settings
@@ -52,7 +52,7 @@ def reconcile_unknown(campaign_id: uuid.UUID) -> dict[str, Any]:
 
 
 @task(name="ingest-statuses", cache_policy=NO_CACHE)
-def ingest_statuses_task() -> dict[str, Any]:
-    result = ingest_pending(get_engine())
+def ingest_statuses_task(run_for_seconds: float = 0.0, every_seconds: float = 1.0) -> dict[str, Any]:
+    result = ingest_for(get_engine(), run_for_seconds, every_seconds)
     return {**{k: v for k, v in result.__dict__.items() if k != "campaigns"},
             "campaigns": [str(c) for c in result.campaigns]}

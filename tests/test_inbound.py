@@ -174,3 +174,17 @@ def test_a_secret_vouches_only_for_its_own_numbers(db, org, sandbox):
     with db.connect() as conn:
         note = conn.execute(sa.text("select state, error from webhook_events order by id desc limit 2")).all()
     assert any(state == "processed" and error and "rejected" in error for state, error in note)
+
+
+def test_a_reimport_never_undoes_the_users_own_opt_out(db, org, sandbox, receiver):
+    from campaigns.contacts import import_csv
+
+    number = add_sandbox_number(db, org, sandbox)
+    with db.begin() as conn:
+        import_csv(conn, org, b"phone,name,opted_out\n+5511900000701,Ana,false\n+5511900000702,Bo,true\n")
+    assert _post(receiver, _preference(_pnid(db, number), "+5511900000701", "stop", 1_800_000_000)) == 200
+    ingest_pending(db)
+    with db.begin() as conn:  # the operator re-imports an old list where both are subscribed
+        import_csv(conn, org, b"phone,name,opted_out\n+5511900000701,Ana,false\n+5511900000702,Bo,false\n")
+    assert _contact(db, org, "+5511900000701").opt_out_source == "user_preferences"
+    assert _contact(db, org, "+5511900000702").opted_out_at is None  # the import's own opt-out is the import's

@@ -2,18 +2,20 @@
 
 Each test starts a real :class:`SandboxServer` on an ephemeral port; webhook tests also start a small
 ``http.server`` receiver that records the raw bodies, so signatures are checked over the exact bytes sent.
+Evolution's webhooks go to a small aiohttp receiver with Evolution's per-instance route.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,11 @@ from typing import Any
 import aiohttp
 import httpx
 import pytest
+from aiohttp import web
 
+from campaigns.providers import Credentials, OutboundMessage, build_provider
 from campaigns.sandbox import SandboxConfig, SandboxServer
+from campaigns.webhook_parse import parse_evolution
 
 TOKEN = "good-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -471,3 +476,180 @@ def test_failed_webhook_posts_are_retried() -> None:
             assert server.stats()["webhook_events_dropped"] == 2
     finally:
         receiver.close()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Evolution API
+# ---------------------------------------------------------------------------------------------------------
+
+EVO_KEY = "evo-key"
+
+
+def evo_post(
+    server: SandboxServer, number: str, text: str = "Olá", instance: str = "loja1", key: str | None = EVO_KEY
+) -> httpx.Response:
+    body: dict[str, str] = {"number": number, "text": text} if text else {"number": number}
+    return httpx.post(server.evolution_send_url(instance), json=body, headers={"apikey": key} if key else {})
+
+
+@contextlib.asynccontextmanager
+async def evolution_receiver() -> AsyncIterator[tuple[str, list[tuple[str, dict[str, str], dict[str, Any]]]]]:
+    """Evolution's receiver route ``/webhooks/evolution/{instance}``; yields its base URL and the posts."""
+    posts: list[tuple[str, dict[str, str], dict[str, Any]]] = []
+
+    async def receive(request: web.Request) -> web.Response:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        posts.append((request.match_info["instance"], headers, await request.json()))
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/webhooks/evolution/{instance}", receive)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/webhooks/evolution", posts
+    finally:
+        await runner.cleanup()
+
+
+def test_evolution_send_text_checks_apikey_and_is_recorded(sandbox: SandboxServer) -> None:
+    sandbox.configure(evolution_keys={"loja1": EVO_KEY})
+    ok = evo_post(sandbox, "5511999990001", "Olá Ana")
+    assert ok.status_code == 201
+    body = ok.json()
+    key_id = body["key"]["id"]
+    assert body["key"] == {"remoteJid": "5511999990001@s.whatsapp.net", "fromMe": True, "id": key_id}
+    assert key_id.startswith("3EB0") and body["status"] == "PENDING"
+    assert body["message"] == {"conversation": "Olá Ana"} and body["messageType"] == "conversation"
+    assert isinstance(body["messageTimestamp"], int) and body["instanceId"] and body["source"] == "unknown"
+
+    unauthorized = {"status": 401, "error": "Unauthorized", "response": {"message": "Unauthorized"}}
+    bad = evo_post(sandbox, "5511999990002", key="nope")
+    assert (bad.status_code, bad.json()) == (401, unauthorized)
+    assert evo_post(sandbox, "5511999990002", key=None).status_code == 401
+    other = evo_post(sandbox, "5511999990003", instance="loja2", key="anything")  # not listed: any key
+    assert other.status_code == 201 and other.json()["key"]["id"] != key_id
+
+    no_text = evo_post(sandbox, "5511999990004", text="")
+    assert no_text.status_code == 400
+    assert no_text.json() == {
+        "status": 400,
+        "error": "Bad Request",
+        "response": {"message": ['instance requires property "text"']},
+    }
+
+    post(sandbox, text_msg("5511999990005"))  # a Meta send lands in the same record
+    records = sandbox.messages()
+    assert [r["provider"] for r in records] == ["evolution", "evolution", "meta_cloud"]
+    first = records[0]
+    assert first["wamid"] == key_id and first["instance"] == "loja1" and first["body"] == "Olá Ana"
+    assert first["to"] == "5511999990001" and first["biz_opaque_callback_data"] is None
+    assert [r["wamid"] for r in sandbox.messages(phone_number_id="loja2")] == [other.json()["key"]["id"]]
+    assert sandbox.stats()["errors_by_code"] == {190: 2, 100: 1}
+
+
+def test_evolution_failure_rules_and_the_engine_provider(sandbox: SandboxServer) -> None:
+    sandbox.configure(
+        evolution_keys={"loja1": EVO_KEY},
+        rules=[{"match": "6$", "code": 131026}, {"match": "7$", "code": 131000, "times": 1}],
+    )
+    gone = evo_post(sandbox, "5511999990006")
+    assert gone.status_code == 400
+    assert gone.json()["response"]["message"] == [
+        {"exists": False, "jid": "5511999990006@s.whatsapp.net", "number": "5511999990006"}
+    ]
+    assert [evo_post(sandbox, "5511999990007").status_code for _ in range(2)] == [500, 201]
+
+    async def send_all() -> list[Any]:
+        good = build_provider("evolution", Credentials("loja1", EVO_KEY, sandbox.url))
+        wrong = build_provider("evolution", Credentials("loja1", "nope", sandbox.url))
+        async with aiohttp.ClientSession() as session:
+            return [
+                await good.send(session, OutboundMessage(1, "+5511999990001", "text", text="Olá")),
+                await good.send(session, OutboundMessage(2, "+5511999990006", "text", text="Olá")),
+                await wrong.send(session, OutboundMessage(3, "+5511999990001", "text", text="Olá")),
+            ]
+
+    ok, not_on_whatsapp, unauthorized = asyncio.run(send_all())
+    assert ok.ok and ok.message_id == sandbox.messages(to="5511999990001")[0]["wamid"]
+    assert (not_on_whatsapp.ok, not_on_whatsapp.error_code) == (False, 131026)
+    assert (unauthorized.ok, unauthorized.error_code, unauthorized.http_status) == (False, 190, 401)
+
+    sandbox.configure(rules=[], mps_cap=1)  # the throughput cap is per instance, answered as 429
+    assert [evo_post(sandbox, "5511999990008", instance="loja3").status_code for _ in range(2)] == [201, 429]
+
+
+def test_evolution_status_webhooks_one_event_per_post(sandbox: SandboxServer) -> None:
+    async def scenario() -> tuple[list[tuple[str, dict[str, str], dict[str, Any]]], dict[str, str], str]:
+        async with evolution_receiver() as (url, posts):
+            sandbox.configure(
+                evolution_keys={"loja1": EVO_KEY},
+                evolution_webhook_url=url,
+                read_rate=1.0,
+                sent_delay_ms=20,
+                delivered_delay_ms=80,
+                read_delay_ms=80,  # gaps wide enough for the arrival order to be the lifecycle order
+                rules=[{"match": "3$", "code": 131026, "where": "webhook"}],
+            )
+            numbers = {}
+            for number in ("5511999990001", "5511999990002", "5511999990003"):
+                numbers[(await asyncio.to_thread(evo_post, sandbox, number)).json()["key"]["id"]] = number
+            assert await asyncio.to_thread(sandbox.drain_webhooks, 10)
+            return list(posts), numbers, url
+
+    posts, numbers, url = asyncio.run(scenario())
+    sequences: dict[str, list[str]] = defaultdict(list)
+    for instance, headers, event in posts:
+        assert instance == "loja1" and headers["apikey"] == EVO_KEY
+        assert event["event"] == "messages.update" and event["instance"] == "loja1"
+        assert event["apikey"] == EVO_KEY and event["destination"] == f"{url}/loja1"
+        assert event["date_time"] and event["server_url"] == sandbox.url and event["sender"].endswith("@s.whatsapp.net")
+        data = event["data"]
+        assert data["remoteJid"] == f"{numbers[data['keyId']]}@s.whatsapp.net" and data["fromMe"] is True
+        assert data["instanceId"] and data["messageId"]
+        sequences[data["keyId"]].append(data["status"])
+    by_number = {numbers[k]: s for k, s in sequences.items()}
+    assert by_number == {
+        "5511999990001": ["SERVER_ACK", "DELIVERY_ACK", "READ"],
+        "5511999990002": ["SERVER_ACK", "DELIVERY_ACK", "READ"],
+        "5511999990003": ["ERROR"],
+    }
+    # The record's truth and the engine's reading of the webhooks use the same names.
+    expected = {key_id: "failed" if number.endswith("3") else "read" for key_id, number in numbers.items()}
+    assert {r["wamid"]: r["final_status"] for r in sandbox.messages()} == expected
+    parsed = [s for i, (_, _, event) in enumerate(posts) for s in parse_evolution(i, event).statuses]
+    assert {s.wamid: s.status for s in parsed} == expected
+    stats = sandbox.stats()
+    assert stats["webhook_posts_ok"] == len(posts) == 7
+    assert stats["webhook_events_posted"] == {"sent": 2, "delivered": 2, "read": 2, "failed": 1}
+
+
+def test_evolution_reply_is_an_upsert_quoting_the_campaign_message(sandbox: SandboxServer) -> None:
+    async def scenario() -> tuple[list[dict[str, Any]], set[str]]:
+        async with evolution_receiver() as (url, posts):
+            sandbox.configure(
+                evolution_webhook_url=url, reply_rate=1.0, read_rate=0.0, reply_text="Quero!", duplicate_rate=1.0
+            )
+            answers = [await asyncio.to_thread(evo_post, sandbox, f"55119500{i:05d}") for i in range(2)]
+            key_ids = {answer.json()["key"]["id"] for answer in answers}
+            assert await asyncio.to_thread(sandbox.drain_webhooks, 10)
+            return [event for _, _, event in posts], key_ids
+
+    events, key_ids = asyncio.run(scenario())
+    upserts = [e for e in events if e["event"] == "messages.upsert"]
+    assert len(upserts) == 4  # every event was posted twice, each copy on its own
+    for event in upserts:
+        data = event["data"]
+        assert data["key"]["fromMe"] is False and data["key"]["remoteJid"].startswith("55119500")
+        assert data["key"]["id"] not in key_ids and data["pushName"] == "Sandbox User"
+        assert data["messageType"] == "extendedTextMessage" and isinstance(data["messageTimestamp"], int)
+        assert data["message"]["extendedTextMessage"]["text"] == "Quero!"
+    assert {e["data"]["message"]["extendedTextMessage"]["contextInfo"]["stanzaId"] for e in upserts} == key_ids
+    # The engine reads it as an inbound reply to our message.
+    [inbound] = parse_evolution(1, upserts[0]).inbound
+    quoted = upserts[0]["data"]["message"]["extendedTextMessage"]["contextInfo"]["stanzaId"]
+    assert (inbound.channel, inbound.text, inbound.name) == ("loja1", "Quero!", "Sandbox User")
+    assert inbound.context_wamid == quoted
+    assert all(r["replied"] and r["final_status"] == "delivered" for r in sandbox.messages())
+    assert sandbox.stats()["webhook_duplicates_scheduled"] == 6

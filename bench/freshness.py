@@ -1,0 +1,118 @@
+"""Freshness: how long a status webhook takes from receipt to the campaign's statistics.
+
+The real set-up, on one machine: `campaigns serve` (deployments; ingest-statuses on its schedule), the
+webhook receiver, the sandbox in its own process posting signed status webhooks while a campaign sends.
+For every stored event, processed_at − received_at is the time until its statuses are in the recipient
+rows, which is what `stats` reads (it is derived from those rows on every read).
+
+    uv run python -m bench.freshness [--mps 100 --recipients 12000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from bench.common import SandboxProcess, bulk_contacts, fresh_services, new_org
+
+SECRET = "sandbox-app-secret"
+
+
+def _wait_for_a_running_ingester(timeout: float = 240.0) -> None:
+    """Steady state: the first scheduled ingest-statuses run has started (a fresh deployment waits for the
+    server's scheduler to create its runs)."""
+    import asyncio
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterStateName
+
+    async def running() -> bool:
+        async with get_client() as client:
+            runs = await client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["ingest-statuses"])),
+                flow_run_filter=FlowRunFilter(state={"name": FlowRunFilterStateName(any_=["Running"])}),
+            )
+            return bool(runs)
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if asyncio.run(running()):
+            return
+        time.sleep(1)
+    raise RuntimeError(f"no ingest-statuses run started within {timeout} s")
+
+
+def run(mps: int, recipients: int) -> dict[str, float]:
+    import sqlalchemy as sa
+
+    from blocks.numbers import add_number
+    from campaigns import lifecycle
+    from campaigns.asgi_thread import ThreadedServer
+    from campaigns.db import get_engine
+    from campaigns.models import CampaignCreate
+    from campaigns.webhooks import KnownSecrets, create_app
+    from flows.send_campaign import send_campaign
+
+    db = get_engine()
+    serve = subprocess.Popen([sys.executable, "-m", "campaigns.cli", "serve"], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, start_new_session=True)
+    receiver = ThreadedServer(create_app(os.environ["DATABASE_URL"], KnownSecrets(app_secrets=[SECRET.encode()])))
+    receiver.start()
+    try:
+        _wait_for_a_running_ingester()
+        with SandboxProcess(50, mps, webhook_url=receiver.url + "/webhooks/whatsapp") as sandbox:
+            org = new_org("fresh")
+            bulk_contacts(org, recipients)
+            with db.begin() as conn:
+                number = add_number(conn, org, provider="sandbox", phone_number_id="77001", token="t",
+                                    app_secret=SECRET, verify_token="v", api_base=sandbox.url, mps=mps)
+                cid = lifecycle.create(conn, org, CampaignCreate(
+                    name="freshness", whatsapp_number_id=number, message_type="template",
+                    message_content={"template_name": "bench", "language": "pt_BR"},
+                    template_variables={"body": ["{{contact.name}}"]}, messages_per_hour=None,
+                    delay_between_messages_seconds=0,
+                ))
+            t0 = time.time()
+            result = send_campaign(cid)
+            while sandbox.stats()["webhook_pending"]:
+                time.sleep(0.5)
+            sent_for = time.time() - t0
+        deadline = time.monotonic() + 180
+        with db.connect() as conn:
+            while time.monotonic() < deadline and conn.execute(sa.text(
+                    "select count(*) from webhook_events where state = 'pending'")).scalar_one():
+                time.sleep(1)
+                conn.commit()
+            lat = conn.execute(sa.text("""
+                select count(*), percentile_cont(array[0.5, 0.95, 0.99]) within group (order by s), max(s)
+                from (select extract(epoch from processed_at - received_at) as s
+                      from webhook_events where state = 'processed') t
+            """)).one()
+            left = conn.execute(sa.text("select count(*) from webhook_events where state <> 'processed'")).scalar_one()
+    finally:
+        receiver.stop()
+        os.killpg(serve.pid, signal.SIGTERM)
+        serve.wait(30)
+    return {"status": result["status"], "seconds": sent_for, "events": lat[0], "p50": lat[1][0],
+            "p95": lat[1][1], "p99": lat[1][2], "max": lat[2], "not_processed": left}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--mps", type=int, default=100)
+    p.add_argument("--recipients", type=int, default=12_000)
+    args = p.parse_args()
+    fresh_services("campaigns_bench_fresh")
+    r = run(args.mps, args.recipients)
+    print(f"{args.recipients} recipients at {args.mps} msg/s ({r['seconds']:.0f} s of webhooks, {r['status']}): "
+          f"{r['events']} webhook events, receipt → statistics p50 {r['p50']:.2f} s, p95 {r['p95']:.2f} s "
+          f"(target 30 s: ratio {r['p95'] / 30:.2f}), p99 {r['p99']:.2f} s, max {r['max']:.2f} s; "
+          f"not processed: {r['not_processed']}")
+
+
+if __name__ == "__main__":
+    main()
