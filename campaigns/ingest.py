@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -297,3 +298,18 @@ def ingest_pending(engine: sa.Engine, limit: int = 5000, max_rounds: int = 1000)
         if r.events < limit:
             break
     return total
+
+
+def ingest_for(engine: sa.Engine, run_for_seconds: float, every_seconds: float = 1.0) -> IngestResult:
+    """Keep draining every `every_seconds` for `run_for_seconds` (0 = drain once).
+
+    A scheduled run that stays for its whole interval makes a status reach the statistics within about
+    `every_seconds` of its receipt, instead of waiting for the next scheduled run to start.
+    """
+    deadline = time.monotonic() + run_for_seconds
+    total = IngestResult()
+    while True:
+        total.add(ingest_pending(engine))
+        if time.monotonic() + every_seconds > deadline:
+            return total
+        time.sleep(every_seconds)
