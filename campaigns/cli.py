@@ -65,7 +65,59 @@ def cmd_numbers_add(args: argparse.Namespace) -> int:
             app_secret=args.app_secret, verify_token=args.verify_token, api_base=args.api_base, mps=args.mps,
             display_phone_number=args.display_phone_number, graph_version=args.graph_version,
         )
+        lifecycle.set_number_limits(conn, org, number_id, _limit_changes(args))
     print(number_id)
+    return 0
+
+
+def _cap(value: str) -> int | None:
+    """A cap on the command line: a positive number, or `none` for no cap."""
+    if value.lower() in ("none", "no", "off"):
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of messages or 'none', got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError("a cap must be at least 1 (or 'none' for no cap)")
+    return number
+
+
+def _limit_changes(args: argparse.Namespace) -> dict[str, int | None]:
+    from campaigns.ratelimit import META_CONSERVATIVE
+
+    changes: dict[str, int | None] = {}
+    if args.preset == "meta-conservative":
+        changes.update(META_CONSERVATIVE)
+    elif args.preset == "none":
+        changes.update({"per_minute": None, "per_hour": None, "per_day": None})
+    for name in ("per_minute", "per_hour", "per_day"):
+        if getattr(args, name) is not _UNSET:
+            changes[name] = getattr(args, name)
+    if getattr(args, "set_mps", None) is not None:
+        changes["mps"] = args.set_mps
+    return changes
+
+
+def cmd_numbers_limits(args: argparse.Namespace) -> int:
+    with _db().begin() as conn:
+        org = lifecycle.org_id_by_name(conn, args.org)
+        limits = lifecycle.set_number_limits(conn, org, uuid.UUID(args.number_id), _limit_changes(args))
+    print(json.dumps(limits))
+    return 0
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    with _db().begin() as conn:
+        org = _org_of(conn, args.id, args.org)
+        try:
+            at = datetime.fromisoformat(args.at) if args.at else None
+        except ValueError:
+            raise lifecycle.Invalid(f"--at: not an ISO date and time: {args.at!r}") from None
+        t = lifecycle.schedule(conn, org, uuid.UUID(args.id), at)
+    _err(f"campaign {args.id}: {t.previous} -> {t.status}; campaign-scheduler (campaigns serve) starts it")
     return 0
 
 
@@ -237,7 +289,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from deployments.serve import main as serve_main
 
-    _err("serving send-campaign/default and ingest-statuses/default (Ctrl-C to stop)")
+    _err("serving send-campaign/default, ingest-statuses/default and campaign-scheduler/default (Ctrl-C to stop)")
     serve_main(limit=args.limit)
     return 0
 
@@ -305,7 +357,15 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--mps", type=int, default=80, help="messages per second (Meta default 80)")
     a.add_argument("--display-phone-number", default=None)
     a.add_argument("--graph-version", default="v24.0")
+    _limit_arguments(a)
     a.set_defaults(fn=cmd_numbers_add, prefect=True)
+
+    a = nums.add_parser("limits", help="change a number's rate and caps; prints the limits in force")
+    a.add_argument("number_id")
+    a.add_argument("--org", required=True)
+    a.add_argument("--mps", dest="set_mps", type=int, help="messages per second")
+    _limit_arguments(a)
+    a.set_defaults(fn=cmd_numbers_limits, prefect=False)
 
     cts = sub.add_parser("contacts", help="contacts").add_subparsers(dest="contacts_command", required=True)
     a = cts.add_parser("import", help="import contacts from CSV")
@@ -323,6 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--org")
     a.add_argument("--wait", action="store_true", help="show progress until it stops")
     a.set_defaults(fn=cmd_start, prefect=True)
+
+    a = sub.add_parser("schedule", help="start the campaign by itself at a time (campaign-scheduler)")
+    a.add_argument("id")
+    a.add_argument("--org")
+    a.add_argument("--at", help="ISO time with zone; default: the campaign's scheduled_at")
+    a.set_defaults(fn=cmd_schedule, prefect=False)
 
     for name in ("pause", "resume", "cancel"):
         a = sub.add_parser(name, help=f"{name} a campaign")
@@ -379,6 +445,17 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--port", type=int, default=8089)
     a.set_defaults(fn=cmd_webhooks_serve, prefect=True)
     return p
+
+
+_UNSET = object()
+
+
+def _limit_arguments(a: argparse.ArgumentParser) -> None:
+    for name in ("minute", "hour", "day"):
+        a.add_argument(f"--per-{name}", type=_cap, default=_UNSET, metavar="N|none",
+                       help=f"at most N messages per UTC {name} (none: no cap)")
+    a.add_argument("--preset", choices=["meta-conservative", "none"],
+                   help="meta-conservative: 20/min, 100/h, 500/day (the seed's figures); none: no caps")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -72,6 +73,26 @@ def get_number(conn: sa.Connection, org: uuid.UUID, number_id: uuid.UUID) -> dic
     if row is None:
         raise NotFound("WhatsApp number not found")
     return dict(row)
+
+
+LIMIT_FIELDS = ("mps", "per_minute", "per_hour", "per_day")
+
+
+def set_number_limits(conn: sa.Connection, org: uuid.UUID, number_id: uuid.UUID,
+                      changes: dict[str, int | None]) -> dict[str, int | None]:
+    """Change a number's rate (mps) and caps; a cap of None means no cap. Returns the limits now in force."""
+    get_number(conn, org, number_id)
+    for name, value in changes.items():
+        if name not in LIMIT_FIELDS:
+            raise Invalid(f"{name}: not a number limit (one of {', '.join(LIMIT_FIELDS)})")
+        if name == "mps" and (value is None or not 1 <= value <= 100_000):
+            raise Invalid("mps: messages per second must be between 1 and 100000")
+        if value is not None and value < 1:
+            raise Invalid(f"{name}: must be a positive number of messages, or none for no cap")
+    if changes:
+        conn.execute(sa.update(whatsapp_numbers).where(whatsapp_numbers.c.id == number_id).values(**changes))
+    number = get_number(conn, org, number_id)
+    return {name: number[name] for name in LIMIT_FIELDS}
 
 
 def create(conn: sa.Connection, org: uuid.UUID, body: CampaignCreate) -> uuid.UUID:
@@ -161,6 +182,18 @@ def pause(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID, reason: s
     return _transition(conn, org, campaign_id, ("running", "scheduled"), values, "Cannot pause a {status} campaign")
 
 
+def schedule(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID, at: datetime | None = None) -> Transition:
+    """Start by itself at `at` (or at the scheduled_at it was created with); the scheduler flow starts it."""
+    current = get(conn, org, campaign_id)
+    when = at or current["scheduled_at"]
+    if when is None:
+        raise Invalid("scheduled_at: give the time the campaign should start")
+    if when.tzinfo is None:
+        raise Invalid("scheduled_at: include the time zone (e.g. 2026-12-01T09:00:00-03:00)")
+    return _transition(conn, org, campaign_id, ("draft", "scheduled"), {"status": "scheduled", "scheduled_at": when},
+                       "Cannot schedule a {status} campaign")
+
+
 def resume(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID) -> Transition:
     return _transition(
         conn, org, campaign_id, ("paused",), {"status": "running", "paused_reason": None, "resume_at": None},
@@ -181,12 +214,15 @@ def cancel(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID) -> Trans
     return t
 
 
-def pause_for_error(conn: sa.Connection, campaign_id: uuid.UUID, reason: str, message: str) -> bool:
-    """Pause a running campaign from inside the send path (auth_error, template_paused, payment, quality)."""
+def pause_for_error(conn: sa.Connection, campaign_id: uuid.UUID, reason: str, message: str,
+                    resume_at: datetime | None = None) -> bool:
+    """Pause a running campaign from inside the send path (auth_error, template_paused, payment, quality,
+    rate_limit with the time it may resume: the scheduler resumes it then)."""
     return bool(conn.execute(
         sa.update(campaigns)
         .where(campaigns.c.id == campaign_id, campaigns.c.status == "running")
-        .values(status="paused", paused_reason=reason, last_error_message=message, updated_at=sa.func.now())
+        .values(status="paused", paused_reason=reason, last_error_message=message, resume_at=resume_at,
+                updated_at=sa.func.now())
     ).rowcount)
 
 

@@ -12,6 +12,12 @@ Callers then sleep until each slot, on the wall clock (Redis' TIME; hosts are as
 a few milliseconds). Two campaigns on one number interleave their slots; none can take
 more than the number's rate, and there is no burst at a window edge because there are no windows.
 A chunk is at most ~50 ms of sending, so a pause never strands many reserved slots.
+
+Caps (a number's messages per minute, hour or day; Evolution's soft 1,000 an hour) are counters in fixed
+UTC windows, taken atomically for a whole chunk by a second script (`TAKE`): it grants as many as every
+window still has room for and says when the tightest full window ends. What a chunk took but did not send
+is given back. A minute cap (or Evolution's hour) makes the sender wait for the next window; a Meta hour or
+day cap pauses the campaign with reason `rate_limit` until that window ends.
 """
 
 from __future__ import annotations
@@ -44,7 +50,53 @@ end
 return {string.format('%.0f', start), string.format('%.0f', step)}
 """
 
+TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1])
+local want = tonumber(ARGV[1])
+local grant = want
+local until_ = 0
+local which = 0
+local keys = {}
+for i = 1, #KEYS do
+  local limit = tonumber(ARGV[2 * i])
+  local window = tonumber(ARGV[2 * i + 1])
+  local bucket = math.floor(now / window)
+  keys[i] = KEYS[i] .. ':' .. bucket
+  local room = limit - tonumber(redis.call('GET', keys[i]) or '0')
+  if room < want then
+    if room < grant then grant = math.max(room, 0) end
+    if room <= 0 and (bucket + 1) * window > until_ then
+      until_ = (bucket + 1) * window
+      which = i
+    end
+  end
+end
+if grant > 0 then
+  for i = 1, #KEYS do
+    redis.call('INCRBY', keys[i], grant)
+    redis.call('EXPIRE', keys[i], tonumber(ARGV[2 * i + 1]) * 2)
+  end
+end
+return {grant, until_, which}
+"""
+
+REFUND = """
+local t = redis.call('TIME')
+local now = tonumber(t[1])
+for i = 1, #KEYS do
+  local key = KEYS[i] .. ':' .. math.floor(now / tonumber(ARGV[i + 1]))
+  if redis.call('EXISTS', key) == 1 then redis.call('DECRBY', key, ARGV[1]) end
+end
+return 0
+"""
+
 CHUNK_SECONDS = 0.5
+WINDOWS = {"minute": 60, "hour": 3600, "day": 86400}
+LABELS = {"minute": "per-minute", "hour": "hourly", "day": "daily"}
+META_CONSERVATIVE = {"per_minute": 20, "per_hour": 100, "per_day": 500}  # the seed's figures, as a preset
+EVOLUTION_INTERVAL_S = 0.5  # Evolution (WhatsApp Web): one message every 500 ms per instance
+EVOLUTION_SOFT_PER_HOUR = 1000
 
 
 @dataclass(frozen=True)
@@ -64,10 +116,47 @@ class Reservation:
         return [self.start + i * self.step_s for i in range(self.count)]
 
 
-def number_limit(number_id: str, mps: float, headroom: float) -> Limit:
+@dataclass(frozen=True)
+class Cap:
+    key: str  # without the window suffix
+    limit: int
+    window_s: int
+    pause: bool  # True: the campaign pauses until the window ends; False: the sender waits for it
+    label: str  # "daily cap of 500 messages"
+
+
+@dataclass(frozen=True)
+class Grant:
+    count: int
+    until: float = 0.0  # when a window is full: when the latest full window ends (Unix seconds)
+    cap: Cap | None = None  # that window's cap
+
+
+def number_key(provider: str, phone_number_id: str) -> str:
+    """The physical number, not our row: the same number registered by two organizations shares one budget."""
+    return f"{provider}:{phone_number_id}"
+
+
+def number_limit(number_key: str, mps: float, headroom: float, provider: str = "meta_cloud") -> Limit:
     """A number's throughput, less the headroom kept for replies and other traffic."""
     rate = max(mps * (1 - headroom), 0.001)
-    return Limit(f"rl:number:{number_id}", 1_000_000 / rate)
+    if provider == "evolution":
+        rate = min(rate, 1 / EVOLUTION_INTERVAL_S)
+    return Limit(f"rl:number:{number_key}", 1_000_000 / rate)
+
+
+def number_caps(number_key: str, provider: str, per_minute: int | None, per_hour: int | None,
+                per_day: int | None) -> list[Cap]:
+    """The number's caps. Meta's hour and day caps pause; Evolution never pauses, it waits."""
+    if provider == "evolution" and per_hour is None:
+        per_hour = EVOLUTION_SOFT_PER_HOUR
+    caps = []
+    for name, limit in (("minute", per_minute), ("hour", per_hour), ("day", per_day)):
+        if limit:
+            pause = name != "minute" and provider != "evolution"
+            label = f"{LABELS[name]} cap of {limit} messages"
+            caps.append(Cap(f"cap:{number_key}:{name}", limit, WINDOWS[name], pause, label))
+    return caps
 
 
 def campaign_limit(campaign_id: str, messages_per_hour: int | None, delay_seconds: float) -> Limit | None:
@@ -85,6 +174,8 @@ def chunk_size(limits: list[Limit], remaining: int) -> int:
 class RateLimiter:
     def __init__(self, client: aredis.Redis) -> None:
         self._script = client.register_script(RESERVE)
+        self._take = client.register_script(TAKE)
+        self._refund = client.register_script(REFUND)
 
     async def reserve(self, limits: list[Limit], n: int) -> Reservation:
         if not limits or n <= 0:
@@ -93,3 +184,18 @@ class RateLimiter:
             keys=[limit.key for limit in limits], args=[n, *(f"{limit.interval_us:.3f}" for limit in limits)]
         )
         return Reservation(int(start_us) / 1_000_000, int(step_us) / 1_000_000, n)
+
+    async def take(self, caps: list[Cap], n: int) -> Grant:
+        """Take up to `n` messages from every cap's current window at once."""
+        if not caps or n <= 0:
+            return Grant(max(n, 0))
+        args: list[int] = [n]
+        for cap in caps:
+            args += [cap.limit, cap.window_s]
+        count, until, which = await self._take(keys=[cap.key for cap in caps], args=args)
+        return Grant(int(count), float(until), caps[int(which) - 1] if int(which) else None)
+
+    async def refund(self, caps: list[Cap], n: int) -> None:
+        """Give back what was taken but not sent (a pause, a late slot), if its window is still current."""
+        if caps and n > 0:
+            await self._refund(keys=[cap.key for cap in caps], args=[n, *(cap.window_s for cap in caps)])

@@ -31,6 +31,10 @@ whatsapp_numbers = sa.Table(
     sa.Column("display_phone_number", sa.Text),
     sa.Column("block_name", sa.Text, nullable=False),
     sa.Column("mps", sa.Integer, nullable=False, server_default="80"),
+    # Optional caps in fixed UTC windows (null = no cap); see campaigns.ratelimit.number_caps.
+    sa.Column("per_minute", sa.Integer),
+    sa.Column("per_hour", sa.Integer),
+    sa.Column("per_day", sa.Integer),
     # Fingerprint of the secret that signs this number's webhooks (campaigns.signers); null = platform app.
     sa.Column("webhook_signer", sa.Text),
     sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()),

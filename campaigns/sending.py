@@ -28,7 +28,7 @@ from campaigns.engine import SendEngine
 from campaigns.errors import FailureClass, classify, pause_reason
 from campaigns.lifecycle import pause_for_error
 from campaigns.providers import OutboundMessage, Provider, SendResult
-from campaigns.ratelimit import Limit, campaign_limit, chunk_size, number_limit
+from campaigns.ratelimit import Cap, Grant, Limit, campaign_limit, chunk_size, number_caps, number_key, number_limit
 from campaigns.rendering import RenderError, contact_values, render_template, render_text
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,11 @@ class CampaignSpec:
     retry_base_delay: int
     retry_max_delay: int
     mps: int
+    provider: str = "meta_cloud"
+    phone_number_id: str = ""
+    per_minute: int | None = None
+    per_hour: int | None = None
+    per_day: int | None = None
 
     @classmethod
     def from_rows(cls, campaign: dict[str, Any], number: dict[str, Any]) -> CampaignSpec:
@@ -144,11 +149,17 @@ class CampaignSpec:
             template_variables=campaign["template_variables"] or {}, respect_opt_out=campaign["respect_opt_out"],
             messages_per_hour=campaign["messages_per_hour"], delay_seconds=campaign["delay_between_messages_seconds"],
             retry_max_attempts=campaign["retry_max_attempts"], retry_base_delay=campaign["retry_base_delay"],
-            retry_max_delay=campaign["retry_max_delay"], mps=number["mps"],
+            retry_max_delay=campaign["retry_max_delay"], mps=number["mps"], provider=number["provider"],
+            phone_number_id=number["phone_number_id"], per_minute=number.get("per_minute"),
+            per_hour=number.get("per_hour"), per_day=number.get("per_day"),
         )
 
+    def caps(self) -> list[Cap]:
+        return number_caps(number_key(self.provider, self.phone_number_id), self.provider, self.per_minute,
+                           self.per_hour, self.per_day)
+
     def limits(self, headroom: float) -> list[Limit]:
-        limits = [number_limit(str(self.number_id), self.mps, headroom)]
+        limits = [number_limit(number_key(self.provider, self.phone_number_id), self.mps, headroom, self.provider)]
         own = campaign_limit(str(self.id), self.messages_per_hour, self.delay_seconds)
         return [*limits, own] if own else limits
 
@@ -220,10 +231,21 @@ async def deliver(
         if not result.ok and not result.ambiguous and classify(result.error_code) is FailureClass.CAMPAIGN:
             control.stop(spec.id, "paused")  # stop this process's other sends now; the batch records it
 
+    caps = spec.caps()
+    credit = 0  # taken from the caps' windows and not yet spent on a send
     try:
         while queue and control.running(spec.id):
+            n = chunk_size(limits, len(queue))
             try:
-                reservation = await engine.limiter.reserve(limits, chunk_size(limits, len(queue)))
+                if caps:
+                    if credit < n:
+                        grant = await engine.limiter.take(caps, n - credit)
+                        credit += grant.count
+                        if credit == 0:
+                            _cap_reached(results, queue, grant)
+                            break
+                    n = min(n, credit)
+                reservation = await engine.limiter.reserve(limits, n)
             except Exception:  # Redis unreachable: stop starting sends; the rest go back to pending
                 log.exception("rate limiter unavailable; %d messages not sent in this batch", len(queue))
                 break
@@ -237,12 +259,28 @@ async def deliver(
                 if time.time() - when > engine.settings.late_tolerance_seconds:
                     continue
                 inflight.append(asyncio.create_task(send(queue.popleft())))
+                credit -= 1
                 if not queue:
                     break
     finally:
         await asyncio.gather(*inflight, return_exceptions=True)
         control.unregister(spec.id)
+        if caps and credit > 0:
+            try:
+                await engine.limiter.refund(caps, credit)
+            except Exception:  # the cap then counts a few unsent messages: fewer sent, never more
+                log.exception("could not give back %d unsent messages to the caps", credit)
     return results
+
+
+def _cap_reached(results: dict[int, SendResult | None], queue: deque[OutboundMessage], grant: Grant) -> None:
+    """The rest of the batch is not attempted: a cap of the number is full until `grant.until`."""
+    cap = grant.cap
+    message = f"{cap.label if cap else 'a cap'} reached for this number"
+    for msg in queue:
+        results[msg.recipient_id] = SendResult(msg.recipient_id, False, error_message=message,
+                                               cap_until=grant.until, cap_pause=bool(cap and cap.pause))
+    queue.clear()
 
 
 def _entry(attempt: int, success: bool, code: int | None, message: str | None) -> dict[str, Any]:
@@ -267,6 +305,9 @@ def outcome_for(
     now = datetime.now(UTC)
     if result is None:  # never attempted: the campaign was paused or cancelled meanwhile
         return Outcome(row.id, "cancelled" if status_now == "cancelled" else "pending", attempts_delta=-1)
+    if result.cap_until:  # not attempted: a pausing cap leaves it due for the resume, a waiting one delays it
+        next_at = None if result.cap_pause else datetime.fromtimestamp(result.cap_until, UTC)
+        return Outcome(row.id, "pending", next_at=next_at, attempts_delta=-1)
     if result.ok:
         return Outcome(row.id, "sent", wamid=result.message_id, entry=_entry(row.attempts, True, None, None), at=now)
     entry = _entry(row.attempts, False, result.error_code, result.error_message)
@@ -360,10 +401,11 @@ def send_batch(db: sa.Engine, deliver_fn: Deliver, spec: CampaignSpec, batch_siz
         if (res := results.get(o.id)) is not None and not res.ok and not res.ambiguous
         and classify(res.error_code) is FailureClass.CAMPAIGN
     ]
+    capped = [res for res in results.values() if res is not None and res.cap_until and res.cap_pause]
     for attempt in range(3):  # a deadlock with a concurrent ingest is retried; RECORD is idempotent
         try:
             with db.begin() as conn:
-                _record_and_pause(conn, spec, outcomes, campaign_errors, counts)
+                _record_and_pause(conn, spec, outcomes, campaign_errors, counts, capped)
             break
         except sa.exc.OperationalError:
             if attempt == 2:
@@ -376,9 +418,10 @@ def send_batch(db: sa.Engine, deliver_fn: Deliver, spec: CampaignSpec, batch_siz
 
 def _record_and_pause(
     conn: sa.Connection, spec: CampaignSpec, outcomes: list[Outcome], campaign_errors: list[Any],
-    counts: BatchCounts,
+    counts: BatchCounts, capped: list[SendResult] | None = None,
 ) -> None:
-    """Write the batch's outcomes and, on a campaign-level error, pause the campaign: one transaction."""
+    """Write the batch's outcomes and, on a campaign-level error or a full hour/day cap, pause the campaign:
+    one transaction."""
     record(conn, spec, outcomes)
     # A cancel that committed while this batch was sending already swept pending rows: sweep again.
     conn.execute(sa.text("""
@@ -392,3 +435,9 @@ def _record_and_pause(
         if pause_for_error(conn, spec.id, reason, message):
             log.warning("campaign %s paused: %s %s", spec.id, reason, message)
         counts.paused_reason = reason
+    elif capped:
+        resume_at = datetime.fromtimestamp(max(res.cap_until or 0 for res in capped), UTC)
+        message = f"{capped[0].error_message}; resumes at {resume_at.isoformat(timespec='seconds')}"
+        if pause_for_error(conn, spec.id, "rate_limit", message, resume_at=resume_at):
+            log.warning("campaign %s paused: %s", spec.id, message)
+        counts.paused_reason = "rate_limit"

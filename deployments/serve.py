@@ -4,6 +4,8 @@
   main app through Prefect's REST API (`POST /api/deployments/{id}/create_flow_run`).
 - ingest-statuses/default: every minute, each run ingesting once a second for the minute
   (a status reaches the statistics about a second after receipt; see flows/ingest_statuses.py).
+- campaign-scheduler/default: every 30 seconds, starts scheduled campaigns and resumes campaigns paused
+  by a number's hourly or daily cap once the window has ended.
 The global concurrency limit for send batches is created here if missing.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 from prefect import serve
 
 from deployments.limits import ensure_send_limit
+from flows.campaign_scheduler import campaign_scheduler
 from flows.ingest_statuses import ingest_statuses
 from flows.send_campaign import send_campaign
 
@@ -24,6 +27,7 @@ def main(limit: int = 8) -> None:
         send_campaign.to_deployment(name="default", tags=["campaigns"]),
         ingest_statuses.to_deployment(name="default", interval=INGEST_INTERVAL, tags=["campaigns"],
                                       parameters={"run_for_seconds": INGEST_INTERVAL, "every_seconds": 1.0}),
+        campaign_scheduler.to_deployment(name="default", interval=30, tags=["campaigns"]),
         limit=limit,
     )
 

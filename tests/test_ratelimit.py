@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import redis.asyncio as aredis
 
@@ -52,3 +53,35 @@ def test_chunks_are_small_for_slow_limits():
     assert chunk_size([Limit("k", 2_000_000)], 100) == 1
     assert chunk_size([Limit("k", 1_000)], 100) == 100
     assert campaign_limit("c", None, 0) is None
+
+
+def test_caps_grant_what_every_window_has_room_for_and_say_when_the_full_one_ends():
+    from campaigns.ratelimit import number_caps
+
+    async def main():
+        client = aredis.Redis.from_url(os.environ["REDIS_URL"])
+        limiter = RateLimiter(client)
+        caps = number_caps(f"sandbox:caps{os.getpid()}", "meta_cloud", per_minute=None, per_hour=7, per_day=5)
+        got = await asyncio.gather(*[limiter.take(caps, 2) for _ in range(8)])  # 8 concurrent takers
+        await limiter.refund(caps, 1)
+        after_refund = await limiter.take(caps, 3)
+        await client.aclose()
+        return caps, got, after_refund
+
+    caps, got, after_refund = _run(main())
+    assert sum(g.count for g in got) == 5  # the daily cap, exactly, under concurrency
+    refused = [g for g in got if g.count == 0]
+    assert refused and all(g.cap is caps[1] and g.cap.pause for g in refused)
+    day_end = refused[0].until
+    assert day_end % 86400 == 0 and 0 < day_end - time.time() <= 86400
+    assert after_refund.count == 1  # one given back, one taken again
+
+
+def test_evolution_waits_instead_of_pausing_and_is_paced_at_500_ms():
+    from campaigns.ratelimit import number_caps
+
+    [soft] = number_caps("evolution:loja", "evolution", None, None, None)
+    assert (soft.limit, soft.window_s, soft.pause) == (1000, 3600, False)
+    assert number_limit("evolution:loja", 80, 0.04, "evolution").interval_us == 500_000
+    minute, hour = number_caps("meta_cloud:1", "meta_cloud", 20, 100, None)
+    assert (minute.pause, hour.pause) == (False, True)

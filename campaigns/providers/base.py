@@ -45,6 +45,8 @@ class SendResult:
     http_status: int | None = None
     ambiguous: bool = False  # the provider may have accepted it: reconcile before any resend
     retry_after: float | None = None
+    cap_until: float | None = None  # not attempted: a cap of the number is full until then (Unix seconds)
+    cap_pause: bool = False  # ...and it is one that pauses the campaign (Meta hour/day) rather than waits
 
 
 def parse_callback_data(value: str | None) -> int | None:

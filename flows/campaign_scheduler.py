@@ -1,0 +1,31 @@
+"""campaign-scheduler: start scheduled campaigns when their time comes; resume campaigns paused by a
+number's hourly or daily cap when the window ends. Each is launched as a send-campaign/default run.
+
+Requires: DATABASE_URL (or the embedded default) and the send-campaign/default deployment (served by
+`campaigns serve`, or `prefect deploy`). Deployed as `campaign-scheduler/default`, every 30 seconds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.deployments import run_deployment
+
+from campaigns.db import get_engine
+from campaigns.scheduler import due_campaigns
+from campaigns.services import start_campaign
+
+
+@flow(name="campaign-scheduler")
+def campaign_scheduler() -> dict[str, Any]:
+    log = get_run_logger()
+    due = due_campaigns(get_engine(), start_campaign)
+    for cid in due.to_launch:
+        run = run_deployment("send-campaign/default", parameters={"campaign_id": str(cid)}, timeout=0,
+                             as_subflow=False)
+        log.info("campaign %s: launched flow run %s", cid, run.id)
+    for cid, why in due.refused.items():
+        log.warning("scheduled campaign %s paused, preflight failed: %s", cid, why)
+    return {"resumed": [str(c) for c in due.resumed], "started": [str(c) for c in due.started],
+            "refused": {str(c): why for c, why in due.refused.items()}}

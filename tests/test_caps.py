@@ -1,0 +1,94 @@
+"""A number's daily cap pauses the campaign with reason rate_limit and the time it may resume; the
+scheduler resumes it after the window; the budget belongs to the physical number, whoever registered it."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import redis
+import sqlalchemy as sa
+
+from campaigns import lifecycle
+from campaigns.scheduler import due_campaigns
+from campaigns.services import start_campaign
+from campaigns.settings import get_settings
+from flows.send_campaign import send_campaign
+from tests.helpers import add_contacts, add_sandbox_number, campaign_row, create_campaign, phones, sent_counts
+
+
+def _set_limits(db, org, number, **limits) -> None:
+    with db.begin() as conn:
+        lifecycle.set_number_limits(conn, org, number, limits)
+
+
+def _new_day(pnid: str) -> None:
+    """What midnight UTC does to the counters: the day's window is gone (we cannot move Redis' clock)."""
+    r = redis.Redis.from_url(get_settings().redis_url or "")
+    for key in r.scan_iter(f"cap:sandbox:{pnid}:day:*"):
+        r.delete(key)
+
+
+def test_a_daily_cap_pauses_until_midnight_and_the_scheduler_resumes_after_it(db, org, sandbox):
+    pnid = str(uuid.uuid4().int)[:15]
+    number = add_sandbox_number(db, org, sandbox, phone_number_id=pnid)
+    _set_limits(db, org, number, per_day=5)
+    add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(8, start=8100)])
+    cid = create_campaign(db, org, number)
+
+    assert send_campaign(cid)["status"] == "paused"
+    campaign = campaign_row(db, cid)
+    assert campaign["paused_reason"] == "rate_limit"
+    tomorrow = datetime.fromtimestamp((datetime.now(UTC).timestamp() // 86400 + 1) * 86400, UTC)
+    assert campaign["resume_at"] == tomorrow
+    assert "daily cap of 5 messages" in campaign["last_error_message"]
+    assert len(sent_counts(sandbox)) == 5
+    assert due_campaigns(db, start_campaign).to_launch == []  # not before its window ends
+
+    with db.begin() as conn:  # the operator resumes early: the window is still full, so it pauses again
+        lifecycle.resume(conn, org, cid)
+    assert send_campaign(cid)["status"] == "paused" and len(sent_counts(sandbox)) == 5
+
+    _new_day(pnid)
+    with db.begin() as conn:
+        conn.execute(sa.text("update campaigns set resume_at = now() - interval '1 second' where id = :c"),
+                     {"c": cid})
+    assert due_campaigns(db, start_campaign).resumed == [cid]
+    assert send_campaign(cid)["status"] == "completed"
+    counts = sent_counts(sandbox)
+    assert len(counts) == 8 and set(counts.values()) == {1}  # each recipient exactly once
+
+
+def test_one_physical_number_has_one_budget_across_organizations(db, org, sandbox):
+    pnid = str(uuid.uuid4().int)[:15]
+    mine = add_sandbox_number(db, org, sandbox, phone_number_id=pnid)
+    with db.begin() as conn:
+        other = lifecycle.add_org(conn, "same-number-" + uuid.uuid4().hex[:6])
+    theirs = add_sandbox_number(db, other, sandbox, phone_number_id=pnid)
+    _set_limits(db, org, mine, per_day=3)
+    _set_limits(db, other, theirs, per_day=3)
+    add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(3, start=8200)])
+    add_contacts(db, other, [{"phone": p, "name": "Bo"} for p in phones(2, start=8300)])
+    assert send_campaign(create_campaign(db, org, mine))["status"] == "completed"
+    assert send_campaign(create_campaign(db, other, theirs))["status"] == "paused"
+    assert len(sent_counts(sandbox)) == 3
+
+
+def test_a_scheduled_campaign_starts_when_its_time_comes_and_a_failing_preflight_pauses_it(db, org, sandbox):
+    number = add_sandbox_number(db, org, sandbox)
+    add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(2, start=8400)])
+    cid = create_campaign(db, org, number)
+    retired = add_sandbox_number(db, org, sandbox)
+    broken = create_campaign(db, org, retired)
+    with db.begin() as conn:  # the number is switched off between scheduling and the start time
+        conn.execute(sa.text("update whatsapp_numbers set active = false where id = :n"), {"n": retired})
+    with db.begin() as conn:
+        for campaign in (cid, broken):
+            lifecycle.schedule(conn, org, campaign, datetime.now(UTC))
+    due = due_campaigns(db, start_campaign)
+    assert cid in due.started and broken in due.refused
+    assert campaign_row(db, cid)["status"] == "running"
+    assert send_campaign(cid)["status"] == "completed"
+    refused = campaign_row(db, broken)
+    assert (refused["status"], refused["paused_reason"]) == ("paused", "preflight_failed")
+    assert "inactive" in refused["last_error_message"]
