@@ -212,12 +212,12 @@ def cmd_transition(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from campaigns.services import progress_of, stats_of
+    from campaigns.services import progress_of, retry_stats_of, stats_of
 
+    read = {"stats": stats_of, "progress": progress_of, "retry-stats": retry_stats_of}[args.command]
     with _db().connect() as conn:
         org = _org_of(conn, args.id, args.org)
-        body = stats_of(conn, org, uuid.UUID(args.id)) if args.command == "stats" else \
-            progress_of(conn, org, uuid.UUID(args.id))
+        body = read(conn, org, uuid.UUID(args.id))
     if args.json:
         print(json.dumps(body, indent=2, default=str))
     else:
@@ -396,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("--org")
         a.set_defaults(fn=cmd_transition, prefect=name == "resume")
 
-    for name in ("stats", "progress"):
+    for name in ("stats", "progress", "retry-stats"):
         a = sub.add_parser(name, help=f"campaign {name}")
         a.add_argument("id")
         a.add_argument("--org")

@@ -82,6 +82,8 @@ def prepare(
             lifecycle.mark_running(conn, org, campaign_id)
         elif campaign["status"] != "running":
             return Prepared(campaign["status"])
+        else:  # resumed, or a rerun: read the credentials now, so a token fixed while paused is used
+            credentials(number["block_name"])
     counts = build_audience_once(db, campaign_id, number["provider"])
     with db.connect() as conn:
         total = conn.execute(sa.text("select total_recipients from campaigns where id = :c"),

@@ -8,7 +8,7 @@ from typing import IO, Any
 import redis
 import sqlalchemy as sa
 
-from campaigns import lifecycle, recipient_statuses, stats
+from campaigns import lifecycle, recipient_statuses, retry_stats, stats
 from campaigns.preflight import run_preflight
 from campaigns.settings import get_settings
 
@@ -40,6 +40,10 @@ def start_campaign(db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID) -> dic
 
 def stats_of(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID) -> dict[str, Any]:
     return stats.stats(conn, lifecycle.get(conn, org, campaign_id))
+
+
+def retry_stats_of(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID) -> dict[str, Any]:
+    return retry_stats.retry_stats(conn, lifecycle.get(conn, org, campaign_id))
 
 
 def progress_of(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID) -> dict[str, Any]:

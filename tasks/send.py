@@ -26,8 +26,8 @@ def _ping_redis() -> None:
 
 @task(name="prepare-campaign", cache_policy=NO_CACHE)
 def prepare_campaign(campaign_id: uuid.UUID) -> runner.Prepared:
-    """Preflight, mark running, build the audience once."""
-    return runner.prepare(get_engine(), campaign_id, load_credentials, _ping_redis)
+    """Preflight, mark running, build the audience once; credentials are read afresh (a fixed token)."""
+    return runner.prepare(get_engine(), campaign_id, lambda name: load_credentials(name, fresh=True), _ping_redis)
 
 
 @task(name="send-batch", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, task_run_name="send-batch-{batch_no}")

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+
 import sqlalchemy as sa
 
+from blocks.numbers import add_number
+from campaigns import lifecycle
 from campaigns.ingest import ingest_pending
+from campaigns.services import retry_stats_of
 from flows.send_campaign import send_campaign
 from tests.helpers import (
     add_contacts,
@@ -14,6 +20,7 @@ from tests.helpers import (
     recipients,
     sent_counts,
     shrink_retry_delay,
+    wait_for,
 )
 
 
@@ -64,6 +71,16 @@ def test_transient_failures_succeed_on_a_later_attempt(db, org, sandbox):
     assert [e["success"] for e in log] == [False, False, True]
     assert [e.get("error_code") for e in log] == [133004, 133004, None]
     assert sent_counts(sandbox)[f"pytake:{row['id']}"] == 1
+    # The seed's schedule, base·2^(n-1) with ±20% jitter, on a base shrunk to 1 s: ~1 s, then ~2 s.
+    at = [datetime.fromisoformat(e["timestamp"]) for e in log]
+    first, second = ((b - a).total_seconds() for a, b in zip(at, at[1:], strict=False))
+    assert 0.8 <= first < 3.0 and 1.6 <= second < 4.5
+
+    with db.connect() as conn:
+        rs = retry_stats_of(conn, org, cid)
+    assert rs["recipients_by_attempts"] == {"1": 3, "3": 1} and rs["total_attempts"] == 6
+    assert rs["failed_attempts_by_code"] == {"133004": 2}
+    assert rs["waiting_retry"]["recipients"] == 0 and rs["retries_exhausted"] == 0
 
 
 def test_retries_exhausted_fail_the_recipient_with_the_last_reason(db, org, sandbox):
@@ -79,6 +96,9 @@ def test_retries_exhausted_fail_the_recipient_with_the_last_reason(db, org, sand
     assert row["status"] == "failed" and row["error_code"] == 2
     assert row["error_message"].startswith("retries exhausted after 2 attempts")
     assert by_phone(db, cid)["+5511900000004"]["status"] in ("sent", "delivered", "read")
+    with db.connect() as conn:
+        rs = retry_stats_of(conn, org, cid)
+    assert rs["retries_exhausted"] == 1 and rs["failures_by_code"] == {"2": 1}
 
 
 def test_a_missing_variable_fails_only_that_recipient(db, org, sandbox):
@@ -96,18 +116,31 @@ def test_a_missing_variable_fails_only_that_recipient(db, org, sandbox):
     assert len(sandbox.messages()) == 1
 
 
-def test_an_expired_token_pauses_the_campaign_and_nothing_pending_fails(db, org, sandbox):
-    number = add_sandbox_number(db, org, sandbox, token="good")
-    sandbox.set_token(sandbox_pnid(db, number), "rotated")  # the number's token no longer works
-    add_contacts(db, org, [{"phone": f"+551190000001{i}", "name": "Ana"} for i in range(10)])
+def test_a_token_expiring_mid_campaign_pauses_it_and_resume_after_the_fix_sends_each_once(db, org, sandbox):
+    number = add_sandbox_number(db, org, sandbox, token="good", mps=20)
+    pnid = sandbox_pnid(db, number)
+    add_contacts(db, org, [{"phone": f"+55119000002{i:02d}", "name": "Ana"} for i in range(40)])
     cid = create_campaign(db, org, number)
 
-    assert send_campaign(cid)["status"] == "paused"
+    with ThreadPoolExecutor(1) as pool:
+        run = pool.submit(send_campaign, cid)
+        wait_for(lambda: len(sandbox.messages()) >= 10)
+        sandbox.set_token(pnid, "rotated")  # Meta invalidates the token mid-campaign
+        assert run.result(timeout=60)["status"] == "paused"
 
     campaign = campaign_row(db, cid)
     assert campaign["paused_reason"] == "auth_error"
     assert "190" in campaign["last_error_message"]
-    assert {r["status"] for r in recipients(db, cid)} == {"pending"}
+    statuses = [r["status"] for r in recipients(db, cid)]
+    assert "failed" not in statuses and "pending" in statuses  # nothing pending is marked failed
+
+    with db.begin() as conn:  # the operator pastes the new token, then resumes
+        add_number(conn, org, provider="sandbox", phone_number_id=pnid, token="rotated",
+                   app_secret="sandbox-app-secret", verify_token="verify-me", api_base=sandbox.url, mps=20)
+        lifecycle.resume(conn, org, cid)
+    assert send_campaign(cid)["status"] == "completed"
+    counts = sent_counts(sandbox)
+    assert len(counts) == 40 and set(counts.values()) == {1}
 
 
 def sandbox_pnid(db, number_id):
