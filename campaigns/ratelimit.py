@@ -18,6 +18,9 @@ UTC windows, taken atomically for a whole chunk by a second script (`TAKE`): it 
 window still has room for and says when the tightest full window ends. What a chunk took but did not send
 is given back. A minute cap (or Evolution's hour) makes the sender wait for the next window; a Meta hour or
 day cap pauses the campaign with reason `rate_limit` until that window ends.
+
+When Meta still answers 130429 (its own view of the number's throughput is lower than ours), the number's
+rate halves (at most once a second, down to an eighth) and recovers 10 s after the last 130429.
 """
 
 from __future__ import annotations
@@ -33,9 +36,11 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local n = tonumber(ARGV[1])
 local step = 0
+local iv = {}
 for i = 1, #KEYS do
-  local iv = tonumber(ARGV[i + 1])
-  if iv > step then step = iv end
+  -- a number Meta answered 130429 for runs slower for a while (SLOW_DOWN below)
+  iv[i] = tonumber(ARGV[i + 1]) / tonumber(redis.call('GET', KEYS[i] .. ':slow') or '1')
+  if iv[i] > step then step = iv[i] end
 end
 local start = now
 for i = 1, #KEYS do
@@ -43,7 +48,7 @@ for i = 1, #KEYS do
   if tat > start then start = tat end
 end
 for i = 1, #KEYS do
-  local tat = start + (n - 1) * step + tonumber(ARGV[i + 1])
+  local tat = start + (n - 1) * step + iv[i]
   local ttl = math.ceil((tat - now) / 1000) + 60000
   redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', ttl)
 end
@@ -90,6 +95,19 @@ for i = 1, #KEYS do
 end
 return 0
 """
+
+SLOW_DOWN = """
+if redis.call('SET', KEYS[1] .. ':slowguard', '1', 'NX', 'PX', ARGV[3]) then
+  local f = tonumber(redis.call('GET', KEYS[1] .. ':slow') or '1')
+  f = math.max(f / 2, tonumber(ARGV[1]))
+  redis.call('SET', KEYS[1] .. ':slow', tostring(f), 'PX', ARGV[2])
+  return tostring(f)
+end
+return tostring(redis.call('GET', KEYS[1] .. ':slow') or '1')
+"""
+SLOW_FLOOR = 0.125  # never below an eighth of the number's rate
+SLOW_FOR_MS = 10_000  # back to the full rate after 10 s without a 130429
+SLOW_STEP_MS = 1_000  # halve at most once a second: a burst of 130429s is one signal, not twenty
 
 CHUNK_SECONDS = 0.5
 WINDOWS = {"minute": 60, "hour": 3600, "day": 86400}
@@ -175,6 +193,7 @@ class RateLimiter:
     def __init__(self, client: aredis.Redis) -> None:
         self._script = client.register_script(RESERVE)
         self._take = client.register_script(TAKE)
+        self._slow = client.register_script(SLOW_DOWN)
         self._refund = client.register_script(REFUND)
 
     async def reserve(self, limits: list[Limit], n: int) -> Reservation:
@@ -184,6 +203,11 @@ class RateLimiter:
             keys=[limit.key for limit in limits], args=[n, *(f"{limit.interval_us:.3f}" for limit in limits)]
         )
         return Reservation(int(start_us) / 1_000_000, int(step_us) / 1_000_000, n)
+
+    async def slow_down(self, limit: Limit) -> float:
+        """Meta said 130429 (throughput): halve this number's rate, down to SLOW_FLOOR; it recovers by
+        itself SLOW_FOR_MS after the last one. Returns the factor now in force."""
+        return float(await self._slow(keys=[limit.key], args=[SLOW_FLOOR, SLOW_FOR_MS, SLOW_STEP_MS]))
 
     async def take(self, caps: list[Cap], n: int) -> Grant:
         """Take up to `n` messages from every cap's current window at once."""

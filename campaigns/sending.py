@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 
 
+THROUGHPUT_CODES = (130429, 80007, 4)  # throughput of the number, the account or the app: slow down
+
 CLAIM = sa.text("""
     with picked as (
         select r.id, ct.id as contact_exists, ct.name, ct.attributes, ct.opted_out_at
@@ -51,7 +53,8 @@ CLAIM = sa.text("""
     set status = 'sending', claimed_at = now(), attempts = r.attempts + 1
     from picked
     where r.id = picked.id
-    returning r.id, r.phone, r.attempts, picked.contact_exists, picked.name, picked.attributes, picked.opted_out_at
+    returning r.id, r.phone, r.attempts, picked.contact_exists, picked.name, picked.attributes, picked.opted_out_at,
+              greatest(jsonb_array_length(r.attempt_log) - r.attempts + 1, 0) as rate_tries
 """)
 
 RECORD = sa.text("""
@@ -85,6 +88,7 @@ class Claimed:
     attributes: dict[str, Any]
     opted_out: bool
     contact_deleted: bool = False
+    rate_tries: int = 0  # earlier tries refused for a rate limit (they do not count as attempts)
 
 
 @dataclass
@@ -173,7 +177,7 @@ def claim(conn: sa.Connection, campaign_id: uuid.UUID, limit: int) -> list[Claim
     rows = conn.execute(CLAIM, {"campaign": campaign_id, "limit": limit}).all()
     return [
         Claimed(r.id, r.phone, r.attempts, r.name, r.attributes or {}, r.opted_out_at is not None,
-                contact_deleted=r.contact_exists is None)
+                contact_deleted=r.contact_exists is None, rate_tries=r.rate_tries)
         for r in sorted(rows, key=lambda r: r.id)
     ]
 
@@ -230,6 +234,13 @@ async def deliver(
         results[msg.recipient_id] = result
         if not result.ok and not result.ambiguous and classify(result.error_code) is FailureClass.CAMPAIGN:
             control.stop(spec.id, "paused")  # stop this process's other sends now; the batch records it
+        elif result.error_code in THROUGHPUT_CODES:
+            try:
+                factor = await engine.limiter.slow_down(limits[0])
+                log.warning("number %s answered %s: its rate is now x%s", spec.phone_number_id,
+                            result.error_code, factor)
+            except Exception:  # the retry still waits; only the slowdown is lost
+                log.exception("could not slow the number down")
 
     caps = spec.caps()
     credit = 0  # taken from the caps' windows and not yet spent on a send
@@ -322,7 +333,10 @@ def outcome_for(
         return Outcome(row.id, "pending", code=result.error_code, message=result.error_message, entry=entry,
                        attempts_delta=-1)
     if cls is FailureClass.RATE:
-        wait = result.retry_after or (4 ** min(row.attempts, 4) if result.error_code == 131056 else 1.0)
+        # Retry-After when Meta sends one; else the pair limit (131056) backs off 4, 16, 64, 256 s for this
+        # recipient only, and throughput limits retry after 1, 2, 4 … 30 s while the number slows down.
+        tries = row.rate_tries + 1
+        wait = result.retry_after or (4 ** min(tries, 4) if result.error_code == 131056 else min(2 ** (tries - 1), 30))
         return Outcome(row.id, "pending", code=result.error_code, message=result.error_message, entry=entry,
                        next_at=now + timedelta(seconds=wait), attempts_delta=-1)
     if cls is FailureClass.UNKNOWN:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 
 from flows.send_campaign import send_campaign
 from tests.helpers import (
@@ -91,3 +92,43 @@ def test_a_slow_campaign_runs_one_batch_at_a_time_and_a_fast_one_is_not_capped(d
     fast = create_campaign(db, org, number)
     assert batches_per_wave(db, slow, 100, 0.04, 12) == 1
     assert batches_per_wave(db, fast, 100, 0.04, 12) == UNLIMITED
+
+
+def test_130429_slows_the_number_down_and_every_message_still_goes_once(db, org, sandbox):
+    import redis
+
+    from campaigns.settings import get_settings
+
+    sandbox.configure(mps_cap=40)  # Meta's view of this number is lower than the 200 msg/s we were told
+    pnid = "4290" + str(uuid.uuid4().int)[:8]
+    number = add_sandbox_number(db, org, sandbox, mps=200, phone_number_id=pnid)
+    add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(200, start=9100)])
+    cid = create_campaign(db, org, number)
+
+    assert send_campaign(cid)["status"] == "completed"
+    counts = sent_counts(sandbox)
+    assert len(counts) == 200 and set(counts.values()) == {1}
+    assert sandbox.stats()["throttled_130429"] > 0
+    factor = redis.Redis.from_url(get_settings().redis_url or "").get(f"rl:number:sandbox:{pnid}:slow")
+    assert factor is not None and float(factor) < 1  # the number runs slower for a while, then recovers
+
+
+def test_rate_refusals_back_off_without_spending_attempts():
+    import random
+
+    from campaigns.providers import SendResult
+    from campaigns.sending import CampaignSpec, Claimed, outcome_for
+
+    spec = CampaignSpec(uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), "text", {"text": "x"}, {}, True, None, 0, 3, 60,
+                        3600, 80)
+    waits = []
+    for tries in range(5):
+        row = Claimed(1, "+5511900000001", 1, "Ana", {}, False, rate_tries=tries)
+        out = outcome_for(spec, row, SendResult(1, False, error_code=131056, error_message="pair"), "running",
+                          random.Random(0))
+        assert (out.status, out.attempts_delta) == ("pending", -1)
+        waits.append(round((out.next_at - out.at).total_seconds()))
+    assert waits == [4, 16, 64, 256, 256]  # only this recipient waits, longer each time
+    honoured = outcome_for(spec, Claimed(2, "+5511900000002", 1, "Bo", {}, False),
+                           SendResult(2, False, error_code=130429, retry_after=7.0), "running", random.Random(0))
+    assert round((honoured.next_at - honoured.at).total_seconds()) == 7  # Retry-After wins
