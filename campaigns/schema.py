@@ -96,6 +96,7 @@ campaigns = sa.Table(
     sa.Column("audience_frozen_at", sa.DateTime(timezone=True)),
     sa.Column("last_error_message", sa.Text),
     sa.Column("error_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("consecutive_failures", sa.Integer, nullable=False, server_default="0"),  # circuit breaker
     sa.Column("flow_run_id", sa.Text),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),

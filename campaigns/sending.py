@@ -30,6 +30,7 @@ from campaigns.lifecycle import pause_for_error
 from campaigns.providers import OutboundMessage, Provider, SendResult
 from campaigns.ratelimit import Cap, Grant, Limit, campaign_limit, chunk_size, number_caps, number_key, number_limit
 from campaigns.rendering import RenderError, contact_values, render_template, render_text
+from campaigns.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -361,8 +362,9 @@ def record(conn: sa.Connection, spec: CampaignSpec, outcomes: list[Outcome]) -> 
     errors = [o for o in outcomes if o.status == "failed" or (o.code is not None and o.status != "sent")]
     if errors:
         conn.execute(
-            sa.text("update campaigns set error_count = error_count + :n, last_error_message = :m, updated_at = now() "
-                    "where id = :c"),
+            # A paused campaign keeps the message that explains the pause (batches in flight still finish).
+            sa.text("update campaigns set error_count = error_count + :n, updated_at = now(), last_error_message = "
+                    "case when status = 'paused' then last_error_message else :m end where id = :c"),
             {"n": len(errors), "m": errors[-1].message, "c": spec.id},
         )
     return updated
@@ -416,10 +418,15 @@ def send_batch(db: sa.Engine, deliver_fn: Deliver, spec: CampaignSpec, batch_siz
         and classify(res.error_code) is FailureClass.CAMPAIGN
     ]
     capped = [res for res in results.values() if res is not None and res.cap_until and res.cap_pause]
+    tried = [res for res in results.values() if res is not None and not res.cap_until
+             and res.error_code not in (*THROUGHPUT_CODES, 131056)]
+    breaker = (sum(not res.ok for res in tried), any(res.ok for res in tried))
     for attempt in range(3):  # a deadlock with a concurrent ingest is retried; RECORD is idempotent
         try:
             with db.begin() as conn:
                 _record_and_pause(conn, spec, outcomes, campaign_errors, counts, capped)
+                if not counts.paused_reason:
+                    _circuit_breaker(conn, spec, outcomes, *breaker, counts)
             break
         except sa.exc.OperationalError:
             if attempt == 2:
@@ -428,6 +435,31 @@ def send_batch(db: sa.Engine, deliver_fn: Deliver, spec: CampaignSpec, batch_siz
     log.info("batch of %d: claim %.3fs, send %.3fs, record %.3fs: %s", len(rows), claimed_at - started,
              delivered_at - claimed_at, time.monotonic() - delivered_at, counts.as_dict())
     return counts
+
+
+def _circuit_breaker(conn: sa.Connection, spec: CampaignSpec, outcomes: list[Outcome], failed: int,
+                     any_ok: bool, counts: BatchCounts) -> None:
+    """Count failed sends in a row (a success resets it); at the threshold, pause the campaign.
+
+    Rate refusals are not failures here (they slow down and retry). A batch is counted as a whole: a
+    success anywhere in it resets the count.
+    """
+    threshold = get_settings().circuit_breaker_failures
+    if not threshold or (not failed and not any_ok):
+        return
+    row = conn.execute(sa.text("""
+        update campaigns set consecutive_failures = case when :ok then 0 else consecutive_failures + :n end
+        where id = :c returning consecutive_failures
+    """), {"ok": any_ok, "n": failed, "c": spec.id}).scalar_one()
+    if row < threshold:
+        return
+    last = next((o for o in reversed(outcomes) if o.code is not None or o.message), None)
+    detail = f"({last.code}) {last.message}" if last else "no error detail"
+    message = f"circuit breaker: {row} sends failed in a row (last: {detail})"
+    if pause_for_error(conn, spec.id, "circuit_breaker", message):
+        conn.execute(sa.text("update campaigns set consecutive_failures = 0 where id = :c"), {"c": spec.id})
+        log.warning("campaign %s paused: %s", spec.id, message)
+    counts.paused_reason = "circuit_breaker"
 
 
 def _record_and_pause(
