@@ -96,14 +96,23 @@ def _limit_changes(args: argparse.Namespace) -> dict[str, int | None]:
             changes[name] = getattr(args, name)
     if getattr(args, "set_mps", None) is not None:
         changes["mps"] = args.set_mps
+    if args.portfolio is not None:
+        changes["portfolio_id"] = None if args.portfolio.lower() == "none" else uuid.UUID(args.portfolio)
     return changes
+
+
+def cmd_portfolios_add(args: argparse.Namespace) -> int:
+    with _db().begin() as conn:
+        org = lifecycle.org_id_by_name(conn, args.org)
+        print(lifecycle.add_portfolio(conn, org, args.name, None if args.limit == "unlimited" else int(args.limit)))
+    return 0
 
 
 def cmd_numbers_limits(args: argparse.Namespace) -> int:
     with _db().begin() as conn:
         org = lifecycle.org_id_by_name(conn, args.org)
         limits = lifecycle.set_number_limits(conn, org, uuid.UUID(args.number_id), _limit_changes(args))
-    print(json.dumps(limits))
+    print(json.dumps(limits, default=str))
     return 0
 
 
@@ -367,6 +376,15 @@ def build_parser() -> argparse.ArgumentParser:
     _limit_arguments(a)
     a.set_defaults(fn=cmd_numbers_limits, prefect=False)
 
+    pfs = sub.add_parser("portfolios", help="business portfolios (Meta's messaging limit)").add_subparsers(
+        dest="portfolios_command", required=True)
+    a = pfs.add_parser("add", help="add or update a portfolio; prints its id")
+    a.add_argument("name")
+    a.add_argument("--org", required=True)
+    a.add_argument("--limit", required=True, choices=["250", "2000", "10000", "100000", "unlimited"],
+                   help="unique recipients per moving 24 h across the portfolio's numbers")
+    a.set_defaults(fn=cmd_portfolios_add, prefect=False)
+
     cts = sub.add_parser("contacts", help="contacts").add_subparsers(dest="contacts_command", required=True)
     a = cts.add_parser("import", help="import contacts from CSV")
     a.add_argument("file")
@@ -456,6 +474,7 @@ def _limit_arguments(a: argparse.ArgumentParser) -> None:
                        help=f"at most N messages per UTC {name} (none: no cap)")
     a.add_argument("--preset", choices=["meta-conservative", "none"],
                    help="meta-conservative: 20/min, 100/h, 500/day (the seed's figures); none: no caps")
+    a.add_argument("--portfolio", metavar="ID|none", help="the business portfolio whose messaging limit it shares")
 
 
 def main(argv: list[str] | None = None) -> int:

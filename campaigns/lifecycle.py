@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from campaigns.models import CampaignCreate
-from campaigns.schema import campaigns, organizations, whatsapp_numbers
+from campaigns.schema import business_portfolios, campaigns, organizations, whatsapp_numbers
 
 EDITABLE = ("draft", "scheduled", "paused")
 STARTABLE = ("draft", "scheduled")
@@ -67,24 +67,44 @@ def add_org(conn: sa.Connection, name: str) -> uuid.UUID:
 
 
 def get_number(conn: sa.Connection, org: uuid.UUID, number_id: uuid.UUID) -> dict[str, Any]:
+    """The number's row, with its business portfolio's messaging limit as `portfolio_limit`."""
     row = conn.execute(
-        sa.select(whatsapp_numbers).where(whatsapp_numbers.c.id == number_id, whatsapp_numbers.c.organization_id == org)
+        sa.select(whatsapp_numbers, business_portfolios.c.unique_recipients_24h.label("portfolio_limit"))
+        .select_from(whatsapp_numbers.outerjoin(
+            business_portfolios, business_portfolios.c.id == whatsapp_numbers.c.portfolio_id))
+        .where(whatsapp_numbers.c.id == number_id, whatsapp_numbers.c.organization_id == org)
     ).mappings().first()
     if row is None:
         raise NotFound("WhatsApp number not found")
     return dict(row)
 
 
-LIMIT_FIELDS = ("mps", "per_minute", "per_hour", "per_day")
+LIMIT_FIELDS = ("mps", "per_minute", "per_hour", "per_day", "portfolio_id")
+
+
+def add_portfolio(conn: sa.Connection, org: uuid.UUID, name: str, unique_recipients_24h: int | None) -> uuid.UUID:
+    """A business portfolio and its messaging limit (None = unlimited); numbers join it by portfolio_id."""
+    if unique_recipients_24h is not None and unique_recipients_24h < 1:
+        raise Invalid("unique_recipients_24h: a positive number, or none for unlimited")
+    stmt = sa.dialects.postgresql.insert(business_portfolios).values(
+        organization_id=org, name=name, unique_recipients_24h=unique_recipients_24h)
+    stmt = stmt.on_conflict_do_update(index_elements=["organization_id", "name"],
+                                      set_={"unique_recipients_24h": unique_recipients_24h})
+    return conn.execute(stmt.returning(business_portfolios.c.id)).scalar_one()
 
 
 def set_number_limits(conn: sa.Connection, org: uuid.UUID, number_id: uuid.UUID,
-                      changes: dict[str, int | None]) -> dict[str, int | None]:
-    """Change a number's rate (mps) and caps; a cap of None means no cap. Returns the limits now in force."""
+                      changes: dict[str, Any]) -> dict[str, Any]:
+    """Change a number's rate (mps), caps (None = no cap) and business portfolio. Returns what is in force."""
     get_number(conn, org, number_id)
     for name, value in changes.items():
         if name not in LIMIT_FIELDS:
             raise Invalid(f"{name}: not a number limit (one of {', '.join(LIMIT_FIELDS)})")
+        if name == "portfolio_id":
+            if value is not None and conn.execute(sa.select(business_portfolios.c.id).where(
+                    business_portfolios.c.id == value, business_portfolios.c.organization_id == org)).first() is None:
+                raise Invalid("portfolio_id: no such business portfolio in this organization")
+            continue
         if name == "mps" and (value is None or not 1 <= value <= 100_000):
             raise Invalid("mps: messages per second must be between 1 and 100000")
         if value is not None and value < 1:
@@ -92,7 +112,7 @@ def set_number_limits(conn: sa.Connection, org: uuid.UUID, number_id: uuid.UUID,
     if changes:
         conn.execute(sa.update(whatsapp_numbers).where(whatsapp_numbers.c.id == number_id).values(**changes))
     number = get_number(conn, org, number_id)
-    return {name: number[name] for name in LIMIT_FIELDS}
+    return {**{name: number[name] for name in LIMIT_FIELDS}, "portfolio_limit": number["portfolio_limit"]}
 
 
 def create(conn: sa.Connection, org: uuid.UUID, body: CampaignCreate) -> uuid.UUID:

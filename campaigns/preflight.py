@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from campaigns.audience import contacts_query
+from campaigns.ratelimit import PortfolioLimit, portfolio_limit
 from campaigns.rendering import placeholders
 
 KNOWN_FIELDS = {"contact.name", "contact.phone", "contact.first_name"}
@@ -34,6 +35,9 @@ class Preflight:
     def failures(self) -> list[str]:
         return [f"{c.name}: {c.detail}" for c in self.checks if not c.ok and not c.warning]
 
+    def warnings(self) -> list[str]:
+        return [f"{c.name}: {c.detail}" for c in self.checks if not c.ok and c.warning]
+
     def add(self, name: str, ok: bool, detail: str = "", warning: bool = False) -> None:
         self.checks.append(Check(name, ok, detail, warning))
 
@@ -54,6 +58,7 @@ def run_preflight(
     ping_redis: Callable[[], Any],
     ping_prefect: Callable[[], Any] | None = None,
     allowed_statuses: tuple[str, ...] = ("draft", "scheduled"),
+    portfolio_usage: Callable[[PortfolioLimit], int] | None = None,
 ) -> Preflight:
     pf = Preflight()
     pf.add("campaign status", campaign["status"] in allowed_statuses,
@@ -82,6 +87,15 @@ def run_preflight(
                "no contact has " + ", ".join(unknown) + " (each such recipient would fail)", warning=True)
     else:
         pf.add("message content", bool(content.get("template_name")), "message_content.template_name is empty")
+
+    portfolio = portfolio_limit(number.get("portfolio_id"), number.get("portfolio_limit"))
+    if portfolio and portfolio_usage:
+        used = portfolio_usage(portfolio)
+        room = max(portfolio.limit - used, 0)
+        pf.add("business portfolio limit", pf.audience_size <= room,
+               f"{min(room, pf.audience_size)} of {pf.audience_size} recipients fit in the next 24 h "
+               f"({used} of {portfolio.limit} unique recipients used); the campaign pauses at the limit and "
+               "resumes as the 24 h window moves", warning=True)
 
     problem = _probe(ping_redis)
     pf.add("redis", problem is None, f"Redis unreachable (rate limiting needs it): {problem}")

@@ -29,6 +29,7 @@ import math
 import time
 from dataclasses import dataclass
 
+import redis
 import redis.asyncio as aredis
 
 RESERVE = """
@@ -109,6 +110,36 @@ SLOW_FLOOR = 0.125  # never below an eighth of the number's rate
 SLOW_FOR_MS = 10_000  # back to the full rate after 10 s without a 130429
 SLOW_STEP_MS = 1_000  # halve at most once a second: a burst of 130429s is one signal, not twenty
 
+ADMIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local window = tonumber(ARGV[2])
+local limit = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[1])
+local admitted = 0
+for i = 3, #ARGV do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    redis.call('ZADD', KEYS[1], now, ARGV[i])
+  elseif count < limit then
+    redis.call('ZADD', KEYS[1], now, ARGV[i])
+    count = count + 1
+  else
+    break
+  end
+  admitted = admitted + 1
+end
+redis.call('EXPIRE', KEYS[1], window + 60)
+local until_ = 0
+if admitted < #ARGV - 2 then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  until_ = tonumber(oldest[2]) + window
+end
+return {admitted, string.format('%.3f', until_)}
+"""
+PORTFOLIO_WINDOW_S = 86400
+PORTFOLIO_TIERS = (250, 2_000, 10_000, 100_000)  # Meta's messaging limits; None = unlimited
+
 CHUNK_SECONDS = 0.5
 WINDOWS = {"minute": 60, "hour": 3600, "day": 86400}
 LABELS = {"minute": "per-minute", "hour": "hourly", "day": "daily"}
@@ -148,6 +179,28 @@ class Grant:
     count: int
     until: float = 0.0  # when a window is full: when the latest full window ends (Unix seconds)
     cap: Cap | None = None  # that window's cap
+
+
+@dataclass(frozen=True)
+class PortfolioLimit:
+    """Meta's messaging limit: unique recipients per moving 24 h across a business portfolio's numbers."""
+
+    key: str
+    limit: int
+
+    @property
+    def cap(self) -> Cap:  # how a refusal is reported: it pauses, like an hourly or daily cap
+        return Cap(self.key, self.limit, PORTFOLIO_WINDOW_S, True,
+                   f"business portfolio limit of {self.limit} unique recipients per 24 h")
+
+
+def portfolio_limit(portfolio_id: object | None, limit: int | None) -> PortfolioLimit | None:
+    return PortfolioLimit(f"pf:{portfolio_id}", limit) if portfolio_id and limit else None
+
+
+def portfolio_usage(client: redis.Redis, limit: PortfolioLimit) -> int:
+    """Unique recipients in the last 24 h (a sync client: preflight reads it)."""
+    return int(client.zcount(limit.key, time.time() - PORTFOLIO_WINDOW_S, "+inf"))
 
 
 def number_key(provider: str, phone_number_id: str) -> str:
@@ -194,6 +247,7 @@ class RateLimiter:
         self._script = client.register_script(RESERVE)
         self._take = client.register_script(TAKE)
         self._slow = client.register_script(SLOW_DOWN)
+        self._admit = client.register_script(ADMIT)
         self._refund = client.register_script(REFUND)
 
     async def reserve(self, limits: list[Limit], n: int) -> Reservation:
@@ -208,6 +262,14 @@ class RateLimiter:
         """Meta said 130429 (throughput): halve this number's rate, down to SLOW_FLOOR; it recovers by
         itself SLOW_FOR_MS after the last one. Returns the factor now in force."""
         return float(await self._slow(keys=[limit.key], args=[SLOW_FLOOR, SLOW_FOR_MS, SLOW_STEP_MS]))
+
+    async def admit(self, portfolio: PortfolioLimit, phones: list[str]) -> Grant:
+        """Admit phones in order while the portfolio's 24 h window has room; a phone already in the window
+        costs nothing. When one does not fit: the count admitted and when the oldest recipient leaves."""
+        if not phones:
+            return Grant(0)
+        count, until = await self._admit(keys=[portfolio.key], args=[portfolio.limit, PORTFOLIO_WINDOW_S, *phones])
+        return Grant(int(count), float(until), portfolio.cap if int(count) < len(phones) else None)
 
     async def take(self, caps: list[Cap], n: int) -> Grant:
         """Take up to `n` messages from every cap's current window at once."""

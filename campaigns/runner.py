@@ -22,6 +22,7 @@ class Prepared:
     refused: list[str] = field(default_factory=list)
     audience: dict[str, int] = field(default_factory=dict)
     total_recipients: int = 0
+    warnings: list[str] = field(default_factory=list)
 
 
 def load_spec(
@@ -68,17 +69,20 @@ def prepare(
     credentials: Callable[[str], Credentials],
     ping_redis: Callable[[], Any],
     ping_prefect: Callable[[], Any] | None = None,
+    portfolio_usage: Callable[[Any], int] | None = None,
 ) -> Prepared:
     """Preflight (for a campaign not yet running), mark it running, build its audience once."""
+    warnings: list[str] = []
     with db.begin() as conn:
         campaign = lifecycle.get_any_org(conn, campaign_id)
         org = campaign["organization_id"]
         number = lifecycle.get_number(conn, org, campaign["whatsapp_number_id"])
         if campaign["status"] in lifecycle.STARTABLE:
             pf = run_preflight(conn, campaign, number, lambda: credentials(number["block_name"]), ping_redis,
-                               ping_prefect)
+                               ping_prefect, portfolio_usage=portfolio_usage)
             if not pf.ok:
                 return Prepared(campaign["status"], refused=pf.failures())
+            warnings = pf.warnings()
             lifecycle.mark_running(conn, org, campaign_id)
         elif campaign["status"] != "running":
             return Prepared(campaign["status"])
@@ -88,7 +92,7 @@ def prepare(
     with db.connect() as conn:
         total = conn.execute(sa.text("select total_recipients from campaigns where id = :c"),
                              {"c": campaign_id}).scalar_one()
-    return Prepared("running", audience=counts, total_recipients=total)
+    return Prepared("running", audience=counts, total_recipients=total, warnings=warnings)
 
 
 @dataclass

@@ -21,6 +21,18 @@ organizations = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
 )
 
+business_portfolios = sa.Table(
+    "business_portfolios",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True, server_default=_uuid),
+    sa.Column("organization_id", UUID(as_uuid=True), sa.ForeignKey("organizations.id"), nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    # Meta's messaging limit: 250, 2,000, 10,000, 100,000 unique recipients per moving 24 h; null = unlimited.
+    sa.Column("unique_recipients_24h", sa.Integer),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.UniqueConstraint("organization_id", "name"),
+)
+
 whatsapp_numbers = sa.Table(
     "whatsapp_numbers",
     metadata,
@@ -35,6 +47,7 @@ whatsapp_numbers = sa.Table(
     sa.Column("per_minute", sa.Integer),
     sa.Column("per_hour", sa.Integer),
     sa.Column("per_day", sa.Integer),
+    sa.Column("portfolio_id", UUID(as_uuid=True), sa.ForeignKey("business_portfolios.id")),
     # Fingerprint of the secret that signs this number's webhooks (campaigns.signers); null = platform app.
     sa.Column("webhook_signer", sa.Text),
     sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()),

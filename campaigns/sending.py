@@ -10,6 +10,7 @@ webhooks that carry our recipient id before anything is resent.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import math
@@ -28,7 +29,18 @@ from campaigns.engine import SendEngine
 from campaigns.errors import FailureClass, classify, pause_reason
 from campaigns.lifecycle import pause_for_error
 from campaigns.providers import OutboundMessage, Provider, SendResult
-from campaigns.ratelimit import Cap, Grant, Limit, campaign_limit, chunk_size, number_caps, number_key, number_limit
+from campaigns.ratelimit import (
+    Cap,
+    Grant,
+    Limit,
+    PortfolioLimit,
+    campaign_limit,
+    chunk_size,
+    number_caps,
+    number_key,
+    number_limit,
+    portfolio_limit,
+)
 from campaigns.rendering import RenderError, contact_values, render_template, render_text
 from campaigns.settings import get_settings
 
@@ -145,6 +157,8 @@ class CampaignSpec:
     per_minute: int | None = None
     per_hour: int | None = None
     per_day: int | None = None
+    portfolio_id: uuid.UUID | None = None
+    portfolio_limit: int | None = None
 
     @classmethod
     def from_rows(cls, campaign: dict[str, Any], number: dict[str, Any]) -> CampaignSpec:
@@ -157,7 +171,11 @@ class CampaignSpec:
             retry_max_delay=campaign["retry_max_delay"], mps=number["mps"], provider=number["provider"],
             phone_number_id=number["phone_number_id"], per_minute=number.get("per_minute"),
             per_hour=number.get("per_hour"), per_day=number.get("per_day"),
+            portfolio_id=number.get("portfolio_id"), portfolio_limit=number.get("portfolio_limit"),
         )
+
+    def portfolio(self) -> PortfolioLimit | None:
+        return portfolio_limit(self.portfolio_id, self.portfolio_limit)
 
     def caps(self) -> list[Cap]:
         return number_caps(number_key(self.provider, self.phone_number_id), self.provider, self.per_minute,
@@ -244,6 +262,7 @@ async def deliver(
                 log.exception("could not slow the number down")
 
     caps = spec.caps()
+    portfolio = spec.portfolio()
     credit = 0  # taken from the caps' windows and not yet spent on a send
     try:
         while queue and control.running(spec.id):
@@ -257,6 +276,12 @@ async def deliver(
                             _cap_reached(results, queue, grant)
                             break
                     n = min(n, credit)
+                if portfolio:
+                    grant = await engine.limiter.admit(portfolio, [m.to for m in itertools.islice(queue, n)])
+                    if grant.count == 0:
+                        _cap_reached(results, queue, grant)
+                        break
+                    n = grant.count
                 reservation = await engine.limiter.reserve(limits, n)
             except Exception:  # Redis unreachable: stop starting sends; the rest go back to pending
                 log.exception("rate limiter unavailable; %d messages not sent in this batch", len(queue))

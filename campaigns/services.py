@@ -10,7 +10,12 @@ import sqlalchemy as sa
 
 from campaigns import lifecycle, recipient_statuses, retry_stats, stats
 from campaigns.preflight import run_preflight
+from campaigns.ratelimit import PortfolioLimit, portfolio_usage
 from campaigns.settings import get_settings
+
+
+def portfolio_usage_now(limit: PortfolioLimit) -> int:
+    return portfolio_usage(redis.Redis.from_url(get_settings().redis_url or ""), limit)
 
 
 def start_campaign(db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID) -> dict[str, Any]:
@@ -23,7 +28,7 @@ def start_campaign(db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID) -> dic
         number = lifecycle.get_number(conn, org, campaign["whatsapp_number_id"])
         pf = run_preflight(
             conn, campaign, number, lambda: load_credentials(number["block_name"], fresh=True),
-            lambda: redis.Redis.from_url(settings.redis_url or "").ping(),
+            lambda: redis.Redis.from_url(settings.redis_url or "").ping(), portfolio_usage=portfolio_usage_now,
         )
         if not pf.ok:
             raise lifecycle.Invalid("Preflight failed", pf.failures())
@@ -35,6 +40,7 @@ def start_campaign(db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID) -> dic
         "started_at": started["started_at"],
         "total_recipients": pf.audience_size,
         "message": "Campaign started.",
+        "warnings": pf.warnings(),
     }
 
 

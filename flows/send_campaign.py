@@ -61,6 +61,8 @@ def send_campaign(campaign_id: uuid.UUID) -> dict[str, Any]:
             return {"campaign_id": str(campaign_id), "status": prepared.status}
         if prepared.audience:
             log.info("audience: %d recipients %s", prepared.total_recipients, prepared.audience)
+        for warning in prepared.warnings:
+            log.warning("preflight: %s", warning)
         limit_name = ensure_send_limit()
         key = f"campaign-{campaign_id}-progress"
         pct, _ = _progress(campaign_id)

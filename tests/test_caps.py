@@ -92,3 +92,27 @@ def test_a_scheduled_campaign_starts_when_its_time_comes_and_a_failing_preflight
     refused = campaign_row(db, broken)
     assert (refused["status"], refused["paused_reason"]) == ("paused", "preflight_failed")
     assert "inactive" in refused["last_error_message"]
+
+
+def test_a_portfolio_limit_counts_unique_recipients_across_its_numbers(db, org, sandbox):
+    with db.begin() as conn:
+        portfolio = lifecycle.add_portfolio(conn, org, "main-" + uuid.uuid4().hex[:6], 5)
+    first, second = add_sandbox_number(db, org, sandbox), add_sandbox_number(db, org, sandbox)
+    for number in (first, second):
+        _set_limits(db, org, number, portfolio_id=portfolio)
+    p = phones(6, start=8500)
+    add_contacts(db, org, [{"phone": x, "name": "Ana", "tags": ["a"]} for x in p[:3]]
+                 + [{"phone": x, "name": "Bo", "tags": ["b"]} for x in p[1:]])
+    a = create_campaign(db, org, first, audience_type="tags", audience_filter={"tags": ["a"]})
+    b = create_campaign(db, org, second, audience_type="tags", audience_filter={"tags": ["b"]})
+    assert send_campaign(a)["status"] == "completed"  # 3 unique recipients in the last 24 h
+
+    started = start_campaign(db, org, b)  # preflight tells how many fit
+    assert any("2 of 5 recipients fit" in w for w in started["warnings"]), started["warnings"]
+    assert send_campaign(b)["status"] == "paused"
+    paused = campaign_row(db, b)
+    assert paused["paused_reason"] == "rate_limit" and "unique recipients" in paused["last_error_message"]
+    assert paused["resume_at"] > datetime.now(UTC)
+    # p[1], p[2] were already in the window (free); p[3], p[4] filled it; p[5] waits.
+    sent = {m["to"] for m in sandbox.messages()}
+    assert sent == {x.lstrip("+") for x in p[:5]}

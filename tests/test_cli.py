@@ -68,3 +68,19 @@ def test_a_campaign_from_the_command_line(tmp_path, sandbox):
     assert again.returncode == 1 and "Cannot pause a completed campaign" in again.stderr
     missing = cli("stats", str(uuid.uuid4()), check=False)
     assert missing.returncode == 1 and "Campaign not found" in missing.stderr
+
+
+def test_number_limits_and_portfolios_from_the_command_line(sandbox):
+    org = f"cli-{uuid.uuid4().hex[:8]}"
+    cli("orgs", "add", org)
+    portfolio = cli("portfolios", "add", "main", "--org", org, "--limit", "2000").stdout.strip()
+    number = cli("numbers", "add", "--org", org, "--provider", "sandbox", "--phone-number-id", "5550077",
+                 "--token", "t", "--api-base", sandbox.url, "--per-day", "500", "--portfolio", portfolio
+                 ).stdout.strip()
+    limits = json.loads(cli("numbers", "limits", number, "--org", org, "--preset", "meta-conservative").stdout)
+    assert limits == {"mps": 80, "per_minute": 20, "per_hour": 100, "per_day": 500, "portfolio_id": portfolio,
+                      "portfolio_limit": 2000}
+    limits = json.loads(cli("numbers", "limits", number, "--org", org, "--per-day", "none", "--mps", "1000").stdout)
+    assert (limits["per_day"], limits["per_hour"], limits["mps"]) == (None, 100, 1000)
+    bad = cli("numbers", "limits", number, "--org", org, "--per-hour", "0", check=False)
+    assert bad.returncode == 2 and "at least 1" in bad.stderr
