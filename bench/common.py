@@ -109,3 +109,22 @@ class SandboxProcess:
 
         httpx.post(self.url + "/_sandbox/tokens", json={"phone_number_id": phone_number_id, "token": token},
                    timeout=10).raise_for_status()
+
+
+def sandbox_campaign(org: uuid.UUID, api_base: str, mps: int, phone_number_id: str, app_secret: str = "s"
+                     ) -> uuid.UUID:
+    """A sandbox number and a template campaign to every contact of `org`, paced only by the number."""
+    from blocks.numbers import add_number
+    from campaigns import lifecycle
+    from campaigns.db import get_engine
+    from campaigns.models import CampaignCreate
+
+    with get_engine().begin() as conn:
+        number = add_number(conn, org, provider="sandbox", phone_number_id=phone_number_id, token="t",
+                            app_secret=app_secret, verify_token="v", api_base=api_base, mps=mps)
+        return lifecycle.create(conn, org, CampaignCreate(
+            name="bench", whatsapp_number_id=number, message_type="template",
+            message_content={"template_name": "bench", "language": "pt_BR"},
+            template_variables={"body": ["{{contact.name}}"]}, messages_per_hour=None,
+            delay_between_messages_seconds=0,
+        ))

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from bench.common import SandboxProcess, bulk_contacts, fresh_services, new_org
+from bench.common import SandboxProcess, bulk_contacts, fresh_services, new_org, sandbox_campaign
 
 SECRET = "sandbox-app-secret"
 
@@ -49,11 +49,8 @@ def _wait_for_a_running_ingester(timeout: float = 240.0) -> None:
 def run(mps: int, recipients: int) -> dict[str, float]:
     import sqlalchemy as sa
 
-    from blocks.numbers import add_number
-    from campaigns import lifecycle
     from campaigns.asgi_thread import ThreadedServer
     from campaigns.db import get_engine
-    from campaigns.models import CampaignCreate
     from campaigns.webhooks import KnownSecrets, create_app
     from flows.send_campaign import send_campaign
 
@@ -67,15 +64,7 @@ def run(mps: int, recipients: int) -> dict[str, float]:
         with SandboxProcess(50, mps, webhook_url=receiver.url + "/webhooks/whatsapp") as sandbox:
             org = new_org("fresh")
             bulk_contacts(org, recipients)
-            with db.begin() as conn:
-                number = add_number(conn, org, provider="sandbox", phone_number_id="77001", token="t",
-                                    app_secret=SECRET, verify_token="v", api_base=sandbox.url, mps=mps)
-                cid = lifecycle.create(conn, org, CampaignCreate(
-                    name="freshness", whatsapp_number_id=number, message_type="template",
-                    message_content={"template_name": "bench", "language": "pt_BR"},
-                    template_variables={"body": ["{{contact.name}}"]}, messages_per_hour=None,
-                    delay_between_messages_seconds=0,
-                ))
+            cid = sandbox_campaign(org, sandbox.url, mps, phone_number_id="77001", app_secret=SECRET)
             t0 = time.time()
             result = send_campaign(cid)
             while sandbox.stats()["webhook_pending"]:

@@ -13,29 +13,16 @@ import argparse
 import collections
 import time
 
-from bench.common import SandboxProcess, bulk_contacts, fresh_services, new_org
+from bench.common import SandboxProcess, bulk_contacts, fresh_services, new_org, sandbox_campaign
 
 
 def run(cap: int, recipients: int, latency_ms: float, timeline: bool = False) -> dict[str, float]:
-    from blocks.numbers import add_number
-    from campaigns import lifecycle
-    from campaigns.db import get_engine
-    from campaigns.models import CampaignCreate
     from flows.send_campaign import send_campaign
 
-    db = get_engine()
     with SandboxProcess(latency_ms, cap) as sandbox:
         org = new_org()
         bulk_contacts(org, recipients)
-        with db.begin() as conn:
-            number = add_number(conn, org, provider="sandbox", phone_number_id=f"9{cap}", token="t",
-                                app_secret="s", verify_token="v", api_base=sandbox.url, mps=cap)
-            cid = lifecycle.create(conn, org, CampaignCreate(
-                name="bench", whatsapp_number_id=number, message_type="template",
-                message_content={"template_name": "bench", "language": "pt_BR"},
-                template_variables={"body": ["{{contact.name}}"]}, messages_per_hour=None,
-                delay_between_messages_seconds=0,
-            ))
+        cid = sandbox_campaign(org, sandbox.url, cap, phone_number_id=f"9{cap}")
         t0 = time.time()
         result = send_campaign(cid)
         t1 = time.time()

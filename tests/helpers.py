@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -102,3 +105,12 @@ def shrink_retry_delay(db: sa.Engine, campaign_id: uuid.UUID, seconds: int = 1) 
     with db.begin() as conn:
         conn.execute(sa.text("update campaigns set retry_base_delay = :s where id = :c"),
                      {"s": seconds, "c": campaign_id})
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The `campaigns` command in its own process, as an operator or script runs it."""
+    result = subprocess.run([sys.executable, "-m", "campaigns.cli", *args], capture_output=True, text=True,
+                            env=os.environ.copy(), timeout=180)
+    if check and result.returncode != 0:
+        raise AssertionError(f"campaigns {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+    return result

@@ -3,18 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 
-
-def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, "-m", "campaigns.cli", *args], capture_output=True, text=True,
-                            env=os.environ.copy(), timeout=180)
-    if check and result.returncode != 0:
-        raise AssertionError(f"campaigns {' '.join(args)} failed ({result.returncode}): {result.stderr}")
-    return result
+from tests.helpers import cli
 
 
 def test_a_campaign_from_the_command_line(tmp_path, sandbox):

@@ -5,10 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
-import subprocess
-import sys
 import uuid
 
 import pytest
@@ -19,7 +16,7 @@ from campaigns.ingest import ingest_pending
 from campaigns.recipient_statuses import CSV_COLUMNS, export_csv, page
 from campaigns.services import export_recipients, recipients_of
 from flows.send_campaign import send_campaign
-from tests.helpers import add_contacts, add_sandbox_number, create_campaign, phones
+from tests.helpers import add_contacts, add_sandbox_number, cli, create_campaign, phones
 
 SEED_KEYS = {"contact_name", "contact_phone", "status", "message_id", "attempts"}
 SEED_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -182,12 +179,6 @@ def test_another_organization_sees_nothing(db, org, sandbox):
     assert out.getvalue().decode().splitlines() == [",".join(CSV_COLUMNS)]
 
 
-def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, "-m", "campaigns.cli", *args], capture_output=True, text=True,
-                            env=os.environ.copy(), timeout=180)
-    if check and result.returncode != 0:
-        raise AssertionError(f"campaigns {' '.join(args)} failed ({result.returncode}): {result.stderr}")
-    return result
 
 
 def test_the_command_line_lists_pages_and_exports_failures(db, org, sandbox, tmp_path):
