@@ -28,6 +28,9 @@ bench: sync
 	$(UV) run --locked python -m bench.audience
 	$(UV) run --locked python -m bench.throughput
 	$(UV) run --locked python -m bench.limiter
+	$(UV) run --locked python -m bench.webhooks
+	$(UV) run --locked python -m bench.ingest
+	$(UV) run --locked python -m bench.stats
 
 clean:
 	rm -rf .campaigns .venv .tools

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from campaigns import lifecycle
 from campaigns.embedded import bootstrap
+from campaigns.schema import API_ROLES
 
 
 def _err(msg: str) -> None:
@@ -339,6 +340,42 @@ def cmd_webhooks_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_api_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from campaigns.api import create_app
+
+    _err(f"serving the HTTP API on http://{args.host}:{args.port}/api/v1 (start and resume need `campaigns serve`)")
+    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def cmd_api_token(args: argparse.Namespace) -> int:
+    from campaigns import api_tokens
+
+    with _db().begin() as conn:
+        org = lifecycle.org_id_by_name(conn, args.org)
+        token_id, token = api_tokens.issue(conn, org, args.role)
+    print(token)
+    _err(f"token {token_id} ({args.role}) for {args.org}: shown once, store it now; "
+         f"`campaigns api revoke {token_id}` ends it")
+    return 0
+
+
+def cmd_api_revoke(args: argparse.Namespace) -> int:
+    from campaigns import api_tokens
+
+    try:
+        token_id = uuid.UUID(args.token_id)
+    except ValueError:
+        raise lifecycle.NotFound(f"Token not found: {args.token_id}") from None
+    with _db().begin() as conn:
+        if not api_tokens.revoke(conn, token_id):
+            raise lifecycle.NotFound(f"No live token with id {token_id}")
+    _err(f"token {token_id} revoked")
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------------------------------
 
 
@@ -462,6 +499,19 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--host", default="127.0.0.1")
     a.add_argument("--port", type=int, default=8089)
     a.set_defaults(fn=cmd_webhooks_serve, prefect=True)
+
+    api = sub.add_parser("api", help="the HTTP API the main app uses").add_subparsers(dest="api", required=True)
+    a = api.add_parser("serve", help="serve /api/v1 (start and resume hand campaigns to `campaigns serve`)")
+    a.add_argument("--host", default="127.0.0.1")
+    a.add_argument("--port", type=int, default=8090)
+    a.set_defaults(fn=cmd_api_serve, prefect=True)
+    a = api.add_parser("token", help="issue a bearer token for an organization; prints it, once")
+    a.add_argument("--org", required=True)
+    a.add_argument("--role", required=True, choices=API_ROLES)
+    a.set_defaults(fn=cmd_api_token, prefect=False)
+    a = api.add_parser("revoke", help="refuse a token from now on")
+    a.add_argument("token_id")
+    a.set_defaults(fn=cmd_api_revoke, prefect=False)
     return p
 
 

@@ -115,13 +115,18 @@ def set_number_limits(conn: sa.Connection, org: uuid.UUID, number_id: uuid.UUID,
     return {**{name: number[name] for name in LIMIT_FIELDS}, "portfolio_limit": number["portfolio_limit"]}
 
 
-def create(conn: sa.Connection, org: uuid.UUID, body: CampaignCreate) -> uuid.UUID:
+def _check_number(conn: sa.Connection, org: uuid.UUID, body: CampaignCreate) -> None:
+    """The number must be this organization's, and able to send the message type."""
     try:
         number = get_number(conn, org, body.whatsapp_number_id)
     except NotFound:
         raise Invalid("whatsapp_number_id: no such WhatsApp number in this organization") from None
     if body.message_type == "template" and number["provider"] == "evolution":
         raise Invalid("message_type: Evolution numbers cannot send templates; use a text message")
+
+
+def create(conn: sa.Connection, org: uuid.UUID, body: CampaignCreate) -> uuid.UUID:
+    _check_number(conn, org, body)
     values = body.model_dump(mode="json")
     values["whatsapp_number_id"] = body.whatsapp_number_id
     values["scheduled_at"] = body.scheduled_at
@@ -162,6 +167,7 @@ def update(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID, changes:
     merged["audience_filter"] = merged.get("audience_filter") or {}
     merged.update(changes)
     body = CampaignCreate.model_validate(merged)
+    _check_number(conn, org, body)  # a PATCH must not point a campaign at another organization's number
     values = body.model_dump(mode="json", include=set(changes))
     conn.execute(sa.update(campaigns).where(campaigns.c.id == current["id"]).values(**values, updated_at=sa.func.now()))
 

@@ -69,11 +69,15 @@ class CampaignCreate(BaseModel):
         return self
 
 
-def describe_validation_error(exc: ValidationError) -> str:
+def field_errors(exc: ValidationError) -> list[str]:
     """One line per problem, each naming its field."""
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         lines.append(f"{loc}: {msg}" if loc and not msg.startswith(loc) else msg)
-    return "; ".join(lines)
+    return lines
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    return "; ".join(field_errors(exc))

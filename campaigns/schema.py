@@ -152,6 +152,14 @@ campaign_recipients = sa.Table(
     # (campaign_id, contact_id) is unique by construction: the audience is written once, deduplicated.
     sa.Index("ix_recipients_campaign_status_id", "campaign_id", "status", "id"),
     sa.Index("ux_recipients_wamid", "wamid", unique=True, postgresql_where=sa.text("wamid is not null")),
+    # Statistics breakdowns without reading the whole campaign (migration 0008, bench/stats.py).
+    sa.Index("ix_recipients_campaign_skipped", "campaign_id", "skip_reason",
+             postgresql_where=sa.text("status = 'skipped'")),
+    sa.Index("ix_recipients_campaign_failed", "campaign_id", "error_code",
+             postgresql_where=sa.text("status = 'failed'")),
+    sa.Index("ix_recipients_campaign_replied", "campaign_id", postgresql_where=sa.text("replied_at is not null")),
+    sa.Index("ix_recipients_campaign_recent", "campaign_id", sa.text("coalesce(sent_at, failed_at)"),
+             postgresql_where=sa.text("coalesce(sent_at, failed_at) is not null")),
 )
 
 webhook_events = sa.Table(
@@ -169,4 +177,19 @@ webhook_events = sa.Table(
     sa.Column("processed_at", sa.DateTime(timezone=True)),
     sa.Column("error", sa.Text),
     sa.Index("ix_webhook_events_pending", "id", postgresql_where=sa.text("state = 'pending'")),
+)
+
+API_ROLES = ("org_admin", "agent", "viewer")
+
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True, server_default=_uuid),
+    sa.Column("organization_id", UUID(as_uuid=True), sa.ForeignKey("organizations.id"), nullable=False),
+    sa.Column("role", sa.Text, nullable=False),
+    # sha256 of the bearer token: the token itself is shown once by the CLI and never stored.
+    sa.Column("token_hash", sa.Text, nullable=False, unique=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("revoked_at", sa.DateTime(timezone=True)),
+    sa.CheckConstraint("role in ('org_admin', 'agent', 'viewer')", name="api_token_role_known"),
 )

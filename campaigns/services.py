@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from campaigns import lifecycle, recipient_statuses, retry_stats, stats
 from campaigns.preflight import run_preflight
 from campaigns.ratelimit import PortfolioLimit, portfolio_usage
+from campaigns.schema import CAMPAIGN_STATUSES, campaigns
 from campaigns.settings import get_settings
 
 
@@ -73,3 +74,46 @@ def export_recipients(
     """Every matching recipient as CSV to `out` (streamed); returns how many rows were written."""
     lifecycle.get(conn, org, campaign_id)
     return recipient_statuses.export_csv(conn, org, campaign_id, status, out)
+
+
+MAX_LIST_LIMIT = 200
+
+
+def list_campaigns(conn: sa.Connection, org: uuid.UUID, status: str | None = None, skip: int = 0,
+                   limit: int = 50) -> dict[str, Any]:
+    """The organization's campaigns, newest first; offset paging (an organization has hundreds, not millions)."""
+    if status is not None and status not in CAMPAIGN_STATUSES:
+        raise lifecycle.Invalid(f"status must be one of: {', '.join(CAMPAIGN_STATUSES)} (got {status!r})")
+    if skip < 0 or not 1 <= limit <= MAX_LIST_LIMIT:
+        raise lifecycle.Invalid(f"skip must be 0 or more and limit between 1 and {MAX_LIST_LIMIT}")
+    where = [campaigns.c.organization_id == org]
+    if status is not None:
+        where.append(campaigns.c.status == status)
+    total = conn.execute(sa.select(sa.func.count()).select_from(campaigns).where(*where)).scalar_one()
+    rows = conn.execute(sa.select(campaigns).where(*where).order_by(campaigns.c.created_at.desc(), campaigns.c.id)
+                        .offset(skip).limit(limit)).mappings().all()
+    return {"total": total, "skip": skip, "limit": limit, "campaigns": [dict(r) for r in rows]}
+
+
+def update_campaign(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID,
+                    changes: dict[str, Any]) -> dict[str, Any]:
+    """Apply a PATCH (lifecycle.update checks the fields and the number) and return the campaign."""
+    lifecycle.update(conn, org, campaign_id, changes)
+    return lifecycle.get(conn, org, campaign_id)
+
+
+def delete_campaign(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID) -> lifecycle.Transition:
+    """Campaigns are never deleted (their recipients and statistics stay): deleting one that never started
+    cancels it; a started one must be cancelled explicitly, so nobody stops a send by "deleting" it."""
+    current = lifecycle.get(conn, org, campaign_id, lock=True)  # held until commit: no start in between
+    if current["status"] not in lifecycle.STARTABLE:
+        hint = (f"; cancel it with POST /api/v1/campaigns/{campaign_id}/cancel" if current["status"] in
+                ("running", "paused") else "; it is kept with its statistics")
+        raise lifecycle.Conflict(f"Cannot delete a {current['status']} campaign{hint}")
+    return lifecycle.cancel(conn, org, campaign_id)
+
+
+def record_flow_run(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID, flow_run_id: str) -> None:
+    """Which flow run is sending the campaign, so an operator can find it in the Prefect UI."""
+    conn.execute(sa.update(campaigns).where(campaigns.c.id == campaign_id, campaigns.c.organization_id == org)
+                 .values(flow_run_id=flow_run_id))

@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     opt_out_keywords: str = Field("PARAR,SAIR,CANCELAR,STOP", description="a reply that is exactly one opts out")
     opt_in_keywords: str = Field("VOLTAR,START", description="a reply that is exactly one opts back in")
 
+    # HTTP API.
+    api_max_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="largest request body (a contacts audience lists its ids)"
+    )
+
     # Prefect.
     send_concurrency_name: str = Field("whatsapp-send-batches", description="Prefect global concurrency limit")
     send_concurrency_limit: int = Field(

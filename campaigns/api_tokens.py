@@ -1,0 +1,61 @@
+"""Bearer tokens for the HTTP API: each carries one organization and one role.
+
+Only the sha256 of a token is stored, so a database leak yields no usable token. A token is random (256
+bits), so a hash lookup needs no constant-time comparison: timing can reveal nothing that helps guess one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from campaigns.lifecycle import Invalid
+from campaigns.schema import API_ROLES, api_tokens
+
+PREFIX = "pytk_"  # recognisable in a leaked config or a secret scanner, and never a valid hash
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a request acts for: every query it makes is scoped to this organization."""
+
+    organization_id: uuid.UUID
+    role: str
+    token_id: uuid.UUID
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def issue(conn: sa.Connection, organization_id: uuid.UUID, role: str) -> tuple[uuid.UUID, str]:
+    """A new token for the organization: returns its id and the token, which is never seen again."""
+    if role not in API_ROLES:
+        raise Invalid(f"role: one of {', '.join(API_ROLES)} (got {role!r})")
+    token = PREFIX + secrets.token_urlsafe(32)
+    token_id = conn.execute(
+        sa.insert(api_tokens).values(organization_id=organization_id, role=role, token_hash=token_hash(token))
+        .returning(api_tokens.c.id)
+    ).scalar_one()
+    return token_id, token
+
+
+def revoke(conn: sa.Connection, token_id: uuid.UUID) -> bool:
+    """Refuse the token from now on (the row stays, for the record); False if there was none to revoke."""
+    return bool(conn.execute(
+        sa.update(api_tokens).where(api_tokens.c.id == token_id, api_tokens.c.revoked_at.is_(None))
+        .values(revoked_at=sa.func.now())
+    ).rowcount)
+
+
+def caller(conn: sa.Connection, token: str) -> Caller | None:
+    """The caller a live token stands for; None for an unknown or revoked token."""
+    row = conn.execute(
+        sa.select(api_tokens.c.organization_id, api_tokens.c.role, api_tokens.c.id)
+        .where(api_tokens.c.token_hash == token_hash(token), api_tokens.c.revoked_at.is_(None))
+    ).first()
+    return Caller(*row) if row else None
