@@ -20,11 +20,16 @@ class FailureClass(StrEnum):
 
 TRANSIENT_CODES = frozenset({1, 2, 131000, 131016, 131057, 133004})
 RATE_CODES = frozenset({4, 80007, 130429, 131056})
-RECIPIENT_CODES = frozenset({100, 130472, 130497, 131021, 131026, 131047, 131049, 131050, 132005})
+# Template parameter errors: one contact's value (too long, a newline) fails only that recipient; the
+# same error for every recipient of a batch means the template itself is wrong (see `escalated`).
+TEMPLATE_PARAM_CODES = frozenset({132000, 132012})
+RECIPIENT_CODES = frozenset({100, 130472, 130497, 131021, 131026, 131047, 131049, 131050, 132005,
+                             *TEMPLATE_PARAM_CODES})
 CAMPAIGN_CODES = frozenset(
     {0, 3, 10, 33, 190, 368, 131005, 131008, 131030, 131031, 131037, 131042, 131045, 131048, 131051, 131053,
-     131062, 131063, 131064, 132000, 132001, 132007, 132012, 132015, 132016, 133000, 133010, 135000}
+     131062, 131063, 131064, 132001, 132007, 132015, 132016, 133000, 133010, 135000}
 )
+ALIKE_MIN = 3  # failures of one batch, all with the same template parameter code, that pause the campaign
 
 # Why a campaign-level code pauses the campaign (the operator reads this).
 PAUSE_REASONS: dict[int, str] = {
@@ -50,6 +55,14 @@ def classify(code: int | None) -> FailureClass:
     if code in CAMPAIGN_CODES or 200 <= code <= 299:
         return FailureClass.CAMPAIGN
     return FailureClass.UNKNOWN
+
+
+def escalated(codes: list[int | None]) -> frozenset[int]:
+    """The template parameter code to treat as campaign-level: when every send of a batch (at least
+    ALIKE_MIN) failed with that same code."""
+    if len(codes) >= ALIKE_MIN and len(set(codes)) == 1 and codes[0] in TEMPLATE_PARAM_CODES:
+        return frozenset({codes[0]})
+    return frozenset()
 
 
 def pause_reason(code: int) -> str:

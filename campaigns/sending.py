@@ -26,7 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from campaigns.engine import SendEngine
-from campaigns.errors import FailureClass, classify, pause_reason
+from campaigns.errors import FailureClass, classify, escalated, pause_reason
 from campaigns.lifecycle import pause_for_error
 from campaigns.providers import OutboundMessage, Provider, SendResult
 from campaigns.ratelimit import (
@@ -336,9 +336,11 @@ def backoff(spec: CampaignSpec, attempt: int, rng: random.Random) -> timedelta:
 
 
 def outcome_for(
-    spec: CampaignSpec, row: Claimed, result: SendResult | None, status_now: str, rng: random.Random
+    spec: CampaignSpec, row: Claimed, result: SendResult | None, status_now: str, rng: random.Random,
+    escalate: frozenset[int] = frozenset(),
 ) -> Outcome:
-    """Pure decision for one recipient: the failure classes of errors.py turned into row changes."""
+    """Pure decision for one recipient: the failure classes of errors.py turned into row changes
+    (`escalate`: codes this batch showed to be campaign-level, see errors.escalated)."""
     now = datetime.now(UTC)
     if result is None:  # never attempted: the campaign was paused or cancelled meanwhile
         return Outcome(row.id, "cancelled" if status_now == "cancelled" else "pending", attempts_delta=-1)
@@ -351,7 +353,7 @@ def outcome_for(
     if result.ambiguous:
         # It may have been accepted: leave it in `sending` for reconciliation; never resend blindly.
         return Outcome(row.id, "sending", code=result.error_code, message=result.error_message, entry=entry)
-    cls = classify(result.error_code)
+    cls = FailureClass.CAMPAIGN if result.error_code in escalate else classify(result.error_code)
     if cls is FailureClass.RECIPIENT:
         return Outcome(row.id, "failed", code=result.error_code, message=result.error_message, entry=entry, at=now)
     if cls is FailureClass.CAMPAIGN:
@@ -431,7 +433,10 @@ def send_batch(db: sa.Engine, deliver_fn: Deliver, spec: CampaignSpec, batch_siz
         status_now = conn.execute(sa.text("select status from campaigns where id = :c"), {"c": spec.id}).scalar_one()
     rng = random.Random()
     by_id = {r.id: r for r in rows}
-    outcomes = settled + [outcome_for(spec, by_id[rid], res, status_now, rng) for rid, res in results.items()]
+    sent = [res for res in results.values() if res is not None and not res.cap_until]
+    escalate = escalated([None if res.ok else res.error_code for res in sent])
+    outcomes = settled + [outcome_for(spec, by_id[rid], res, status_now, rng, escalate)
+                          for rid, res in results.items()]
     if status_now == "cancelled":  # cancel is final: what would wait for a retry is cancelled instead
         for o in outcomes:
             if o.status == "pending":
@@ -440,11 +445,10 @@ def send_batch(db: sa.Engine, deliver_fn: Deliver, spec: CampaignSpec, batch_siz
     campaign_errors = [
         (o, res) for o in outcomes
         if (res := results.get(o.id)) is not None and not res.ok and not res.ambiguous
-        and classify(res.error_code) is FailureClass.CAMPAIGN
+        and (classify(res.error_code) is FailureClass.CAMPAIGN or res.error_code in escalate)
     ]
     capped = [res for res in results.values() if res is not None and res.cap_until and res.cap_pause]
-    tried = [res for res in results.values() if res is not None and not res.cap_until
-             and res.error_code not in (*THROUGHPUT_CODES, 131056)]
+    tried = [res for res in sent if res.error_code not in (*THROUGHPUT_CODES, 131056)]
     breaker = (sum(not res.ok for res in tried), any(res.ok for res in tried))
     for attempt in range(3):  # a deadlock with a concurrent ingest is retried; RECORD is idempotent
         try:

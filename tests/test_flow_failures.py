@@ -188,3 +188,22 @@ def test_a_circuit_breaker_pauses_after_too_many_failures_in_a_row(db, org, sand
     assert "in a row" in campaign["last_error_message"] and "131026" in campaign["last_error_message"]
     statuses = [r["status"] for r in recipients(db, cid)]
     assert statuses.count("failed") >= 10 and statuses.count("pending") > 0  # the rest of the list is kept
+
+
+def test_a_template_error_fails_one_recipient_but_pauses_when_every_recipient_fails_alike(db, org, sandbox):
+    sandbox.configure(rules=[{"match": "3$", "code": 132012}])  # one contact's parameter value is malformed
+    number = add_sandbox_number(db, org, sandbox)
+    add_contacts(db, org, [{"phone": f"+551190000040{i}", "name": "Ana"} for i in range(1, 7)])
+    one = create_campaign(db, org, number)
+    assert send_campaign(one)["status"] == "completed"
+    rows = {r["phone"]: r for r in recipients(db, one)}
+    assert (rows["+5511900000403"]["status"], rows["+5511900000403"]["error_code"]) == ("failed", 132012)
+    assert sum(r["status"] in ("sent", "delivered", "read") for r in rows.values()) == 5
+
+    # The template now expects two parameters and the campaign sends one: every recipient fails alike.
+    sandbox.configure(rules=[], templates={"black_friday": "Olá {{1}}, hoje {{2}}"})
+    every = create_campaign(db, org, number)
+    assert send_campaign(every)["status"] == "paused"
+    campaign = campaign_row(db, every)
+    assert campaign["paused_reason"] == "template_error" and "132000" in campaign["last_error_message"]
+    assert {r["status"] for r in recipients(db, every)} == {"pending"}  # nothing burnt
