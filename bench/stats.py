@@ -137,7 +137,7 @@ def measure(db: sa.Engine, timer: StatementTimer, org: uuid.UUID, cid: uuid.UUID
                 if name == "stats":
                     body = stats.stats(conn, campaign)
                 else:
-                    body = stats.progress(conn, campaign, number["mps"], get_settings().rate_headroom)
+                    body = stats.progress(conn, campaign, number, get_settings().rate_headroom)
                 out[name].append((time.perf_counter() - t) * 1000)
                 breakdown.setdefault(name, list(timer.times))
             conn.rollback()

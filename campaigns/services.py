@@ -56,7 +56,7 @@ def retry_stats_of(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID) 
 def progress_of(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID) -> dict[str, Any]:
     campaign = lifecycle.get(conn, org, campaign_id)
     number = lifecycle.get_number(conn, org, campaign["whatsapp_number_id"])
-    return stats.progress(conn, campaign, number["mps"], get_settings().rate_headroom)
+    return stats.progress(conn, campaign, number, get_settings().rate_headroom)
 
 
 def recipients_of(

@@ -8,7 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from campaigns.ratelimit import campaign_limit, number_limit
+from campaigns.ratelimit import campaign_limit, number_caps, number_limit
 
 
 def _pct(num: int, den: int) -> float:
@@ -63,7 +63,21 @@ def _hms(seconds: float) -> str:
     return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def progress(conn: sa.Connection, campaign: dict[str, Any], mps: int, headroom: float) -> dict[str, Any]:
+def limit_rate(campaign: dict[str, Any], number: dict[str, Any], headroom: float) -> float:
+    """Messages per second the limits in force allow over a long run: the number's rate, its caps per
+    minute, hour and day, and the campaign's own pace, whichever is slowest."""
+    limits = [number_limit("n", number["mps"], headroom, number.get("provider", "meta_cloud"))]
+    own = campaign_limit("c", campaign["messages_per_hour"], campaign["delay_between_messages_seconds"])
+    if own:
+        limits.append(own)
+    rate = 1_000_000 / max(limit.interval_us for limit in limits)
+    caps = number_caps("n", number.get("provider", "meta_cloud"), number.get("per_minute"),
+                       number.get("per_hour"), number.get("per_day"))
+    return min([rate, *(cap.limit / cap.window_s for cap in caps)])
+
+
+def progress(conn: sa.Connection, campaign: dict[str, Any], number: dict[str, Any], headroom: float
+             ) -> dict[str, Any]:
     cid = campaign["id"]
     by = counts_by_status(conn, cid)
     total = sum(by.values())
@@ -72,13 +86,9 @@ def progress(conn: sa.Connection, campaign: dict[str, Any], mps: int, headroom: 
     recent = conn.execute(sa.text(
         "select count(*) from campaign_recipients where campaign_id = :c and status <> 'skipped' "
         "and coalesce(sent_at, failed_at) > now() - interval '30 seconds'"), {"c": cid}).scalar_one()
-    limits = [number_limit("n", mps, headroom)]
-    own = campaign_limit("c", campaign["messages_per_hour"], campaign["delay_between_messages_seconds"])
-    if own:
-        limits.append(own)
-    limit_rate = 1_000_000 / max(limit.interval_us for limit in limits)
+    allowed = limit_rate(campaign, number, headroom)
     observed = recent / 30.0
-    rate = min(observed, limit_rate) if observed > 0 else limit_rate
+    rate = min(observed, allowed) if observed > 0 else allowed
     eta = pending / rate if pending and campaign["status"] in ("running", "scheduled", "draft") else 0.0
     return {
         "campaign_id": str(cid),

@@ -116,3 +116,14 @@ def test_a_portfolio_limit_counts_unique_recipients_across_its_numbers(db, org, 
     # p[1], p[2] were already in the window (free); p[3], p[4] filled it; p[5] waits.
     sent = {m["to"] for m in sandbox.messages()}
     assert sent == {x.lstrip("+") for x in p[:5]}
+
+
+def test_the_estimate_counts_the_slowest_limit_in_force():
+    from campaigns.stats import limit_rate
+
+    campaign = {"messages_per_hour": None, "delay_between_messages_seconds": 0}
+    number = {"mps": 80, "provider": "meta_cloud", "per_minute": None, "per_hour": None, "per_day": 500}
+    assert limit_rate(campaign, number, 0.04) == 500 / 86400  # the daily cap, not 76.8 msg/s
+    assert limit_rate(campaign, {**number, "per_day": None}, 0.04) == 80 * 0.96
+    assert limit_rate({**campaign, "messages_per_hour": 100}, {**number, "per_day": None}, 0) == 100 / 3600
+    assert limit_rate(campaign, {**number, "provider": "evolution", "per_day": None}, 0) == 1000 / 3600

@@ -99,3 +99,48 @@ def test_a_signed_but_malformed_event_never_blocks_the_others(db, org, sandbox, 
     assert states[1] in ("pending", "orphaned")  # well-formed, for a message nobody knows: kept, retried
     assert all(s == "processed" for s in states[3:]) and len(states) > 3
     assert recipients(db, cid)[0]["status"] in ("delivered", "read")
+
+
+def _post_signed(url: str, payload: dict) -> int:
+    import json
+
+    body = json.dumps(payload).encode()
+    return httpx.post(url, content=body, headers={"X-Hub-Signature-256": sign_body(body, APP_SECRET)}).status_code
+
+
+def _statuses(*statuses: dict) -> dict:
+    return {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+        "messaging_product": "whatsapp", "metadata": {"phone_number_id": "1"}, "statuses": list(statuses)}}]}]}
+
+
+def test_a_status_before_its_send_is_recorded_waits_then_applies_and_the_unknown_is_orphaned(db, org, sandbox,
+                                                                                            receiver):
+    number = add_sandbox_number(db, org, sandbox)
+    add_contacts(db, org, [{"phone": "+5511900000801", "name": "Ana"}])
+    cid = create_campaign(db, org, number)
+    assert send_campaign(cid)["status"] == "completed"
+    sandbox.drain_webhooks(timeout=10)
+    ingest_pending(db)
+    row = recipients(db, cid)[0]
+    with db.begin() as conn:  # as if the batch had not recorded its outcome yet: no wamid on the row
+        conn.execute(sa.text("update campaign_recipients set wamid = null, status = 'sending', "
+                             "delivered_at = null, read_at = null where id = :i"), {"i": row["id"]})
+    start = _last_id(db)
+    early = {"id": row["wamid"], "status": "delivered", "timestamp": "1800000000", "recipient_id": "5511900000801"}
+    assert _post_signed(receiver, _statuses(early)) == 200  # no callback data: only the wamid can match
+    unknown = {"id": "wamid.NOBODY", "status": "read", "timestamp": "1800000000", "recipient_id": "1"}
+    assert _post_signed(receiver, _statuses(unknown)) == 200
+    field = {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [
+        {"field": "message_template_status_update", "value": {"event": "APPROVED", "message_template_id": 1}}]}]}
+    assert _post_signed(receiver, field) == 200  # a field we do not handle: stored, answered, processed
+
+    assert ingest_pending(db).unmatched == 2
+    assert [e.state for e in _events_after(db, start)] == ["pending", "pending", "processed"]
+    with db.begin() as conn:  # the batch records its outcome; the backoff passes; the unknown one gives up
+        conn.execute(sa.text("update campaign_recipients set wamid = :w, status = 'sent' where id = :i"),
+                     {"w": row["wamid"], "i": row["id"]})
+        conn.execute(sa.text("update webhook_events set retry_at = now() where id > :s"), {"s": start})
+        conn.execute(sa.text("update webhook_events set attempts = 29 where id = :i"), {"i": start + 2})
+    ingest_pending(db)
+    assert [e.state for e in _events_after(db, start)] == ["processed", "orphaned", "processed"]
+    assert recipients(db, cid)[0]["status"] == "delivered"

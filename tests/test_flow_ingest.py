@@ -1,0 +1,32 @@
+"""The ingest-statuses flow on the real Prefect engine: it applies what the receiver stored and publishes
+the touched campaigns' statistics as artifacts."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prefect import get_client
+
+from flows.ingest_statuses import ingest_statuses
+from flows.send_campaign import send_campaign
+from tests.helpers import add_contacts, add_sandbox_number, create_campaign, phones, recipients
+
+
+def test_the_flow_applies_statuses_and_publishes_the_campaigns_statistics(db, org, sandbox):
+    sandbox.configure(read_rate=1.0)
+    number = add_sandbox_number(db, org, sandbox)
+    add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(5, start=9500)])
+    cid = create_campaign(db, org, number)
+    assert send_campaign(cid)["status"] == "completed"
+    assert sandbox.drain_webhooks(timeout=20)
+
+    result = ingest_statuses()
+    assert str(cid) in result["campaigns"]
+    assert {r["status"] for r in recipients(db, cid)} == {"read"}
+
+    async def latest() -> str:
+        async with get_client() as client:
+            artifact = await client.read_latest_artifacts()
+            return next(str(a.data) for a in artifact if a.key == f"campaign-{cid}-stats")
+
+    assert "messages_read" in asyncio.run(latest())
