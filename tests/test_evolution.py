@@ -55,3 +55,5 @@ def test_an_evolution_campaign_is_counted_exactly(db, org, sandbox):
     assert s["messages_failed"] == sum(m["final_status"] == "failed" for m in truth.values()) > 0
     assert s["messages_read"] == sum(m["final_status"] == "read" for m in truth.values())
     assert opted == len(replied) > 0  # "sair" is an opt-out keyword
+    accepted = sorted(m["accepted_at"] for m in truth.values())
+    assert min(b - a for a, b in zip(accepted, accepted[1:], strict=False)) >= 0.45  # one every 500 ms
