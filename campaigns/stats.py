@@ -87,7 +87,11 @@ def progress(conn: sa.Connection, campaign: dict[str, Any], number: dict[str, An
         "select count(*) from campaign_recipients where campaign_id = :c and status <> 'skipped' "
         "and coalesce(sent_at, failed_at) > now() - interval '30 seconds'"), {"c": cid}).scalar_one()
     allowed = limit_rate(campaign, number, headroom)
-    observed = recent / 30.0
+    # Over the last 30 s, or since the start when it began less than 30 s ago (else the first seconds
+    # would read as a tenth of the real rate and the ETA would jump to ten times the truth).
+    started = campaign.get("started_at")
+    running_for = (datetime.now(UTC) - started).total_seconds() if started else 30.0
+    observed = recent / min(30.0, max(running_for, 1.0))
     rate = min(observed, allowed) if observed > 0 else allowed
     eta = pending / rate if pending and campaign["status"] in ("running", "scheduled", "draft") else 0.0
     return {

@@ -127,3 +127,22 @@ def test_the_estimate_counts_the_slowest_limit_in_force():
     assert limit_rate(campaign, {**number, "per_day": None}, 0.04) == 80 * 0.96
     assert limit_rate({**campaign, "messages_per_hour": 100}, {**number, "per_day": None}, 0) == 100 / 3600
     assert limit_rate(campaign, {**number, "provider": "evolution", "per_day": None}, 0) == 1000 / 3600
+
+
+def test_the_estimate_in_the_first_seconds_uses_the_rate_since_the_start(db, org, sandbox):
+    from campaigns.services import progress_of
+
+    number = add_sandbox_number(db, org, sandbox, mps=1000)
+    cid = create_campaign(db, org, number)
+    with db.begin() as conn:  # 5 s into the campaign: 500 sent, 1,000 to go, at 100 msg/s
+        conn.execute(sa.text("update campaigns set status = 'running', started_at = now() - interval '5 s' "
+                             "where id = :c"), {"c": cid})
+        conn.execute(sa.text("""
+            insert into campaign_recipients (campaign_id, organization_id, contact_id, phone, status, sent_at)
+            select :c, :o, gen_random_uuid(), '+55119' || g, case when g <= 500 then 'sent' else 'pending' end,
+                   case when g <= 500 then now() - interval '2 s' end
+            from generate_series(1, 1500) g
+        """), {"c": cid, "o": org})
+    with db.connect() as conn:
+        eta = progress_of(conn, org, cid)["estimated_remaining_time"]
+    assert eta == "00:00:10"  # not 00:01:00 (500 in a 30 s window)
