@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import sqlalchemy as sa
 
+
 def _key(campaign_id: uuid.UUID) -> int:
     digest = hashlib.blake2b(b"pytake-campaign-runner:" + campaign_id.bytes, digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
