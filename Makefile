@@ -27,10 +27,12 @@ test: lint
 bench: sync
 	$(UV) run --locked python -m bench.audience
 	$(UV) run --locked python -m bench.throughput
+	$(UV) run --locked python -m bench.throughput --campaigns 2
 	$(UV) run --locked python -m bench.limiter
 	$(UV) run --locked python -m bench.webhooks
 	$(UV) run --locked python -m bench.ingest
 	$(UV) run --locked python -m bench.stats
+	$(UV) run --locked python -m bench.freshness
 
 clean:
 	rm -rf .campaigns .venv .tools

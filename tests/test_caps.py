@@ -146,3 +146,36 @@ def test_the_estimate_in_the_first_seconds_uses_the_rate_since_the_start(db, org
     with db.connect() as conn:
         eta = progress_of(conn, org, cid)["estimated_remaining_time"]
     assert eta == "00:00:10"  # not 00:01:00 (500 in a 30 s window)
+
+
+def test_the_scheduler_flow_launches_a_send_campaign_run_for_what_is_due(db, org, sandbox):
+    import asyncio
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    from flows.campaign_scheduler import campaign_scheduler
+    from flows.send_campaign import send_campaign as send_flow
+
+    deployment_id = send_flow.to_deployment(name="default").apply()  # registered, not served: runs stay queued
+    try:
+        number = add_sandbox_number(db, org, sandbox)
+        add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(1, start=8700)])
+        cid = create_campaign(db, org, number)
+        with db.begin() as conn:
+            lifecycle.schedule(conn, org, cid, datetime.now(UTC))
+        assert str(cid) in campaign_scheduler()["started"]
+
+        async def launched() -> list[dict]:
+            async with get_client() as client:
+                runs = await client.read_flow_runs(deployment_filter=DeploymentFilter(
+                    name=DeploymentFilterName(any_=["default"])))
+                return [r.parameters for r in runs if r.deployment_id == deployment_id]
+
+        assert {"campaign_id": str(cid)} in asyncio.run(launched())
+    finally:
+        async def remove() -> None:
+            async with get_client() as client:
+                await client.delete_deployment(deployment_id)
+
+        asyncio.run(remove())
