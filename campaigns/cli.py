@@ -50,6 +50,22 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_list(args: argparse.Namespace) -> int:
+    from campaigns.services import list_campaigns
+
+    with _db().connect() as conn:
+        org = lifecycle.org_id_by_name(conn, args.org)
+        body = list_campaigns(conn, org, args.status, args.skip, args.limit)
+    if args.json:
+        print(json.dumps(body, indent=2, default=str))
+        return 0
+    for c in body["campaigns"]:
+        reason = f" ({c['paused_reason']})" if c["paused_reason"] else ""
+        print(f"{c['id']}  {c['status'] + reason:<28} {c['total_recipients']:>9}  {c['name']}")
+    _err(f"{len(body['campaigns'])} of {body['total']} campaigns")
+    return 0
+
+
 def cmd_orgs_add(args: argparse.Namespace) -> int:
     with _db().begin() as conn:
         print(lifecycle.add_org(conn, args.name))
@@ -427,6 +443,14 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("file")
     a.add_argument("--org", required=True)
     a.set_defaults(fn=cmd_contacts_import, prefect=False)
+
+    a = sub.add_parser("list", help="the organization's campaigns, newest first")
+    a.add_argument("--org", required=True)
+    a.add_argument("--status", help="draft, scheduled, running, paused, completed, cancelled or failed")
+    a.add_argument("--skip", type=int, default=0)
+    a.add_argument("--limit", type=int, default=50)
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(fn=cmd_list, prefect=False)
 
     a = sub.add_parser("create", help="create a campaign from the seed's JSON body; prints its id")
     a.add_argument("file")

@@ -59,6 +59,8 @@ def test_a_campaign_from_the_command_line(tmp_path, sandbox):
     assert again.returncode == 1 and "Cannot pause a completed campaign" in again.stderr
     missing = cli("stats", str(uuid.uuid4()), check=False)
     assert missing.returncode == 1 and "Campaign not found" in missing.stderr
+    listed = cli("list", "--org", org)
+    assert listed.stdout.split()[:3] == [campaign_id, "completed", "30"]
 
 
 def test_number_limits_and_portfolios_from_the_command_line(sandbox):
