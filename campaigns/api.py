@@ -275,6 +275,7 @@ class CampaignsApi:
             ("POST", c + "/{id}/pause", OPERATE, self.transition(lifecycle.pause), False),
             ("POST", c + "/{id}/resume", OPERATE, self.resume, False),
             ("POST", c + "/{id}/cancel", OPERATE, self.transition(lifecycle.cancel), False),
+            ("POST", c + "/{id}/retry-failed", OPERATE, self.retry_failed, True),
             ("POST", c + "/{id}/schedule", OPERATE, self.schedule, True),
             ("GET", c + "/{id}/stats", READ, self.read(services.stats_of), False),
             ("GET", c + "/{id}/progress", READ, self.read(services.progress_of), False),
@@ -386,6 +387,20 @@ class CampaignsApi:
         run_id = self.hand_to_prefect(call.org, call.campaign_id)
         return {"campaign_id": call.campaign_id, "status": t.status, "previous_status": t.previous,
                 "flow_run_id": run_id, "message": f"Campaign resumed. Flow run ID: {run_id}"}
+
+    def retry_failed(self, call: Call) -> dict[str, Any]:
+        """Body (optional): {"codes": [131000, ...]}; without codes, every failure but opted-out users."""
+        if call.body is not None and not isinstance(call.body, dict):
+            raise lifecycle.Invalid("The request body must be a JSON object")
+        codes = (call.body or {}).get("codes")
+        if codes is not None and (not isinstance(codes, list) or not all(isinstance(c, int) for c in codes)):
+            raise lifecycle.Invalid("codes: a list of error codes (numbers)")
+        self.ready()
+        with self.db.begin() as conn:
+            t, n = lifecycle.retry_failed(conn, call.org, call.campaign_id, codes)
+        run_id = self.hand_to_prefect(call.org, call.campaign_id)
+        return {"campaign_id": call.campaign_id, "status": t.status, "previous_status": t.previous,
+                "requeued": n, "flow_run_id": run_id}
 
     def hand_to_prefect(self, org: uuid.UUID, campaign_id: uuid.UUID) -> str:
         """Launch the run; if that fails, pause the campaign (saying why) rather than leave it "running"

@@ -50,6 +50,15 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retry_failed(args: argparse.Namespace) -> int:
+    with _db().begin() as conn:
+        org = _org_of(conn, args.id, args.org)
+        t, n = lifecycle.retry_failed(conn, org, uuid.UUID(args.id), args.code)
+    _spawn_runner(uuid.UUID(args.id))
+    _err(f"campaign {args.id}: {n} failed recipients back to pending; {t.previous} -> {t.status}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from campaigns.services import list_campaigns
 
@@ -443,6 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("file")
     a.add_argument("--org", required=True)
     a.set_defaults(fn=cmd_contacts_import, prefect=False)
+
+    a = sub.add_parser("retry-failed", help="send again to failed recipients (never to opted-out ones)")
+    a.add_argument("id")
+    a.add_argument("--org")
+    a.add_argument("--code", type=int, action="append", help="only failures with this error code (repeatable)")
+    a.set_defaults(fn=cmd_retry_failed, prefect=True)
 
     a = sub.add_parser("list", help="the organization's campaigns, newest first")
     a.add_argument("--org", required=True)

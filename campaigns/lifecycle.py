@@ -227,6 +227,34 @@ def resume(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID) -> Trans
     )
 
 
+NEVER_RETRIED = (131050,)  # the user stopped marketing messages: resending would ignore their choice
+
+
+def retry_failed(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID,
+                 codes: list[int] | None = None) -> tuple[Transition, int]:
+    """Send again to the campaign's failed recipients (those with `codes`, or all but opted-out ones):
+    they go back to pending with a fresh retry budget, and the campaign runs again. Their history stays in
+    the attempt log; opt-outs are checked again when each batch claims its rows."""
+    current = get(conn, org, campaign_id, lock=True)
+    if current["status"] not in ("running", "paused", "completed"):
+        raise Conflict(f"Cannot retry the failures of a {current['status']} campaign")
+    requeued = conn.execute(sa.text("""
+        update campaign_recipients set status = 'pending', attempts = 0, next_attempt_at = null, wamid = null,
+               failed_at = null,
+               attempt_log = attempt_log || jsonb_build_array(jsonb_build_object(
+                   'note', 'failure retried by an operator', 'timestamp', now()))
+        where campaign_id = :c and organization_id = :o and status = 'failed'
+          and (cast(:codes as int[]) is null or error_code = any(cast(:codes as int[])))
+          and coalesce(error_code, 0) <> all(cast(:never as int[]))
+    """), {"c": campaign_id, "o": org, "codes": codes or None, "never": list(NEVER_RETRIED)}).rowcount
+    if not requeued:
+        raise Conflict("No failed recipient to retry" + (f" with code {', '.join(map(str, codes))}" if codes else ""))
+    values: dict[str, Any] = {"status": "running", "completed_at": None, "paused_reason": None, "resume_at": None}
+    conn.execute(sa.update(campaigns).where(campaigns.c.id == current["id"]).values(**values,
+                                                                                   updated_at=sa.func.now()))
+    return Transition("running", current["status"]), requeued
+
+
 def cancel(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID) -> Transition:
     """Final. Pending rows become cancelled at once; rows in flight are cancelled by their batch."""
     t = _transition(

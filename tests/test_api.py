@@ -240,6 +240,10 @@ def test_pause_resume_cancel_and_schedule_answer_their_status_codes(db, org, san
     assert http.post(f"/campaigns/{cid}/resume").json()["detail"] == "Cannot resume a cancelled campaign"
     assert http.post(f"/campaigns/{cid}/cancel").status_code == 409
     assert len(launcher.launched) == 2
+    r = http.post(f"/campaigns/{cid}/retry-failed", json={"codes": "131026"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("codes:")
+    r = http.post(f"/campaigns/{cid}/retry-failed")
+    assert r.status_code == 409 and r.json()["detail"] == "Cannot retry the failures of a cancelled campaign"
 
     later = create(http, number)
     r = http.post(f"/campaigns/{later}/schedule")  # no body: the scheduled_at it was created with, if any

@@ -5,6 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
+import pytest
 import sqlalchemy as sa
 
 from blocks.numbers import add_number
@@ -207,3 +208,23 @@ def test_a_template_error_fails_one_recipient_but_pauses_when_every_recipient_fa
     campaign = campaign_row(db, every)
     assert campaign["paused_reason"] == "template_error" and "132000" in campaign["last_error_message"]
     assert {r["status"] for r in recipients(db, every)} == {"pending"}  # nothing burnt
+
+
+def test_failures_can_be_retried_by_an_operator_but_never_to_opted_out_users(db, org, sandbox):
+    sandbox.configure(rules=[{"match": "901$", "code": 131026, "times": 1}, {"match": "902$", "code": 131050}])
+    number = add_sandbox_number(db, org, sandbox)
+    add_contacts(db, org, [{"phone": f"+5511900000{i}", "name": "Ana"} for i in (901, 902, 903)])
+    cid = create_campaign(db, org, number)
+    assert send_campaign(cid)["status"] == "completed"
+    assert {r["phone"]: r["status"] for r in recipients(db, cid)}["+5511900000901"] == "failed"
+
+    with db.begin() as conn:
+        transition, requeued = lifecycle.retry_failed(conn, org, cid)
+    assert (transition.previous, transition.status, requeued) == ("completed", "running", 1)  # not 131050
+    assert send_campaign(cid)["status"] == "completed"
+    rows = {r["phone"]: r for r in recipients(db, cid)}
+    assert rows["+5511900000901"]["status"] in ("sent", "delivered", "read")
+    assert rows["+5511900000902"]["error_code"] == 131050 and rows["+5511900000902"]["status"] == "failed"
+    assert [m["to"] for m in sandbox.messages()].count("5511900000901") == 1
+    with db.begin() as conn, pytest.raises(lifecycle.Conflict, match="No failed recipient"):
+        lifecycle.retry_failed(conn, org, cid, [131026])
