@@ -28,7 +28,7 @@ from bench.common import fresh_services, new_org
 
 TARGET_MS = 200.0
 
-# Migration 0003's indexes and expression statistics (migrations/versions/0003_stats_indexes.py), dropped by
+# Migration 0008's indexes and expression statistics (migrations/versions/0008_stats_indexes.py), dropped by
 # --without-stats-indexes to measure the "before".
 STATS_INDEXES = ("ix_recipients_campaign_skipped", "ix_recipients_campaign_failed",
                  "ix_recipients_campaign_replied", "ix_recipients_campaign_recent")
@@ -156,7 +156,7 @@ def main() -> None:
     p.add_argument("--recipients", type=int, default=1_000_000)
     p.add_argument("--other", type=int, default=250_000, help="rows of another campaign in the same table")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--without-stats-indexes", action="store_true", help="drop migration 0003's indexes first")
+    p.add_argument("--without-stats-indexes", action="store_true", help="drop migration 0008's indexes first")
     p.add_argument("--ddl", action="append", default=[], help="extra DDL to run before the build (experiments)")
     args = p.parse_args()
     fresh_services("campaigns_bench_stats")
