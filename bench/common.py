@@ -128,3 +128,21 @@ def sandbox_campaign(org: uuid.UUID, api_base: str, mps: int, phone_number_id: s
             template_variables={"body": ["{{contact.name}}"]}, messages_per_hour=None,
             delay_between_messages_seconds=0,
         ))
+
+
+class StatementTimer:
+    """Time of each statement an engine runs (SQLAlchemy cursor events), its text cut to `width`."""
+
+    def __init__(self, engine: object, width: int = 90) -> None:
+        import sqlalchemy as sa
+
+        self.width = width
+        self.times: list[tuple[str, float]] = []
+        sa.event.listen(engine, "before_cursor_execute", self.before)
+        sa.event.listen(engine, "after_cursor_execute", self.after)
+
+    def before(self, conn, cursor, statement, *_):
+        conn.info["t0"] = time.perf_counter()
+
+    def after(self, conn, cursor, statement, *_):
+        self.times.append((" ".join(statement.split())[:self.width], time.perf_counter() - conn.info.pop("t0")))

@@ -20,7 +20,7 @@ import time
 
 import sqlalchemy as sa
 
-from bench.common import fresh_services, new_org
+from bench.common import StatementTimer, fresh_services, new_org
 
 TARGET_S = 30.0
 SECRET = "bench-ingest-app-secret"
@@ -29,10 +29,9 @@ READ_SHARE, DUPLICATE_SHARE, SHUFFLED_SHARE = 0.6, 0.2, 0.1
 T0 = 1771854964  # event times: delivered at T0 + i % 3600, read 30 s later
 
 
-def plan(n_statuses: int) -> tuple[int, float]:
+def plan(n_statuses: int) -> int:
     """Recipients so that delivered + read + duplicates come to n_statuses."""
-    per_recipient = (1 + READ_SHARE) * (1 + DUPLICATE_SHARE)
-    return int(n_statuses / per_recipient), per_recipient
+    return int(n_statuses / ((1 + READ_SHARE) * (1 + DUPLICATE_SHARE)))
 
 
 def status(rid: int, kind: str) -> dict:
@@ -89,7 +88,7 @@ def main() -> None:
     db = get_engine()
     org = new_org()
     signer = signer_id(SECRET)
-    n_recipients, _ = plan(args.statuses)
+    n_recipients = plan(args.statuses)
     with db.begin() as conn:
         number = conn.execute(sa.insert(whatsapp_numbers).values(
             organization_id=org, provider="meta_cloud", phone_number_id=PHONE_NUMBER_ID, block_name="none",
@@ -124,17 +123,7 @@ def main() -> None:
           f"stored webhooks of {args.per_event} status(es), written in {time.perf_counter() - t:.1f} s")
 
     kwargs = {"limit": args.limit} if args.limit else {}
-    spent: dict[str, list[float]] = {}
-    if args.trace:
-        def before(conn, cursor, statement, *_):
-            conn.info["t0"] = time.perf_counter()
-
-        def after(conn, cursor, statement, *_):
-            key = " ".join(statement.split())[:60]
-            spent.setdefault(key, []).append(time.perf_counter() - conn.info.pop("t0"))
-
-        sa.event.listen(db, "before_cursor_execute", before)
-        sa.event.listen(db, "after_cursor_execute", after)
+    timer = StatementTimer(db, width=60) if args.trace else None
     profiler = None
     if args.profile:
         import cProfile
@@ -144,6 +133,9 @@ def main() -> None:
     t = time.perf_counter()
     result = ingest_pending(db, **kwargs)
     elapsed = time.perf_counter() - t
+    spent: dict[str, list[float]] = {}
+    for key, secs in timer.times if timer else []:
+        spent.setdefault(key, []).append(secs)
     for key, times in sorted(spent.items(), key=lambda kv: -sum(kv[1])):
         print(f"  {sum(times):6.2f} s in {len(times):4d} × {key}")
     if profiler:

@@ -24,7 +24,7 @@ import uuid
 
 import sqlalchemy as sa
 
-from bench.common import fresh_services, new_org
+from bench.common import StatementTimer, fresh_services, new_org
 
 TARGET_MS = 200.0
 
@@ -78,21 +78,6 @@ OUTCOMES = sa.text("""
 """)
 
 
-class StatementTimer:
-    """Time of each statement the stats code runs (SQLAlchemy cursor events)."""
-
-    def __init__(self, engine: sa.Engine) -> None:
-        self.times: list[tuple[str, float]] = []
-        sa.event.listen(engine, "before_cursor_execute", self.before)
-        sa.event.listen(engine, "after_cursor_execute", self.after)
-
-    def before(self, conn, cursor, statement, *_):
-        conn.info["t0"] = time.perf_counter()
-
-    def after(self, conn, cursor, statement, *_):
-        self.times.append((" ".join(statement.split())[:90], time.perf_counter() - conn.info.pop("t0")))
-
-
 def build(db: sa.Engine, org: uuid.UUID, n: int, other: int) -> uuid.UUID:
     from campaigns import lifecycle
     from campaigns.models import CampaignCreate
@@ -121,7 +106,7 @@ def build(db: sa.Engine, org: uuid.UUID, n: int, other: int) -> uuid.UUID:
 
 
 def measure(db: sa.Engine, timer: StatementTimer, org: uuid.UUID, cid: uuid.UUID, label: str,
-            repeats: int) -> dict[str, list[float]]:
+            repeats: int) -> None:
     from campaigns import lifecycle, stats
     from campaigns.settings import get_settings
 
@@ -135,9 +120,9 @@ def measure(db: sa.Engine, timer: StatementTimer, org: uuid.UUID, cid: uuid.UUID
                 timer.times.clear()
                 t = time.perf_counter()
                 if name == "stats":
-                    body = stats.stats(conn, campaign)
+                    stats.stats(conn, campaign)
                 else:
-                    body = stats.progress(conn, campaign, number, get_settings().rate_headroom)
+                    stats.progress(conn, campaign, number, get_settings().rate_headroom)
                 out[name].append((time.perf_counter() - t) * 1000)
                 breakdown.setdefault(name, list(timer.times))
             conn.rollback()
@@ -148,7 +133,6 @@ def measure(db: sa.Engine, timer: StatementTimer, org: uuid.UUID, cid: uuid.UUID
               f"ratio {statistics.median(ms) / TARGET_MS:.2f}")
         for stmt, secs in breakdown[name]:
             print(f"      {secs * 1000:7.1f} ms  {stmt}")
-    return out | {"body": [body]}
 
 
 def main() -> None:

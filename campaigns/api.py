@@ -36,14 +36,14 @@ from starlette.routing import Route
 
 from campaigns import api_tokens, lifecycle, services, stats
 from campaigns.api_tokens import Caller
+from campaigns.launch import SEND_DEPLOYMENT, launch_send_run
 from campaigns.lifecycle import CampaignError
 from campaigns.models import CampaignCreate, field_errors
-from campaigns.ratelimit import META_CONSERVATIVE
 from campaigns.schema import API_ROLES
+from campaigns.webhooks import read_limited
 
 log = logging.getLogger(__name__)
 
-SEND_DEPLOYMENT = "send-campaign/default"
 PREFIX = "/api/v1"
 
 # The seed's permissions table. Cancel goes with start/pause; number limits change what Meta may bill or
@@ -97,11 +97,7 @@ class PrefectLauncher:
             raise Unavailable(f"Nothing is serving {self.deployment} (Prefect marks it not ready): {serve}")
 
     def __call__(self, campaign_id: uuid.UUID) -> str:
-        from prefect.deployments import run_deployment
-
-        run = run_deployment(self.deployment, parameters={"campaign_id": str(campaign_id)}, timeout=0,
-                             as_subflow=False)
-        return str(run.id)
+        return launch_send_run(campaign_id, self.deployment)
 
 
 # -- request bodies (the seed's CampaignCreate is in campaigns.models) ------------------------------------
@@ -126,16 +122,15 @@ class NumberLimitsBody(BaseModel):
     portfolio_id: uuid.UUID | None = None
 
     def changes(self) -> dict[str, Any]:
-        changes: dict[str, Any] = {}
-        if self.preset == "meta-conservative":
-            changes.update(META_CONSERVATIVE)
-        elif self.preset == "none":
-            changes.update(per_minute=None, per_hour=None, per_day=None)
-        changes.update({name: getattr(self, name) for name in self.model_fields_set - {"preset"}})
-        return changes
+        return {name: getattr(self, name) for name in self.model_fields_set - {"preset"}}
 
 
 # -- plumbing ---------------------------------------------------------------------------------------------
+
+
+def _moved(call: Call, t: lifecycle.Transition, **extra: Any) -> dict[str, Any]:
+    """The answer to a lifecycle transition: the campaign, where it is now and where it was."""
+    return {"campaign_id": call.campaign_id, "status": t.status, "previous_status": t.previous, **extra}
 
 
 def _jsonable(value: Any) -> Any:
@@ -189,6 +184,10 @@ class Call:
     @property
     def campaign_id(self) -> uuid.UUID:
         return _uuid(self.path["id"], "Campaign not found")
+
+    @property
+    def number_id(self) -> uuid.UUID:
+        return _uuid(self.path["id"], "WhatsApp number not found")
 
     def json_object(self, empty: dict[str, Any] | None = None) -> dict[str, Any]:
         """The body, which must be a JSON object; `empty` stands for no body where one is optional."""
@@ -330,14 +329,9 @@ class CampaignsApi:
         return caller
 
     async def read_json(self, request: Request) -> Any:
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
+        raw = await read_limited(request, self.max_body_bytes)
+        if raw is None:
             raise TooLarge(f"Request body over {self.max_body_bytes} bytes")
-        raw = bytearray()
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > self.max_body_bytes:
-                raise TooLarge(f"Request body over {self.max_body_bytes} bytes")
         if not raw.strip():
             return None
         try:
@@ -371,8 +365,7 @@ class CampaignsApi:
     def delete(self, call: Call) -> dict[str, Any]:
         with self.db.begin() as conn:
             t = services.delete_campaign(conn, call.org, call.campaign_id)
-        return {"campaign_id": call.campaign_id, "status": t.status, "previous_status": t.previous,
-                "message": "Campaign cancelled: campaigns are kept with their history, never erased"}
+        return _moved(call, t, message="Campaign cancelled: campaigns are kept with their history, never erased")
 
     def start(self, call: Call) -> dict[str, Any]:
         self.ready()
@@ -385,22 +378,18 @@ class CampaignsApi:
         with self.db.begin() as conn:
             t = lifecycle.resume(conn, call.org, call.campaign_id)
         run_id = self.hand_to_prefect(call.org, call.campaign_id)
-        return {"campaign_id": call.campaign_id, "status": t.status, "previous_status": t.previous,
-                "flow_run_id": run_id, "message": f"Campaign resumed. Flow run ID: {run_id}"}
+        return _moved(call, t, flow_run_id=run_id, message=f"Campaign resumed. Flow run ID: {run_id}")
 
     def retry_failed(self, call: Call) -> dict[str, Any]:
         """Body (optional): {"codes": [131000, ...]}; without codes, every failure but opted-out users."""
-        if call.body is not None and not isinstance(call.body, dict):
-            raise lifecycle.Invalid("The request body must be a JSON object")
-        codes = (call.body or {}).get("codes")
+        codes = call.json_object(empty={}).get("codes")
         if codes is not None and (not isinstance(codes, list) or not all(isinstance(c, int) for c in codes)):
             raise lifecycle.Invalid("codes: a list of error codes (numbers)")
         self.ready()
         with self.db.begin() as conn:
             t, n = lifecycle.retry_failed(conn, call.org, call.campaign_id, codes)
         run_id = self.hand_to_prefect(call.org, call.campaign_id)
-        return {"campaign_id": call.campaign_id, "status": t.status, "previous_status": t.previous,
-                "requeued": n, "flow_run_id": run_id}
+        return _moved(call, t, requeued=n, flow_run_id=run_id)
 
     def hand_to_prefect(self, org: uuid.UUID, campaign_id: uuid.UUID) -> str:
         """Launch the run; if that fails, pause the campaign (saying why) rather than leave it "running"
@@ -422,7 +411,7 @@ class CampaignsApi:
         def handler(call: Call) -> dict[str, Any]:
             with self.db.begin() as conn:
                 t = fn(conn, call.org, call.campaign_id)
-            return {"campaign_id": call.campaign_id, "status": t.status, "previous_status": t.previous}
+            return _moved(call, t)
 
         return handler
 
@@ -431,8 +420,7 @@ class CampaignsApi:
         with self.db.begin() as conn:
             t = lifecycle.schedule(conn, call.org, call.campaign_id, body.scheduled_at)
             campaign = lifecycle.get(conn, call.org, call.campaign_id)
-        return {"campaign_id": call.campaign_id, "status": t.status, "previous_status": t.previous,
-                "scheduled_at": campaign["scheduled_at"]}
+        return _moved(call, t, scheduled_at=campaign["scheduled_at"])
 
     def read(self, fn: Callable[[sa.Connection, uuid.UUID, uuid.UUID], dict[str, Any]]) -> Handler:
         def handler(call: Call) -> dict[str, Any]:
@@ -494,15 +482,13 @@ class CampaignsApi:
     # -- numbers ------------------------------------------------------------------------------------------
 
     def number_limits(self, call: Call) -> dict[str, Any]:
-        with self.db.connect() as conn:  # no changes: only reads what is in force
-            return lifecycle.set_number_limits(conn, call.org, _uuid(call.path["id"], "WhatsApp number not found"),
-                                               {})
+        with self.db.connect() as conn:
+            return lifecycle.number_limits(conn, call.org, call.number_id)
 
     def set_number_limits(self, call: Call) -> dict[str, Any]:
         body = NumberLimitsBody.model_validate(call.json_object())
         with self.db.begin() as conn:
-            return lifecycle.set_number_limits(conn, call.org, _uuid(call.path["id"], "WhatsApp number not found"),
-                                               body.changes())
+            return lifecycle.set_number_limits(conn, call.org, call.number_id, body.changes(), body.preset)
 
 
 def create_app(launch: Launch | None = None, *, ready: Ready | None = None, db: sa.Engine | None = None,

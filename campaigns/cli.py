@@ -91,7 +91,7 @@ def cmd_numbers_add(args: argparse.Namespace) -> int:
             app_secret=args.app_secret, verify_token=args.verify_token, api_base=args.api_base, mps=args.mps,
             display_phone_number=args.display_phone_number, graph_version=args.graph_version,
         )
-        lifecycle.set_number_limits(conn, org, number_id, _limit_changes(args))
+        lifecycle.set_number_limits(conn, org, number_id, _limit_changes(args), args.preset)
     print(number_id)
     return 0
 
@@ -109,14 +109,9 @@ def _cap(value: str) -> int | None:
     return number
 
 
-def _limit_changes(args: argparse.Namespace) -> dict[str, int | None]:
-    from campaigns.ratelimit import META_CONSERVATIVE
-
-    changes: dict[str, int | None] = {}
-    if args.preset == "meta-conservative":
-        changes.update(META_CONSERVATIVE)
-    elif args.preset == "none":
-        changes.update({"per_minute": None, "per_hour": None, "per_day": None})
+def _limit_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The limits given on the command line (the preset is applied by lifecycle.set_number_limits)."""
+    changes: dict[str, Any] = {}
     for name in ("per_minute", "per_hour", "per_day"):
         if getattr(args, name) is not _UNSET:
             changes[name] = getattr(args, name)
@@ -137,7 +132,8 @@ def cmd_portfolios_add(args: argparse.Namespace) -> int:
 def cmd_numbers_limits(args: argparse.Namespace) -> int:
     with _db().begin() as conn:
         org = lifecycle.org_id_by_name(conn, args.org)
-        limits = lifecycle.set_number_limits(conn, org, uuid.UUID(args.number_id), _limit_changes(args))
+        limits = lifecycle.set_number_limits(conn, org, uuid.UUID(args.number_id), _limit_changes(args),
+                                             args.preset)
     print(json.dumps(limits, default=str))
     return 0
 
@@ -561,7 +557,9 @@ def _limit_arguments(a: argparse.ArgumentParser) -> None:
     for name in ("minute", "hour", "day"):
         a.add_argument(f"--per-{name}", type=_cap, default=_UNSET, metavar="N|none",
                        help=f"at most N messages per UTC {name} (none: no cap)")
-    a.add_argument("--preset", choices=["meta-conservative", "none"],
+    from campaigns.ratelimit import PRESETS
+
+    a.add_argument("--preset", choices=list(PRESETS),
                    help="meta-conservative: 20/min, 100/h, 500/day (the seed's figures); none: no caps")
     a.add_argument("--portfolio", metavar="ID|none", help="the business portfolio whose messaging limit it shares")
 

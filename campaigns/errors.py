@@ -19,7 +19,11 @@ class FailureClass(StrEnum):
 
 
 TRANSIENT_CODES = frozenset({1, 2, 131000, 131016, 131057, 133004})
-RATE_CODES = frozenset({4, 80007, 130429, 131056})
+OPTED_OUT = 131050  # the user stopped marketing messages: record the opt-out, never resend
+PAIR_LIMIT = 131056  # too many messages to this one recipient: only it waits
+THROUGHPUT_CODES = frozenset({130429, 80007, 4})  # the number's, the account's or the app's rate: slow down
+
+RATE_CODES = THROUGHPUT_CODES | {PAIR_LIMIT}
 # Template parameter errors: one contact's value (too long, a newline) fails only that recipient; the
 # same error for every recipient of a batch means the template itself is wrong (see `escalated`).
 TEMPLATE_PARAM_CODES = frozenset({132000, 132012})
@@ -43,7 +47,10 @@ PAUSE_REASONS: dict[int, str] = {
 AMBIGUOUS_CODES = frozenset({131000})
 
 
-def classify(code: int | None) -> FailureClass:
+def classify(code: int | None, escalate: frozenset[int] = frozenset()) -> FailureClass:
+    """`escalate`: codes a batch showed to be campaign-level (see `escalated`)."""
+    if code in escalate:
+        return FailureClass.CAMPAIGN
     if code is None:
         return FailureClass.TRANSIENT
     if code in TRANSIENT_CODES:

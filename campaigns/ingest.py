@@ -25,6 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from campaigns.contact_events import OptChange, Seen, apply_opt_changes, keyword_set, normalise_keyword, touch
+from campaigns.errors import OPTED_OUT
 from campaigns.settings import get_settings
 from campaigns.webhook_parse import Inbound, ParsedEvent, StatusUpdate, parse_evolution, parse_meta
 from campaigns.webhooks import PLATFORM
@@ -33,7 +34,6 @@ log = logging.getLogger(__name__)
 
 ORPHAN_AFTER_ATTEMPTS = 30  # with backoff capped at 5 min: about two hours
 REPLY_WAIT = timedelta(minutes=10)  # a reply quoting an unknown wamid waits this long for its send to be recorded
-OPTED_OUT_CODE = 131050
 
 
 def vouched(signers: frozenset[str], number_signer: str | None) -> bool:
@@ -62,21 +62,26 @@ class Known:
     signer: str | None
 
 
-def _lookup(conn: sa.Connection, ids: set[int], wamids: set[str]) -> tuple[dict[int, Known], dict[str, Known]]:
-    # One plain index lookup per key: `id = any(..) or wamid = any(..)` can be planned as a scan of the whole
-    # table (680-850 ms for a round of 5,000 events without fresh statistics, against 40 ms: bench/ingest.py).
-    rows: list[Any] = []
-    for column, values in (("id", ids), ("wamid", wamids)):
-        if values:
-            rows += conn.execute(sa.text(f"""
-                select r.id, r.wamid, r.organization_id, r.phone, n.webhook_signer as signer
-                from campaign_recipients r
-                join campaigns c on c.id = r.campaign_id
-                join whatsapp_numbers n on n.id = c.whatsapp_number_id
-                where r.{column} = any(:v)
-            """), {"v": list(values)}).all()
-    known = [Known(*row) for row in rows]
-    return {k.id: k for k in known}, {k.wamid: k for k in known if k.wamid}
+def _lookup(conn: sa.Connection, column: str, values: set[Any], by_id: dict[int, Known],
+            by_wamid: dict[str, Known]) -> None:
+    """Add the recipients whose `column` (id or wamid) is in `values` to both maps.
+
+    One plain index lookup per key column: `id = any(..) or wamid = any(..)` can be planned as a scan of
+    the whole table (680-850 ms for a round of 5,000 events without fresh statistics, against 40 ms).
+    """
+    if not values:
+        return
+    for row in conn.execute(sa.text(f"""
+        select r.id, r.wamid, r.organization_id, r.phone, n.webhook_signer as signer
+        from campaign_recipients r
+        join campaigns c on c.id = r.campaign_id
+        join whatsapp_numbers n on n.id = c.whatsapp_number_id
+        where r.{column} = any(:v)
+    """), {"v": list(values)}):
+        known = Known(*row)
+        by_id[known.id] = known
+        if known.wamid:
+            by_wamid[known.wamid] = known
 
 
 APPLY = sa.text("""
@@ -192,8 +197,8 @@ def _match_statuses(events: list[Claimed], by_id: dict[int, Known], by_wamid: di
             else:
                 u.recipient_id = row.id
                 matched.append(u)
-                if u.status == "failed" and u.code == OPTED_OUT_CODE:
-                    opt_outs.append(OptChange(row.organization_id, row.phone, u.at, True, str(OPTED_OUT_CODE)))
+                if u.status == "failed" and u.code == OPTED_OUT:
+                    opt_outs.append(OptChange(row.organization_id, row.phone, u.at, True, str(OPTED_OUT)))
     return matched, opt_outs
 
 
@@ -240,14 +245,13 @@ def ingest_once(conn: sa.Connection, limit: int = 5000) -> IngestResult:
     now = datetime.now(UTC)
     events = [Claimed(_parse(r), frozenset(r.signers or ()), r.received_at) for r in rows]
     updates = [u for e in events for u in e.parsed.statuses]
-    by_id, by_wamid = _lookup(conn, {u.recipient_id for u in updates if u.recipient_id is not None}, set())
+    by_id: dict[int, Known] = {}
+    by_wamid: dict[str, Known] = {}
+    _lookup(conn, "id", {u.recipient_id for u in updates if u.recipient_id is not None}, by_id, by_wamid)
     # Wamids only where our recipient id did not find the row (Evolution, foreign callback data) and for replies.
-    wamids = {w for w in [*(u.wamid for u in updates if u.recipient_id not in by_id),
-                          *(i.context_wamid for e in events for i in e.parsed.inbound)] if w and w not in by_wamid}
-    if wamids:
-        more_by_id, more_by_wamid = _lookup(conn, set(), wamids)
-        by_id.update(more_by_id)
-        by_wamid.update(more_by_wamid)
+    _lookup(conn, "wamid", {w for w in [*(u.wamid for u in updates if u.recipient_id not in by_id),
+                                        *(i.context_wamid for e in events for i in e.parsed.inbound)]
+                            if w and w not in by_wamid}, by_id, by_wamid)
     matched, opt_outs = _match_statuses(events, by_id, by_wamid)
     seen, changes, replies = _contact_events(events, _channels(conn, events), by_wamid, now)
     result.campaigns |= apply_statuses(conn, matched)

@@ -14,7 +14,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from campaigns.errors import OPTED_OUT
 from campaigns.models import CampaignCreate
+from campaigns.ratelimit import PRESETS
 from campaigns.schema import business_portfolios, campaigns, organizations, whatsapp_numbers
 
 EDITABLE = ("draft", "scheduled", "paused")
@@ -93,9 +95,19 @@ def add_portfolio(conn: sa.Connection, org: uuid.UUID, name: str, unique_recipie
     return conn.execute(stmt.returning(business_portfolios.c.id)).scalar_one()
 
 
-def set_number_limits(conn: sa.Connection, org: uuid.UUID, number_id: uuid.UUID,
-                      changes: dict[str, Any]) -> dict[str, Any]:
-    """Change a number's rate (mps), caps (None = no cap) and business portfolio. Returns what is in force."""
+def number_limits(conn: sa.Connection, org: uuid.UUID, number_id: uuid.UUID) -> dict[str, Any]:
+    """A number's rate, caps and business portfolio (with the portfolio's limit) as they are in force."""
+    number = get_number(conn, org, number_id)
+    return {**{name: number[name] for name in LIMIT_FIELDS}, "portfolio_limit": number["portfolio_limit"]}
+
+
+def set_number_limits(conn: sa.Connection, org: uuid.UUID, number_id: uuid.UUID, changes: dict[str, Any],
+                      preset: str | None = None) -> dict[str, Any]:
+    """Change a number's rate (mps), caps (None = no cap) and business portfolio; a preset (ratelimit.PRESETS)
+    applies first and explicit changes win. Returns what is in force."""
+    if preset is not None and preset not in PRESETS:
+        raise Invalid(f"preset: one of {', '.join(PRESETS)} (got {preset!r})")
+    changes = {**(PRESETS[preset] if preset else {}), **changes}
     get_number(conn, org, number_id)
     for name, value in changes.items():
         if name not in LIMIT_FIELDS:
@@ -111,8 +123,7 @@ def set_number_limits(conn: sa.Connection, org: uuid.UUID, number_id: uuid.UUID,
             raise Invalid(f"{name}: must be a positive number of messages, or none for no cap")
     if changes:
         conn.execute(sa.update(whatsapp_numbers).where(whatsapp_numbers.c.id == number_id).values(**changes))
-    number = get_number(conn, org, number_id)
-    return {**{name: number[name] for name in LIMIT_FIELDS}, "portfolio_limit": number["portfolio_limit"]}
+    return number_limits(conn, org, number_id)
 
 
 def _check_number(conn: sa.Connection, org: uuid.UUID, body: CampaignCreate) -> None:
@@ -227,9 +238,6 @@ def resume(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID) -> Trans
     )
 
 
-NEVER_RETRIED = (131050,)  # the user stopped marketing messages: resending would ignore their choice
-
-
 def retry_failed(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID,
                  codes: list[int] | None = None) -> tuple[Transition, int]:
     """Send again to the campaign's failed recipients (those with `codes`, or all but opted-out ones):
@@ -245,8 +253,8 @@ def retry_failed(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID,
                    'note', 'failure retried by an operator', 'timestamp', now()))
         where campaign_id = :c and organization_id = :o and status = 'failed'
           and (cast(:codes as int[]) is null or error_code = any(cast(:codes as int[])))
-          and coalesce(error_code, 0) <> all(cast(:never as int[]))
-    """), {"c": campaign_id, "o": org, "codes": codes or None, "never": list(NEVER_RETRIED)}).rowcount
+          and error_code is distinct from :opted_out
+    """), {"c": campaign_id, "o": org, "codes": codes or None, "opted_out": OPTED_OUT}).rowcount
     if not requeued:
         raise Conflict("No failed recipient to retry" + (f" with code {', '.join(map(str, codes))}" if codes else ""))
     values: dict[str, Any] = {"status": "running", "completed_at": None, "paused_reason": None, "resume_at": None}

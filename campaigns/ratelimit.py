@@ -145,6 +145,7 @@ CHUNK_SECONDS = 0.5
 WINDOWS = {"minute": 60, "hour": 3600, "day": 86400}
 LABELS = {"minute": "per-minute", "hour": "hourly", "day": "daily"}
 META_CONSERVATIVE = {"per_minute": 20, "per_hour": 100, "per_day": 500}  # the seed's figures, as a preset
+PRESETS = {"meta-conservative": META_CONSERVATIVE, "none": {"per_minute": None, "per_hour": None, "per_day": None}}
 EVOLUTION_INTERVAL_S = 0.5  # Evolution (WhatsApp Web): one message every 500 ms per instance
 EVOLUTION_SOFT_PER_HOUR = 1000
 
@@ -209,15 +210,15 @@ def number_key(provider: str, phone_number_id: str) -> str:
     return f"{provider}:{phone_number_id}"
 
 
-def number_limit(number_key: str, mps: float, headroom: float, provider: str = "meta_cloud") -> Limit:
+def number_limit(key: str, mps: float, headroom: float, provider: str = "meta_cloud") -> Limit:
     """A number's throughput, less the headroom kept for replies and other traffic."""
     rate = max(mps * (1 - headroom), 0.001)
     if provider == "evolution":
         rate = min(rate, 1 / EVOLUTION_INTERVAL_S)
-    return Limit(f"rl:number:{number_key}", 1_000_000 / rate)
+    return Limit(f"rl:number:{key}", 1_000_000 / rate)
 
 
-def number_caps(number_key: str, provider: str, per_minute: int | None, per_hour: int | None,
+def number_caps(key: str, provider: str, per_minute: int | None, per_hour: int | None,
                 per_day: int | None) -> list[Cap]:
     """The number's caps. Meta's hour and day caps pause; Evolution never pauses, it waits."""
     if provider == "evolution" and per_hour is None:
@@ -227,7 +228,7 @@ def number_caps(number_key: str, provider: str, per_minute: int | None, per_hour
         if limit:
             pause = name != "minute" and provider != "evolution"
             label = f"{LABELS[name]} cap of {limit} messages"
-            caps.append(Cap(f"cap:{number_key}:{name}", limit, WINDOWS[name], pause, label))
+            caps.append(Cap(f"cap:{key}:{name}", limit, WINDOWS[name], pause, label))
     return caps
 
 

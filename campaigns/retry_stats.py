@@ -7,6 +7,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from campaigns.stats import failures_by_code
+
 
 def _iso(value: Any) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
@@ -32,10 +34,6 @@ def retry_stats(conn: sa.Connection, campaign: dict[str, Any]) -> dict[str, Any]
           and (e->>'success')::boolean is false
         group by 1 order by 2 desc
     """), scope).all()
-    failures = conn.execute(sa.text("""
-        select coalesce(error_code::text, 'none'), count(*) from campaign_recipients
-        where campaign_id = :c and organization_id = :o and status = 'failed' group by 1 order by 2 desc
-    """), scope).all()
     exhausted = conn.execute(sa.text("""
         select count(*) from campaign_recipients where campaign_id = :c and organization_id = :o
         and status = 'failed' and error_message like 'retries exhausted%'
@@ -50,6 +48,6 @@ def retry_stats(conn: sa.Connection, campaign: dict[str, Any]) -> dict[str, Any]
         "waiting_retry": {"recipients": waiting[0], "next_attempt_at": _iso(waiting[1]),
                           "last_attempt_at": _iso(waiting[2])},
         "failed_attempts_by_code": dict(attempt_errors),
-        "failures_by_code": dict(failures),
+        "failures_by_code": failures_by_code(conn, cid),
         "retries_exhausted": exhausted,
     }

@@ -482,9 +482,15 @@ def _graph_refused(err: GraphError, msg: _Outgoing | None) -> tuple[int, dict[st
     return err.http_status, err.envelope()
 
 
+@functools.cache  # asked on every accept and every event: one uuid5 per instance
 def _instance_id(instance: str) -> str:
     """A stable per-instance UUID, like the ``instanceId`` Evolution keeps in its database."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"sandbox-evolution:{instance}"))
+
+
+# Shared by every sent/delivered event (serialised, never changed): built once, not per event.
+_PRICING = {category: {"billable": True, "pricing_model": "PMP", "type": "regular", "category": category}
+            for category in ("marketing", "service")}
 
 
 def _jid(wa_id: str) -> str:
@@ -947,12 +953,7 @@ class Sandbox:
         if kind == "failed" and rule is not None:
             status["errors"] = [rule.error().webhook_error()]
         elif kind != "read":
-            status["pricing"] = {
-                "billable": True,
-                "pricing_model": "PMP",
-                "type": "regular",
-                "category": "marketing" if record["type"] == "template" else "service",
-            }
+            status["pricing"] = _PRICING["marketing" if record["type"] == "template" else "service"]
         return status
 
     def _evolution_event(

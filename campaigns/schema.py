@@ -157,7 +157,7 @@ campaign_recipients = sa.Table(
              postgresql_where=sa.text("status = 'skipped'")),
     sa.Index("ix_recipients_campaign_failed", "campaign_id", "error_code",
              postgresql_where=sa.text("status = 'failed'")),
-    sa.Index("ix_recipients_campaign_replied", "campaign_id", postgresql_where=sa.text("replied_at is not null")),
+    sa.Index("ix_recipients_campaign_replied", "campaign_id", "id", postgresql_where=sa.text("replied_at is not null")),
     sa.Index("ix_recipients_campaign_recent", "campaign_id", sa.text("coalesce(sent_at, failed_at)"),
              postgresql_where=sa.text("coalesce(sent_at, failed_at) is not null")),
 )

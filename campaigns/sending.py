@@ -26,7 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from campaigns.engine import SendEngine
-from campaigns.errors import FailureClass, classify, escalated, pause_reason
+from campaigns.errors import PAIR_LIMIT, THROUGHPUT_CODES, FailureClass, classify, escalated, pause_reason
 from campaigns.lifecycle import pause_for_error
 from campaigns.providers import OutboundMessage, Provider, SendResult
 from campaigns.ratelimit import (
@@ -47,8 +47,6 @@ from campaigns.settings import get_settings
 log = logging.getLogger(__name__)
 
 
-
-THROUGHPUT_CODES = (130429, 80007, 4)  # throughput of the number, the account or the app: slow down
 
 CLAIM = sa.text("""
     with picked as (
@@ -353,7 +351,7 @@ def outcome_for(
     if result.ambiguous:
         # It may have been accepted: leave it in `sending` for reconciliation; never resend blindly.
         return Outcome(row.id, "sending", code=result.error_code, message=result.error_message, entry=entry)
-    cls = FailureClass.CAMPAIGN if result.error_code in escalate else classify(result.error_code)
+    cls = classify(result.error_code, escalate)
     if cls is FailureClass.RECIPIENT:
         return Outcome(row.id, "failed", code=result.error_code, message=result.error_message, entry=entry, at=now)
     if cls is FailureClass.CAMPAIGN:
@@ -364,7 +362,8 @@ def outcome_for(
         # Retry-After when Meta sends one; else the pair limit (131056) backs off 4, 16, 64, 256 s for this
         # recipient only, and throughput limits retry after 1, 2, 4 … 30 s while the number slows down.
         tries = row.rate_tries + 1
-        wait = result.retry_after or (4 ** min(tries, 4) if result.error_code == 131056 else min(2 ** (tries - 1), 30))
+        backoff_s = 4 ** min(tries, 4) if result.error_code == PAIR_LIMIT else min(2 ** (tries - 1), 30)
+        wait = result.retry_after or backoff_s
         return Outcome(row.id, "pending", code=result.error_code, message=result.error_message, entry=entry,
                        next_at=now + timedelta(seconds=wait), attempts_delta=-1)
     if cls is FailureClass.UNKNOWN:
@@ -445,10 +444,10 @@ def send_batch(db: sa.Engine, deliver_fn: Deliver, spec: CampaignSpec, batch_siz
     campaign_errors = [
         (o, res) for o in outcomes
         if (res := results.get(o.id)) is not None and not res.ok and not res.ambiguous
-        and (classify(res.error_code) is FailureClass.CAMPAIGN or res.error_code in escalate)
+        and classify(res.error_code, escalate) is FailureClass.CAMPAIGN
     ]
     capped = [res for res in results.values() if res is not None and res.cap_until and res.cap_pause]
-    tried = [res for res in sent if res.error_code not in (*THROUGHPUT_CODES, 131056)]
+    tried = [res for res in sent if res.error_code not in THROUGHPUT_CODES | {PAIR_LIMIT}]
     breaker = (sum(not res.ok for res in tried), any(res.ok for res in tried))
     for attempt in range(3):  # a deadlock with a concurrent ingest is retried; RECORD is idempotent
         try:

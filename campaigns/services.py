@@ -15,6 +15,10 @@ from campaigns.schema import CAMPAIGN_STATUSES, campaigns
 from campaigns.settings import get_settings
 
 
+def ping_redis() -> None:
+    redis.Redis.from_url(get_settings().redis_url or "").ping()
+
+
 def portfolio_usage_now(limit: PortfolioLimit) -> int:
     return portfolio_usage(redis.Redis.from_url(get_settings().redis_url or ""), limit)
 
@@ -23,13 +27,12 @@ def start_campaign(db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID) -> dic
     """Preflight now (so the caller sees every failed check), then mark running; the flow does the rest."""
     from blocks.whatsapp import load_credentials
 
-    settings = get_settings()
     with db.begin() as conn:
         campaign = lifecycle.get(conn, org, campaign_id, lock=True)
         number = lifecycle.get_number(conn, org, campaign["whatsapp_number_id"])
         pf = run_preflight(
             conn, campaign, number, lambda: load_credentials(number["block_name"], fresh=True),
-            lambda: redis.Redis.from_url(settings.redis_url or "").ping(), portfolio_usage=portfolio_usage_now,
+            ping_redis, portfolio_usage=portfolio_usage_now,
         )
         if not pf.ok:
             raise lifecycle.Invalid("Preflight failed", pf.failures())

@@ -22,6 +22,13 @@ def counts_by_status(conn: sa.Connection, campaign_id: uuid.UUID) -> dict[str, i
     return {r[0]: r[1] for r in rows}
 
 
+def failures_by_code(conn: sa.Connection, campaign_id: uuid.UUID) -> dict[str, int]:
+    """Failed recipients by error code, most frequent first ("none" when the failure had no code)."""
+    return dict(conn.execute(sa.text(
+        "select coalesce(error_code::text, 'none'), count(*) from campaign_recipients "
+        "where campaign_id = :c and status = 'failed' group by 1 order by 2 desc"), {"c": campaign_id}).all())
+
+
 def stats(conn: sa.Connection, campaign: dict[str, Any]) -> dict[str, Any]:
     cid = campaign["id"]
     by = counts_by_status(conn, cid)
@@ -31,9 +38,7 @@ def stats(conn: sa.Connection, campaign: dict[str, Any]) -> dict[str, Any]:
     skipped = conn.execute(sa.text(
         "select skip_reason, count(*) from campaign_recipients where campaign_id = :c and status = 'skipped' "
         "group by skip_reason"), {"c": cid}).all()
-    failures = conn.execute(sa.text(
-        "select coalesce(error_code::text, 'none'), count(*) from campaign_recipients "
-        "where campaign_id = :c and status = 'failed' group by 1"), {"c": cid}).all()
+    failures = failures_by_code(conn, cid)
     sent = by.get("sent", 0) + by.get("delivered", 0) + by.get("read", 0)
     delivered = by.get("delivered", 0) + by.get("read", 0)
     read = by.get("read", 0)
@@ -52,7 +57,7 @@ def stats(conn: sa.Connection, campaign: dict[str, Any]) -> dict[str, Any]:
         "messages_skipped": by.get("skipped", 0),
         "messages_cancelled": by.get("cancelled", 0),
         "skipped_by_reason": dict(skipped),
-        "failures_by_code": dict(failures),
+        "failures_by_code": failures,
         "awaiting_status": by.get("sent", 0),
         "in_flight": by.get("sending", 0),
     }

@@ -16,6 +16,7 @@ message at the engine's top send rate.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import logging
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 PLATFORM = "platform"  # the signer name of the platform's own Meta app (settings.META_APP_SECRET)
 
 
+@functools.lru_cache(maxsize=4096)  # called for every known secret on every webhook: hash each once
 def signer_id(secret: str | bytes) -> str:
     """A stable, one-way name for a webhook secret: stored on numbers and events, never the secret itself.
 
@@ -91,6 +93,20 @@ def evolution_signers(instance: str, apikey: str, known: KnownSecrets) -> list[s
     return matched or None
 
 
+async def read_limited(request: Request, max_bytes: int) -> bytes | None:
+    """The raw body, or None when it is (or says it is) over `max_bytes`: never read past the limit."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class EventWriter:
     """Groups concurrent stores into one COPY; each request waits for its own durable write."""
 
@@ -143,18 +159,6 @@ class EventWriter:
 def create_app(database_url: str, secrets: KnownSecrets, max_body_bytes: int = 3 * 1024 * 1024) -> Starlette:
     writer = EventWriter(database_url)
 
-    async def read_body(request: Request) -> bytes | None:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_body_bytes:
-            return None
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body_bytes:
-                return None
-            chunks.append(chunk)
-        return b"".join(chunks)
-
     async def verify(request: Request) -> Response:
         q = request.query_params
         known = await secrets.current()
@@ -165,7 +169,7 @@ def create_app(database_url: str, secrets: KnownSecrets, max_body_bytes: int = 3
         return PlainTextResponse("verification failed", status_code=403)
 
     async def receive_meta(request: Request) -> Response:
-        body = await read_body(request)
+        body = await read_limited(request, max_body_bytes)
         if body is None:
             return PlainTextResponse("payload too large", status_code=413)
         known = await secrets.current()
@@ -176,7 +180,7 @@ def create_app(database_url: str, secrets: KnownSecrets, max_body_bytes: int = 3
         return PlainTextResponse("ok")
 
     async def receive_evolution(request: Request) -> Response:
-        body = await read_body(request)
+        body = await read_limited(request, max_body_bytes)
         if body is None:
             return PlainTextResponse("payload too large", status_code=413)
         known = await secrets.current()

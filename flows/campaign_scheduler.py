@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.deployments import run_deployment
 
 from campaigns.db import get_engine
+from campaigns.launch import launch_send_run
 from campaigns.scheduler import due_campaigns
 from campaigns.services import start_campaign
 
@@ -22,9 +22,7 @@ def campaign_scheduler() -> dict[str, Any]:
     log = get_run_logger()
     due = due_campaigns(get_engine(), start_campaign)
     for cid in due.to_launch:
-        run = run_deployment("send-campaign/default", parameters={"campaign_id": str(cid)}, timeout=0,
-                             as_subflow=False)
-        log.info("campaign %s: launched flow run %s", cid, run.id)
+        log.info("campaign %s: launched flow run %s", cid, launch_send_run(cid))
     for cid, why in due.refused.items():
         log.warning("scheduled campaign %s paused, preflight failed: %s", cid, why)
     return {"resumed": [str(c) for c in due.resumed], "started": [str(c) for c in due.started],

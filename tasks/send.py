@@ -15,20 +15,14 @@ from campaigns.engine_process import get_engine_client
 from campaigns.ingest import ingest_for
 from campaigns.providers import OutboundMessage, SendResult
 from campaigns.reconcile import reconcile
-from campaigns.services import portfolio_usage_now
+from campaigns.services import ping_redis, portfolio_usage_now
 from campaigns.settings import get_settings
-
-
-def _ping_redis() -> None:
-    import redis
-
-    redis.Redis.from_url(get_settings().redis_url or "").ping()
 
 
 @task(name="prepare-campaign", cache_policy=NO_CACHE)
 def prepare_campaign(campaign_id: uuid.UUID) -> runner.Prepared:
     """Preflight, mark running, build the audience once; credentials are read afresh (a fixed token)."""
-    return runner.prepare(get_engine(), campaign_id, lambda name: load_credentials(name, fresh=True), _ping_redis,
+    return runner.prepare(get_engine(), campaign_id, lambda name: load_credentials(name, fresh=True), ping_redis,
                           portfolio_usage=portfolio_usage_now)
 
 

@@ -81,31 +81,25 @@ def db():
 
 @pytest.fixture
 def org(db) -> uuid.UUID:
-    from campaigns import lifecycle
+    from tests.helpers import new_org
 
-    with db.begin() as conn:
-        return lifecycle.add_org(conn, f"org-{uuid.uuid4().hex[:10]}")
-
-
-APP_SECRET = "sandbox-app-secret"
+    return new_org(db)
 
 
 @pytest.fixture(scope="session")
 def receiver(services) -> Iterator[str]:
     """The real webhook receiver, where every sandbox posts its signed status webhooks."""
-    from campaigns.asgi_thread import ThreadedServer
-    from campaigns.webhooks import KnownSecrets, create_app
+    from campaigns.webhooks import KnownSecrets
+    from tests.helpers import APP_SECRET, webhook_receiver
 
-    app = create_app(os.environ["DATABASE_URL"], KnownSecrets(app_secrets=[APP_SECRET.encode()],
-                                                                verify_tokens=["verify-me"]))
-    server = ThreadedServer(app).start()
-    yield server.url + "/webhooks/whatsapp"
-    server.stop()
+    with webhook_receiver(KnownSecrets(app_secrets=[APP_SECRET.encode()], verify_tokens=["verify-me"])) as url:
+        yield url + "/webhooks/whatsapp"
 
 
 @pytest.fixture
 def sandbox(receiver) -> Iterator:
     from campaigns.sandbox import SandboxConfig, SandboxServer
+    from tests.helpers import APP_SECRET
 
     server = SandboxServer(SandboxConfig(webhook_url=receiver, app_secret=APP_SECRET, sent_delay_ms=10,
                                          delivered_delay_ms=10, read_delay_ms=10)).start()

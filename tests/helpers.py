@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,6 +16,8 @@ import sqlalchemy as sa
 
 from campaigns import lifecycle
 from campaigns.models import CampaignCreate
+
+APP_SECRET = "sandbox-app-secret"  # the sandbox signs with it; the test numbers and receivers know it
 
 
 def add_sandbox_number(db: sa.Engine, org: uuid.UUID, sandbox: Any, mps: int = 1000, token: str = "tok",
@@ -24,7 +28,7 @@ def add_sandbox_number(db: sa.Engine, org: uuid.UUID, sandbox: Any, mps: int = 1
     sandbox.set_token(pnid, token)
     with db.begin() as conn:
         return add_number(conn, org, provider="sandbox", phone_number_id=pnid, token=token,
-                          app_secret="sandbox-app-secret", verify_token="verify-me", api_base=sandbox.url, mps=mps)
+                          app_secret=APP_SECRET, verify_token="verify-me", api_base=sandbox.url, mps=mps)
 
 
 def add_contacts(db: sa.Engine, org: uuid.UUID, rows: list[dict[str, Any]]) -> list[uuid.UUID]:
@@ -114,3 +118,48 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     if check and result.returncode != 0:
         raise AssertionError(f"campaigns {' '.join(args)} failed ({result.returncode}): {result.stderr}")
     return result
+
+
+def new_org(db: sa.Engine, prefix: str = "org") -> uuid.UUID:
+    with db.begin() as conn:
+        return lifecycle.add_org(conn, f"{prefix}-{uuid.uuid4().hex[:10]}")
+
+
+def phone_number_id(db: sa.Engine, number_id: uuid.UUID) -> str:
+    with db.connect() as conn:
+        return conn.execute(sa.text("select phone_number_id from whatsapp_numbers where id = :n"),
+                            {"n": number_id}).scalar_one()
+
+
+def signed(body: bytes, secret: str = APP_SECRET) -> dict[str, str]:
+    """The X-Hub-Signature-256 header Meta would send with `body`."""
+    from campaigns.sandbox import sign_body
+
+    return {"X-Hub-Signature-256": sign_body(body, secret)}
+
+
+def post_signed(url: str, payload: dict[str, Any], secret: str = APP_SECRET) -> int:
+    import httpx
+
+    body = json.dumps(payload).encode()
+    return httpx.post(url, content=body, headers=signed(body, secret)).status_code
+
+
+def meta_change(pnid: str, field: str = "messages", **value: Any) -> dict[str, Any]:
+    """A WhatsApp Business Account notification with one change of `field` for the number `pnid`."""
+    value = {"messaging_product": "whatsapp", "metadata": {"phone_number_id": pnid}, **value}
+    return {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": field,
+                                                                                     "value": value}]}]}
+
+
+@contextlib.contextmanager
+def webhook_receiver(secrets: Any) -> Iterator[str]:
+    """The real receiver on a free port, checking against `secrets` (a KnownSecrets); yields its base URL."""
+    from campaigns.asgi_thread import ThreadedServer
+    from campaigns.webhooks import create_app
+
+    server = ThreadedServer(create_app(os.environ["DATABASE_URL"], secrets)).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()

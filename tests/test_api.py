@@ -23,8 +23,7 @@ import sqlalchemy as sa
 from campaigns import api_tokens, lifecycle
 from campaigns.api import PrefectLauncher, create_app
 from campaigns.asgi_thread import ThreadedServer
-from tests.helpers import add_contacts, add_sandbox_number, campaign_row, phones, wait_for
-from tests.test_cli import cli
+from tests.helpers import add_contacts, add_sandbox_number, campaign_row, cli, new_org, phones, wait_for
 
 SEED_BODY = {  # the seed's "1. Criar Campanha" body
     "name": "Black Friday 2024",
@@ -88,11 +87,6 @@ def client(url: str, db: Any, org: uuid.UUID | None, role: str = "org_admin") ->
         with db.begin() as conn:
             headers["Authorization"] = f"Bearer {api_tokens.issue(conn, org, role)[1]}"
     return httpx.Client(base_url=url + "/api/v1", headers=headers, timeout=30)
-
-
-def new_org(db: Any) -> uuid.UUID:
-    with db.begin() as conn:
-        return lifecycle.add_org(conn, f"org-{uuid.uuid4().hex[:10]}")
 
 
 def create(http: httpx.Client, number: uuid.UUID, **fields: Any) -> str:

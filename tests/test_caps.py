@@ -14,7 +14,15 @@ from campaigns.scheduler import due_campaigns
 from campaigns.services import start_campaign
 from campaigns.settings import get_settings
 from flows.send_campaign import send_campaign
-from tests.helpers import add_contacts, add_sandbox_number, campaign_row, create_campaign, phones, sent_counts
+from tests.helpers import (
+    add_contacts,
+    add_sandbox_number,
+    campaign_row,
+    create_campaign,
+    new_org,
+    phones,
+    sent_counts,
+)
 
 
 def _set_limits(db, org, number, **limits) -> None:
@@ -62,8 +70,7 @@ def test_a_daily_cap_pauses_until_midnight_and_the_scheduler_resumes_after_it(db
 def test_one_physical_number_has_one_budget_across_organizations(db, org, sandbox):
     pnid = str(uuid.uuid4().int)[:15]
     mine = add_sandbox_number(db, org, sandbox, phone_number_id=pnid)
-    with db.begin() as conn:
-        other = lifecycle.add_org(conn, "same-number-" + uuid.uuid4().hex[:6])
+    other = new_org(db, "same-number")
     theirs = add_sandbox_number(db, other, sandbox, phone_number_id=pnid)
     _set_limits(db, org, mine, per_day=3)
     _set_limits(db, other, theirs, per_day=3)

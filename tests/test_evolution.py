@@ -9,22 +9,19 @@ import httpx
 import sqlalchemy as sa
 
 from blocks.numbers import add_number
-from campaigns.asgi_thread import ThreadedServer
 from campaigns.ingest import ingest_pending
 from campaigns.stats import stats
-from campaigns.webhooks import KnownSecrets, create_app
+from campaigns.webhooks import KnownSecrets
 from flows.send_campaign import send_campaign
-from tests.helpers import add_contacts, campaign_row, create_campaign, phones, recipients
+from tests.helpers import add_contacts, campaign_row, create_campaign, phones, recipients, webhook_receiver
 
 KEY = "evo-instance-key"
 
 
 def test_an_evolution_campaign_is_counted_exactly(db, org, sandbox):
     instance = "loja-" + os.urandom(3).hex()
-    receiver = ThreadedServer(create_app(os.environ["DATABASE_URL"], KnownSecrets(
-        evolution_keys={instance: [KEY]}))).start()
-    try:
-        base = receiver.url + "/webhooks/evolution"
+    with webhook_receiver(KnownSecrets(evolution_keys={instance: [KEY]})) as url:
+        base = url + "/webhooks/evolution"
         assert httpx.post(f"{base}/{instance}", json={"event": "messages.update"},
                           headers={"apikey": "wrong"}).status_code == 401
         sandbox.configure(evolution_keys={instance: KEY}, evolution_webhook_url=base, read_rate=0.5,
@@ -39,8 +36,6 @@ def test_an_evolution_campaign_is_counted_exactly(db, org, sandbox):
         assert send_campaign(cid)["status"] == "completed"
         assert sandbox.drain_webhooks(timeout=30)
         ingest_pending(db)
-    finally:
-        receiver.stop()
 
     truth = {m["wamid"]: m for m in sandbox.messages() if m.get("instance") == instance}
     rows = recipients(db, cid)

@@ -8,7 +8,6 @@ from datetime import datetime
 import pytest
 import sqlalchemy as sa
 
-from blocks.numbers import add_number
 from campaigns import lifecycle
 from campaigns.ingest import ingest_pending
 from campaigns.services import retry_stats_of
@@ -18,6 +17,7 @@ from tests.helpers import (
     add_sandbox_number,
     campaign_row,
     create_campaign,
+    phone_number_id,
     recipients,
     sent_counts,
     shrink_retry_delay,
@@ -119,7 +119,7 @@ def test_a_missing_variable_fails_only_that_recipient(db, org, sandbox):
 
 def test_a_token_expiring_mid_campaign_pauses_it_and_resume_after_the_fix_sends_each_once(db, org, sandbox):
     number = add_sandbox_number(db, org, sandbox, token="good", mps=20)
-    pnid = sandbox_pnid(db, number)
+    pnid = phone_number_id(db, number)
     add_contacts(db, org, [{"phone": f"+55119000002{i:02d}", "name": "Ana"} for i in range(40)])
     cid = create_campaign(db, org, number)
 
@@ -135,19 +135,12 @@ def test_a_token_expiring_mid_campaign_pauses_it_and_resume_after_the_fix_sends_
     statuses = [r["status"] for r in recipients(db, cid)]
     assert "failed" not in statuses and "pending" in statuses  # nothing pending is marked failed
 
-    with db.begin() as conn:  # the operator pastes the new token, then resumes
-        add_number(conn, org, provider="sandbox", phone_number_id=pnid, token="rotated",
-                   app_secret="sandbox-app-secret", verify_token="verify-me", api_base=sandbox.url, mps=20)
+    add_sandbox_number(db, org, sandbox, token="rotated", mps=20, phone_number_id=pnid)  # the new token
+    with db.begin() as conn:
         lifecycle.resume(conn, org, cid)
     assert send_campaign(cid)["status"] == "completed"
     counts = sent_counts(sandbox)
     assert len(counts) == 40 and set(counts.values()) == {1}
-
-
-def sandbox_pnid(db, number_id):
-    with db.connect() as conn:
-        return conn.execute(sa.text("select phone_number_id from whatsapp_numbers where id = :n"),
-                            {"n": number_id}).scalar_one()
 
 
 def test_a_contact_deleted_after_the_audience_froze_is_skipped_not_stuck(db, org, sandbox):

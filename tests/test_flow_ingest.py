@@ -25,8 +25,11 @@ def test_the_flow_applies_statuses_and_publishes_the_campaigns_statistics(db, or
     assert {r["status"] for r in recipients(db, cid)} == {"read"}
 
     async def latest() -> str:
-        async with get_client() as client:
-            artifact = await client.read_latest_artifacts()
-            return next(str(a.data) for a in artifact if a.key == f"campaign-{cid}-stats")
+        from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
+
+        async with get_client() as client:  # by key: the latest of every key is one page among hundreds
+            [artifact] = await client.read_latest_artifacts(artifact_filter=ArtifactCollectionFilter(
+                key=ArtifactCollectionFilterKey(any_=[f"campaign-{cid}-stats"])))
+            return str(artifact.data)
 
     assert "messages_read" in asyncio.run(latest())

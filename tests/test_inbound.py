@@ -2,35 +2,29 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import sqlalchemy as sa
 
 from blocks.numbers import add_number
-from campaigns import lifecycle
-from campaigns.asgi_thread import ThreadedServer
 from campaigns.ingest import ingest_pending
-from campaigns.sandbox import sign_body
-from campaigns.webhooks import KnownSecrets, create_app
+from campaigns.webhooks import KnownSecrets
 from flows.send_campaign import send_campaign
-from tests.conftest import APP_SECRET
-from tests.helpers import add_contacts, add_sandbox_number, create_campaign, recipients
-
-
-def _post(url: str, payload: dict[str, Any], secret: str = APP_SECRET) -> int:
-    body = json.dumps(payload).encode()
-    return httpx.post(url, content=body, headers={"X-Hub-Signature-256": sign_body(body, secret)}).status_code
-
-
-def _change(pnid: str, field: str = "messages", **value: Any) -> dict[str, Any]:
-    value = {"messaging_product": "whatsapp", "metadata": {"phone_number_id": pnid}, **value}
-    return {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": field,
-                                                                                     "value": value}]}]}
+from tests.helpers import (
+    APP_SECRET,
+    add_contacts,
+    add_sandbox_number,
+    create_campaign,
+    meta_change,
+    new_org,
+    phone_number_id,
+    post_signed,
+    recipients,
+    webhook_receiver,
+)
 
 
 def _text_from(pnid: str, phone: str, text: str, at: int, context: str | None = None) -> dict[str, Any]:
@@ -38,11 +32,11 @@ def _text_from(pnid: str, phone: str, text: str, at: int, context: str | None = 
                            "type": "text", "text": {"body": text}}
     if context:
         msg["context"] = {"from": "15550000000", "id": context}
-    return _change(pnid, contacts=[{"wa_id": phone.lstrip("+"), "profile": {"name": "Bia"}}], messages=[msg])
+    return meta_change(pnid, contacts=[{"wa_id": phone.lstrip("+"), "profile": {"name": "Bia"}}], messages=[msg])
 
 
 def _preference(pnid: str, phone: str, value: str, at: int) -> dict[str, Any]:
-    return _change(pnid, "user_preferences", user_preferences=[{
+    return meta_change(pnid, "user_preferences", user_preferences=[{
         "wa_id": phone.lstrip("+"), "detail": "User requested to stop marketing messages",
         "category": "marketing_messages", "value": value, "timestamp": at}])
 
@@ -52,12 +46,6 @@ def _contact(db, org, phone: str) -> Any:
         return conn.execute(sa.text(
             "select name, opted_out_at, opt_out_source, last_inbound_at from contacts "
             "where organization_id = :o and phone = :p"), {"o": org, "p": phone}).one_or_none()
-
-
-def _pnid(db, number) -> str:
-    with db.connect() as conn:
-        return conn.execute(sa.text("select phone_number_id from whatsapp_numbers where id = :i"),
-                            {"i": number}).scalar_one()
 
 
 def test_keyword_replies_opt_out_and_mark_the_recipient_replied(db, org, sandbox):
@@ -82,31 +70,32 @@ def test_keyword_replies_opt_out_and_mark_the_recipient_replied(db, org, sandbox
 
 def test_a_sentence_containing_a_keyword_is_not_an_opt_out_and_opt_in_keywords_resume(db, org, sandbox, receiver):
     number = add_sandbox_number(db, org, sandbox)
-    pnid = _pnid(db, number)
+    pnid = phone_number_id(db, number)
     add_contacts(db, org, [{"phone": "+5511900000201", "name": "Ana", "opted_out": True}])
-    assert _post(receiver, _text_from(pnid, "+5511900000201", "não quero cancelar meu plano", 1_800_000_000)) == 200
+    sentence = _text_from(pnid, "+5511900000201", "não quero cancelar meu plano", 1_800_000_000)
+    assert post_signed(receiver, sentence) == 200
     ingest_pending(db)
     assert _contact(db, org, "+5511900000201").opted_out_at is not None  # unchanged by a sentence
-    assert _post(receiver, _text_from(pnid, "+5511900000201", "Voltar", 1_800_000_100)) == 200
+    assert post_signed(receiver, _text_from(pnid, "+5511900000201", "Voltar", 1_800_000_100)) == 200
     ingest_pending(db)
     assert _contact(db, org, "+5511900000201").opted_out_at is None
 
 
 def test_user_preferences_latest_choice_wins_in_any_order(db, org, sandbox, receiver):
     number = add_sandbox_number(db, org, sandbox)
-    pnid = _pnid(db, number)
+    pnid = phone_number_id(db, number)
     add_contacts(db, org, [{"phone": "+5511900000301", "name": "Ana"}])
     # resume (newer) arrives before stop (older): the user's latest choice is "resume"
-    assert _post(receiver, _preference(pnid, "+5511900000301", "resume", 1_800_000_200)) == 200
-    assert _post(receiver, _preference(pnid, "+5511900000301", "stop", 1_800_000_100)) == 200
+    assert post_signed(receiver, _preference(pnid, "+5511900000301", "resume", 1_800_000_200)) == 200
+    assert post_signed(receiver, _preference(pnid, "+5511900000301", "stop", 1_800_000_100)) == 200
     ingest_pending(db)
     assert _contact(db, org, "+5511900000301").opted_out_at is None
-    assert _post(receiver, _preference(pnid, "+5511900000301", "stop", 1_800_000_300)) == 200
+    assert post_signed(receiver, _preference(pnid, "+5511900000301", "stop", 1_800_000_300)) == 200
     ingest_pending(db)
     contact = _contact(db, org, "+5511900000301")
     assert contact.opted_out_at is not None and contact.opt_out_source == "user_preferences"
     # a phone we never imported: remembered, so a later import cannot message it
-    assert _post(receiver, _preference(pnid, "+5511900000399", "stop", 1_800_000_300)) == 200
+    assert post_signed(receiver, _preference(pnid, "+5511900000399", "stop", 1_800_000_300)) == 200
     ingest_pending(db)
     assert _contact(db, org, "+5511900000399").opted_out_at is not None
 
@@ -127,13 +116,13 @@ def test_131050_opts_the_contact_out(db, org, sandbox):
 
 def test_an_inbound_message_opens_the_24h_window_for_free_form_text(db, org, sandbox, receiver):
     number = add_sandbox_number(db, org, sandbox)
-    pnid = _pnid(db, number)
+    pnid = phone_number_id(db, number)
     add_contacts(db, org, [{"phone": "+5511900000501", "name": "Ana", "inbound_hours_ago": 30}])
     text = {"message_type": "text", "message_content": {"text": "Oi {{contact.name}}"}, "template_variables": {}}
     before = create_campaign(db, org, number, **text)
     send_campaign(before)
     assert recipients(db, before)[0]["skip_reason"] == "outside_window"
-    assert _post(receiver, _text_from(pnid, "+5511900000501", "Oi, tudo bem?", int(time.time()))) == 200
+    assert post_signed(receiver, _text_from(pnid, "+5511900000501", "Oi, tudo bem?", int(time.time()))) == 200
     ingest_pending(db)
     after = create_campaign(db, org, number, **text)
     send_campaign(after)
@@ -143,7 +132,7 @@ def test_an_inbound_message_opens_the_24h_window_for_free_form_text(db, org, san
 def test_a_secret_vouches_only_for_its_own_numbers(db, org, sandbox):
     """Another organization bringing its own Meta app cannot forge statuses or opt-outs for ours."""
     number = add_sandbox_number(db, org, sandbox)
-    pnid = _pnid(db, number)
+    pnid = phone_number_id(db, number)
     add_contacts(db, org, [{"phone": "+5511900000601", "name": "Ana"}])
     cid = create_campaign(db, org, number)
     send_campaign(cid)
@@ -152,22 +141,18 @@ def test_a_secret_vouches_only_for_its_own_numbers(db, org, sandbox):
     mine = recipients(db, cid)[0]
     assert mine["status"] in ("delivered", "read")
 
+    other = new_org(db, "other-tenant")
     with db.begin() as conn:
-        other = lifecycle.add_org(conn, "other-tenant-" + os.urandom(4).hex())
         add_number(conn, other, provider="sandbox", phone_number_id="990" + os.urandom(4).hex(), token="t",
                    app_secret="other-app-secret", verify_token="v", api_base=sandbox.url)
-    server = ThreadedServer(create_app(os.environ["DATABASE_URL"], KnownSecrets(
-        app_secrets=[APP_SECRET.encode(), b"other-app-secret"]))).start()
-    try:
-        url = server.url + "/webhooks/whatsapp"
-        forged = _change(pnid, statuses=[{"id": mine["wamid"], "status": "failed", "timestamp": "1800000000",
+    with webhook_receiver(KnownSecrets(app_secrets=[APP_SECRET.encode(), b"other-app-secret"])) as base:
+        url = base + "/webhooks/whatsapp"
+        forged = meta_change(pnid, statuses=[{"id": mine["wamid"], "status": "failed", "timestamp": "1800000000",
                                           "biz_opaque_callback_data": f"pytake:{mine['id']}",
                                           "errors": [{"code": 131026, "title": "Message undeliverable"}]}])
-        assert _post(url, forged, "other-app-secret") == 200  # stored: signed by a secret we know
-        assert _post(url, _preference(pnid, "+5511900000601", "stop", 1_800_000_000), "other-app-secret") == 200
+        assert post_signed(url, forged, "other-app-secret") == 200  # stored: signed by a secret we know
+        assert post_signed(url, _preference(pnid, "+5511900000601", "stop", 1_800_000_000), "other-app-secret") == 200
         result = ingest_pending(db)
-    finally:
-        server.stop()
     assert result.rejected == 1
     assert recipients(db, cid)[0]["status"] == mine["status"]
     assert _contact(db, org, "+5511900000601").opted_out_at is None
@@ -182,7 +167,8 @@ def test_a_reimport_never_undoes_the_users_own_opt_out(db, org, sandbox, receive
     number = add_sandbox_number(db, org, sandbox)
     with db.begin() as conn:
         import_csv(conn, org, b"phone,name,opted_out\n+5511900000701,Ana,false\n+5511900000702,Bo,true\n")
-    assert _post(receiver, _preference(_pnid(db, number), "+5511900000701", "stop", 1_800_000_000)) == 200
+    stop = _preference(phone_number_id(db, number), "+5511900000701", "stop", 1_800_000_000)
+    assert post_signed(receiver, stop) == 200
     ingest_pending(db)
     with db.begin() as conn:  # the operator re-imports an old list where both are subscribed
         import_csv(conn, org, b"phone,name,opted_out\n+5511900000701,Ana,false\n+5511900000702,Bo,false\n")

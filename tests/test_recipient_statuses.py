@@ -16,7 +16,7 @@ from campaigns.ingest import ingest_pending
 from campaigns.recipient_statuses import CSV_COLUMNS, export_csv, page
 from campaigns.services import export_recipients, recipients_of
 from flows.send_campaign import send_campaign
-from tests.helpers import add_contacts, add_sandbox_number, cli, create_campaign, phones
+from tests.helpers import add_contacts, add_sandbox_number, cli, create_campaign, new_org, phones
 
 SEED_KEYS = {"contact_name", "contact_phone", "status", "message_id", "attempts"}
 SEED_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -161,8 +161,7 @@ def test_a_wrong_status_or_cursor_names_the_field(db, org, sandbox):
 
 def test_another_organization_sees_nothing(db, org, sandbox):
     cid, _ = run_campaign(db, org, sandbox, n=3)
-    with db.begin() as conn:
-        other = lifecycle.add_org(conn, f"other-{uuid.uuid4().hex[:8]}")
+    other = new_org(db, "other")
 
     out = io.BytesIO()
     with db.connect() as conn:
@@ -205,7 +204,6 @@ def test_the_command_line_lists_pages_and_exports_failures(db, org, sandbox, tmp
 
     wrong = cli("recipients", str(cid), "--status", "bounced", check=False)
     assert wrong.returncode == 1 and "status must be one of" in wrong.stderr and "bounced" in wrong.stderr
-    with db.begin() as conn:
-        other_org = lifecycle.add_org(conn, "someone-else-" + uuid.uuid4().hex[:6])
+    other_org = new_org(db, "someone-else")
     other = cli("recipients", str(cid), "--org", str(other_org), "--csv", "-", check=False)
     assert other.returncode == 1 and "Campaign not found" in other.stderr and other.stdout == ""

@@ -6,11 +6,19 @@ import httpx
 import sqlalchemy as sa
 
 from campaigns.ingest import ingest_pending
-from campaigns.sandbox import sign_body
 from campaigns.stats import stats
 from flows.send_campaign import send_campaign
-from tests.conftest import APP_SECRET
-from tests.helpers import add_contacts, add_sandbox_number, campaign_row, create_campaign, phones, recipients
+from tests.helpers import (
+    add_contacts,
+    add_sandbox_number,
+    campaign_row,
+    create_campaign,
+    meta_change,
+    phones,
+    post_signed,
+    recipients,
+    signed,
+)
 
 
 def _events_after(db, last_id):
@@ -32,13 +40,13 @@ def test_signature_bad_json_oversize_and_verification(db, receiver):
     assert bad.status_code == 401
     assert _events_after(db, start) == []
 
-    ok = httpx.post(receiver, content=body, headers={"X-Hub-Signature-256": sign_body(body, APP_SECRET)})
+    ok = httpx.post(receiver, content=body, headers=signed(body))
     assert ok.status_code == 200
     junk = b"{not json"
-    stored = httpx.post(receiver, content=junk, headers={"X-Hub-Signature-256": sign_body(junk, APP_SECRET)})
+    stored = httpx.post(receiver, content=junk, headers=signed(junk))
     assert stored.status_code == 200  # answered so Meta stops retrying; kept for a human to see
     big = b"x" * (3 * 1024 * 1024 + 1)
-    assert httpx.post(receiver, content=big, headers={"X-Hub-Signature-256": sign_body(big, APP_SECRET)}
+    assert httpx.post(receiver, content=big, headers=signed(big)
                       ).status_code == 413
     events = _events_after(db, start)
     assert [bytes(e.body) for e in events] == [body, junk]
@@ -89,7 +97,7 @@ def test_a_signed_but_malformed_event_never_blocks_the_others(db, org, sandbox, 
         b'{"entry": "not a list"}',
     ]
     for body in odd:
-        assert httpx.post(receiver, content=body, headers={"X-Hub-Signature-256": sign_body(body, APP_SECRET)}
+        assert httpx.post(receiver, content=body, headers=signed(body)
                           ).status_code == 200
     assert send_campaign(cid)["status"] == "completed"
     sandbox.drain_webhooks(timeout=10)
@@ -99,18 +107,6 @@ def test_a_signed_but_malformed_event_never_blocks_the_others(db, org, sandbox, 
     assert states[1] in ("pending", "orphaned")  # well-formed, for a message nobody knows: kept, retried
     assert all(s == "processed" for s in states[3:]) and len(states) > 3
     assert recipients(db, cid)[0]["status"] in ("delivered", "read")
-
-
-def _post_signed(url: str, payload: dict) -> int:
-    import json
-
-    body = json.dumps(payload).encode()
-    return httpx.post(url, content=body, headers={"X-Hub-Signature-256": sign_body(body, APP_SECRET)}).status_code
-
-
-def _statuses(*statuses: dict) -> dict:
-    return {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
-        "messaging_product": "whatsapp", "metadata": {"phone_number_id": "1"}, "statuses": list(statuses)}}]}]}
 
 
 def test_a_status_before_its_send_is_recorded_waits_then_applies_and_the_unknown_is_orphaned(db, org, sandbox,
@@ -127,12 +123,13 @@ def test_a_status_before_its_send_is_recorded_waits_then_applies_and_the_unknown
                              "delivered_at = null, read_at = null where id = :i"), {"i": row["id"]})
     start = _last_id(db)
     early = {"id": row["wamid"], "status": "delivered", "timestamp": "1800000000", "recipient_id": "5511900000801"}
-    assert _post_signed(receiver, _statuses(early)) == 200  # no callback data: only the wamid can match
+    # no callback data: only the wamid can match
+    assert post_signed(receiver, meta_change("1", statuses=[early])) == 200
     unknown = {"id": "wamid.NOBODY", "status": "read", "timestamp": "1800000000", "recipient_id": "1"}
-    assert _post_signed(receiver, _statuses(unknown)) == 200
+    assert post_signed(receiver, meta_change("1", statuses=[unknown])) == 200
     field = {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [
         {"field": "message_template_status_update", "value": {"event": "APPROVED", "message_template_id": 1}}]}]}
-    assert _post_signed(receiver, field) == 200  # a field we do not handle: stored, answered, processed
+    assert post_signed(receiver, field) == 200  # a field we do not handle: stored, answered, processed
 
     assert ingest_pending(db).unmatched == 2
     assert [e.state for e in _events_after(db, start)] == ["pending", "pending", "processed"]

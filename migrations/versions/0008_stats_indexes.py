@@ -26,7 +26,7 @@ depends_on = None
 INDEXES = {
     'ix_recipients_campaign_skipped': "(campaign_id, skip_reason) where status = 'skipped'",
     'ix_recipients_campaign_failed': "(campaign_id, error_code) where status = 'failed'",
-    'ix_recipients_campaign_replied': "(campaign_id) where replied_at is not null",
+    'ix_recipients_campaign_replied': "(campaign_id, id) where replied_at is not null",
     'ix_recipients_campaign_recent':
         "(campaign_id, (coalesce(sent_at, failed_at))) where coalesce(sent_at, failed_at) is not null",
 }
