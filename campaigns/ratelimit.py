@@ -102,9 +102,11 @@ if redis.call('SET', KEYS[1] .. ':slowguard', '1', 'NX', 'PX', ARGV[3]) then
   local f = tonumber(redis.call('GET', KEYS[1] .. ':slow') or '1')
   f = math.max(f * tonumber(ARGV[4]), tonumber(ARGV[1]))
   redis.call('SET', KEYS[1] .. ':slow', tostring(f), 'PX', ARGV[2])
-  return tostring(f)
+  return {1, tostring(f)}
 end
-return tostring(redis.call('GET', KEYS[1] .. ':slow') or '1')
+-- within the step: the rate stays, but the recovery counts from this 130429
+redis.call('PEXPIRE', KEYS[1] .. ':slow', ARGV[2])
+return {0, tostring(redis.call('GET', KEYS[1] .. ':slow') or '1')}
 """
 SLOW_FACTOR = 0.8  # each 130429 takes a fifth off the number's rate (a single late send costs little)
 SLOW_FLOOR = 0.125  # never below an eighth of the number's rate
@@ -260,10 +262,12 @@ class RateLimiter:
         )
         return Reservation(int(start_us) / 1_000_000, int(step_us) / 1_000_000, n)
 
-    async def slow_down(self, limit: Limit) -> float:
+    async def slow_down(self, limit: Limit) -> tuple[bool, float]:
         """Meta said 130429 (throughput): slow this number down by SLOW_FACTOR, down to SLOW_FLOOR; it
-        recovers by itself SLOW_FOR_MS after the last one. Returns the factor now in force."""
-        return float(await self._slow(keys=[limit.key], args=[SLOW_FLOOR, SLOW_FOR_MS, SLOW_STEP_MS, SLOW_FACTOR]))
+        recovers by itself SLOW_FOR_MS after the last one. Returns whether this call lowered the rate (at
+        most once per SLOW_STEP_MS) and the factor now in force."""
+        changed, factor = await self._slow(keys=[limit.key], args=[SLOW_FLOOR, SLOW_FOR_MS, SLOW_STEP_MS, SLOW_FACTOR])
+        return bool(changed), float(factor)
 
     async def admit(self, portfolio: PortfolioLimit, phones: list[str]) -> Grant:
         """Admit phones in order while the portfolio's 24 h window has room; a phone already in the window

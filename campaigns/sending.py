@@ -253,9 +253,10 @@ async def deliver(
             control.stop(spec.id, "paused")  # stop this process's other sends now; the batch records it
         elif result.error_code in THROUGHPUT_CODES:
             try:
-                factor = await engine.limiter.slow_down(limits[0])
-                log.warning("number %s answered %s: its rate is now x%s", spec.phone_number_id,
-                            result.error_code, factor)
+                changed, factor = await engine.limiter.slow_down(limits[0])
+                if changed:  # one line per step down, not one per refused message
+                    log.warning("number %s answered %s: its rate is now x%.3g", spec.phone_number_id,
+                                result.error_code, factor)
             except Exception:  # the retry still waits; only the slowdown is lost
                 log.exception("could not slow the number down")
 
