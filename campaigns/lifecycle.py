@@ -247,8 +247,8 @@ def retry_failed(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID,
     if current["status"] not in ("running", "paused", "completed"):
         raise Conflict(f"Cannot retry the failures of a {current['status']} campaign")
     requeued = conn.execute(sa.text("""
-        update campaign_recipients set status = 'pending', attempts = 0, next_attempt_at = null, wamid = null,
-               failed_at = null,
+        update campaign_recipients set status = 'pending', attempts = 0, rate_tries = 0, next_attempt_at = null,
+               wamid = null, failed_at = null,
                attempt_log = attempt_log || jsonb_build_array(jsonb_build_object(
                    'note', 'failure retried by an operator', 'timestamp', now()))
         where campaign_id = :c and organization_id = :o and status = 'failed'

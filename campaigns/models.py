@@ -39,7 +39,7 @@ class CampaignCreate(BaseModel):
     audience_filter: AudienceFilter = Field(default_factory=AudienceFilter)
     messages_per_hour: int | None = Field(100, ge=1, le=3_600_000)
     delay_between_messages_seconds: float = Field(2, ge=0, le=60)
-    retry_max_attempts: int = Field(3, ge=1, le=10)
+    retry_max_attempts: int = Field(3, ge=1, le=10, description="retries after the first send (60 s, 120 s, 240 s)")
     retry_base_delay: int = Field(60, ge=10, le=600)
     retry_max_delay: int = Field(3600, ge=60, le=7200)
     respect_opt_out: bool = True

@@ -140,6 +140,7 @@ campaign_recipients = sa.Table(
     sa.Column("error_message", sa.Text),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("attempt_log", JSONB, nullable=False, server_default="[]"),
+    sa.Column("rate_tries", sa.SmallInteger, nullable=False, server_default="0"),  # rate refusals so far
     sa.Column("next_attempt_at", sa.DateTime(timezone=True)),
     sa.Column("claimed_at", sa.DateTime(timezone=True)),
     sa.Column("wamid", sa.Text),

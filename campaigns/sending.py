@@ -65,7 +65,7 @@ CLAIM = sa.text("""
     from picked
     where r.id = picked.id
     returning r.id, r.phone, r.attempts, picked.contact_exists, picked.name, picked.attributes, picked.opted_out_at,
-              greatest(jsonb_array_length(r.attempt_log) - r.attempts + 1, 0) as rate_tries
+              r.rate_tries
 """)
 
 RECORD = sa.text("""
@@ -80,12 +80,13 @@ RECORD = sa.text("""
         next_attempt_at = v.next_at,
         claimed_at = case when v.status = 'sending' then v.at else r.claimed_at end,
         attempts = r.attempts + v.attempts_delta,
+        rate_tries = coalesce(v.rate_tries, r.rate_tries),
         attempt_log = case when v.entry is null then r.attempt_log else r.attempt_log || jsonb_build_array(v.entry) end
     from unnest(
         cast(:ids as bigint[]), cast(:statuses as text[]), cast(:wamids as text[]), cast(:codes as int[]),
         cast(:messages as text[]), cast(:skip_reasons as text[]), cast(:next_ats as timestamptz[]),
-        cast(:deltas as int[]), cast(:entries as jsonb[]), cast(:ats as timestamptz[])
-    ) as v(id, status, wamid, code, message, skip_reason, next_at, attempts_delta, entry, at)
+        cast(:deltas as int[]), cast(:entries as jsonb[]), cast(:ats as timestamptz[]), cast(:rate_tries as int[])
+    ) as v(id, status, wamid, code, message, skip_reason, next_at, attempts_delta, entry, at, rate_tries)
     where r.id = v.id and r.status = 'sending'
 """)
 
@@ -99,7 +100,7 @@ class Claimed:
     attributes: dict[str, Any]
     opted_out: bool
     contact_deleted: bool = False
-    rate_tries: int = 0  # earlier tries refused for a rate limit (they do not count as attempts)
+    rate_tries: int = 0  # earlier tries refused for a rate limit (they do not spend attempts)
 
 
 @dataclass
@@ -116,6 +117,7 @@ class Outcome:
     attempts_delta: int = 0  # -1 when the message was never attempted (pause, rate limit)
     entry: dict[str, Any] | None = None  # the attempt log entry
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    rate_tries: int | None = None  # rate refusals so far, when this one was one (None: unchanged)
 
 
 @dataclass
@@ -366,10 +368,10 @@ def outcome_for(
         backoff_s = 4 ** min(tries, 4) if result.error_code == PAIR_LIMIT else min(2 ** (tries - 1), 30)
         wait = result.retry_after or backoff_s
         return Outcome(row.id, "pending", code=result.error_code, message=result.error_message, entry=entry,
-                       next_at=now + timedelta(seconds=wait), attempts_delta=-1)
+                       next_at=now + timedelta(seconds=wait), attempts_delta=-1, rate_tries=tries)
     if cls is FailureClass.UNKNOWN:
         log.warning("unknown provider error code %s: %s", result.error_code, result.error_message)
-    if row.attempts >= spec.retry_max_attempts:
+    if row.attempts > spec.retry_max_attempts:  # the first send, then retry_max_attempts retries
         message = f"retries exhausted after {row.attempts} attempts: {result.error_message}"
         return Outcome(row.id, "failed", code=result.error_code, message=message, entry=entry, at=now)
     return Outcome(row.id, "pending", code=result.error_code, message=result.error_message, entry=entry,
@@ -381,10 +383,11 @@ def record(conn: sa.Connection, spec: CampaignSpec, outcomes: list[Outcome]) -> 
         return 0
     cols = list(zip(*[
         (o.id, o.status, o.wamid, o.code, o.message, o.skip_reason, o.next_at, o.attempts_delta,
-         json.dumps(o.entry) if o.entry else None, o.at)
+         json.dumps(o.entry) if o.entry else None, o.at, o.rate_tries)
         for o in outcomes
     ], strict=True))
-    names = ("ids", "statuses", "wamids", "codes", "messages", "skip_reasons", "next_ats", "deltas", "entries", "ats")
+    names = ("ids", "statuses", "wamids", "codes", "messages", "skip_reasons", "next_ats", "deltas", "entries", "ats",
+             "rate_tries")
     updated = conn.execute(RECORD, dict(zip(names, map(list, cols), strict=True))).rowcount
     errors = [o for o in outcomes if o.status == "failed" or (o.code is not None and o.status != "sent")]
     if errors:

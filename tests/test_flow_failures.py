@@ -57,7 +57,7 @@ def test_permanent_failures_are_recorded_with_code_and_reason(db, org, sandbox):
 
 
 def test_transient_failures_succeed_on_a_later_attempt(db, org, sandbox):
-    sandbox.configure(rules=[{"match": "7$", "code": 133004, "times": 2}])
+    sandbox.configure(rules=[{"match": "7$", "code": 133004, "times": 3}])
     number = add_sandbox_number(db, org, sandbox)
     add_contacts(db, org, [{"phone": f"+551190000000{i}", "name": "Ana"} for i in range(5, 9)])
     cid = create_campaign(db, org, number, retry_max_attempts=3)
@@ -67,20 +67,20 @@ def test_transient_failures_succeed_on_a_later_attempt(db, org, sandbox):
 
     row = by_phone(db, cid)["+5511900000007"]
     assert row["status"] in ("sent", "delivered", "read")
-    assert row["attempts"] == 3
+    assert row["attempts"] == 4  # the first send and the seed's three retries
     log = row["attempt_log"]
-    assert [e["success"] for e in log] == [False, False, True]
-    assert [e.get("error_code") for e in log] == [133004, 133004, None]
+    assert [e["success"] for e in log] == [False, False, False, True]
+    assert [e.get("error_code") for e in log] == [133004, 133004, 133004, None]
     assert sent_counts(sandbox)[f"pytake:{row['id']}"] == 1
-    # The seed's schedule, base·2^(n-1) with ±20% jitter, on a base shrunk to 1 s: ~1 s, then ~2 s.
+    # The seed's schedule (60 s, 120 s, 240 s), base·2^(n-1) with ±20% jitter, on a base shrunk to 1 s.
     at = [datetime.fromisoformat(e["timestamp"]) for e in log]
-    first, second = ((b - a).total_seconds() for a, b in zip(at, at[1:], strict=False))
-    assert 0.8 <= first < 6 and 1.6 <= second < 8  # never early; late by at most a wave of tasks
+    first, second, third = ((b - a).total_seconds() for a, b in zip(at, at[1:], strict=False))
+    assert 0.8 <= first < 6 and 1.6 <= second < 8 and 3.2 <= third < 10  # never early; late by a wave at most
 
     with db.connect() as conn:
         rs = retry_stats_of(conn, org, cid)
-    assert rs["recipients_by_attempts"] == {"1": 3, "3": 1} and rs["total_attempts"] == 6
-    assert rs["failed_attempts_by_code"] == {"133004": 2}
+    assert rs["recipients_by_attempts"] == {"1": 3, "4": 1} and rs["total_attempts"] == 7
+    assert rs["failed_attempts_by_code"] == {"133004": 3}
     assert rs["waiting_retry"]["recipients"] == 0 and rs["retries_exhausted"] == 0
 
 
@@ -88,7 +88,7 @@ def test_retries_exhausted_fail_the_recipient_with_the_last_reason(db, org, sand
     sandbox.configure(rules=[{"match": "5$", "code": 131000}, {"match": "6$", "code": 2}])
     number = add_sandbox_number(db, org, sandbox)
     add_contacts(db, org, [{"phone": "+5511900000006", "name": "Ana"}, {"phone": "+5511900000004", "name": "Bia"}])
-    cid = create_campaign(db, org, number, retry_max_attempts=2)
+    cid = create_campaign(db, org, number, retry_max_attempts=1)  # one retry after the first send
     shrink_retry_delay(db, cid)
 
     assert send_campaign(cid)["status"] == "completed"

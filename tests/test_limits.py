@@ -17,13 +17,23 @@ from tests.helpers import (
 )
 
 
-def test_two_campaigns_on_one_number_never_exceed_its_rate_together(db, org):
+def test_two_campaigns_on_one_number_never_exceed_its_rate_together(db, org, monkeypatch):
     """The sandbox runs in its own process here, as Meta does: in the test's process its clock would be
-    slowed by the test's own threads and it would see bunching that never left the engine."""
+    slowed by the test's own threads and it would see bunching that never left the engine. It still shares
+    two cores with two flows, their engine and the test, and it stamps a request when it gets to read it,
+    not when it arrived: a headroom of 10% (instead of 4%) keeps that jitter (up to 100 ms) from reading as
+    a burst. bench/throughput.py shows zero 130429 at the default headroom on a quiet machine."""
     from bench.common import SandboxProcess
+    from campaigns.settings import get_settings
 
-    with SandboxProcess(latency_ms=50, mps_cap=100) as sandbox:
-        _two_campaigns(db, org, sandbox)
+    monkeypatch.setenv("RATE_HEADROOM", "0.1")
+    get_settings.cache_clear()
+    try:
+        with SandboxProcess(latency_ms=50, mps_cap=100) as sandbox:
+            _two_campaigns(db, org, sandbox)
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
 
 
 def _two_campaigns(db, org, sandbox):
@@ -45,9 +55,7 @@ def _two_campaigns(db, org, sandbox):
     # have gone at 96 msg/s side by side and finished in about 5 s, with hundreds of 130429.
     accepted = sorted(m["accepted_at"] for m in messages)
     assert accepted[-1] - accepted[0] >= 9.0
-    # Zero 130429 is what bench/throughput.py measures on a quiet machine; here two flows, their engine and
-    # the sandbox share two cores with the test, and a rare late wake-up may still reach the sandbox.
-    assert sandbox.stats()["throttled_130429"] <= 3
+    assert sandbox.stats()["throttled_130429"] == 0
 
 
 def test_a_pair_rate_limit_delays_only_that_recipient(db, org, sandbox):
@@ -72,7 +80,7 @@ def test_an_unknown_error_code_is_retried_safely_then_recorded(db, org, sandbox)
     sandbox.configure(rules=[{"match": "1$", "code": 987654, "http_status": 400}])
     number = add_sandbox_number(db, org, sandbox)
     add_contacts(db, org, [{"phone": "+5511900000001", "name": "Ana"}, {"phone": "+5511900000002", "name": "Bia"}])
-    cid = create_campaign(db, org, number, retry_max_attempts=2)
+    cid = create_campaign(db, org, number, retry_max_attempts=1)
     shrink_retry_delay(db, cid)
 
     assert send_campaign(cid)["status"] == "completed"
