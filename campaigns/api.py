@@ -377,6 +377,8 @@ class CampaignsApi:
         self.ready()
         with self.db.begin() as conn:
             t = lifecycle.resume(conn, call.org, call.campaign_id)
+        if t.status == "scheduled":
+            return _moved(call, t, message="Campaign scheduled again: it starts at its time, after the checklist")
         run_id = self.hand_to_prefect(call.org, call.campaign_id)
         return _moved(call, t, flow_run_id=run_id, message=f"Campaign resumed. Flow run ID: {run_id}")
 

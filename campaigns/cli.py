@@ -236,7 +236,7 @@ def cmd_transition(args: argparse.Namespace) -> int:
     with _db().begin() as conn:
         org = _org_of(conn, args.id, args.org)
         t = fn(conn, org, uuid.UUID(args.id))
-    if args.command == "resume":
+    if t.status == "running":  # resumed; one resumed to "scheduled" is started by the scheduler
         _spawn_runner(uuid.UUID(args.id))
     _err(f"campaign {args.id}: {t.previous} -> {t.status}")
     return 0

@@ -20,6 +20,7 @@ from campaigns.ratelimit import PRESETS
 from campaigns.schema import business_portfolios, campaigns, organizations, whatsapp_numbers
 
 EDITABLE = ("draft", "scheduled", "paused")
+AUDIENCE_FIELDS = frozenset({"audience_type", "audience_filter", "respect_opt_out", "skip_active_conversations"})
 STARTABLE = ("draft", "scheduled")
 TERMINAL = ("completed", "cancelled", "failed")
 
@@ -174,6 +175,9 @@ def update(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID, changes:
     if current["status"] not in EDITABLE:
         raise Conflict("Cannot edit running campaign" if current["status"] == "running" else
                        f"Cannot edit a {current['status']} campaign")
+    fixed = sorted(AUDIENCE_FIELDS & changes.keys())
+    if fixed and current["audience_frozen_at"] is not None:  # a silent no-op would mislead the operator
+        raise Conflict(f"Cannot change {', '.join(fixed)}: the audience was built when the campaign started")
     merged = {k: v for k, v in current.items() if k in CampaignCreate.model_fields}
     merged["audience_filter"] = merged.get("audience_filter") or {}
     merged.update(changes)
@@ -232,8 +236,13 @@ def schedule(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID, at: da
 
 
 def resume(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID) -> Transition:
+    """A paused campaign runs again. One held before it ever started (paused while scheduled, or refused
+    by the checklist at its time) goes back to scheduled instead: its start still passes the pre-launch
+    checklist, and the scheduler starts it at once if its time has come."""
+    current = get(conn, org, campaign_id, lock=True)
+    status = "scheduled" if current["status"] == "paused" and current["started_at"] is None else "running"
     return _transition(
-        conn, org, campaign_id, ("paused",), {"status": "running", "paused_reason": None, "resume_at": None},
+        conn, org, campaign_id, ("paused",), {"status": status, "paused_reason": None, "resume_at": None},
         "Cannot resume a {status} campaign",
     )
 

@@ -29,6 +29,8 @@ def start_campaign(db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID) -> dic
 
     with db.begin() as conn:
         campaign = lifecycle.get(conn, org, campaign_id, lock=True)
+        if campaign["status"] not in lifecycle.STARTABLE:  # a state conflict, not a failed check
+            raise lifecycle.Conflict(f"Cannot start a {campaign['status']} campaign")
         number = lifecycle.get_number(conn, org, campaign["whatsapp_number_id"])
         pf = run_preflight(
             conn, campaign, number, lambda: load_credentials(number["block_name"], fresh=True),

@@ -221,6 +221,8 @@ def test_pause_resume_cancel_and_schedule_answer_their_status_codes(db, org, san
     cid = create(http, number)
 
     assert http.post(f"/campaigns/{cid}/start").json()["status"] == "running"
+    r = http.post(f"/campaigns/{cid}/start")
+    assert r.status_code == 409 and r.json()["detail"] == "Cannot start a running campaign"
     r = http.post(f"/campaigns/{cid}/pause")
     assert r.status_code == 200 and r.json() == {"campaign_id": cid, "status": "paused", "previous_status": "running"}
     r = http.post(f"/campaigns/{cid}/pause")
@@ -247,6 +249,11 @@ def test_pause_resume_cancel_and_schedule_answer_their_status_codes(db, org, san
     r = http.post(f"/campaigns/{later}/schedule", json={"scheduled_at": "2031-12-01T09:00:00-03:00"})
     assert r.status_code == 200 and r.json()["status"] == "scheduled"
     assert r.json()["scheduled_at"] == "2031-12-01T12:00:00Z"
+    # Held before its time, it goes back to scheduled on resume: its start still passes the checklist.
+    assert http.post(f"/campaigns/{later}/pause").json()["status"] == "paused"
+    r = http.post(f"/campaigns/{later}/resume")
+    assert r.status_code == 200 and r.json()["status"] == "scheduled" and "flow_run_id" not in r.json()
+    assert len(launcher.launched) == 2 and http.get(f"/campaigns/{later}").json()["started_at"] is None
     assert http.post(f"/campaigns/{later}/schedule", json={"at": "soon"}).json()["errors"][0].startswith("at:")
     missing = http.post(f"/campaigns/{uuid.uuid4()}/pause")
     assert missing.status_code == 404 and missing.json()["detail"] == "Campaign not found"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from campaigns import lifecycle
 from flows.send_campaign import send_campaign
 from tests.helpers import (
@@ -50,11 +52,17 @@ def test_pause_stops_sending_within_two_seconds_and_resume_sends_only_what_is_le
     assert pending_before > 0
     assert campaign_row(db, cid)["paused_reason"] == "operator"
 
+    # Paused, the message may be edited; the audience was built at the start and cannot change silently.
     with db.begin() as conn:
+        with pytest.raises(lifecycle.Conflict, match="Cannot change audience_filter, respect_opt_out: the audience"):
+            lifecycle.update(conn, org, cid, {"audience_filter": {"tags": ["vip"]}, "respect_opt_out": False})
+        lifecycle.update(conn, org, cid, {"template_variables": {"body": ["Edited for {{contact.name}}"]}})
         lifecycle.resume(conn, org, cid)
     assert send_campaign(cid)["status"] == "completed"
     counts = sent_counts(sandbox)
     assert len(counts) == 400 and set(counts.values()) == {1}
+    edited = [m for m in sandbox.messages() if "Edited for Ana" in str(m["template"])]
+    assert len(edited) == pending_before  # what was still pending went out with the edited variables
 
 
 def test_cancel_is_final_and_marks_what_was_not_sent(db, org, sandbox):
