@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
 from campaigns.audience import contacts_query
-from campaigns.ratelimit import PortfolioLimit, portfolio_limit
+from campaigns.number_check import NumberHealth, check_number
+from campaigns.ratelimit import LimitUsage, number_caps, number_key, portfolio_limit
 from campaigns.rendering import placeholders
 
 KNOWN_FIELDS = {"contact.name", "contact.phone", "contact.first_name"}
@@ -58,7 +60,8 @@ def run_preflight(
     ping_redis: Callable[[], Any],
     ping_prefect: Callable[[], Any] | None = None,
     allowed_statuses: tuple[str, ...] = ("draft", "scheduled"),
-    portfolio_usage: Callable[[PortfolioLimit], int] | None = None,
+    usage: LimitUsage | None = None,
+    check: Callable[[str, Any], NumberHealth] = check_number,
 ) -> Preflight:
     pf = Preflight()
     pf.add("campaign status", campaign["status"] in allowed_statuses,
@@ -74,8 +77,7 @@ def run_preflight(
     pf.add("audience", pf.audience_size > 0, "the audience has no contacts")
 
     pf.add("whatsapp number active", bool(number["active"]), "the WhatsApp number is inactive")
-    problem = _probe(lambda: _token_present(load_credentials()))
-    pf.add("whatsapp credentials", problem is None, f"credentials block {number['block_name']!r}: {problem}")
+    _check_credentials(pf, number, load_credentials, check)
 
     content = campaign["message_content"] or {}
     if campaign["message_type"] == "text":
@@ -88,14 +90,8 @@ def run_preflight(
     else:
         pf.add("message content", bool(content.get("template_name")), "message_content.template_name is empty")
 
-    portfolio = portfolio_limit(number.get("portfolio_id"), number.get("portfolio_limit"))
-    if portfolio and portfolio_usage:
-        used = portfolio_usage(portfolio)
-        room = max(portfolio.limit - used, 0)
-        pf.add("business portfolio limit", pf.audience_size <= room,
-               f"{min(room, pf.audience_size)} of {pf.audience_size} recipients fit in the next 24 h "
-               f"({used} of {portfolio.limit} unique recipients used); the campaign pauses at the limit and "
-               "resumes as the 24 h window moves", warning=True)
+    if usage is not None:
+        _check_limits(pf, number, usage)
 
     problem = _probe(ping_redis)
     pf.add("redis", problem is None, f"Redis unreachable (rate limiting needs it): {problem}")
@@ -105,9 +101,54 @@ def run_preflight(
     return pf
 
 
-def _token_present(creds: Any) -> None:
-    if not getattr(creds, "token", ""):
-        raise ValueError("no access token")
+def _check_credentials(pf: Preflight, number: dict[str, Any], load_credentials: Callable[[], Any],
+                       check: Callable[[str, Any], NumberHealth]) -> None:
+    """A token that is present is not yet a valid one: ask the provider (see campaigns.number_check)."""
+    health: NumberHealth | None = None
+
+    def probe() -> None:
+        nonlocal health
+        creds = load_credentials()
+        if not getattr(creds, "token", ""):
+            raise ValueError("no access token")
+        health = check(number["provider"], creds)
+
+    problem = _probe(probe)
+    if problem is not None or health is None:
+        pf.add("whatsapp credentials", False, f"credentials block {number['block_name']!r}: {problem}")
+        return
+    if health.reachable:
+        pf.add("whatsapp credentials", health.accepted, health.detail)
+    else:
+        pf.add("whatsapp credentials", False, f"not checked, {health.detail}; sending will tell", warning=True)
+    rating = health.quality_rating
+    pf.add("number quality", rating in (None, "GREEN", "UNKNOWN"),
+           f"Meta rates this number's quality {rating}: more blocks and reports may lower its limits", warning=True)
+
+
+def _check_limits(pf: Preflight, number: dict[str, Any], usage: LimitUsage) -> None:
+    """How much of the audience the number's caps and its portfolio let through before a pause. Said, not
+    refused: the campaign pauses with `rate_limit` at the limit and resumes by itself when the window moves."""
+    caps = [cap for cap in number_caps(number_key(number["provider"], number["phone_number_id"]), number["provider"],
+                                       number.get("per_minute"), number.get("per_hour"), number.get("per_day"))
+            if cap.pause]
+    for cap, (used, ends) in zip(caps, usage.caps(caps), strict=True):
+        room = max(cap.limit - used, 0)
+        if room == 0:
+            detail = (f"Rate limit exceeded: the {cap.label} is used up; the campaign will pause until "
+                      f"{datetime.fromtimestamp(ends, UTC):%Y-%m-%dT%H:%M:%SZ} and then resume by itself")
+        else:
+            detail = (f"{room} of {pf.audience_size} recipients fit before the {cap.label} is reached "
+                      f"({used} used); the campaign pauses there and resumes when the window ends")
+        pf.add("number caps", pf.audience_size <= room, detail, warning=True)
+    portfolio = portfolio_limit(number.get("portfolio_id"), number.get("portfolio_limit"))
+    if portfolio:
+        used = usage.portfolio(portfolio)
+        room = max(portfolio.limit - used, 0)
+        pf.add("business portfolio limit", pf.audience_size <= room,
+               f"{min(room, pf.audience_size)} of {pf.audience_size} recipients fit in the next 24 h "
+               f"({used} of {portfolio.limit} unique recipients used); the campaign pauses at the limit and "
+               "resumes as the 24 h window moves", warning=True)
 
 
 def _attribute_names(conn: sa.Connection, org: Any) -> set[str]:

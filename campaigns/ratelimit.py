@@ -202,9 +202,25 @@ def portfolio_limit(portfolio_id: object | None, limit: int | None) -> Portfolio
     return PortfolioLimit(f"pf:{portfolio_id}", limit) if portfolio_id and limit else None
 
 
-def portfolio_usage(client: redis.Redis, limit: PortfolioLimit) -> int:
-    """Unique recipients in the last 24 h (a sync client: preflight reads it)."""
-    return int(client.zcount(limit.key, time.time() - PORTFOLIO_WINDOW_S, "+inf"))
+class LimitUsage:
+    """What the shared limits have used so far, read for the preflight (a sync client)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def portfolio(self, limit: PortfolioLimit) -> int:
+        """Unique recipients in the last 24 h."""
+        return int(self.client.zcount(limit.key, time.time() - PORTFOLIO_WINDOW_S, "+inf"))
+
+    def caps(self, caps: list[Cap]) -> list[tuple[int, int]]:
+        """Messages counted in each cap's current window, and when that window ends (Unix s), on Redis'
+        clock as TAKE reads them."""
+        if not caps:
+            return []
+        now = int(self.client.time()[0])
+        buckets = [now // cap.window_s for cap in caps]
+        used = self.client.mget([f"{cap.key}:{b}" for cap, b in zip(caps, buckets, strict=True)])
+        return [(int(u or 0), (b + 1) * cap.window_s) for cap, b, u in zip(caps, buckets, used, strict=True)]
 
 
 def number_key(provider: str, phone_number_id: str) -> str:

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from campaigns import audience, lifecycle
 from campaigns.preflight import run_preflight
 from campaigns.providers import Credentials
+from campaigns.ratelimit import LimitUsage
 from campaigns.sending import CampaignSpec
 
 
@@ -69,7 +70,7 @@ def prepare(
     credentials: Callable[[str], Credentials],
     ping_redis: Callable[[], Any],
     ping_prefect: Callable[[], Any] | None = None,
-    portfolio_usage: Callable[[Any], int] | None = None,
+    usage: LimitUsage | None = None,
 ) -> Prepared:
     """Preflight (for a campaign not yet running), mark it running, build its audience once."""
     warnings: list[str] = []
@@ -79,7 +80,7 @@ def prepare(
         number = lifecycle.get_number(conn, org, campaign["whatsapp_number_id"])
         if campaign["status"] in lifecycle.STARTABLE:
             pf = run_preflight(conn, campaign, number, lambda: credentials(number["block_name"]), ping_redis,
-                               ping_prefect, portfolio_usage=portfolio_usage)
+                               ping_prefect, usage=usage)
             if not pf.ok:
                 return Prepared(campaign["status"], refused=pf.failures())
             warnings = pf.warnings()

@@ -262,6 +262,12 @@ class SandboxConfig(BaseModel):
         default_factory=dict,
         description="phone_number_id -> valid token (None = revoked). Numbers not listed accept any token.",
     )
+    quality_ratings: dict[str, str] = Field(
+        default_factory=dict, description="phone_number_id -> quality rating Graph reports (default GREEN)"
+    )
+    evolution_states: dict[str, str] = Field(
+        default_factory=dict, description="instance -> connection state Evolution reports (default open)"
+    )
     templates: dict[str, str] = Field(
         default_factory=dict,
         description="template name -> body text with {{1}}/{{name}} placeholders; when non-empty, unknown "
@@ -742,6 +748,34 @@ class Sandbox:
 
         return await self._send(cfg, _EVOLUTION, instance, admit)
 
+    async def handle_phone_number(self, request: web.Request) -> web.Response:
+        """``GET /{version}/{phone_number_id}``: the number as Graph shows it, token checked (the preflight)."""
+        phone_number_id = request.match_info["phone_number_id"]
+        cfg = self._cfg
+        try:
+            self._check_token(cfg, phone_number_id, request.headers.get("Authorization"))
+        except GraphError as err:
+            status, body = _GRAPH.refused(err, None)
+            return web.json_response(body, status=status)
+        return web.json_response({
+            "id": phone_number_id,
+            "verified_name": "PyTake Sandbox",
+            "display_phone_number": f"+1 555 {phone_number_id[-7:]}",
+            "quality_rating": cfg.quality_ratings.get(phone_number_id, "GREEN"),
+        })
+
+    async def handle_evolution_state(self, request: web.Request) -> web.Response:
+        """``GET /instance/connectionState/{instance}`` (header ``apikey``): whether the instance is connected."""
+        instance = request.match_info["instance"]
+        cfg = self._cfg
+        try:
+            self._check_apikey(cfg, instance, request.headers.get("apikey"))
+        except GraphError as err:
+            status, body = _EVOLUTION.refused(err, None)
+            return web.json_response(body, status=status)
+        state = cfg.evolution_states.get(instance, "open")
+        return web.json_response({"instance": {"instanceName": instance, "state": state}})
+
     async def _send(self, cfg: SandboxConfig, wire: _Wire, sender: str, admit: Callable[[], _Outgoing]) -> web.Response:
         """Decide at once (auth + body, throughput, rules, record), sleep the latency, answer in ``wire``."""
         # From here to the sleep there is no await: the decision is atomic with respect to other requests.
@@ -1208,6 +1242,8 @@ def create_app(config: SandboxConfig | None = None, *, sandbox: Sandbox | None =
             web.post("/_sandbox/webhooks/drain", sb.handle_drain),
             web.post(r"/{version:v\d+(?:\.\d+)?}/{phone_number_id}/messages", sb.handle_send),
             web.post("/message/sendText/{instance}", sb.handle_evolution_send),
+            web.get(r"/{version:v\d+(?:\.\d+)?}/{phone_number_id}", sb.handle_phone_number),
+            web.get("/instance/connectionState/{instance}", sb.handle_evolution_state),
         ]
     )
     return app

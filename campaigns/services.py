@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from campaigns import lifecycle, recipient_statuses, retry_stats, stats
 from campaigns.preflight import run_preflight
-from campaigns.ratelimit import PortfolioLimit, portfolio_usage
+from campaigns.ratelimit import LimitUsage
 from campaigns.schema import CAMPAIGN_STATUSES, campaigns
 from campaigns.settings import get_settings
 
@@ -19,8 +19,8 @@ def ping_redis() -> None:
     redis.Redis.from_url(get_settings().redis_url or "").ping()
 
 
-def portfolio_usage_now(limit: PortfolioLimit) -> int:
-    return portfolio_usage(redis.Redis.from_url(get_settings().redis_url or ""), limit)
+def limit_usage() -> LimitUsage:
+    return LimitUsage(redis.Redis.from_url(get_settings().redis_url or ""))
 
 
 def start_campaign(db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID) -> dict[str, Any]:
@@ -34,7 +34,7 @@ def start_campaign(db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID) -> dic
         number = lifecycle.get_number(conn, org, campaign["whatsapp_number_id"])
         pf = run_preflight(
             conn, campaign, number, lambda: load_credentials(number["block_name"], fresh=True),
-            ping_redis, portfolio_usage=portfolio_usage_now,
+            ping_redis, usage=limit_usage(),
         )
         if not pf.ok:
             raise lifecycle.Invalid("Preflight failed", pf.failures())

@@ -15,7 +15,7 @@ from campaigns.engine_process import get_engine_client
 from campaigns.ingest import ingest_for
 from campaigns.providers import OutboundMessage, SendResult
 from campaigns.reconcile import reconcile
-from campaigns.services import ping_redis, portfolio_usage_now
+from campaigns.services import limit_usage, ping_redis
 from campaigns.settings import get_settings
 
 
@@ -23,7 +23,7 @@ from campaigns.settings import get_settings
 def prepare_campaign(campaign_id: uuid.UUID) -> runner.Prepared:
     """Preflight, mark running, build the audience once; credentials are read afresh (a fixed token)."""
     return runner.prepare(get_engine(), campaign_id, lambda name: load_credentials(name, fresh=True), ping_redis,
-                          portfolio_usage=portfolio_usage_now)
+                          usage=limit_usage())
 
 
 @task(name="send-batch", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, task_run_name="send-batch-{batch_no}")

@@ -44,6 +44,9 @@ def test_a_daily_cap_pauses_until_midnight_and_the_scheduler_resumes_after_it(db
     add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(8, start=8100)])
     cid = create_campaign(db, org, number)
 
+    assert start_campaign(db, org, cid)["warnings"] == [
+        "number caps: 5 of 8 recipients fit before the daily cap of 5 messages is reached (0 used); the campaign "
+        "pauses there and resumes when the window ends"]
     assert send_campaign(cid)["status"] == "paused"
     campaign = campaign_row(db, cid)
     assert campaign["paused_reason"] == "rate_limit"
@@ -52,6 +55,12 @@ def test_a_daily_cap_pauses_until_midnight_and_the_scheduler_resumes_after_it(db
     assert "daily cap of 5 messages" in campaign["last_error_message"]
     assert len(sent_counts(sandbox)) == 5
     assert due_campaigns(db, start_campaign).to_launch == []  # not before its window ends
+    later = create_campaign(db, org, number)  # the checklist says so before another campaign starts
+    assert start_campaign(db, org, later)["warnings"] == [
+        f"number caps: Rate limit exceeded: the daily cap of 5 messages is used up; the campaign will pause until "
+        f"{tomorrow:%Y-%m-%dT%H:%M:%SZ} and then resume by itself"]
+    with db.begin() as conn:
+        lifecycle.cancel(conn, org, later)
 
     with db.begin() as conn:  # the operator resumes early: the window is still full, so it pauses again
         lifecycle.resume(conn, org, cid)

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 
 from campaigns import lifecycle
 from campaigns.services import start_campaign
-from tests.helpers import add_contacts, add_sandbox_number, campaign_row, create_campaign
+from tests.helpers import add_contacts, add_sandbox_number, campaign_row, create_campaign, phone_number_id
 
 
 def test_every_failed_check_is_listed_and_nothing_starts(db, org, sandbox):
@@ -46,3 +46,40 @@ def test_another_organization_sees_campaign_not_found(db, org, sandbox):
         lifecycle.pause(conn, other, cid)
     with pytest.raises(lifecycle.NotFound):
         start_campaign(db, other, cid)
+
+
+def test_the_provider_is_asked_whether_the_token_works_before_anything_starts(db, org, sandbox):
+    number = add_sandbox_number(db, org, sandbox)
+    add_contacts(db, org, [{"phone": "+5511900000001", "name": "Ana"}])
+    cid = create_campaign(db, org, number)
+    sandbox.set_token(phone_number_id(db, number), "a-newer-token")  # the stored one has expired
+
+    with pytest.raises(lifecycle.Invalid) as exc:
+        start_campaign(db, org, cid)
+    assert exc.value.details == ["whatsapp credentials: the provider refused the credentials (190): Error validating "
+                                 "access token: Session has expired: The access token is invalid or has expired."]
+    assert campaign_row(db, cid)["status"] == "draft"
+
+    sandbox.set_token(phone_number_id(db, number), "tok")
+    sandbox.configure(quality_ratings={phone_number_id(db, number): "RED"})
+    body = start_campaign(db, org, cid)  # a low quality rating is said, not refused
+    assert body["status"] == "running"
+    assert body["warnings"] == ["number quality: Meta rates this number's quality RED: more blocks and reports may "
+                                "lower its limits"]
+
+
+def test_an_unreachable_provider_is_a_warning_and_a_disconnected_evolution_instance_a_failure(sandbox):
+    from campaigns.number_check import check_number
+    from campaigns.providers import Credentials
+
+    down = check_number("meta_cloud", Credentials("123", token="secret-token", api_base="http://127.0.0.1:9"))
+    assert (down.accepted, down.reachable) == (False, False) and "secret-token" not in down.detail
+
+    sandbox.configure(evolution_keys={"loja": "k"}, evolution_states={"loja": "close"})
+    closed = check_number("evolution", Credentials("loja", token="k", api_base=sandbox.url))
+    assert (closed.accepted, closed.reachable) == (False, True)
+    assert closed.detail == "instance loja is close, not connected (scan its QR code in Evolution)"
+    wrong_key = check_number("evolution", Credentials("loja", token="nope", api_base=sandbox.url))
+    assert (wrong_key.accepted, wrong_key.reachable) == (False, True) and "refused" in wrong_key.detail
+    sandbox.configure(evolution_states={})
+    assert check_number("evolution", Credentials("loja", token="k", api_base=sandbox.url)).accepted
