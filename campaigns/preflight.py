@@ -71,10 +71,13 @@ def run_preflight(
     params["org"] = str(campaign["organization_id"])
     raw = conn.connection.driver_connection
     with raw.cursor() as cur:
-        cur.execute(f"select count(*) from contacts where organization_id = %(org)s{where}", params)
-        row = cur.fetchone()
-        pf.audience_size = int(row[0]) if row else 0
+        cur.execute("select count(*), count(*) filter (where opted_out_at is null) from contacts "
+                    f"where organization_id = %(org)s{where}", params)
+        size, not_opted_out = cur.fetchone() or (0, 0)
+    pf.audience_size = int(size)
     pf.add("audience", pf.audience_size > 0, "the audience has no contacts")
+    if pf.audience_size and campaign["respect_opt_out"]:
+        pf.add("audience", not_opted_out > 0, "every contact of the audience opted out")
 
     pf.add("whatsapp number active", bool(number["active"]), "the WhatsApp number is inactive")
     _check_credentials(pf, number, load_credentials, check)
@@ -92,6 +95,10 @@ def run_preflight(
 
     if usage is not None:
         _check_limits(pf, number, usage)
+    pf.add("webhooks", not _statuses_silent(conn, number["id"], campaign["id"]),
+           "the last campaign on this number sent messages more than 10 minutes ago and no status webhook came "
+           "back: check that Meta's webhooks point at /webhooks/whatsapp (delivered and read stay uncounted)",
+           warning=True)
 
     problem = _probe(ping_redis)
     pf.add("redis", problem is None, f"Redis unreachable (rate limiting needs it): {problem}")
@@ -149,6 +156,22 @@ def _check_limits(pf: Preflight, number: dict[str, Any], usage: LimitUsage) -> N
                f"{min(room, pf.audience_size)} of {pf.audience_size} recipients fit in the next 24 h "
                f"({used} of {portfolio.limit} unique recipients used); the campaign pauses at the limit and "
                "resumes as the 24 h window moves", warning=True)
+
+
+def _statuses_silent(conn: sa.Connection, number_id: Any, campaign_id: Any) -> bool:
+    """The webhooks are not reaching us: the number's last campaign has messages sent over 10 minutes ago
+    and not one delivered or read. (A number that never sent cannot tell yet.) Two
+    EXISTS on the (campaign_id, status, id) index: cheap even after a campaign of millions."""
+    return bool(conn.execute(sa.text("""
+        with last as (
+            select id from campaigns where whatsapp_number_id = :n and id <> :c and started_at is not null
+            order by started_at desc limit 1
+        )
+        select exists (select 1 from campaign_recipients r, last where r.campaign_id = last.id
+                         and r.status = 'sent' and r.sent_at < now() - interval '10 minutes')
+           and not exists (select 1 from campaign_recipients r, last where r.campaign_id = last.id
+                             and r.status in ('delivered', 'read'))
+    """), {"n": number_id, "c": campaign_id}).scalar())
 
 
 def _attribute_names(conn: sa.Connection, org: Any) -> set[str]:

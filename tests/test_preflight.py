@@ -83,3 +83,27 @@ def test_an_unreachable_provider_is_a_warning_and_a_disconnected_evolution_insta
     assert (wrong_key.accepted, wrong_key.reachable) == (False, True) and "refused" in wrong_key.detail
     sandbox.configure(evolution_states={})
     assert check_number("evolution", Credentials("loja", token="k", api_base=sandbox.url)).accepted
+
+
+def test_the_checklist_says_when_status_webhooks_never_came_back_and_when_everyone_opted_out(db, org, sandbox):
+    number = add_sandbox_number(db, org, sandbox)
+    add_contacts(db, org, [{"phone": "+5511900000001", "name": "Ana"}, {"phone": "+5511900000002", "name": "Bia"}])
+    first = create_campaign(db, org, number)
+    assert start_campaign(db, org, first)["warnings"] == []  # a number that never sent cannot tell yet
+    with db.begin() as conn:  # it sent 20 minutes ago; no webhook moved any message past "sent"
+        conn.execute(sa.text("update campaigns set audience_frozen_at = now() where id = :c"), {"c": first})
+        conn.execute(sa.text("""
+            insert into campaign_recipients (campaign_id, organization_id, contact_id, phone, status, sent_at)
+            select :c, organization_id, id, phone, 'sent', now() - interval '20 minutes' from contacts
+            where organization_id = :o"""), {"c": first, "o": org})
+
+    second = create_campaign(db, org, number)
+    assert [w.split(":")[0] for w in start_campaign(db, org, second)["warnings"]] == ["webhooks"]
+
+    with db.begin() as conn:
+        conn.execute(sa.text("update contacts set opted_out_at = now() where organization_id = :o"), {"o": org})
+    third = create_campaign(db, org, number)
+    with pytest.raises(lifecycle.Invalid) as exc:
+        start_campaign(db, org, third)
+    assert exc.value.details == ["audience: every contact of the audience opted out"]
+    assert start_campaign(db, org, create_campaign(db, org, number, respect_opt_out=False))["status"] == "running"
