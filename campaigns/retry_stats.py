@@ -7,11 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from campaigns.stats import failures_by_code
-
-
-def _iso(value: Any) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+from campaigns.stats import failures_by_code, iso_z
 
 
 def retry_stats(conn: sa.Connection, campaign: dict[str, Any]) -> dict[str, Any]:
@@ -45,8 +41,8 @@ def retry_stats(conn: sa.Connection, campaign: dict[str, Any]) -> dict[str, Any]
                          "retry_max_delay": campaign["retry_max_delay"]},
         "recipients_by_attempts": {str(n): count for n, count in by_attempts},
         "total_attempts": sum(n * count for n, count in by_attempts),
-        "waiting_retry": {"recipients": waiting[0], "next_attempt_at": _iso(waiting[1]),
-                          "last_attempt_at": _iso(waiting[2])},
+        "waiting_retry": {"recipients": waiting[0], "next_attempt_at": iso_z(waiting[1]),
+                          "last_attempt_at": iso_z(waiting[2])},
         "failed_attempts_by_code": dict(attempt_errors),
         "failures_by_code": failures_by_code(conn, cid),
         "retries_exhausted": exhausted,

@@ -515,7 +515,9 @@ def _record_and_pause(
         counts.paused_reason = reason
     elif capped:
         resume_at = datetime.fromtimestamp(max(res.cap_until or 0 for res in capped), UTC)
-        message = f"{capped[0].error_message}; resumes at {resume_at.isoformat(timespec='seconds')}"
+        # The seed's wording first, so operators who know it recognise it; then which cap and until when.
+        message = (f"Rate limit exceeded: {capped[0].error_message}; "
+                   f"resumes at {resume_at.isoformat(timespec='seconds')}")
         if pause_for_error(conn, spec.id, "rate_limit", message, resume_at=resume_at):
             log.warning("campaign %s paused: %s", spec.id, message)
         counts.paused_reason = "rate_limit"

@@ -11,6 +11,11 @@ import sqlalchemy as sa
 from campaigns.ratelimit import campaign_limit, number_caps, number_limit
 
 
+def iso_z(value: datetime | None) -> str | None:
+    """The seed's timestamp form, 2024-12-14T10:00:00Z: UTC, to the second."""
+    return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z") if value else None
+
+
 def _pct(num: int, den: int) -> float:
     return round(100.0 * num / den, 1) if den else 0.0
 
@@ -106,7 +111,7 @@ def progress(conn: sa.Connection, campaign: dict[str, Any], number: dict[str, An
         "messages_pending": pending,
         "estimated_remaining_time": _hms(eta),
         "current_status": campaign["status"],
-        "last_update": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "last_update": iso_z(datetime.now(UTC)),
     }
 
 

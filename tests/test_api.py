@@ -157,7 +157,7 @@ def test_start_runs_the_flow_then_stats_progress_and_recipients_answer_in_the_se
     assert {"campaign_id", "status", "started_at", "total_recipients", "message"} <= started.keys()
     assert (started["campaign_id"], started["status"], started["total_recipients"]) == (cid, "running", 20)
     assert started["message"] == "Campaign started. Flow run ID: recorded-1"
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", started["started_at"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", started["started_at"])  # the seed's form
 
     wait_for(lambda: http.get(f"/campaigns/{cid}/progress").json()["current_status"] == "completed", timeout=60)
     launcher.threads[0].join(timeout=30)

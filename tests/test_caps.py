@@ -52,7 +52,7 @@ def test_a_daily_cap_pauses_until_midnight_and_the_scheduler_resumes_after_it(db
     assert campaign["paused_reason"] == "rate_limit"
     tomorrow = datetime.fromtimestamp((datetime.now(UTC).timestamp() // 86400 + 1) * 86400, UTC)
     assert campaign["resume_at"] == tomorrow
-    assert "daily cap of 5 messages" in campaign["last_error_message"]
+    assert campaign["last_error_message"].startswith("Rate limit exceeded: daily cap of 5 messages reached")
     assert len(sent_counts(sandbox)) == 5
     assert due_campaigns(db, start_campaign).to_launch == []  # not before its window ends
     later = create_campaign(db, org, number)  # the checklist says so before another campaign starts
