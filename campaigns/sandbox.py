@@ -549,6 +549,16 @@ class _Wire:
 
 _GRAPH = _Wire("meta_cloud", _graph_accepted, _graph_refused)
 _EVOLUTION = _Wire("evolution", _evolution_accepted, _evolution_refusal)
+
+
+def _guarded(wire: _Wire, check: Callable[[], None], body: dict[str, Any]) -> web.Response:
+    """``body`` when ``check`` passes, else the refusal in the wire's format (a read: nothing recorded)."""
+    try:
+        check()
+    except GraphError as err:
+        status, refused = wire.refused(err, None)
+        return web.json_response(refused, status=status)
+    return web.json_response(body)
 #: Our lifecycle names (the record's ``final_status``) as Baileys' ``messages.update`` statuses.
 _EVOLUTION_STATUS = {"sent": "SERVER_ACK", "delivered": "DELIVERY_ACK", "read": "READ", "failed": "ERROR"}
 
@@ -750,31 +760,22 @@ class Sandbox:
 
     async def handle_phone_number(self, request: web.Request) -> web.Response:
         """``GET /{version}/{phone_number_id}``: the number as Graph shows it, token checked (the preflight)."""
-        phone_number_id = request.match_info["phone_number_id"]
+        pnid = request.match_info["phone_number_id"]
         cfg = self._cfg
-        try:
-            self._check_token(cfg, phone_number_id, request.headers.get("Authorization"))
-        except GraphError as err:
-            status, body = _GRAPH.refused(err, None)
-            return web.json_response(body, status=status)
-        return web.json_response({
-            "id": phone_number_id,
+        return _guarded(_GRAPH, lambda: self._check_token(cfg, pnid, request.headers.get("Authorization")), {
+            "id": pnid,
             "verified_name": "PyTake Sandbox",
-            "display_phone_number": f"+1 555 {phone_number_id[-7:]}",
-            "quality_rating": cfg.quality_ratings.get(phone_number_id, "GREEN"),
+            "display_phone_number": f"+1 555 {pnid[-7:]}",
+            "quality_rating": cfg.quality_ratings.get(pnid, "GREEN"),
         })
 
     async def handle_evolution_state(self, request: web.Request) -> web.Response:
         """``GET /instance/connectionState/{instance}`` (header ``apikey``): whether the instance is connected."""
         instance = request.match_info["instance"]
         cfg = self._cfg
-        try:
-            self._check_apikey(cfg, instance, request.headers.get("apikey"))
-        except GraphError as err:
-            status, body = _EVOLUTION.refused(err, None)
-            return web.json_response(body, status=status)
         state = cfg.evolution_states.get(instance, "open")
-        return web.json_response({"instance": {"instanceName": instance, "state": state}})
+        return _guarded(_EVOLUTION, lambda: self._check_apikey(cfg, instance, request.headers.get("apikey")),
+                        {"instance": {"instanceName": instance, "state": state}})
 
     async def _send(self, cfg: SandboxConfig, wire: _Wire, sender: str, admit: Callable[[], _Outgoing]) -> web.Response:
         """Decide at once (auth + body, throughput, rules, record), sleep the latency, answer in ``wire``."""
