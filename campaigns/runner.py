@@ -64,6 +64,14 @@ def build_audience_once(db: sa.Engine, campaign_id: uuid.UUID, provider: str) ->
     return audience.counts(classified)
 
 
+def record_flow_run(db: sa.Engine, campaign_id: uuid.UUID, flow_run_id: str | None) -> None:
+    """Which flow run is sending the campaign, so an operator finds it in the Prefect UI."""
+    if flow_run_id:
+        with db.begin() as conn:
+            conn.execute(sa.text("update campaigns set flow_run_id = :r where id = :c"),
+                         {"r": flow_run_id, "c": campaign_id})
+
+
 def prepare(
     db: sa.Engine,
     campaign_id: uuid.UUID,

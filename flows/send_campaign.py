@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.concurrency.sync import concurrency
 from prefect.futures import as_completed
+from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from campaigns import lifecycle, runner, stats
@@ -53,6 +54,7 @@ def send_campaign(campaign_id: uuid.UUID) -> dict[str, Any]:
         if not held:
             log.warning("another runner is sending campaign %s; this run does nothing", campaign_id)
             return {"campaign_id": str(campaign_id), "status": "already running elsewhere"}
+        runner.record_flow_run(db, campaign_id, flow_run.get_id())  # however it was launched: UI, API, schedule
         prepared = prepare_campaign(campaign_id)
         if prepared.refused:
             raise RuntimeError("preflight failed:\n- " + "\n- ".join(prepared.refused))
