@@ -68,7 +68,7 @@ def test_keyword_replies_opt_out_and_mark_the_recipient_replied(db, org, sandbox
     assert send_campaign(again)["status"] == "completed"
     outcome = {r["phone"]: (r["status"], r["skip_reason"]) for r in recipients(db, again)}
     assert outcome.pop("+5511900000103")[0] in ("sent", "delivered")
-    assert outcome == {p: ("skipped", "opt_out") for p in phones}
+    assert outcome == dict.fromkeys(phones, ("skipped", "opt_out"))
 
 
 def test_a_sentence_containing_a_keyword_is_not_an_opt_out_and_opt_in_keywords_resume(db, org, sandbox, receiver):
