@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from campaigns.audience import contacts_query
 from campaigns.number_check import NumberHealth, check_number
-from campaigns.ratelimit import LimitUsage, number_caps, number_key, portfolio_limit
+from campaigns.ratelimit import LimitUsage, caps_of_number, portfolio_limit
 from campaigns.rendering import placeholders
 
 KNOWN_FIELDS = {"contact.name", "contact.phone", "contact.first_name"}
@@ -136,9 +136,7 @@ def _check_credentials(pf: Preflight, number: dict[str, Any], load_credentials: 
 def _check_limits(pf: Preflight, number: dict[str, Any], usage: LimitUsage) -> None:
     """How much of the audience the number's caps and its portfolio let through before a pause. Said, not
     refused: the campaign pauses with `rate_limit` at the limit and resumes by itself when the window moves."""
-    caps = [cap for cap in number_caps(number_key(number["provider"], number["phone_number_id"]), number["provider"],
-                                       number.get("per_minute"), number.get("per_hour"), number.get("per_day"))
-            if cap.pause]
+    caps = [cap for cap in caps_of_number(number) if cap.pause]
     for cap, (used, ends) in zip(caps, usage.caps(caps), strict=True):
         room = max(cap.limit - used, 0)
         if room == 0:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 import redis.asyncio as aredis
@@ -248,6 +249,12 @@ def number_caps(key: str, provider: str, per_minute: int | None, per_hour: int |
             label = f"{LABELS[name]} cap of {limit} messages"
             caps.append(Cap(f"cap:{key}:{name}", limit, WINDOWS[name], pause, label))
     return caps
+
+
+def caps_of_number(number: dict[str, Any]) -> list[Cap]:
+    """The caps of a `whatsapp_numbers` row (with its provider and phone_number_id)."""
+    return number_caps(number_key(number["provider"], number["phone_number_id"]), number["provider"],
+                       number.get("per_minute"), number.get("per_hour"), number.get("per_day"))
 
 
 def campaign_limit(campaign_id: str, messages_per_hour: int | None, delay_seconds: float) -> Limit | None:
