@@ -36,13 +36,14 @@ def _ts(expr: str) -> str:
 
 
 # The seed's attempts items from attempt_log entries ({attempt, success, timestamp, error_code?,
-# error_message?}); extra keys are kept. The engine counts attempts from 1, the seed from 0; a try that
-# did not count (rate limit, campaign pause) keeps the number of the attempt it did not use.
+# error_message?}); extra keys are kept, notes (an operator's retry, a resend after an unknown outcome) are
+# not attempts and stay out. The engine counts attempts from 1, the seed from 0; a try that did not count
+# (rate limit, campaign pause) keeps the number of the attempt it did not use.
 _ATTEMPTS = f"""(
     select coalesce(jsonb_agg(e || jsonb_build_object(
                'attempt', greatest(coalesce((e ->> 'attempt')::int, 1) - 1, 0),
                'timestamp', {_ts("(e ->> 'timestamp')::timestamptz")}) order by n), '[]'::jsonb)
-    from jsonb_array_elements(r.attempt_log) with ordinality as a(e, n))"""
+    from jsonb_array_elements(r.attempt_log) with ordinality as a(e, n) where e ? 'success')"""
 
 
 def _columns(text: Callable[[str], str] = str) -> str:

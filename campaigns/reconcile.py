@@ -51,10 +51,9 @@ def reconcile(db: sa.Engine, campaign_id: uuid.UUID, grace_seconds: float) -> Re
         after_ingest = unknown_count(conn, campaign_id)
         requeued = conn.execute(sa.text("""
             update campaign_recipients set status = 'pending', next_attempt_at = null,
-                attempts = greatest(attempts - 1, 0),
                 attempt_log = attempt_log || jsonb_build_array(jsonb_build_object(
-                    'attempt', attempts, 'success', false, 'timestamp', now(),
-                    'error_message', 'outcome unknown: no status webhook within the grace period, resending'))
+                    'note', 'outcome unknown: no status webhook within the grace period, resending',
+                    'timestamp', now()))
             where campaign_id = :c and status = 'sending' and claimed_at < now() - make_interval(secs => :g)
         """), {"c": campaign_id, "g": grace_seconds}).rowcount
         oldest = conn.execute(sa.text("""

@@ -84,6 +84,26 @@ def test_transient_failures_succeed_on_a_later_attempt(db, org, sandbox):
     assert rs["waiting_retry"]["recipients"] == 0 and rs["retries_exhausted"] == 0
 
 
+def test_an_ambiguous_131000_waits_for_a_webhook_then_is_resent_and_counted_as_an_attempt(db, org, sandbox):
+    sandbox.configure(rules=[{"match": "7$", "code": 131000, "times": 1}])  # the sandbox sends no webhook for it
+    number = add_sandbox_number(db, org, sandbox)
+    add_contacts(db, org, [{"phone": f"+551190000000{i}", "name": "Ana"} for i in range(6, 8)])
+    cid = create_campaign(db, org, number)
+
+    assert send_campaign(cid)["status"] == "completed"  # after RECONCILE_GRACE_SECONDS (2 s in tests)
+
+    row = by_phone(db, cid)["+5511900000007"]
+    assert row["status"] in ("sent", "delivered", "read") and row["attempts"] == 2
+    assert [e.get("error_code") for e in row["attempt_log"] if "success" in e] == [131000, None]
+    assert [e["note"] for e in row["attempt_log"] if "note" in e] == [
+        "outcome unknown: no status webhook within the grace period, resending"]
+    assert sent_counts(sandbox)[f"pytake:{row['id']}"] == 1
+    with db.connect() as conn:
+        rs = retry_stats_of(conn, org, cid)
+    assert rs["recipients_by_attempts"] == {"1": 1, "2": 1} and rs["total_attempts"] == 3
+    assert rs["failed_attempts_by_code"] == {"131000": 1}  # the note is not a failed attempt
+
+
 def test_retries_exhausted_fail_the_recipient_with_the_last_reason(db, org, sandbox):
     sandbox.configure(rules=[{"match": "5$", "code": 131000}, {"match": "6$", "code": 2}])
     number = add_sandbox_number(db, org, sandbox)
