@@ -15,6 +15,7 @@ from campaigns.ratelimit import LimitUsage, caps_of_number, portfolio_limit
 from campaigns.rendering import placeholders
 
 KNOWN_FIELDS = {"contact.name", "contact.phone", "contact.first_name"}
+WINDOWED_PROVIDERS = ("meta_cloud", "sandbox")  # Evolution (WhatsApp Web) has no 24 h window
 
 
 @dataclass
@@ -71,13 +72,22 @@ def run_preflight(
     params["org"] = str(campaign["organization_id"])
     raw = conn.connection.driver_connection
     with raw.cursor() as cur:
-        cur.execute("select count(*), count(*) filter (where opted_out_at is null) from contacts "
+        cur.execute("select count(*), count(*) filter (where opted_out_at is null), "
+                    "count(*) filter (where last_inbound_at > now() - interval '24 hours') from contacts "
                     f"where organization_id = %(org)s{where}", params)
-        size, not_opted_out = cur.fetchone() or (0, 0)
+        size, not_opted_out, in_window = cur.fetchone() or (0, 0, 0)
     pf.audience_size = int(size)
     pf.add("audience", pf.audience_size > 0, "the audience has no contacts")
     if pf.audience_size and campaign["respect_opt_out"]:
         pf.add("audience", not_opted_out > 0, "every contact of the audience opted out")
+    if pf.audience_size and campaign["message_type"] == "text" and number["provider"] in WINDOWED_PROVIDERS:
+        # Meta delivers free-form text only inside the 24 h customer-service window.
+        pf.add("24 h window", in_window > 0, "free-form text reaches only contacts who wrote in the last 24 h, "
+               "and none of the audience did: send an approved template (message_type \"template\")")
+        if in_window:
+            pf.add("24 h window", in_window == pf.audience_size,
+                   f"{in_window} of {pf.audience_size} contacts wrote in the last 24 h; free-form text cannot "
+                   "reach the others (skipped as outside_window): a template reaches everyone", warning=True)
 
     pf.add("whatsapp number active", bool(number["active"]), "the WhatsApp number is inactive")
     _check_credentials(pf, number, load_credentials, check)

@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from campaigns import audience, lifecycle
-from campaigns.preflight import run_preflight
+from campaigns.preflight import WINDOWED_PROVIDERS, run_preflight
 from campaigns.providers import Credentials
 from campaigns.ratelimit import LimitUsage
 from campaigns.sending import CampaignSpec
@@ -50,7 +50,7 @@ def build_audience_once(db: sa.Engine, campaign_id: uuid.UUID, provider: str) ->
         rules = audience.AudienceRules(
             respect_opt_out=campaign["respect_opt_out"],
             skip_active_conversations=campaign["skip_active_conversations"],
-            require_window=campaign["message_type"] == "text" and provider in ("meta_cloud", "sandbox"),
+            require_window=campaign["message_type"] == "text" and provider in WINDOWED_PROVIDERS,
         )
         frame = audience.load_contacts(conn, campaign["organization_id"], campaign["audience_type"],
                                        campaign["audience_filter"] or {})

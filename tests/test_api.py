@@ -218,7 +218,7 @@ def test_pause_resume_cancel_and_schedule_answer_their_status_codes(db, org, san
     empty = create(http, number)
     r = http.post(f"/campaigns/{empty}/start")
     assert r.status_code == 422 and r.json()["errors"] == ["audience: the audience has no contacts"]
-    add_contacts(db, org, [{"phone": p} for p in phones(3)])
+    add_contacts(db, org, [{"phone": p, "inbound_hours_ago": 1} for p in phones(3)])  # text: inside the 24 h window
     cid = create(http, number)
 
     assert http.post(f"/campaigns/{cid}/start").json()["status"] == "running"
@@ -265,7 +265,7 @@ def test_tokens_scope_every_request_to_their_organization_and_roles_are_enforced
     url = serve()
     admin = client(url, db, org)
     number = add_sandbox_number(db, org, sandbox)
-    add_contacts(db, org, [{"phone": p} for p in phones(2)])
+    add_contacts(db, org, [{"phone": p, "inbound_hours_ago": 1} for p in phones(2)])  # text: inside the 24 h window
     cid = create(admin, number)
 
     other = client(url, db, new_org(db))
@@ -334,7 +334,7 @@ def test_number_limits_round_trip_with_the_preset(db, org, sandbox, serve):
 
 def test_start_answers_503_and_changes_nothing_when_nothing_serves_the_send_deployment(db, org, sandbox, serve):
     number = add_sandbox_number(db, org, sandbox)
-    add_contacts(db, org, [{"phone": p} for p in phones(2)])
+    add_contacts(db, org, [{"phone": p, "inbound_hours_ago": 1} for p in phones(2)])  # text: inside the 24 h window
     http = client(serve(PrefectLauncher(f"send-campaign/missing-{uuid.uuid4().hex[:8]}")), db, org)
     cid = create(http, number)
     r = http.post(f"/campaigns/{cid}/start")

@@ -7,10 +7,13 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from blocks.numbers import add_number
+from campaigns import lifecycle
 from campaigns.ingest import ingest_pending
+from campaigns.services import start_campaign
 from campaigns.webhooks import KnownSecrets
 from flows.send_campaign import send_campaign
 from tests.helpers import (
@@ -120,16 +123,26 @@ def test_131050_opts_the_contact_out(db, org, sandbox):
 def test_an_inbound_message_opens_the_24h_window_for_free_form_text(db, org, sandbox, receiver):
     number = add_sandbox_number(db, org, sandbox)
     pnid = phone_number_id(db, number)
-    add_contacts(db, org, [{"phone": "+5511900000501", "name": "Ana", "inbound_hours_ago": 30}])
+    add_contacts(db, org, [{"phone": "+5511900000501", "name": "Ana", "inbound_hours_ago": 30},
+                           {"phone": "+5511900000502", "name": "Bia", "inbound_hours_ago": 30}])
     text = {"message_type": "text", "message_content": {"text": "Oi {{contact.name}}"}, "template_variables": {}}
     before = create_campaign(db, org, number, **text)
-    send_campaign(before)
-    assert recipients(db, before)[0]["skip_reason"] == "outside_window"
+    with pytest.raises(lifecycle.Invalid) as refused:  # it would send nothing: the checklist says why
+        start_campaign(db, org, before)
+    assert refused.value.details == [
+        '24 h window: free-form text reaches only contacts who wrote in the last 24 h, and none of the audience '
+        'did: send an approved template (message_type "template")']
+
     assert post_signed(receiver, _text_from(pnid, "+5511900000501", "Oi, tudo bem?", int(time.time()))) == 200
     ingest_pending(db)
     after = create_campaign(db, org, number, **text)
+    assert start_campaign(db, org, after)["warnings"] == [
+        "24 h window: 1 of 2 contacts wrote in the last 24 h; free-form text cannot reach the others (skipped as "
+        "outside_window): a template reaches everyone"]
     send_campaign(after)
-    assert recipients(db, after)[0]["status"] in ("sent", "delivered", "read")
+    outcome = {r["phone"]: (r["status"], r["skip_reason"]) for r in recipients(db, after)}
+    assert outcome.pop("+5511900000502") == ("skipped", "outside_window")
+    assert outcome["+5511900000501"][0] in ("sent", "delivered", "read")
 
 
 def test_a_secret_vouches_only_for_its_own_numbers(db, org, sandbox):
