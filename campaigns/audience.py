@@ -18,7 +18,7 @@ from typing import Any
 import polars as pl
 import sqlalchemy as sa
 
-from campaigns.phones import E164
+from campaigns.phones import is_valid_expr
 
 WINDOW = timedelta(hours=24)
 AUDIENCE_TYPES = ("all_contacts", "tags", "contacts")
@@ -82,7 +82,7 @@ def load_contacts(
 def classify(frame: pl.DataFrame, rules: AudienceRules, now: datetime | None = None) -> pl.DataFrame:
     """Adds `status` (pending|skipped) and `skip_reason`. Pure: tested without a database."""
     now = now or datetime.now(UTC)
-    valid = pl.col("phone").is_not_null() & pl.col("phone").str.contains(E164)
+    valid = is_valid_expr(pl.col("phone"))
     # Opt-out belongs to the person: any contact of that phone opted out means all of them did.
     opted = pl.col("opted_out").any().over("phone")
     in_window = pl.col("last_inbound_at").is_not_null() & (pl.col("last_inbound_at") >= pl.lit(now - WINDOW))

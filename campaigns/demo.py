@@ -79,7 +79,8 @@ def run_demo(n_contacts: int = 10_000, latency_ms: int = 100) -> int:
          f"webhook receiver at {receiver.url}")
     try:
         with db.begin() as conn:
-            org = lifecycle.add_org(conn, "demo")
+            # An organization per run: a second demo must not send to the first one's contacts too.
+            org = lifecycle.add_org(conn, f"demo {time.strftime('%Y-%m-%d %H:%M:%S')}")
             number = add_number(conn, org, provider="sandbox", phone_number_id="100000000000042",
                                 token="demo-token", app_secret=APP_SECRET, verify_token="demo-verify",
                                 api_base=sandbox.url, mps=1000)
@@ -90,6 +91,8 @@ def run_demo(n_contacts: int = 10_000, latency_ms: int = 100) -> int:
         _say(f"contacts: {report.imported} imported, {len(report.errors)} rows rejected")
         for line, reason in report.errors[:3]:
             _say(f"  line {line}: {reason}")
+        if len(report.errors) > 3:
+            _say(f"  … and {len(report.errors) - 3} more")
         body = CampaignCreate(
             name=f"Black Friday demo {time.strftime('%H:%M:%S')}", whatsapp_number_id=number,
             message_type="template", message_content={"template_name": "black_friday", "language": "pt_BR"},
@@ -119,7 +122,7 @@ def run_demo(n_contacts: int = 10_000, latency_ms: int = 100) -> int:
              f"sandbox answered 130429 {sandbox.stats()['throttled_130429']} times")
         print(json.dumps(stats, indent=2, ensure_ascii=False))
         _say(f"\nPrefect UI: {get_settings().prefect_api_url.removesuffix('/api')}  (flow runs, artifacts)")
-        _say(f"try: campaigns stats {campaign_id}   |   campaigns progress {campaign_id} --json")
+        _say(f"try: .venv/bin/campaigns stats {campaign_id}   |   .venv/bin/campaigns recipients {campaign_id}")
         return 0
     finally:
         sandbox.stop()

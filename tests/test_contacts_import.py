@@ -23,6 +23,9 @@ def test_normalise_to_e164():
     assert normalise("5511999990002") == "+5511999990002"
     assert normalise("0044 20 7946 0958") == "+442079460958"
     assert normalise("12") is None
+    assert normalise("129399") is None  # +55 129399: too short for a Brazilian number (area code + 8-9 digits)
+    assert normalise("+55 11 99999-00011") is None  # one digit too many
+    assert normalise("+1 415 555 0100") == "+14155550100" and normalise("+1 555 0100") is None
     assert normalise("abc") is None
 
 
