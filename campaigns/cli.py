@@ -24,6 +24,15 @@ def _err(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
+def _json(value: Any, indent: int | None = None) -> str:
+    """JSON as the HTTP API writes it: times in the seed's form (UTC, Z), ids as strings."""
+    from datetime import datetime
+
+    from campaigns.stats import iso_z
+
+    return json.dumps(value, indent=indent, default=lambda v: iso_z(v) if isinstance(v, datetime) else str(v))
+
+
 def _db() -> Any:
     from campaigns.db import get_engine
 
@@ -66,7 +75,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         org = lifecycle.org_id_by_name(conn, args.org)
         body = list_campaigns(conn, org, args.status, args.skip, args.limit)
     if args.json:
-        print(json.dumps(body, indent=2, default=str))
+        print(_json(body, indent=2))
         return 0
     for c in body["campaigns"]:
         reason = f" ({c['paused_reason']})" if c["paused_reason"] else ""
@@ -134,12 +143,14 @@ def cmd_numbers_limits(args: argparse.Namespace) -> int:
         org = lifecycle.org_id_by_name(conn, args.org)
         limits = lifecycle.set_number_limits(conn, org, uuid.UUID(args.number_id), _limit_changes(args),
                                              args.preset)
-    print(json.dumps(limits, default=str))
+    print(_json(limits))
     return 0
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
-    from datetime import datetime
+    from datetime import UTC, datetime
+
+    from campaigns.stats import iso_z
 
     with _db().begin() as conn:
         org = _org_of(conn, args.id, args.org)
@@ -148,7 +159,10 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         except ValueError:
             raise lifecycle.Invalid(f"--at: not an ISO date and time: {args.at!r}") from None
         t = lifecycle.schedule(conn, org, uuid.UUID(args.id), at)
-    _err(f"campaign {args.id}: {t.previous} -> {t.status}; campaign-scheduler (campaigns serve) starts it")
+        when = lifecycle.get(conn, org, args.id)["scheduled_at"]
+    soon = " (a time already past: within 30 s)" if when <= datetime.now(UTC) else ""
+    _err(f"campaign {args.id}: {t.previous} -> {t.status}; campaign-scheduler (campaigns serve) starts it at "
+         f"{iso_z(when)}{soon}")
     return 0
 
 
@@ -209,7 +223,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         org = _org_of(conn, args.id, args.org)
     result = start_campaign(_db(), org, uuid.UUID(args.id))
     _spawn_runner(uuid.UUID(args.id))
-    _err(json.dumps(result, default=str))
+    _err(_json(result))
     print(args.id)
     if args.wait:
         return _wait(uuid.UUID(args.id), org)
@@ -250,7 +264,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         org = _org_of(conn, args.id, args.org)
         body = read(conn, org, uuid.UUID(args.id))
     if args.json:
-        print(json.dumps(body, indent=2, default=str))
+        print(_json(body, indent=2))
     else:
         for k, v in body.items():
             print(f"{k:28} {v}")
@@ -270,7 +284,7 @@ def cmd_recipients(args: argparse.Namespace) -> int:
         size = {} if args.page_size is None else {"page_size": args.page_size}
         body = recipients_of(conn, org, uuid.UUID(args.id), args.status, after=args.after, **size)
     if args.json:
-        print(json.dumps(body, indent=2, default=str))
+        print(_json(body, indent=2))
     else:
         print(f"{'CONTACT':36}  {'NAME':20}  {'PHONE':15}  {'STATUS':9}  {'TRIES':>5}  DETAIL")
         for contact_id, r in body["recipients"].items():
@@ -313,7 +327,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.send_campaign import send_campaign
 
     result = send_campaign(uuid.UUID(args.id))
-    _err(json.dumps(result, default=str))
+    _err(_json(result))
     return 0
 
 
@@ -344,6 +358,8 @@ def cmd_sandbox_serve(args: argparse.Namespace) -> int:
 
     config = SandboxConfig(latency_ms=args.latency_ms, mps_cap=args.mps_cap, webhook_url=args.webhook_url,
                            app_secret=args.app_secret)
+    _err(f"sandbox (Meta's Cloud API and Evolution's wire) on http://{args.host}:{args.port}; admin at /_sandbox/"
+         f"config, /_sandbox/stats, /_sandbox/messages (Ctrl-C to stop)")
     serve(config, args.host, args.port)
     return 0
 
@@ -357,6 +373,8 @@ def cmd_webhooks_serve(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     app = create_app(settings.database_url or "", KnownSecrets(loader=secrets_loader), settings.webhook_max_body_bytes)
+    _err(f"receiving webhooks on http://{args.host}:{args.port}/webhooks/whatsapp (Meta) and "
+         f"/webhooks/evolution/{{instance}} (Ctrl-C to stop)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
@@ -417,9 +435,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--org", required=True)
     a.add_argument("--provider", required=True, choices=["meta_cloud", "evolution", "sandbox"])
     a.add_argument("--phone-number-id", required=True, help="Meta phone number id, or Evolution instance")
-    a.add_argument("--token", required=True)
-    a.add_argument("--app-secret", default="")
-    a.add_argument("--verify-token", default="")
+    # Secrets may come from the environment instead, out of `ps` and the shell's history.
+    env = os.environ
+    a.add_argument("--token", default=env.get("NUMBER_TOKEN"), required="NUMBER_TOKEN" not in env,
+                   help="Bearer token (Meta) or apikey (Evolution); or set NUMBER_TOKEN")
+    a.add_argument("--app-secret", default=env.get("NUMBER_APP_SECRET", ""), help="or set NUMBER_APP_SECRET")
+    a.add_argument("--verify-token", default=env.get("NUMBER_VERIFY_TOKEN", ""), help="or set NUMBER_VERIFY_TOKEN")
     a.add_argument("--api-base", required=True)
     a.add_argument("--mps", type=int, default=80, help="messages per second (Meta default 80)")
     a.add_argument("--display-phone-number", default=None)
@@ -564,8 +585,17 @@ def _limit_arguments(a: argparse.ArgumentParser) -> None:
     a.add_argument("--portfolio", metavar="ID|none", help="the business portfolio whose messaging limit it shares")
 
 
+def _runtime_dir() -> None:
+    """The embedded servers' sockets want XDG_RUNTIME_DIR; without it platformdirs warns on every command."""
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        runtime = Path(f"/tmp/campaigns-runtime-{os.getuid()}")
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        os.environ["XDG_RUNTIME_DIR"] = str(runtime)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _runtime_dir()
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # our own output is the interface
     logging.basicConfig(level=os.environ.get("CAMPAIGNS_LOG_LEVEL", "WARNING"), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -578,6 +608,9 @@ def main(argv: list[str] | None = None) -> int:
         for detail in exc.details:
             _err(f"  - {detail}")
         return 1
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:  # a path given on the command line
+        _err(f"error: {exc.strerror}: {exc.filename}")
+        return 2
 
 
 if __name__ == "__main__":
