@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 export XDG_RUNTIME_DIR ?= /tmp/campaigns-runtime-$(shell id -u)
 
-.PHONY: sync demo test lint bench clean
+.PHONY: sync demo test lint bench stop clean
 
 .tools/bin/uv:
 	python3 -m venv .tools && .tools/bin/pip install --quiet --disable-pip-version-check uv
@@ -34,5 +34,8 @@ bench: sync
 	$(UV) run --locked python -m bench.stats
 	$(UV) run --locked python -m bench.freshness
 
-clean:
+stop:
+	@if [ -x .venv/bin/campaigns ]; then .venv/bin/campaigns stop --all; fi
+
+clean: stop
 	rm -rf .campaigns .venv .tools

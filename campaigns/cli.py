@@ -339,6 +339,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stop(args: argparse.Namespace) -> int:
+    from campaigns.embedded import stop_services
+    from campaigns.settings import get_settings
+
+    home = get_settings().campaigns_home.resolve()
+    homes = [home, *sorted(p for p in home.glob("*") if p.is_dir())] if args.all else [home]
+    for h in homes:
+        if stopped := stop_services(h):
+            _err(f"{h}: stopped {', '.join(stopped)}")
+    return 0
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from campaigns.ingest import ingest_pending
 
@@ -539,6 +551,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--contacts", type=int, default=10_000)
     a.add_argument("--latency-ms", type=int, default=100)
     a.set_defaults(fn=cmd_demo, prefect=True)
+
+    a = sub.add_parser("stop", help="stop the embedded Postgres, Redis and Prefect server (their data stays)")
+    a.add_argument("--all", action="store_true", help="also those of the tests and benches (under the same home)")
+    a.set_defaults(fn=cmd_stop, services=False)
 
     sb = sub.add_parser("sandbox", help="the built-in Meta-like provider").add_subparsers(dest="sb", required=True)
     a = sb.add_parser("serve")

@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -129,7 +130,7 @@ def ensure_prefect(settings: Settings) -> str:
         }
         env.pop("PREFECT_API_URL", None)
         logf = (home / "prefect-server.log").open("ab")
-        subprocess.Popen(
+        server = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
             env=env,
             stdout=logf,
@@ -137,12 +138,39 @@ def ensure_prefect(settings: Settings) -> str:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+        (home / "prefect.pid").write_text(str(server.pid))  # its own process group: `campaigns stop` ends it
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if _prefect_healthy(api_url):
                 return api_url
             time.sleep(0.3)
     raise RuntimeError(f"local Prefect server did not start; see {home / 'prefect-server.log'}")
+
+
+def stop_services(home: Path) -> list[str]:
+    """Stop the embedded servers that keep their data under `home`, and nothing else; say which."""
+    stopped = []
+    pid_file = home / "prefect.pid"
+    if pid_file.exists():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.killpg(int(pid_file.read_text()), signal.SIGTERM)
+            stopped.append("prefect")
+        pid_file.unlink()
+    sock = home / "redis.sock"
+    if sock.exists():
+        import redis
+
+        with contextlib.suppress(redis.ConnectionError, FileNotFoundError):
+            client = redis.Redis.from_url(f"unix://{sock}")
+            client.ping()
+            client.shutdown(nosave=True)
+            stopped.append("redis")
+    postmaster = home / "pg" / "postmaster.pid"
+    if postmaster.exists():  # SIGINT is Postgres' "fast" shutdown (pg_ctl refuses to run as root)
+        with contextlib.suppress(ProcessLookupError, ValueError, IndexError):
+            os.kill(int(postmaster.read_text().split()[0]), signal.SIGINT)
+            stopped.append("postgres")
+    return stopped
 
 
 def bootstrap(prefect: bool = True) -> Settings:
