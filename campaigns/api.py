@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -85,6 +85,8 @@ class PrefectLauncher:
         from prefect.client.schemas.objects import DeploymentStatus
         from prefect.exceptions import ObjectNotFound
 
+        from campaigns.settings import get_settings
+
         serve = "`campaigns serve` must be running to send campaigns"
         try:
             with get_client(sync_client=True) as client:
@@ -95,6 +97,11 @@ class PrefectLauncher:
             raise Unavailable(f"Prefect is not reachable: {serve}", [f"{type(exc).__name__}: {exc}"[:300]]) from None
         if deployment.status == DeploymentStatus.NOT_READY:
             raise Unavailable(f"Nothing is serving {self.deployment} (Prefect marks it not ready): {serve}")
+        # Prefect marks a deployment not ready only a minute or more after its last poll; `serve` polls
+        # every few seconds, so a longer silence already means nobody would pick the run up.
+        age = (datetime.now(UTC) - deployment.last_polled).total_seconds() if deployment.last_polled else None
+        if age is not None and age > get_settings().serve_poll_stale_seconds:
+            raise Unavailable(f"Nothing has polled {self.deployment} for {age:.0f} s: {serve}")
 
     def __call__(self, campaign_id: uuid.UUID) -> str:
         return launch_send_run(campaign_id, self.deployment)

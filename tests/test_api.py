@@ -351,6 +351,40 @@ def test_start_answers_503_and_changes_nothing_when_nothing_serves_the_send_depl
     assert (row["status"], row["paused_reason"]) == ("paused", "launch_failed")
 
 
+def test_start_answers_503_soon_after_serve_stops_polling(monkeypatch):
+    """Prefect marks a deployment not ready a minute or more after its last poll; the API does not wait."""
+    from prefect.client.orchestration import get_client
+
+    from campaigns.api import Unavailable
+    from campaigns.settings import get_settings
+
+    name = f"polled-{uuid.uuid4().hex[:8]}"
+    with get_client(sync_client=True) as prefect:
+        flow_id = prefect.create_flow_from_name("send-campaign")
+        deployment = prefect.create_deployment(flow_id=flow_id, name=name)
+        prefect.get_scheduled_flow_runs_for_deployments([deployment])  # what `campaigns serve` does
+    launcher = PrefectLauncher(f"send-campaign/{name}")
+
+    def ready() -> bool:
+        try:
+            launcher.ready()
+            return True
+        except Unavailable:
+            return False
+
+    wait_for(ready, timeout=15)  # the server marks a polled deployment ready in the background
+
+    monkeypatch.setenv("SERVE_POLL_STALE_SECONDS", "1")
+    get_settings.cache_clear()
+    try:
+        time.sleep(1.5)
+        with pytest.raises(Unavailable, match=f"Nothing has polled send-campaign/{name} for [12] s"):
+            launcher.ready()
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
