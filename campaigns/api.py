@@ -98,7 +98,7 @@ class PrefectLauncher:
         if deployment.status == DeploymentStatus.NOT_READY:
             raise Unavailable(f"Nothing is serving {self.deployment} (Prefect marks it not ready): {serve}")
         # Prefect marks a deployment not ready only a minute or more after its last poll; `serve` polls
-        # every few seconds, so a longer silence already means nobody would pick the run up.
+        # every 2 s, so a longer silence already means nobody would pick the run up.
         age = (datetime.now(UTC) - deployment.last_polled).total_seconds() if deployment.last_polled else None
         if age is not None and age > get_settings().serve_poll_stale_seconds:
             raise Unavailable(f"Nothing has polled {self.deployment} for {age:.0f} s: {serve}")

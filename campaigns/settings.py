@@ -35,7 +35,7 @@ class Settings(BaseSettings):
         120.0, ge=0, description="how long a send of unknown outcome waits for its status webhook"
     )
     serve_poll_stale_seconds: float = Field(
-        30.0, gt=0, description="start/resume answer 503 when nothing polled the send deployment for this long"
+        15.0, gt=0, description="start/resume answer 503 when nothing polled the send deployment for this long"
     )
     circuit_breaker_failures: int = Field(
         50, ge=0, description="pause a campaign after this many failed sends in a row (0: never)"

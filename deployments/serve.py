@@ -19,6 +19,7 @@ from flows.ingest_statuses import ingest_statuses
 from flows.send_campaign import send_campaign
 
 INGEST_INTERVAL = 60
+POLL_SECONDS = 2  # a started campaign's run begins within 2 s (Prefect's default poll is every 10 s)
 
 
 def main(limit: int = 8) -> None:
@@ -29,6 +30,7 @@ def main(limit: int = 8) -> None:
                                       parameters={"run_for_seconds": INGEST_INTERVAL, "every_seconds": 1.0}),
         campaign_scheduler.to_deployment(name="default", interval=30, tags=["campaigns"]),
         limit=limit,
+        query_seconds=POLL_SECONDS,
     )
 
 
