@@ -615,6 +615,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # our own output is the interface
     logging.basicConfig(level=os.environ.get("CAMPAIGNS_LOG_LEVEL", "WARNING"), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Prefect's event sender says "Still processing items" while it flushes at exit: progress, not a problem.
+    logging.getLogger("EventsWorker").setLevel(logging.ERROR)
     if getattr(args, "services", True):
         bootstrap(prefect=args.prefect)
     try:
