@@ -142,3 +142,12 @@ def get_engine_client() -> EngineClient:
 
 if __name__ == "__main__":
     _child_main(Connection(int(sys.argv[1])))
+
+
+def close_engine_client() -> None:
+    """End the send-engine process; the next batch starts a new one, which reads the settings afresh."""
+    global _client
+    with _lock:
+        if _client is not None:
+            _client.close()
+            _client = None

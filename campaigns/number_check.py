@@ -4,7 +4,9 @@ The seed's checklist wants "WhatsApp number active with a valid token": a token 
 would start the campaign and pause it at its first batch with `auth_error`. One GET settles it: Graph's
 `GET /{phone_number_id}` (which also reports the number's quality rating) or Evolution's
 `GET /instance/connectionState/{instance}`. A refused token fails the check; a provider that cannot be
-reached is only a warning (sending will tell, and a scheduled campaign should not be held by a blip).
+reached or answers anything else (a rate limit, an outage) is only a warning: sending will tell, and a
+scheduled campaign should not be held by a blip. The provider's words pass through `redact`: Graph may
+quote the token it refused.
 """
 
 from __future__ import annotations
@@ -15,9 +17,13 @@ from typing import Any
 import httpx
 
 from campaigns.providers import Credentials
+from campaigns.providers.base import redact
 from campaigns.providers.meta_cloud import graph_error
 
 CHECK_TIMEOUT_SECONDS = 5.0
+# Graph codes that are a verdict on the credentials or the number: the token (190), a permission (10,
+# 200), or a phone number id that does not exist for it (100). Anything else only says "not checked".
+REFUSING_CODES = frozenset({190, 10, 100, 200})
 
 
 @dataclass(frozen=True)
@@ -45,12 +51,15 @@ def check_number(provider: str, creds: Credentials, timeout: float = CHECK_TIMEO
         body: Any = resp.json()
     except ValueError:
         body = resp.text[:300]
-    if resp.status_code >= 500:
-        return NumberHealth(False, False, f"the provider answered HTTP {resp.status_code}")
-    if resp.status_code != 200:
-        code, message = graph_error(body)
+    code, message = graph_error(body) if resp.status_code != 200 else (None, "")
+    message = redact(message, creds.token)
+    unknown_instance = provider == "evolution" and resp.status_code == 404
+    if resp.status_code in (401, 403) or code in REFUSING_CODES or unknown_instance:
         return NumberHealth(False, True, f"the provider refused the credentials ({code or resp.status_code}): "
                                          f"{message or 'HTTP ' + str(resp.status_code)}")
+    if resp.status_code != 200:  # a rate limit, a redirect, an outage: not a verdict on the token
+        return NumberHealth(False, False, f"the provider answered HTTP {resp.status_code}"
+                                          f"{f' ({code}): {message}' if code else ''}")
     if provider == "evolution":
         state = ((body or {}).get("instance") or {}).get("state") if isinstance(body, dict) else None
         if state != "open":

@@ -107,3 +107,50 @@ def test_the_checklist_says_when_status_webhooks_never_came_back_and_when_everyo
         start_campaign(db, org, third)
     assert exc.value.details == ["audience: every contact of the audience opted out"]
     assert start_campaign(db, org, create_campaign(db, org, number, respect_opt_out=False))["status"] == "running"
+
+
+def _graph_answering(status: int, error: dict):
+    """A one-answer Graph stand-in: what Meta says when it refuses a check (shapes from its error docs)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            body = json.dumps({"error": error}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_a_refused_token_is_never_quoted_back_and_a_rate_limit_is_not_a_verdict():
+    from campaigns.number_check import check_number
+    from campaigns.providers import Credentials
+
+    token = "EAAGm0PX4ZCpsBAKZCZAbcdefghijklmnop"
+    cut = token[:20]
+    server = _graph_answering(400, {"code": 190, "message": f"Malformed access token {cut}", "type": "OAuthException"})
+    try:
+        refused = check_number("meta_cloud", Credentials("123", token=token, api_base=f"http://127.0.0.1:{server.server_port}"))
+    finally:
+        server.shutdown()
+    assert (refused.accepted, refused.reachable) == (False, True)
+    assert refused.detail.startswith("the provider refused the credentials (190): Malformed access token [token]")
+    assert token[:12] not in refused.detail
+
+    server = _graph_answering(429, {"code": 4, "message": "Application request limit reached"})
+    try:
+        limited = check_number("meta_cloud", Credentials("123", token=token, api_base=f"http://127.0.0.1:{server.server_port}"))
+    finally:
+        server.shutdown()
+    assert (limited.accepted, limited.reachable) == (False, False)  # a warning, not a refusal
+    assert limited.detail == "the provider answered HTTP 429 (4): Application request limit reached"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -47,6 +48,17 @@ class SendResult:
     retry_after: float | None = None
     cap_until: float | None = None  # not attempted: a cap of the number is full until then (Unix seconds)
     cap_pause: bool = False  # ...and it is one that pauses the campaign (Meta hour/day) rather than waits
+
+
+def redact(text: str, secret: str) -> str:
+    """Providers may quote the credential they refused ("Malformed access token EAAG…"), whole or cut off:
+    error texts go to the database, the API and logs, so the secret never passes through. Only whole
+    words are replaced, so a short test token does not eat into "token"."""
+    if secret:
+        text = re.sub(rf"(?<![\w-]){re.escape(secret)}(?![\w-])", "[token]", text)
+        if len(secret) > 12:  # a cut-off echo: its first 12 characters and whatever of it follows
+            text = re.sub(rf"(?<![\w-]){re.escape(secret[:12])}[\w-]*", "[token]", text)
+    return text
 
 
 def parse_callback_data(value: str | None) -> int | None:

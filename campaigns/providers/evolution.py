@@ -7,7 +7,7 @@ from typing import Any
 
 import aiohttp
 
-from campaigns.providers.base import Credentials, OutboundMessage, SendResult, post_json
+from campaigns.providers.base import Credentials, OutboundMessage, SendResult, post_json, redact
 
 
 def _message(payload: Any) -> str:
@@ -42,5 +42,5 @@ class EvolutionProvider:
         # Evolution has no Graph codes: a 400 means the number is not on WhatsApp (permanent, like 131026);
         # 401/403 is a bad api key (campaign-level, like 190); anything else is transient.
         code = {400: 131026, 401: 190, 403: 190, 404: 131026}.get(status)
-        message = f"HTTP {status}: {_message(payload)}"
+        message = redact(f"HTTP {status}: {_message(payload)}", self.headers["apikey"])
         return SendResult(msg.recipient_id, False, None, code, message, status, status >= 500)

@@ -7,7 +7,7 @@ from typing import Any
 import aiohttp
 
 from campaigns.errors import AMBIGUOUS_CODES
-from campaigns.providers.base import Credentials, OutboundMessage, SendResult, post_json
+from campaigns.providers.base import Credentials, OutboundMessage, SendResult, post_json, redact
 
 
 def graph_error(body: Any) -> tuple[int | None, str]:
@@ -31,6 +31,7 @@ class MetaCloudProvider:
         c = credentials
         self.url = f"{c.api_base.rstrip('/')}/{c.graph_version}/{c.phone_number_id}/messages"
         self.headers = {"Authorization": f"Bearer {c.token}", "Content-Type": "application/json"}
+        self.token = c.token
 
     def supports(self, kind: str) -> bool:
         return kind in ("text", "template")
@@ -58,8 +59,8 @@ class MetaCloudProvider:
             return SendResult(msg.recipient_id, True, message_id=payload["messages"][0].get("id"), http_status=status)
         code, message = graph_error(payload)
         ambiguous = code in AMBIGUOUS_CODES or (code is None and status >= 500)
-        return SendResult(msg.recipient_id, False, None, code, message or f"HTTP {status}", status, ambiguous,
-                          reply.retry_after)
+        return SendResult(msg.recipient_id, False, None, code, redact(message, self.token) or f"HTTP {status}", status,
+                          ambiguous, reply.retry_after)
 
 
 class SandboxProvider(MetaCloudProvider):
