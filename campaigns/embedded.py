@@ -147,14 +147,23 @@ def ensure_prefect(settings: Settings) -> str:
     raise RuntimeError(f"local Prefect server did not start; see {home / 'prefect-server.log'}")
 
 
+def _runs(pid: int, program: str) -> bool:
+    try:
+        return program.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def stop_services(home: Path) -> list[str]:
     """Stop the embedded servers that keep their data under `home`, and nothing else; say which."""
     stopped = []
     pid_file = home / "prefect.pid"
     if pid_file.exists():
         with contextlib.suppress(ProcessLookupError, ValueError):
-            os.killpg(int(pid_file.read_text()), signal.SIGTERM)
-            stopped.append("prefect")
+            pid = int(pid_file.read_text())
+            if _runs(pid, "prefect"):  # a stale file's pid may belong to another process by now
+                os.killpg(pid, signal.SIGTERM)
+                stopped.append("prefect")
         pid_file.unlink()
     sock = home / "redis.sock"
     if sock.exists():
@@ -163,13 +172,15 @@ def stop_services(home: Path) -> list[str]:
         with contextlib.suppress(redis.ConnectionError, FileNotFoundError):
             client = redis.Redis.from_url(f"unix://{sock}")
             client.ping()
-            client.shutdown(nosave=True)
+            client.shutdown(save=True)  # caps and portfolio windows survive a stop (loaded at the next start)
             stopped.append("redis")
     postmaster = home / "pg" / "postmaster.pid"
     if postmaster.exists():  # SIGINT is Postgres' "fast" shutdown (pg_ctl refuses to run as root)
         with contextlib.suppress(ProcessLookupError, ValueError, IndexError):
-            os.kill(int(postmaster.read_text().split()[0]), signal.SIGINT)
-            stopped.append("postgres")
+            pid = int(postmaster.read_text().split()[0])
+            if _runs(pid, "postgres"):
+                os.kill(pid, signal.SIGINT)
+                stopped.append("postgres")
     return stopped
 
 

@@ -170,12 +170,17 @@ def get_any_org(conn: sa.Connection, campaign_id: uuid.UUID) -> dict[str, Any]:
     return dict(row)
 
 
+def _differs(field: str, old: Any, new: Any) -> bool:
+    return (old or {}) != (new or {}) if field == "audience_filter" else old != new
+
+
 def update(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID, changes: dict[str, Any]) -> None:
     current = get(conn, org, campaign_id, lock=True)
     if current["status"] not in EDITABLE:
         raise Conflict("Cannot edit running campaign" if current["status"] == "running" else
                        f"Cannot edit a {current['status']} campaign")
-    fixed = sorted(AUDIENCE_FIELDS & changes.keys())
+    # Values, not keys: a client may PATCH back the whole object it read.
+    fixed = sorted(f for f in AUDIENCE_FIELDS & changes.keys() if _differs(f, current[f], changes[f]))
     if fixed and current["audience_frozen_at"] is not None:  # a silent no-op would mislead the operator
         raise Conflict(f"Cannot change {', '.join(fixed)}: the audience was built when the campaign started")
     merged = {k: v for k, v in current.items() if k in CampaignCreate.model_fields}

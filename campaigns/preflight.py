@@ -72,8 +72,12 @@ def run_preflight(
     params["org"] = str(campaign["organization_id"])
     raw = conn.connection.driver_connection
     with raw.cursor() as cur:
+        # In the window and not skipped for another reason: the contacts free-form text would reach.
+        params["respect"], params["skip_active"] = campaign["respect_opt_out"], campaign["skip_active_conversations"]
         cur.execute("select count(*), count(*) filter (where opted_out_at is null), "
-                    "count(*) filter (where last_inbound_at > now() - interval '24 hours') from contacts "
+                    "count(*) filter (where last_inbound_at > now() - interval '24 hours' "
+                    "and (opted_out_at is null or not %(respect)s) "
+                    "and (not in_conversation or not %(skip_active)s)) from contacts "
                     f"where organization_id = %(org)s{where}", params)
         size, not_opted_out, in_window = cur.fetchone() or (0, 0, 0)
     pf.audience_size = int(size)
@@ -83,11 +87,12 @@ def run_preflight(
     if pf.audience_size and campaign["message_type"] == "text" and number["provider"] in WINDOWED_PROVIDERS:
         # Meta delivers free-form text only inside the 24 h customer-service window.
         pf.add("24 h window", in_window > 0, "free-form text reaches only contacts who wrote in the last 24 h, "
-               "and none of the audience did: send an approved template (message_type \"template\")")
+               "and none of the audience who may be sent to did: send an approved template "
+               "(message_type \"template\")")
         if in_window:
             pf.add("24 h window", in_window == pf.audience_size,
-                   f"{in_window} of {pf.audience_size} contacts wrote in the last 24 h; free-form text cannot "
-                   "reach the others (skipped as outside_window): a template reaches everyone", warning=True)
+                   f"{in_window} of {pf.audience_size} contacts can get free-form text (they wrote in the last "
+                   "24 h); the others are skipped: a template reaches everyone", warning=True)
 
     pf.add("whatsapp number active", bool(number["active"]), "the WhatsApp number is inactive")
     _check_credentials(pf, number, load_credentials, check)
@@ -167,18 +172,20 @@ def _check_limits(pf: Preflight, number: dict[str, Any], usage: LimitUsage) -> N
 
 
 def _statuses_silent(conn: sa.Connection, number_id: Any, campaign_id: Any) -> bool:
-    """The webhooks are not reaching us: the number's last campaign has messages sent over 10 minutes ago
-    and not one delivered or read. (A number that never sent cannot tell yet.) Two
-    EXISTS on the (campaign_id, status, id) index: cheap even after a campaign of millions."""
+    """The webhooks are not reaching us: the number's last campaign has not one message delivered or read,
+    and its oldest sent one went out over 10 minutes ago. (A number that never sent cannot tell yet.)
+    Each step is one probe of the (campaign_id, status, id) index, cheap after a campaign of millions."""
     return bool(conn.execute(sa.text("""
         with last as (
             select id from campaigns where whatsapp_number_id = :n and id <> :c and started_at is not null
             order by started_at desc limit 1
         )
-        select exists (select 1 from campaign_recipients r, last where r.campaign_id = last.id
-                         and r.status = 'sent' and r.sent_at < now() - interval '10 minutes')
-           and not exists (select 1 from campaign_recipients r, last where r.campaign_id = last.id
-                             and r.status in ('delivered', 'read'))
+        select case
+            when exists (select 1 from campaign_recipients r, last where r.campaign_id = last.id
+                         and r.status in ('delivered', 'read')) then false
+            else coalesce((select r.sent_at < now() - interval '10 minutes' from campaign_recipients r, last
+                           where r.campaign_id = last.id and r.status = 'sent' order by r.id limit 1), false)
+        end
     """), {"n": number_id, "c": campaign_id}).scalar())
 
 

@@ -6,7 +6,9 @@ sandbox) echo our recipient id in `biz_opaque_callback_data` on every status web
 
 1. Ingest every stored webhook event: a row with a status webhook becomes sent/delivered/read/failed.
 2. A row still in `sending` whose claim is older than `grace_seconds` has had no status webhook for that
-   long: it was almost surely never accepted, and it goes back to `pending` to be sent again.
+   long: it was almost surely never accepted, and it goes back to `pending` to be sent again; that try
+   counted as an attempt, so a row that keeps ending unknown (131000 every time) fails with "retries
+   exhausted" once it has used its retries, instead of being resent forever.
 3. A younger one waits (the flow sends everything else meanwhile and checks again at the end).
 
 The policy for an outcome that stays unknown is therefore "resend after the grace period"
@@ -50,11 +52,21 @@ def reconcile(db: sa.Engine, campaign_id: uuid.UUID, grace_seconds: float) -> Re
     with db.begin() as conn:
         after_ingest = unknown_count(conn, campaign_id)
         requeued = conn.execute(sa.text("""
-            update campaign_recipients set status = 'pending', next_attempt_at = null,
-                attempt_log = attempt_log || jsonb_build_array(jsonb_build_object(
-                    'note', 'outcome unknown: no status webhook within the grace period, resending',
+            update campaign_recipients r set
+                status = case when r.attempts > c.retry_max_attempts then 'failed' else 'pending' end,
+                next_attempt_at = null,
+                failed_at = case when r.attempts > c.retry_max_attempts then now() else r.failed_at end,
+                error_message = case when r.attempts > c.retry_max_attempts
+                    then 'retries exhausted after ' || r.attempts || ' attempts: outcome unknown, no status webhook'
+                    else r.error_message end,
+                attempt_log = r.attempt_log || jsonb_build_array(jsonb_build_object(
+                    'note', case when r.attempts > c.retry_max_attempts
+                        then 'outcome unknown: no status webhook within the grace period, retries exhausted'
+                        else 'outcome unknown: no status webhook within the grace period, resending' end,
                     'timestamp', now()))
-            where campaign_id = :c and status = 'sending' and claimed_at < now() - make_interval(secs => :g)
+            from campaigns c
+            where c.id = r.campaign_id and r.campaign_id = :c and r.status = 'sending'
+              and r.claimed_at < now() - make_interval(secs => :g)
         """), {"c": campaign_id, "g": grace_seconds}).rowcount
         oldest = conn.execute(sa.text("""
             select extract(epoch from (min(claimed_at) + make_interval(secs => :g) - now()))

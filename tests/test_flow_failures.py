@@ -104,6 +104,20 @@ def test_an_ambiguous_131000_waits_for_a_webhook_then_is_resent_and_counted_as_a
     assert rs["failed_attempts_by_code"] == {"131000": 1}  # the note is not a failed attempt
 
 
+def test_an_outcome_that_stays_unknown_is_not_resent_forever(db, org, sandbox):
+    sandbox.configure(rules=[{"match": "7$", "code": 131000}])  # every time, and never a webhook
+    number = add_sandbox_number(db, org, sandbox)
+    add_contacts(db, org, [{"phone": "+5511900000007", "name": "Ana"}])
+    cid = create_campaign(db, org, number, retry_max_attempts=1)
+
+    assert send_campaign(cid)["status"] == "completed"  # two grace periods (2 s in tests), then it gives up
+
+    row = by_phone(db, cid)["+5511900000007"]
+    assert (row["status"], row["attempts"]) == ("failed", 2)
+    assert row["error_message"] == "retries exhausted after 2 attempts: outcome unknown, no status webhook"
+    assert [e.get("error_code") for e in row["attempt_log"] if "success" in e] == [131000, 131000]
+
+
 def test_retries_exhausted_fail_the_recipient_with_the_last_reason(db, org, sandbox):
     sandbox.configure(rules=[{"match": "5$", "code": 131000}, {"match": "6$", "code": 2}])
     number = add_sandbox_number(db, org, sandbox)

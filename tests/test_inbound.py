@@ -124,24 +124,27 @@ def test_an_inbound_message_opens_the_24h_window_for_free_form_text(db, org, san
     number = add_sandbox_number(db, org, sandbox)
     pnid = phone_number_id(db, number)
     add_contacts(db, org, [{"phone": "+5511900000501", "name": "Ana", "inbound_hours_ago": 30},
-                           {"phone": "+5511900000502", "name": "Bia", "inbound_hours_ago": 30}])
+                           {"phone": "+5511900000502", "name": "Bia", "inbound_hours_ago": 30},
+                           # wrote an hour ago, but to opt out: not someone free-form text may reach
+                           {"phone": "+5511900000503", "name": "Cida", "inbound_hours_ago": 1, "opted_out": True}])
     text = {"message_type": "text", "message_content": {"text": "Oi {{contact.name}}"}, "template_variables": {}}
     before = create_campaign(db, org, number, **text)
     with pytest.raises(lifecycle.Invalid) as refused:  # it would send nothing: the checklist says why
         start_campaign(db, org, before)
     assert refused.value.details == [
         '24 h window: free-form text reaches only contacts who wrote in the last 24 h, and none of the audience '
-        'did: send an approved template (message_type "template")']
+        'who may be sent to did: send an approved template (message_type "template")']
 
     assert post_signed(receiver, _text_from(pnid, "+5511900000501", "Oi, tudo bem?", int(time.time()))) == 200
     ingest_pending(db)
     after = create_campaign(db, org, number, **text)
     assert start_campaign(db, org, after)["warnings"] == [
-        "24 h window: 1 of 2 contacts wrote in the last 24 h; free-form text cannot reach the others (skipped as "
-        "outside_window): a template reaches everyone"]
+        "24 h window: 1 of 3 contacts can get free-form text (they wrote in the last 24 h); the others are "
+        "skipped: a template reaches everyone"]
     send_campaign(after)
     outcome = {r["phone"]: (r["status"], r["skip_reason"]) for r in recipients(db, after)}
     assert outcome.pop("+5511900000502") == ("skipped", "outside_window")
+    assert outcome.pop("+5511900000503") == ("skipped", "opt_out")
     assert outcome["+5511900000501"][0] in ("sent", "delivered", "read")
 
 
