@@ -13,3 +13,17 @@ def launch_send_run(campaign_id: uuid.UUID, deployment: str = SEND_DEPLOYMENT) -
 
     run = run_deployment(deployment, parameters={"campaign_id": str(campaign_id)}, timeout=0, as_subflow=False)
     return str(run.id)
+
+
+def flow_run_state(flow_run_id: str | None) -> str | None:
+    """The state type of a flow run (CANCELLED, FAILED, CRASHED, RUNNING…), or None when Prefect has none."""
+    if not flow_run_id:
+        return None
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(uuid.UUID(flow_run_id))
+    except Exception:  # not a Prefect id (a test launcher's), or unreadable: no verdict
+        return None
+    return run.state.type.value if run.state else None

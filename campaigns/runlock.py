@@ -43,3 +43,12 @@ def campaign_runner_lock(db: sa.Engine, campaign_id: uuid.UUID, wait_seconds: fl
             if got:
                 conn.execute(sa.text("select pg_advisory_unlock(:k)"), params)
                 conn.commit()
+
+
+def runner_alive(conn: sa.Connection, campaign_id: uuid.UUID) -> bool:
+    """Whether some process holds the campaign's runner lock now (it is taken and at once given back)."""
+    params = {"k": _key(campaign_id)}
+    if conn.execute(sa.text("select pg_try_advisory_lock(:k)"), params).scalar_one():
+        conn.execute(sa.text("select pg_advisory_unlock(:k)"), params)
+        return False
+    return True

@@ -1,5 +1,7 @@
 """campaign-scheduler: start scheduled campaigns when their time comes; resume campaigns paused by a
-number's hourly or daily cap when the window ends. Each is launched as a send-campaign/default run.
+number's hourly or daily cap when the window ends; launch again a running campaign whose runner is gone
+(or pause it, if its flow run was cancelled in the UI or failed). Each is launched as a
+send-campaign/default run.
 
 Requires: DATABASE_URL (or the embedded default) and the send-campaign/default deployment (served by
 `campaigns serve`, or `prefect deploy`). Deployed as `campaign-scheduler/default`, every 30 seconds.
@@ -12,7 +14,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from campaigns.db import get_engine
-from campaigns.launch import launch_send_run
+from campaigns.launch import flow_run_state, launch_send_run
 from campaigns.scheduler import due_campaigns
 from campaigns.services import start_campaign
 
@@ -20,10 +22,14 @@ from campaigns.services import start_campaign
 @flow(name="campaign-scheduler")
 def campaign_scheduler() -> dict[str, Any]:
     log = get_run_logger()
-    due = due_campaigns(get_engine(), start_campaign)
+    due = due_campaigns(get_engine(), start_campaign, flow_run_state)
     for cid in due.to_launch:
         log.info("campaign %s: launched flow run %s", cid, launch_send_run(cid))
     for cid, why in due.refused.items():
         log.warning("scheduled campaign %s paused, preflight failed: %s", cid, why)
+    for cid, why in due.stopped.items():
+        log.warning("campaign %s paused: %s", cid, why)
     return {"resumed": [str(c) for c in due.resumed], "started": [str(c) for c in due.started],
-            "refused": {str(c): why for c, why in due.refused.items()}}
+            "recovered": [str(c) for c in due.recovered],
+            "refused": {str(c): why for c, why in due.refused.items()},
+            "stopped": {str(c): why for c, why in due.stopped.items()}}
