@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
 SEND_DEPLOYMENT = "send-campaign/default"
 
@@ -15,8 +16,14 @@ def launch_send_run(campaign_id: uuid.UUID, deployment: str = SEND_DEPLOYMENT) -
     return str(run.id)
 
 
-def flow_run_state(flow_run_id: str | None) -> str | None:
-    """The state type of a flow run (CANCELLED, FAILED, CRASHED, RUNNING…), or None when Prefect has none."""
+@dataclass(frozen=True)
+class RunState:
+    type: str  # CANCELLED, FAILED, CRASHED, RUNNING, SCHEDULED, PENDING…
+    message: str = ""
+
+
+def flow_run_state(flow_run_id: str | None) -> RunState | None:
+    """The state of a flow run, or None when Prefect has none for that id."""
     if not flow_run_id:
         return None
     from prefect.client.orchestration import get_client
@@ -26,4 +33,4 @@ def flow_run_state(flow_run_id: str | None) -> str | None:
             run = client.read_flow_run(uuid.UUID(flow_run_id))
     except Exception:  # not a Prefect id (a test launcher's), or unreadable: no verdict
         return None
-    return run.state.type.value if run.state else None
+    return RunState(run.state.type.value, run.state.message or "") if run.state else None

@@ -24,9 +24,32 @@ def _key(campaign_id: uuid.UUID) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+class RunnerLock:
+    """Truthy while this process is the campaign's only runner. `still_held` asks its connection: if that
+    connection died (a Postgres restart, an idle timeout), the lock went with it and another runner may
+    take the campaign, so this one must stop sending."""
+
+    def __init__(self, conn: sa.Connection, held: bool) -> None:
+        self._conn, self._held = conn, held
+
+    def __bool__(self) -> bool:
+        return self._held
+
+    def still_held(self) -> bool:
+        if not self._held:
+            return False
+        try:
+            self._conn.execute(sa.text("select 1"))
+            self._conn.commit()
+            return True
+        except sa.exc.DBAPIError:
+            self._held = False
+            return False
+
+
 @contextlib.contextmanager
-def campaign_runner_lock(db: sa.Engine, campaign_id: uuid.UUID, wait_seconds: float = 30.0) -> Iterator[bool]:
-    """Yields True while this process is the campaign's only runner; False if it could not become one."""
+def campaign_runner_lock(db: sa.Engine, campaign_id: uuid.UUID, wait_seconds: float = 30.0) -> Iterator[RunnerLock]:
+    """Yields a truthy RunnerLock while this process is the campaign's only runner."""
     params = {"k": _key(campaign_id)}
     with db.connect() as conn:
         deadline = time.monotonic() + wait_seconds
@@ -37,10 +60,11 @@ def campaign_runner_lock(db: sa.Engine, campaign_id: uuid.UUID, wait_seconds: fl
             if got or time.monotonic() >= deadline:
                 break
             time.sleep(0.5)
+        lock = RunnerLock(conn, bool(got))
         try:
-            yield bool(got)
+            yield lock
         finally:
-            if got:
+            if lock.still_held():
                 conn.execute(sa.text("select pg_advisory_unlock(:k)"), params)
                 conn.commit()
 

@@ -65,11 +65,11 @@ def build_audience_once(db: sa.Engine, campaign_id: uuid.UUID, provider: str) ->
 
 
 def record_flow_run(db: sa.Engine, campaign_id: uuid.UUID, flow_run_id: str | None) -> None:
-    """Which flow run is sending the campaign, so an operator finds it in the Prefect UI."""
-    if flow_run_id:
-        with db.begin() as conn:
-            conn.execute(sa.text("update campaigns set flow_run_id = :r where id = :c"),
-                         {"r": flow_run_id, "c": campaign_id})
+    """The runner that took the campaign: its flow run (for the Prefect UI and the scheduler), and the
+    scheduler's count of relaunches starts again."""
+    with db.begin() as conn:
+        conn.execute(sa.text("update campaigns set flow_run_id = coalesce(:r, flow_run_id), relaunches = 0 "
+                             "where id = :c"), {"r": flow_run_id, "c": campaign_id})
 
 
 def prepare(

@@ -6,7 +6,9 @@ A runner holds its campaign's advisory lock for its whole life (campaigns.runloc
 `running`, untouched for ORPHAN_AFTER_SECONDS and whose lock nobody holds has lost its runner: a worker
 killed or crashed, a machine lost. It is launched again (every run continues where the last stopped and
 sends nothing twice). If its last flow run was cancelled in the Prefect UI, that was an operator stopping
-it: it is paused instead. If that run failed, relaunching would fail again: it is paused with the reason.
+it: it is paused instead (not when `serve` itself stopped and cancelled its runs). If that run failed,
+relaunching would fail again: it is paused with the reason, as it is after RELAUNCH_LIMIT lost runners
+in a row. A last run still waiting in Prefect for a slot is left to start.
 
 `due_campaigns` only changes rows; the `campaign-scheduler` flow launches a send-campaign run for each.
 A scheduled campaign goes through the same preflight as `campaigns start`: when it fails, the campaign is
@@ -15,6 +17,7 @@ paused with reason `preflight_failed` and every failed check in `last_error_mess
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -23,12 +26,16 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from campaigns import lifecycle
+from campaigns.launch import RunState
 from campaigns.runlock import runner_alive
 
 log = logging.getLogger(__name__)
 
 
 ORPHAN_AFTER_SECONDS = 60  # a launched run takes seconds to take its lock; a minute leaves room to spare
+RELAUNCH_LIMIT = 3  # runners lost in a row before the campaign is paused instead (a crash that repeats)
+WAITING_STATES = ("SCHEDULED", "PENDING")  # its last run was launched and waits for a slot
+RUNNER_SHUTDOWN = "Runner is shutting down."  # Prefect's message when `serve` stops: not an operator's cancel
 
 
 @dataclass
@@ -45,7 +52,7 @@ class Due:
 
 
 def due_campaigns(db: sa.Engine, start: Callable[[sa.Engine, uuid.UUID, uuid.UUID], object],
-                  run_state: Callable[[str | None], str | None] = lambda _: None) -> Due:
+                  run_state: Callable[[str | None], RunState | None] = lambda _: None) -> Due:
     """Resume capped campaigns whose window has ended; start scheduled ones whose time has come; launch
     again running ones whose runner is gone (`run_state` reads their last flow run's state)."""
     due = Due()
@@ -72,28 +79,42 @@ def due_campaigns(db: sa.Engine, start: Callable[[sa.Engine, uuid.UUID, uuid.UUI
     return due
 
 
-def _recover_orphans(db: sa.Engine, due: Due, run_state: Callable[[str | None], str | None]) -> None:
+def _recover_orphans(db: sa.Engine, due: Due, run_state: Callable[[str | None], RunState | None]) -> None:
     with db.connect() as conn:
         candidates = conn.execute(sa.text("""
-            select id, organization_id, flow_run_id from campaigns
+            select id, organization_id, flow_run_id, relaunches from campaigns
             where status = 'running' and updated_at < now() - make_interval(secs => :s)
         """), {"s": ORPHAN_AFTER_SECONDS}).all()
         orphans = [c for c in candidates if not runner_alive(conn, c.id)]
         conn.commit()
-    for cid, org, flow_run_id in orphans:
+    for cid, org, flow_run_id, relaunches in orphans:
         state = run_state(flow_run_id)
-        with db.begin() as conn:
-            if state in ("CANCELLED", "CANCELLING"):
-                why = f"its flow run {flow_run_id} was cancelled in Prefect; resume to continue"
-                lifecycle.pause(conn, org, cid, "operator", why)
-                due.stopped[cid] = why
-            elif state == "FAILED":
-                why = f"its flow run {flow_run_id} failed (see it in Prefect); resume to try again"
-                lifecycle.pause(conn, org, cid, "runner_failed", why)
-                due.stopped[cid] = why
-            else:  # crashed, killed (Prefect may still say RUNNING), or never started: launch it again
-                conn.execute(sa.text("update campaigns set updated_at = now() where id = :c and status = 'running'"),
-                             {"c": cid})
+        kind = state.type if state else None
+        if kind in WAITING_STATES:  # launched and waiting for a slot in `serve`: on its way
+            continue
+        if kind in ("CANCELLED", "CANCELLING") and state and state.message != RUNNER_SHUTDOWN:
+            _stop(db, due, org, cid, "operator",
+                  f"its flow run {flow_run_id} was cancelled in Prefect; resume to continue")
+        elif kind == "FAILED":
+            _stop(db, due, org, cid, "runner_failed",
+                  f"its flow run {flow_run_id} failed (see it in Prefect); resume to try again")
+        elif relaunches >= RELAUNCH_LIMIT:
+            _stop(db, due, org, cid, "runner_failed", f"its runner was lost {relaunches} times in a row (last flow run "
+                                                      f"{flow_run_id}: {kind}); resume to try again")
+        else:  # crashed, killed (Prefect may still say RUNNING), stopped with `serve`: launch it again
+            with db.begin() as conn:
+                claimed = conn.execute(sa.text("""
+                    update campaigns set updated_at = now(), relaunches = relaunches + 1
+                    where id = :c and status = 'running' and updated_at < now() - make_interval(secs => :s)
+                    returning id
+                """), {"c": cid, "s": ORPHAN_AFTER_SECONDS}).scalar()  # one scheduler pass wins a race
+            if claimed:
                 due.recovered.append(cid)
                 log.warning("campaign %s was running without a runner (last run %s: %s); launching it again",
-                            cid, flow_run_id, state)
+                            cid, flow_run_id, kind)
+
+
+def _stop(db: sa.Engine, due: Due, org: uuid.UUID, cid: uuid.UUID, reason: str, why: str) -> None:
+    with db.begin() as conn, contextlib.suppress(lifecycle.Conflict):  # an operator may have acted meanwhile
+        lifecycle.pause(conn, org, cid, reason, why)
+        due.stopped[cid] = why

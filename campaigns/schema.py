@@ -110,6 +110,7 @@ campaigns = sa.Table(
     sa.Column("last_error_message", sa.Text),
     sa.Column("error_count", sa.Integer, nullable=False, server_default="0"),
     sa.Column("consecutive_failures", sa.Integer, nullable=False, server_default="0"),  # circuit breaker
+    sa.Column("relaunches", sa.SmallInteger, nullable=False, server_default="0"),  # runner lost, in a row
     sa.Column("flow_run_id", sa.Text),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),

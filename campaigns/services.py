@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from campaigns import lifecycle, recipient_statuses, retry_stats, stats
 from campaigns.preflight import run_preflight
 from campaigns.ratelimit import LimitUsage
+from campaigns.runlock import runner_alive
 from campaigns.schema import CAMPAIGN_STATUSES, campaigns
 from campaigns.settings import get_settings
 
@@ -119,6 +120,10 @@ def delete_campaign(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID)
 
 
 def record_flow_run(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID, flow_run_id: str) -> None:
-    """Which flow run is sending the campaign, so an operator can find it in the Prefect UI."""
+    """The run just launched for the campaign, so an operator finds it in the Prefect UI and the scheduler
+    knows it is on its way. Not while a runner is alive: the new run will find the campaign taken and end
+    at once, and the id must stay the live runner's (the scheduler reads its state)."""
+    if runner_alive(conn, campaign_id):
+        return
     conn.execute(sa.update(campaigns).where(campaigns.c.id == campaign_id, campaigns.c.organization_id == org)
                  .values(flow_run_id=flow_run_id))

@@ -13,18 +13,23 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from campaigns import lifecycle
 from campaigns.db import get_engine
 from campaigns.launch import flow_run_state, launch_send_run
 from campaigns.scheduler import due_campaigns
-from campaigns.services import start_campaign
+from campaigns.services import record_flow_run, start_campaign
 
 
 @flow(name="campaign-scheduler")
 def campaign_scheduler() -> dict[str, Any]:
     log = get_run_logger()
-    due = due_campaigns(get_engine(), start_campaign, flow_run_state)
+    db = get_engine()
+    due = due_campaigns(db, start_campaign, flow_run_state)
     for cid in due.to_launch:
-        log.info("campaign %s: launched flow run %s", cid, launch_send_run(cid))
+        run_id = launch_send_run(cid)
+        with db.begin() as conn:  # the scheduler's next pass sees this run waiting, not a lost runner
+            record_flow_run(conn, lifecycle.get_any_org(conn, cid)["organization_id"], cid, run_id)
+        log.info("campaign %s: launched flow run %s", cid, run_id)
     for cid, why in due.refused.items():
         log.warning("scheduled campaign %s paused, preflight failed: %s", cid, why)
     for cid, why in due.stopped.items():

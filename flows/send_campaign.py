@@ -73,6 +73,10 @@ def send_campaign(campaign_id: uuid.UUID) -> dict[str, Any]:
         wave_cap = runner.batches_per_wave(db, campaign_id, settings.batch_size, settings.rate_headroom,
                                            settings.parallel_batches)
         while True:
+            if not held.still_held():  # its connection died: another runner may have the campaign by now
+                log.error("campaign %s: the runner lock was lost; this run stops (the next runner continues)",
+                          campaign_id)
+                return {"campaign_id": str(campaign_id), "status": "runner lock lost"}
             reconcile_unknown(campaign_id)
             left = runner.remaining(db, campaign_id)
             if left.status != "running":

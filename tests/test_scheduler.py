@@ -9,7 +9,7 @@ import uuid
 
 import sqlalchemy as sa
 from prefect.client.orchestration import get_client
-from prefect.states import Cancelled, Failed
+from prefect.states import Cancelled, Failed, Scheduled
 
 from campaigns.launch import flow_run_state
 from campaigns.runlock import campaign_runner_lock
@@ -80,3 +80,23 @@ def test_a_flow_run_cancelled_in_the_ui_pauses_its_campaign_and_a_failed_one_say
     assert row["last_error_message"] == f"its flow run {cancelled_run} was cancelled in Prefect; resume to continue"
     row = campaign_row(db, failed)
     assert (row["status"], row["paused_reason"]) == ("paused", "runner_failed")
+
+
+def test_a_runner_stopped_with_serve_is_relaunched_one_waiting_for_a_slot_is_left_and_a_crash_loop_stops(
+        db, org, sandbox):
+    number = add_sandbox_number(db, org, sandbox)
+    add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(2, start=9500)])
+    # `serve` stopping cancels its runs with this message: the runner was lost, nobody meant to stop it.
+    shutdown = _running_since_two_minutes(db, org, number, _flow_run_in(Cancelled(message="Runner is shutting down.")))
+    waiting = _running_since_two_minutes(db, org, number, _flow_run_in(Scheduled()))
+    looping = _running_since_two_minutes(db, org, number)
+    with db.begin() as conn:
+        conn.execute(sa.text("update campaigns set relaunches = 3 where id = :c"), {"c": looping})
+
+    due = due_campaigns(db, start_campaign, flow_run_state)
+
+    assert shutdown in due.recovered and campaign_row(db, shutdown)["relaunches"] == 1
+    assert waiting not in due.to_launch and campaign_row(db, waiting)["status"] == "running"
+    row = campaign_row(db, looping)
+    assert (row["status"], row["paused_reason"]) == ("paused", "runner_failed")
+    assert row["last_error_message"].startswith("its runner was lost 3 times in a row")
