@@ -25,7 +25,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from campaigns.contact_events import OptChange, Seen, apply_opt_changes, keyword_set, normalise_keyword, touch
-from campaigns.errors import OPTED_OUT
+from campaigns.errors import OPTED_OUT, FailureClass, classify, pause_reason
+from campaigns.lifecycle import pause_for_error
 from campaigns.settings import get_settings
 from campaigns.webhook_parse import Inbound, ParsedEvent, StatusUpdate, parse_evolution, parse_meta
 from campaigns.webhooks import PLATFORM
@@ -127,7 +128,23 @@ def apply_statuses(conn: sa.Connection, matched: list[StatusUpdate]) -> set[Any]
         "statuses": [u.status for u in matched], "ats": [u.at for u in matched],
         "codes": [u.code for u in matched], "messages": [u.message for u in matched],
     }
-    return {row.campaign_id for row in conn.execute(APPLY, params)}
+    campaign_of = {row.id: row.campaign_id for row in conn.execute(APPLY, params)}
+    _pause_for_campaign_codes(conn, matched, campaign_of)
+    return set(campaign_of.values())
+
+
+def _pause_for_campaign_codes(conn: sa.Connection, matched: list[StatusUpdate], campaign_of: dict[int, Any]) -> None:
+    """A campaign-level code in a `failed` webhook (payment, a paused template, the spam limit…) pauses a
+    running campaign, as the same code answered at send time does: sending on would only fail the rest of
+    the audience. The message itself stays failed with its code (`retry-failed --code` after the fix)."""
+    paused: set[Any] = set()
+    for u in matched:
+        cid = campaign_of.get(u.recipient_id or 0)
+        if (u.status == "failed" and u.code is not None and cid is not None and cid not in paused
+                and classify(u.code) is FailureClass.CAMPAIGN):
+            if pause_for_error(conn, cid, pause_reason(u.code), f"({u.code}) {u.message or ''}".strip()):
+                log.warning("campaign %s paused by a failed status webhook: (%s) %s", cid, u.code, u.message)
+            paused.add(cid)
 
 
 def apply_replies(conn: sa.Connection, replies: list[tuple[int, datetime]]) -> set[Any]:

@@ -118,6 +118,26 @@ def test_an_outcome_that_stays_unknown_is_not_resent_forever(db, org, sandbox):
     assert [e.get("error_code") for e in row["attempt_log"] if "success" in e] == [131000, 131000]
 
 
+def test_a_campaign_level_code_in_a_failed_webhook_pauses_the_campaign(db, org, sandbox):
+    # Accepted at send time, then reported failed by webhook: Meta's way for payment and template problems.
+    sandbox.configure(rules=[{"match": "0001$", "code": 131042, "where": "webhook"}])
+    number = add_sandbox_number(db, org, sandbox, mps=10)
+    add_contacts(db, org, [{"phone": f"+55119000{i:05d}", "name": "Ana"} for i in range(1, 201)])  # 20 s of sending
+    cid = create_campaign(db, org, number)
+    with ThreadPoolExecutor(1) as pool:
+        run = pool.submit(send_campaign, cid)
+        wait_for(lambda: len(sandbox.messages()) >= 5, timeout=60)
+        assert sandbox.drain_webhooks(timeout=20)
+        ingest_pending(db)  # what the ingest-statuses flow does every second
+        assert run.result(timeout=60)["status"] == "paused"
+
+    campaign = campaign_row(db, cid)
+    assert (campaign["paused_reason"], campaign["last_error_message"][:8]) == ("payment", "(131042)")
+    rows = by_phone(db, cid)
+    assert (rows["+5511900000001"]["status"], rows["+5511900000001"]["error_code"]) == ("failed", 131042)
+    assert sum(r["status"] == "pending" for r in rows.values()) > 0  # the rest of the audience is kept
+
+
 def test_retries_exhausted_fail_the_recipient_with_the_last_reason(db, org, sandbox):
     sandbox.configure(rules=[{"match": "5$", "code": 131000}, {"match": "6$", "code": 2}])
     number = add_sandbox_number(db, org, sandbox)
