@@ -139,9 +139,10 @@ def _pause_for_campaign_codes(conn: sa.Connection, matched: list[StatusUpdate], 
     the audience. The message itself stays failed with its code (`retry-failed --code` after the fix)."""
     paused: set[Any] = set()
     for u in matched:
+        if u.status != "failed" or u.code is None or classify(u.code) is not FailureClass.CAMPAIGN:
+            continue
         cid = campaign_of.get(u.recipient_id or 0)
-        if (u.status == "failed" and u.code is not None and cid is not None and cid not in paused
-                and classify(u.code) is FailureClass.CAMPAIGN):
+        if cid is not None and cid not in paused:
             if pause_for_error(conn, cid, pause_reason(u.code), f"({u.code}) {u.message or ''}".strip()):
                 log.warning("campaign %s paused by a failed status webhook: (%s) %s", cid, u.code, u.message)
             paused.add(cid)
