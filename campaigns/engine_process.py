@@ -140,10 +140,6 @@ def get_engine_client() -> EngineClient:
         return _client
 
 
-if __name__ == "__main__":
-    _child_main(Connection(int(sys.argv[1])))
-
-
 def close_engine_client() -> None:
     """End the send-engine process; the next batch starts a new one, which reads the settings afresh."""
     global _client
@@ -151,3 +147,7 @@ def close_engine_client() -> None:
         if _client is not None:
             _client.close()
             _client = None
+
+
+if __name__ == "__main__":
+    _child_main(Connection(int(sys.argv[1])))

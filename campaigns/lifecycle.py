@@ -8,6 +8,7 @@ operators acting at once cannot break the state machine.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -199,12 +200,15 @@ class Transition:
 
 
 def _transition(
-    conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID, allowed: tuple[str, ...], values: dict[str, Any],
-    refusal: str,
+    conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID, allowed: tuple[str, ...],
+    values: dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any]], refusal: str,
 ) -> Transition:
+    """One guarded UPDATE; `values` may be worked out from the locked row."""
     current = get(conn, org, campaign_id, lock=True)
     if current["status"] not in allowed:
         raise Conflict(refusal.format(status=current["status"]))
+    if callable(values):
+        values = values(current)
     conn.execute(
         sa.update(campaigns).where(campaigns.c.id == current["id"]).values(**values, updated_at=sa.func.now())
     )
@@ -244,10 +248,10 @@ def resume(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID) -> Trans
     """A paused campaign runs again. One held before it ever started (paused while scheduled, or refused
     by the checklist at its time) goes back to scheduled instead: its start still passes the pre-launch
     checklist, and the scheduler starts it at once if its time has come."""
-    current = get(conn, org, campaign_id, lock=True)
-    status = "scheduled" if current["status"] == "paused" and current["started_at"] is None else "running"
     return _transition(
-        conn, org, campaign_id, ("paused",), {"status": status, "paused_reason": None, "resume_at": None},
+        conn, org, campaign_id, ("paused",),
+        lambda current: {"status": "running" if current["started_at"] else "scheduled", "paused_reason": None,
+                         "resume_at": None},
         "Cannot resume a {status} campaign",
     )
 

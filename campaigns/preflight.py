@@ -45,12 +45,16 @@ class Preflight:
         self.checks.append(Check(name, ok, detail, warning))
 
 
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:200]
+
+
 def _probe(fn: Callable[[], Any]) -> str | None:
     try:
         fn()
         return None
     except Exception as exc:  # reported as a failed check, whatever it was
-        return f"{type(exc).__name__}: {exc}"[:200]
+        return _describe(exc)
 
 
 def run_preflight(
@@ -126,18 +130,13 @@ def run_preflight(
 def _check_credentials(pf: Preflight, number: dict[str, Any], load_credentials: Callable[[], Any],
                        check: Callable[[str, Any], NumberHealth]) -> None:
     """A token that is present is not yet a valid one: ask the provider (see campaigns.number_check)."""
-    health: NumberHealth | None = None
-
-    def probe() -> None:
-        nonlocal health
+    try:
         creds = load_credentials()
         if not getattr(creds, "token", ""):
             raise ValueError("no access token")
         health = check(number["provider"], creds)
-
-    problem = _probe(probe)
-    if problem is not None or health is None:
-        pf.add("whatsapp credentials", False, f"credentials block {number['block_name']!r}: {problem}")
+    except Exception as exc:  # a missing or unreadable block: reported as a failed check
+        pf.add("whatsapp credentials", False, f"credentials block {number['block_name']!r}: {_describe(exc)}")
         return
     if health.reachable:
         pf.add("whatsapp credentials", health.accepted, health.detail)

@@ -53,20 +53,21 @@ def reconcile(db: sa.Engine, campaign_id: uuid.UUID, grace_seconds: float) -> Re
         after_ingest = unknown_count(conn, campaign_id)
         requeued = conn.execute(sa.text("""
             update campaign_recipients r set
-                status = case when r.attempts > c.retry_max_attempts then 'failed' else 'pending' end,
+                status = case when v.exhausted then 'failed' else 'pending' end,
                 next_attempt_at = null,
-                failed_at = case when r.attempts > c.retry_max_attempts then now() else r.failed_at end,
-                error_message = case when r.attempts > c.retry_max_attempts
+                failed_at = case when v.exhausted then now() else r.failed_at end,
+                error_message = case when v.exhausted
                     then 'retries exhausted after ' || r.attempts || ' attempts: outcome unknown, no status webhook'
                     else r.error_message end,
                 attempt_log = r.attempt_log || jsonb_build_array(jsonb_build_object(
-                    'note', case when r.attempts > c.retry_max_attempts
-                        then 'outcome unknown: no status webhook within the grace period, retries exhausted'
-                        else 'outcome unknown: no status webhook within the grace period, resending' end,
+                    'note', 'outcome unknown: no status webhook within the grace period, '
+                            || case when v.exhausted then 'retries exhausted' else 'resending' end,
                     'timestamp', now()))
-            from campaigns c
-            where c.id = r.campaign_id and r.campaign_id = :c and r.status = 'sending'
-              and r.claimed_at < now() - make_interval(secs => :g)
+            from (select r.attempts > c.retry_max_attempts as exhausted, r.id from campaign_recipients r
+                  join campaigns c on c.id = r.campaign_id
+                  where r.campaign_id = :c and r.status = 'sending'
+                    and r.claimed_at < now() - make_interval(secs => :g)) v
+            where r.id = v.id
         """), {"c": campaign_id, "g": grace_seconds}).rowcount
         oldest = conn.execute(sa.text("""
             select extract(epoch from (min(claimed_at) + make_interval(secs => :g) - now()))

@@ -64,7 +64,7 @@ def build_audience_once(db: sa.Engine, campaign_id: uuid.UUID, provider: str) ->
     return audience.counts(classified)
 
 
-def record_flow_run(db: sa.Engine, campaign_id: uuid.UUID, flow_run_id: str | None) -> None:
+def record_runner(db: sa.Engine, campaign_id: uuid.UUID, flow_run_id: str | None) -> None:
     """The runner that took the campaign: its flow run (for the Prefect UI and the scheduler), and the
     scheduler's count of relaunches starts again."""
     with db.begin() as conn:

@@ -45,6 +45,7 @@ class Due:
     recovered: list[uuid.UUID] = field(default_factory=list)  # running, but their runner was gone
     refused: dict[uuid.UUID, str] = field(default_factory=dict)
     stopped: dict[uuid.UUID, str] = field(default_factory=dict)  # paused: their flow run was cancelled or failed
+    orgs: dict[uuid.UUID, uuid.UUID] = field(default_factory=dict)  # each campaign's organization
 
     @property
     def to_launch(self) -> list[uuid.UUID]:
@@ -58,11 +59,13 @@ def due_campaigns(db: sa.Engine, start: Callable[[sa.Engine, uuid.UUID, uuid.UUI
     due = Due()
     _recover_orphans(db, due, run_state)
     with db.begin() as conn:
-        due.resumed = list(conn.execute(sa.text("""
+        for cid, org in conn.execute(sa.text("""
             update campaigns set status = 'running', paused_reason = null, resume_at = null, updated_at = now()
             where status = 'paused' and paused_reason = 'rate_limit' and resume_at <= now()
-            returning id
-        """)).scalars())
+            returning id, organization_id
+        """)):
+            due.resumed.append(cid)
+            due.orgs[cid] = org
         scheduled = conn.execute(sa.text(
             "select id, organization_id from campaigns where status = 'scheduled' and scheduled_at <= now()"
         )).all()
@@ -70,6 +73,7 @@ def due_campaigns(db: sa.Engine, start: Callable[[sa.Engine, uuid.UUID, uuid.UUI
         try:
             start(db, org, cid)
             due.started.append(cid)
+            due.orgs[cid] = org
         except lifecycle.CampaignError as exc:
             detail = "; ".join([exc.message, *exc.details])
             with db.begin() as conn:
@@ -92,7 +96,7 @@ def _recover_orphans(db: sa.Engine, due: Due, run_state: Callable[[str | None], 
         kind = state.type if state else None
         if kind in WAITING_STATES:  # launched and waiting for a slot in `serve`: on its way
             continue
-        if kind in ("CANCELLED", "CANCELLING") and state and state.message != RUNNER_SHUTDOWN:
+        if state and kind in ("CANCELLED", "CANCELLING") and state.message != RUNNER_SHUTDOWN:
             _stop(db, due, org, cid, "operator",
                   f"its flow run {flow_run_id} was cancelled in Prefect; resume to continue")
         elif kind == "FAILED":
@@ -110,6 +114,7 @@ def _recover_orphans(db: sa.Engine, due: Due, run_state: Callable[[str | None], 
                 """), {"c": cid, "s": ORPHAN_AFTER_SECONDS}).scalar()  # one scheduler pass wins a race
             if claimed:
                 due.recovered.append(cid)
+                due.orgs[cid] = org
                 log.warning("campaign %s was running without a runner (last run %s: %s); launching it again",
                             cid, flow_run_id, kind)
 

@@ -13,7 +13,6 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from campaigns import lifecycle
 from campaigns.db import get_engine
 from campaigns.launch import flow_run_state, launch_send_run
 from campaigns.scheduler import due_campaigns
@@ -28,7 +27,7 @@ def campaign_scheduler() -> dict[str, Any]:
     for cid in due.to_launch:
         run_id = launch_send_run(cid)
         with db.begin() as conn:  # the scheduler's next pass sees this run waiting, not a lost runner
-            record_flow_run(conn, lifecycle.get_any_org(conn, cid)["organization_id"], cid, run_id)
+            record_flow_run(conn, due.orgs[cid], cid, run_id)
         log.info("campaign %s: launched flow run %s", cid, run_id)
     for cid, why in due.refused.items():
         log.warning("scheduled campaign %s paused, preflight failed: %s", cid, why)

@@ -54,7 +54,7 @@ def send_campaign(campaign_id: uuid.UUID) -> dict[str, Any]:
         if not held:
             log.warning("another runner is sending campaign %s; this run does nothing", campaign_id)
             return {"campaign_id": str(campaign_id), "status": "already running elsewhere"}
-        runner.record_flow_run(db, campaign_id, flow_run.get_id())  # however it was launched: UI, API, schedule
+        runner.record_runner(db, campaign_id, flow_run.get_id())  # however it was launched: UI, API, schedule
         prepared = prepare_campaign(campaign_id)
         if prepared.refused:
             raise RuntimeError("preflight failed:\n- " + "\n- ".join(prepared.refused))
