@@ -110,6 +110,16 @@ def _prefect_healthy(api_url: str) -> bool:
         return False
 
 
+def ui_api_url(api_url: str) -> str | None:
+    """Where the server's UI will look for its API (its `/ui-settings`); None if it cannot be read."""
+    import httpx
+
+    try:
+        return httpx.get(f"{api_url.removesuffix('/api')}/ui-settings", timeout=2.0).json().get("api_url")
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+
+
 def ensure_prefect(settings: Settings) -> str:
     if settings.prefect_api_url:
         return settings.prefect_api_url
@@ -118,7 +128,14 @@ def ensure_prefect(settings: Settings) -> str:
     api_url = f"http://127.0.0.1:{port}/api"
     with _file_lock(home / "prefect.lock"):
         if _prefect_healthy(api_url):
-            return api_url
+            if ui_api_url(api_url) == api_url or os.environ.get("PREFECT_UI_ENABLED") == "false":
+                return api_url
+            # Started by an older version whose UI looked for its API on port 4200: start it again.
+            _stop_prefect(home)
+            for _ in range(100):
+                if not _port_open(port):
+                    break
+                time.sleep(0.1)
         if _port_open(port):
             raise RuntimeError(f"port {port} is taken by something that is not a Prefect server")
         env = {
@@ -127,6 +144,11 @@ def ensure_prefect(settings: Settings) -> str:
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_UI_ENABLED": os.environ.get("PREFECT_UI_ENABLED", "true"),
             "PREFECT_LOGGING_LEVEL": "WARNING",
+            # The UI asks /ui-settings where its API is; unset, it answers Prefect's default port 4200, and
+            # every page says "Can't connect to Server API" (or shows another server's data).
+            "PREFECT_UI_API_URL": api_url,
+            "PREFECT_SERVER_API_PORT": str(port),
+            "PREFECT_SERVER_API_HOST": "127.0.0.1",
         }
         env.pop("PREFECT_API_URL", None)
         logf = (home / "prefect-server.log").open("ab")
@@ -154,17 +176,23 @@ def _runs(pid: int, program: str) -> bool:
         return False
 
 
-def stop_services(home: Path) -> list[str]:
-    """Stop the embedded servers that keep their data under `home`, and nothing else; say which."""
-    stopped = []
+def _stop_prefect(home: Path) -> bool:
+    """End the Prefect server this home started, if it still runs."""
     pid_file = home / "prefect.pid"
+    stopped = False
     if pid_file.exists():
         with contextlib.suppress(ProcessLookupError, ValueError):
             pid = int(pid_file.read_text())
             if _runs(pid, "prefect"):  # a stale file's pid may belong to another process by now
                 os.killpg(pid, signal.SIGTERM)
-                stopped.append("prefect")
+                stopped = True
         pid_file.unlink()
+    return stopped
+
+
+def stop_services(home: Path) -> list[str]:
+    """Stop the embedded servers that keep their data under `home`, and nothing else; say which."""
+    stopped = ["prefect"] if _stop_prefect(home) else []
     sock = home / "redis.sock"
     if sock.exists():
         import redis
