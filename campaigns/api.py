@@ -36,7 +36,7 @@ from starlette.routing import Route
 
 from campaigns import api_tokens, lifecycle, services, stats
 from campaigns.api_tokens import Caller
-from campaigns.launch import SEND_DEPLOYMENT, launch_send_run
+from campaigns.launch import SEND_DEPLOYMENT, launch_send_run, wake_suspended_run
 from campaigns.lifecycle import CampaignError
 from campaigns.models import CampaignCreate, field_errors
 from campaigns.schema import API_ROLES
@@ -280,7 +280,7 @@ class CampaignsApi:
             ("POST", c + "/{id}/start", OPERATE, self.start, False),
             ("POST", c + "/{id}/pause", OPERATE, self.transition(lifecycle.pause), False),
             ("POST", c + "/{id}/resume", OPERATE, self.resume, False),
-            ("POST", c + "/{id}/cancel", OPERATE, self.transition(lifecycle.cancel), False),
+            ("POST", c + "/{id}/cancel", OPERATE, self.cancel, False),
             ("POST", c + "/{id}/retry-failed", OPERATE, self.retry_failed, True),
             ("POST", c + "/{id}/schedule", OPERATE, self.schedule, True),
             ("GET", c + "/{id}/stats", READ, self.read(services.stats_of), False),
@@ -373,6 +373,13 @@ class CampaignsApi:
         with self.db.begin() as conn:
             t = services.delete_campaign(conn, call.org, call.campaign_id)
         return _moved(call, t, message="Campaign cancelled: campaigns are kept with their history, never erased")
+
+    def cancel(self, call: Call) -> dict[str, Any]:
+        """Cancel; a run suspended by an earlier pause is woken so that it ends Cancelled too."""
+        t = self.transition(lifecycle.cancel)(call)
+        with contextlib.suppress(Exception):  # Prefect down: the campaign is cancelled all the same
+            wake_suspended_run(call.campaign_id)
+        return t
 
     def start(self, call: Call) -> dict[str, Any]:
         self.ready()

@@ -63,7 +63,7 @@ def cmd_retry_failed(args: argparse.Namespace) -> int:
     with _db().begin() as conn:
         org = _org_of(conn, args.id, args.org)
         t, n = lifecycle.retry_failed(conn, org, uuid.UUID(args.id), args.code)
-    _spawn_runner(uuid.UUID(args.id))
+    _launch(org, uuid.UUID(args.id))
     _err(f"campaign {args.id}: {n} failed recipients back to pending; {t.previous} -> {t.status}")
     return 0
 
@@ -203,13 +203,37 @@ def cmd_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _spawn_runner(campaign_id: uuid.UUID) -> None:
-    """Start the campaign's flow run in its own process; it outlives this command."""
+def _launch(org: uuid.UUID, campaign_id: uuid.UUID) -> None:
+    """Hand the campaign to the served send-campaign deployment, as the API does, so its run shows in the
+    Prefect UI like any other; with nothing serving it, run the flow in a process of its own instead."""
+    from campaigns.api import PrefectLauncher, Unavailable
+    from campaigns.services import record_flow_run
+
+    launcher = PrefectLauncher()
+    try:
+        launcher.ready()
+    except Unavailable:
+        _spawn_runner(campaign_id)
+        _err("nothing serves send-campaign/default: running the campaign in a background process (its log is in "
+             f"{_run_log(campaign_id)}; `campaigns serve` runs campaigns for the Prefect UI)")
+        return
+    run_id = launcher(campaign_id)
+    with _db().begin() as conn:
+        record_flow_run(conn, org, campaign_id, run_id)
+    _err(f"flow run {run_id} (send-campaign/default)")
+
+
+def _run_log(campaign_id: uuid.UUID) -> Path:
     from campaigns.settings import get_settings
 
-    logs = get_settings().campaigns_home.resolve() / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    out = (logs / f"run-{campaign_id}.log").open("ab")
+    return get_settings().campaigns_home.resolve() / "logs" / f"run-{campaign_id}.log"
+
+
+def _spawn_runner(campaign_id: uuid.UUID) -> None:
+    """Start the campaign's flow run in its own process; it outlives this command."""
+    path = _run_log(campaign_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = path.open("ab")
     subprocess.Popen(
         [sys.executable, "-m", "campaigns.cli", "run", str(campaign_id)],
         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=os.environ,
@@ -222,7 +246,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     with _db().begin() as conn:
         org = _org_of(conn, args.id, args.org)
     result = start_campaign(_db(), org, uuid.UUID(args.id))
-    _spawn_runner(uuid.UUID(args.id))
+    _launch(org, uuid.UUID(args.id))
     _err(_json(result))
     print(args.id)
     if args.wait:
@@ -251,7 +275,11 @@ def cmd_transition(args: argparse.Namespace) -> int:
         org = _org_of(conn, args.id, args.org)
         t = fn(conn, org, uuid.UUID(args.id))
     if t.status == "running":  # resumed; one resumed to "scheduled" is started by the scheduler
-        _spawn_runner(uuid.UUID(args.id))
+        _launch(org, uuid.UUID(args.id))
+    elif t.status == "cancelled":
+        from campaigns.launch import wake_suspended_run
+
+        wake_suspended_run(uuid.UUID(args.id))  # a run suspended by a pause ends Cancelled too
     _err(f"campaign {args.id}: {t.previous} -> {t.status}")
     return 0
 
@@ -326,9 +354,9 @@ def _export_recipients(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.send_campaign import send_campaign
 
-    result = send_campaign(uuid.UUID(args.id))
-    _err(_json(result))
-    return 0
+    state = send_campaign(uuid.UUID(args.id), return_state=True)
+    _err(f"{state.name}: {state.message}")
+    return 1 if state.is_failed() or state.is_crashed() else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -517,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
         a = sub.add_parser(name, help=f"{name} a campaign")
         a.add_argument("id")
         a.add_argument("--org")
-        a.set_defaults(fn=cmd_transition, prefect=name == "resume")
+        a.set_defaults(fn=cmd_transition, prefect=name in ("resume", "cancel"))
 
     for name in ("stats", "progress", "retry-stats"):
         a = sub.add_parser(name, help=f"campaign {name}")
@@ -609,10 +637,19 @@ def _runtime_dir() -> None:
         os.environ["XDG_RUNTIME_DIR"] = str(runtime)
 
 
+def _prefect_logging(console: str = "WARNING") -> None:
+    """Runs log at INFO to the Prefect API (an operator reads their story in the UI; flow-run processes
+    started by `serve` inherit this), `campaigns.*` warnings included; the terminal shows only warnings,
+    since our own output is the interface. Settings the user made win."""
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", console)
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "campaigns")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _runtime_dir()
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # our own output is the interface
+    _prefect_logging()
     logging.basicConfig(level=os.environ.get("CAMPAIGNS_LOG_LEVEL", "WARNING"), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Prefect's event sender says "Still processing items" while it flushes at exit: progress, not a problem.

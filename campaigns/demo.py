@@ -108,11 +108,12 @@ def run_demo(n_contacts: int = 10_000, latency_ms: int = 100) -> int:
         t0 = time.monotonic()
         bar.start()
         try:
-            send_campaign(campaign_id)
+            state = send_campaign(campaign_id, return_state=True)
         finally:
             stop.set()
             bar.join()
         elapsed = time.monotonic() - t0
+        _say(f"its run in Prefect: {state.name}: {state.message}")
         sandbox.drain_webhooks(timeout=60)
         ingest_pending(db)
         with db.connect() as conn:

@@ -12,6 +12,7 @@ at once, so no orphan keeps sending rows whose outcome the next runner will reco
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -19,6 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from typing import Any
@@ -28,6 +30,7 @@ from campaigns.providers import Credentials, OutboundMessage, SendResult
 log = logging.getLogger(__name__)
 
 Results = dict[int, SendResult | None]
+LOG_RECORD = -1  # a request id no batch has: the child's warnings travelling to the worker (see _ForwardLogs)
 
 
 class EngineClient:
@@ -79,6 +82,9 @@ class EngineClient:
                     if not fut.done():
                         fut.set_exception(RuntimeError("the send engine process exited"))
                 return
+            if request_id == LOG_RECORD:
+                self._relog(*payload)
+                continue
             with self._send_lock:
                 fut = self._pending.pop(request_id)
             if ok:
@@ -86,12 +92,31 @@ class EngineClient:
             else:
                 fut.set_exception(RuntimeError(f"send engine: {payload}"))
 
+    def _relog(self, level: int, name: str, message: str) -> None:
+        logger = logging.getLogger(name)
+        for run_id in list(_log_runs) or [None]:
+            logger.log(level, "send engine: %s", message,
+                       extra={"flow_run_id": run_id} if run_id else {"send_to_api": False})
+
     def close(self) -> None:
         self._conn.close()
         try:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.process.kill()
+
+
+class _ForwardLogs(logging.Handler):
+    """In the engine process: warnings go to the worker over the pipe (and stay on stderr), so the flow
+    run that is sending shows them in the Prefect UI."""
+
+    def __init__(self, send: Any) -> None:
+        super().__init__(logging.WARNING)
+        self.send = send
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            self.send((LOG_RECORD, True, (record.levelno, record.name, record.getMessage())))
 
 
 def _child_main(conn: Connection) -> None:
@@ -103,6 +128,13 @@ def _child_main(conn: Connection) -> None:
     engine = SendEngine(get_settings())
     providers: dict[tuple[str, Credentials], Any] = {}
     reply_lock = threading.Lock()
+
+    def send_locked(message: Any) -> None:
+        with reply_lock:
+            conn.send(message)
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().addHandler(_ForwardLogs(send_locked))
 
     def reply(request_id: int, fut: Future[Results]) -> None:
         exc: BaseException | None = asyncio.CancelledError() if fut.cancelled() else fut.exception()
@@ -128,6 +160,18 @@ def _child_main(conn: Connection) -> None:
 
 _client: EngineClient | None = None
 _lock = threading.Lock()
+_log_runs: set[str] = set()  # flow runs sending through this process's engine: its warnings go to their logs
+
+
+@contextlib.contextmanager
+def engine_logs_to(flow_run_id: str) -> Iterator[None]:
+    """While a flow run sends, the send engine's warnings (a 130429 slowdown, the rate limiter unreachable)
+    are written to that run's log too, not only to the worker's stderr."""
+    _log_runs.add(flow_run_id)
+    try:
+        yield
+    finally:
+        _log_runs.discard(flow_run_id)
 
 
 def get_engine_client() -> EngineClient:

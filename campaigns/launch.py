@@ -9,11 +9,37 @@ SEND_DEPLOYMENT = "send-campaign/default"
 
 
 def launch_send_run(campaign_id: uuid.UUID, deployment: str = SEND_DEPLOYMENT) -> str:
-    """Create a run of the deployment for the campaign and return at once (whoever serves it runs it)."""
+    """Hand the campaign to Prefect and return at once (whoever serves the deployment runs it): its run
+    suspended by a pause is woken, so one run tells the campaign's story from start to end; otherwise a new
+    run of the deployment is created."""
+    woken = wake_suspended_run(campaign_id)
+    if woken:
+        return woken
     from prefect.deployments import run_deployment
 
     run = run_deployment(deployment, parameters={"campaign_id": str(campaign_id)}, timeout=0, as_subflow=False)
     return str(run.id)
+
+
+def wake_suspended_run(campaign_id: uuid.UUID) -> str | None:
+    """Resume the campaign's last run if it is suspended (it then resumes, or ends with the campaign's state,
+    say Cancelled after a cancel); its id, or None when there is no such run."""
+    import sqlalchemy as sa
+
+    from campaigns.db import get_engine
+
+    with get_engine().connect() as conn:
+        run_id = conn.execute(sa.text("select flow_run_id from campaigns where id = :c"), {"c": campaign_id}).scalar()
+    state = flow_run_state(run_id)
+    if state is None or state.type != "PAUSED":
+        return None
+    from prefect.flow_runs import resume_flow_run
+
+    try:
+        resume_flow_run(uuid.UUID(run_id))
+    except Exception:  # timed out or resumed by someone else meanwhile: a new run will do
+        return None
+    return run_id
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from campaigns import audience, lifecycle
+from campaigns import audience, lifecycle, stats
 from campaigns.preflight import WINDOWED_PROVIDERS, run_preflight
 from campaigns.providers import Credentials
 from campaigns.ratelimit import LimitUsage
@@ -131,10 +131,13 @@ def remaining(db: sa.Engine, campaign_id: uuid.UUID) -> Remaining:
                      float(row.next_in) if row.next_in is not None else None)
 
 
-def batches_per_wave(db: sa.Engine, campaign_id: uuid.UUID, batch_size: int, headroom: float, parallel: int) -> int:
-    """How many batches to start at once. A slow campaign (say 100 messages an hour) starts one: parallel
-    batches would only queue behind its pace, their claimed rows waiting minutes in `sending`, where a
-    crash would make reconciliation count their grace from the claim rather than the send."""
+def wave_plan(db: sa.Engine, campaign_id: uuid.UUID, batch_size: int, headroom: float, parallel: int
+              ) -> tuple[int, float]:
+    """How many batches to start at once, and the messages per second the limits allow (for the run's log).
+
+    A slow campaign (say 100 messages an hour) starts one batch a wave: parallel batches would only queue
+    behind its pace, their claimed rows waiting minutes in `sending`, where a crash would make
+    reconciliation count their grace from the claim rather than the send."""
     with db.connect() as conn:
         campaign = lifecycle.get_any_org(conn, campaign_id)
         number = lifecycle.get_number(conn, campaign["organization_id"], campaign["whatsapp_number_id"])
@@ -143,7 +146,7 @@ def batches_per_wave(db: sa.Engine, campaign_id: uuid.UUID, batch_size: int, hea
     seconds_per_batch = spec.claim_size(batch_size, headroom) * step
     fits = int(30 // seconds_per_batch) if seconds_per_batch else UNLIMITED
     # Enough room for every parallel batch: no cap (capping waves would idle the number between them).
-    return UNLIMITED if fits >= parallel else max(1, fits)
+    return (UNLIMITED if fits >= parallel else max(1, fits)), stats.limit_rate(campaign, number, headroom)
 
 
 UNLIMITED = 1_000_000

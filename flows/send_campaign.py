@@ -3,32 +3,42 @@
 Requires: DATABASE_URL, REDIS_URL, PREFECT_API_URL (or the embedded defaults); one
 `whatsapp-number-credentials` block per number; the global concurrency limit `whatsapp-send-batches`
 (created on first use if missing). Deployed as `send-campaign/default`.
+
+The run is named after the campaign and its organization and tagged `org:<name>`; its log tells the story
+(audience, sending, pauses with what to do, retries, the funnel at the end) and its final state tells the
+campaign's outcome (flows/console.py): a paused campaign suspends the run, and Resume on it resumes both.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import uuid
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.concurrency.sync import concurrency
+from prefect.exceptions import Pause, TerminationSignal
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
+from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from campaigns import lifecycle, runner, stats
+from campaigns import lifecycle, run_report, runner, stats
 from campaigns.db import get_engine
 from campaigns.engine import tune_gc
-from campaigns.runlock import campaign_runner_lock
+from campaigns.engine_process import engine_logs_to
+from campaigns.runlock import RunnerLock, campaign_runner_lock
 from campaigns.settings import get_settings
 from deployments.limits import ensure_send_limit, slots_for_run
+from flows import console
 from tasks.send import prepare_campaign, reconcile_unknown, send_batch
 
 MAX_IDLE_SLEEP = 5.0
 MAX_FAILED_WAVES = 3
+LOG_EVERY_SECONDS = 10.0  # one line of sending figures at most this often (a slow campaign's waves are many)
 
 
 def _progress(campaign_id: uuid.UUID) -> tuple[float, dict[str, int]]:
@@ -39,78 +49,138 @@ def _progress(campaign_id: uuid.UUID) -> tuple[float, dict[str, int]]:
     return 100.0 * done / total, by
 
 
+class SendingLog:
+    """Adds up the waves' figures and writes one line every LOG_EVERY_SECONDS: sent, failed, retrying, and
+    the rate against what the limits allow."""
+
+    def __init__(self, log: Any, allowed: float) -> None:
+        self.log, self.allowed = log, allowed
+        self.since = time.monotonic()
+        self.totals: dict[str, int] = {}
+
+    def add(self, counts: dict[str, Any]) -> None:
+        for key in ("sent", "failed", "retrying", "skipped", "unknown"):
+            self.totals[key] = self.totals.get(key, 0) + int(counts.get(key) or 0)
+
+    def flush(self, force: bool = False) -> None:
+        elapsed = time.monotonic() - self.since
+        if not self.totals.get("sent") and not self.totals.get("failed") and not force:
+            return
+        if elapsed < LOG_EVERY_SECONDS and not force:
+            return
+        t = self.totals
+        rate = t.get("sent", 0) / elapsed if elapsed > 0 else 0.0
+        extra = "".join(f", {t[k]:,} {k}" for k in ("retrying", "skipped", "unknown") if t.get(k))
+        self.log.info("sent %s, failed %s%s in %.1f s: %.1f msg/s, %.0f%% of the %.1f msg/s the limits allow",
+                      f"{t.get('sent', 0):,}", f"{t.get('failed', 0):,}", extra, elapsed, rate,
+                      100 * rate / self.allowed if self.allowed else 0, self.allowed)
+        self.since, self.totals = time.monotonic(), {}
+
+
 @flow(
     name="send-campaign",
     task_runner=ThreadPoolTaskRunner(max_workers=get_settings().parallel_batches),
-    flow_run_name="send-campaign-{campaign_id}",
+    flow_run_name=console.campaign_run_name,
+    on_cancellation=[console.on_cancellation],
 )
-def send_campaign(campaign_id: uuid.UUID) -> dict[str, Any]:
+def send_campaign(campaign_id: uuid.UUID) -> State:
     """Send a campaign. Safe to run again at any time: it continues where the last run stopped."""
     log = get_run_logger()
-    settings = get_settings()
+    logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)  # one line per batch would bury the story
     db = get_engine()
     tune_gc()  # a full collection over Prefect's heap stalled every task thread for ~1.4 s (bench)
+    run_id = uuid.UUID(flow_run.get_id())
+    with db.connect() as conn:
+        head = run_report.heading(conn, campaign_id)
+    console.tag_run(run_id, head["org_name"])
     with campaign_runner_lock(db, campaign_id) as held:
         if not held:
-            log.warning("another runner is sending campaign %s; this run does nothing", campaign_id)
-            return {"campaign_id": str(campaign_id), "status": "already running elsewhere"}
-        runner.record_runner(db, campaign_id, flow_run.get_id())  # however it was launched: UI, API, schedule
-        prepared = prepare_campaign(campaign_id)
-        if prepared.refused:
-            raise RuntimeError("preflight failed:\n- " + "\n- ".join(prepared.refused))
-        if prepared.status != "running":
-            log.info("campaign %s is %s: nothing to send", campaign_id, prepared.status)
-            return {"campaign_id": str(campaign_id), "status": prepared.status}
-        if prepared.audience:
-            log.info("audience: %d recipients %s", prepared.total_recipients, prepared.audience)
-        for warning in prepared.warnings:
-            log.warning("preflight: %s", warning)
-        limit_name = ensure_send_limit()
-        key = f"campaign-{campaign_id}-progress"
-        pct, _ = _progress(campaign_id)
-        artifact = create_progress_artifact(pct, key=key, description="Recipients processed")
-        batch_no = failed_waves = 0
-        wave_cap = runner.batches_per_wave(db, campaign_id, settings.batch_size, settings.rate_headroom,
-                                           settings.parallel_batches)
-        while True:
-            if not held.still_held():  # its connection died: another runner may have the campaign by now
-                log.error("campaign %s: the runner lock was lost; this run stops (the next runner continues)",
-                          campaign_id)
-                return {"campaign_id": str(campaign_id), "status": "runner lock lost"}
-            reconcile_unknown(campaign_id)
-            left = runner.remaining(db, campaign_id)
-            if left.status != "running":
-                break
-            if left.due:
-                n = min(math.ceil(left.due / settings.batch_size), wave_cap)
-                # Leases are renewed while held; a crashed worker's slots come back within 60 s.
-                with concurrency(limit_name, occupy=slots_for_run(), lease_duration=60):
-                    futures = send_batch.map(campaign_id, range(batch_no, batch_no + n))
-                    batch_no += n
-                    for _ in as_completed(futures):
-                        update_progress_artifact(artifact, _progress(campaign_id)[0])
-                failed = [f for f in futures if f.state.is_failed()]
-                failed_waves = failed_waves + 1 if len(failed) == len(futures) else 0
-                if failed_waves >= MAX_FAILED_WAVES:  # e.g. the credentials block is gone: stop, don't spin
-                    failed[0].result()  # raises the batches' own error
-                continue
-            if not left.waiting_retry and not left.unknown:
-                break
-            # Only future retries or unknown outcomes inside their grace period: wait for the nearest.
-            waits = [w for w in (left.next_retry_in, settings.reconcile_grace_seconds if left.unknown else None) if w]
-            time.sleep(min([MAX_IDLE_SLEEP, *waits]))
-        with db.begin() as conn:
-            lifecycle.complete_if_done(conn, campaign_id)
-            campaign = lifecycle.get_any_org(conn, campaign_id)
-            summary = stats.stats(conn, campaign)
-        pct, by = _progress(campaign_id)
-        update_progress_artifact(artifact, pct)
-        create_table_artifact(
-            key=f"campaign-{campaign_id}-summary",
-            table=[{"metric": k, "value": str(v)} for k, v in summary.items()],
-            description=f"Campaign {campaign['name']}: {campaign['status']}",
-        )
-        log.info("campaign %s is %s: %s", campaign_id, campaign["status"], by)
-        return {"campaign_id": str(campaign_id), "status": campaign["status"], **summary}
+            log.warning("another run is sending campaign %s; this run does nothing", campaign_id)
+            return Completed(name="Skipped", message="Another run is sending this campaign",
+                             data={"campaign_id": str(campaign_id), "status": "already running elsewhere"})
+        runner.record_runner(db, campaign_id, str(run_id))  # however it was launched: UI, API, schedule
+        if head["status"] == "paused" and console.was_suspended(run_id):
+            with db.begin() as conn:
+                t = lifecycle.resume(conn, head["organization_id"], campaign_id)
+            log.info("Resume pressed on this run: campaign %s -> %s", t.previous, t.status)
+        with console.ButtonWatcher(campaign_id, run_id, log) as buttons, engine_logs_to(str(run_id)):
+            try:
+                result = _send(campaign_id, log, buttons, held)
+            except Pause:  # Suspend pressed: Prefect stops the run at its next task; the campaign pauses too
+                buttons.press("suspend")
+                raise
+            except TerminationSignal:  # Cancel pressed, or `serve` stopping
+                console.on_termination(campaign_id, log)
+                raise
+        console.publish_summary(campaign_id, run_id)
+        return console.final_state(campaign_id, run_id, buttons.pressed, result)
 
 
+def _send(campaign_id: uuid.UUID, log: Any, buttons: console.ButtonWatcher, held: RunnerLock) -> dict[str, Any]:
+    """The campaign's send loop: waves of mapped batches while rows are due, then due retries."""
+    settings = get_settings()
+    db = get_engine()
+    prepared = prepare_campaign(campaign_id)
+    if prepared.refused:
+        raise RuntimeError("preflight failed:\n- " + "\n- ".join(prepared.refused))
+    if prepared.status != "running":
+        log.info("campaign is %s: nothing to send", prepared.status)
+        return {"campaign_id": str(campaign_id), "status": prepared.status}
+    if prepared.audience:
+        log.info(run_report.audience_line(prepared.audience, prepared.total_recipients))
+    for warning in prepared.warnings:
+        log.warning("preflight: %s", warning)
+    limit_name = ensure_send_limit()
+    pct, _ = _progress(campaign_id)
+    log.info("sending: %.1f%% of %s recipients already processed", pct, f"{prepared.total_recipients:,}")
+    artifact = create_progress_artifact(pct, key=f"campaign-{campaign_id}-progress", description="Recipients processed")
+    batch_no = failed_waves = 0
+    wave_cap, allowed = runner.wave_plan(db, campaign_id, settings.batch_size, settings.rate_headroom,
+                                         settings.parallel_batches)
+    figures = SendingLog(log, allowed)
+    waiting_said = None
+    while True:
+        if not held.still_held():  # its connection died: another runner may have the campaign by now
+            log.error("the runner lock was lost; this run stops (the next runner continues)")
+            return {"campaign_id": str(campaign_id), "status": "runner lock lost"}
+        reconcile_unknown(campaign_id)
+        left = runner.remaining(db, campaign_id)
+        if left.status != "running":
+            break
+        if left.due:
+            n = min(math.ceil(left.due / settings.batch_size), wave_cap)
+            # Leases are renewed while held; a crashed worker's slots come back within 60 s.
+            with concurrency(limit_name, occupy=slots_for_run(), lease_duration=60):
+                futures = send_batch.map(campaign_id, range(batch_no, batch_no + n))
+                batch_no += n
+                for future in as_completed(futures):
+                    update_progress_artifact(artifact, _progress(campaign_id)[0])
+                    if future.state.is_completed():
+                        figures.add(future.result())
+            figures.flush()
+            failed = [f for f in futures if f.state.is_failed()]
+            failed_waves = failed_waves + 1 if len(failed) == len(futures) else 0
+            if failed_waves >= MAX_FAILED_WAVES:  # e.g. the credentials block is gone: stop, don't spin
+                failed[0].result()  # raises the batches' own error
+            continue
+        if not left.waiting_retry and not left.unknown:
+            break
+        # Only future retries or unknown outcomes inside their grace period: wait for the nearest.
+        said = (left.waiting_retry, left.unknown)
+        if said != waiting_said:
+            figures.flush(force=True)
+            log.info("waiting: %d recipients for a retry (next in %.0f s), %d sends of unknown outcome for their "
+                     "status webhook", left.waiting_retry, left.next_retry_in or 0, left.unknown)
+            waiting_said = said
+        waits = [w for w in (left.next_retry_in, settings.reconcile_grace_seconds if left.unknown else None) if w]
+        buttons.wait(min([MAX_IDLE_SLEEP, *waits]))
+    figures.flush(force=True)
+    with db.begin() as conn:
+        lifecycle.complete_if_done(conn, campaign_id)
+        rep = run_report.report(conn, campaign_id)
+    campaign = rep["campaign"]
+    update_progress_artifact(artifact, _progress(campaign_id)[0])
+    if campaign["status"] == "paused":
+        log.warning("campaign %s", run_report.pause_explanation(campaign))
+    log.info("campaign %s: %s", campaign["status"], run_report.funnel_line(rep["stats"]))
+    return {"campaign_id": str(campaign_id), "status": campaign["status"], **rep["stats"]}

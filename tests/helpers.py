@@ -163,3 +163,21 @@ def webhook_receiver(secrets: Any) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+def run_campaign(campaign_id: uuid.UUID) -> dict[str, Any]:
+    """The send-campaign flow in this process, as `campaigns run` does. What it returned, with the campaign's
+    status and the run's final state as an operator sees it in the Prefect UI (`state`, `state_name`,
+    `message`)."""
+    from flows.send_campaign import send_campaign
+
+    state = send_campaign(campaign_id, return_state=True)
+    data = (state.result() if state.is_completed() else None) or {}
+    with_status = {"status": campaign_row_status(campaign_id)} if "status" not in data else {}
+    return {**data, **with_status, "state": state.type.value, "state_name": state.name, "message": state.message}
+
+
+def campaign_row_status(campaign_id: uuid.UUID) -> str:
+    from campaigns.db import get_engine
+
+    return campaign_row(get_engine(), campaign_id)["status"]

@@ -13,7 +13,6 @@ from campaigns import lifecycle
 from campaigns.scheduler import due_campaigns
 from campaigns.services import start_campaign
 from campaigns.settings import get_settings
-from flows.send_campaign import send_campaign
 from tests.helpers import (
     add_contacts,
     add_sandbox_number,
@@ -21,6 +20,7 @@ from tests.helpers import (
     create_campaign,
     new_org,
     phones,
+    run_campaign,
     sent_counts,
 )
 
@@ -47,7 +47,7 @@ def test_a_daily_cap_pauses_until_midnight_and_the_scheduler_resumes_after_it(db
     assert start_campaign(db, org, cid)["warnings"] == [
         "number caps: 5 of 8 recipients fit before the daily cap of 5 messages is reached (0 used); the campaign "
         "pauses there and resumes when the window ends"]
-    assert send_campaign(cid)["status"] == "paused"
+    assert run_campaign(cid)["status"] == "paused"
     campaign = campaign_row(db, cid)
     assert campaign["paused_reason"] == "rate_limit"
     tomorrow = datetime.fromtimestamp((datetime.now(UTC).timestamp() // 86400 + 1) * 86400, UTC)
@@ -64,14 +64,14 @@ def test_a_daily_cap_pauses_until_midnight_and_the_scheduler_resumes_after_it(db
 
     with db.begin() as conn:  # the operator resumes early: the window is still full, so it pauses again
         lifecycle.resume(conn, org, cid)
-    assert send_campaign(cid)["status"] == "paused" and len(sent_counts(sandbox)) == 5
+    assert run_campaign(cid)["status"] == "paused" and len(sent_counts(sandbox)) == 5
 
     _new_day(pnid)
     with db.begin() as conn:
         conn.execute(sa.text("update campaigns set resume_at = now() - interval '1 second' where id = :c"),
                      {"c": cid})
     assert due_campaigns(db, start_campaign).resumed == [cid]
-    assert send_campaign(cid)["status"] == "completed"
+    assert run_campaign(cid)["status"] == "completed"
     counts = sent_counts(sandbox)
     assert len(counts) == 8 and set(counts.values()) == {1}  # each recipient exactly once
 
@@ -85,8 +85,8 @@ def test_one_physical_number_has_one_budget_across_organizations(db, org, sandbo
     _set_limits(db, other, theirs, per_day=3)
     add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(3, start=8200)])
     add_contacts(db, other, [{"phone": p, "name": "Bo"} for p in phones(2, start=8300)])
-    assert send_campaign(create_campaign(db, org, mine))["status"] == "completed"
-    assert send_campaign(create_campaign(db, other, theirs))["status"] == "paused"
+    assert run_campaign(create_campaign(db, org, mine))["status"] == "completed"
+    assert run_campaign(create_campaign(db, other, theirs))["status"] == "paused"
     assert len(sent_counts(sandbox)) == 3
 
 
@@ -104,7 +104,7 @@ def test_a_scheduled_campaign_starts_when_its_time_comes_and_a_failing_preflight
     due = due_campaigns(db, start_campaign)
     assert cid in due.started and broken in due.refused
     assert campaign_row(db, cid)["status"] == "running"
-    assert send_campaign(cid)["status"] == "completed"
+    assert run_campaign(cid)["status"] == "completed"
     refused = campaign_row(db, broken)
     assert (refused["status"], refused["paused_reason"]) == ("paused", "preflight_failed")
     assert "inactive" in refused["last_error_message"]
@@ -121,11 +121,11 @@ def test_a_portfolio_limit_counts_unique_recipients_across_its_numbers(db, org, 
                  + [{"phone": x, "name": "Bo", "tags": ["b"]} for x in p[1:]])
     a = create_campaign(db, org, first, audience_type="tags", audience_filter={"tags": ["a"]})
     b = create_campaign(db, org, second, audience_type="tags", audience_filter={"tags": ["b"]})
-    assert send_campaign(a)["status"] == "completed"  # 3 unique recipients in the last 24 h
+    assert run_campaign(a)["status"] == "completed"  # 3 unique recipients in the last 24 h
 
     started = start_campaign(db, org, b)  # preflight tells how many fit
     assert any("2 of 5 recipients fit" in w for w in started["warnings"]), started["warnings"]
-    assert send_campaign(b)["status"] == "paused"
+    assert run_campaign(b)["status"] == "paused"
     paused = campaign_row(db, b)
     assert paused["paused_reason"] == "rate_limit" and "unique recipients" in paused["last_error_message"]
     assert paused["resume_at"] > datetime.now(UTC)

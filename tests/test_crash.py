@@ -13,8 +13,16 @@ import subprocess
 import sys
 import time
 
-from flows.send_campaign import send_campaign
-from tests.helpers import add_contacts, add_sandbox_number, create_campaign, phones, recipients, sent_counts, wait_for
+from tests.helpers import (
+    add_contacts,
+    add_sandbox_number,
+    create_campaign,
+    phones,
+    recipients,
+    run_campaign,
+    sent_counts,
+    wait_for,
+)
 
 TOTAL = 1200
 
@@ -42,7 +50,7 @@ def test_sigkill_mid_campaign_then_restart_sends_each_recipient_exactly_once(db,
     in_flight = [r for r in recipients(db, cid) if r["status"] == "sending"]
     assert in_flight, "the kill should leave rows whose outcome is unknown"
 
-    result = send_campaign(cid)
+    result = run_campaign(cid)
 
     assert result["status"] == "completed"
     rows = recipients(db, cid)

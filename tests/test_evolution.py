@@ -12,8 +12,15 @@ from blocks.numbers import add_number
 from campaigns.ingest import ingest_pending
 from campaigns.stats import stats
 from campaigns.webhooks import KnownSecrets
-from flows.send_campaign import send_campaign
-from tests.helpers import add_contacts, campaign_row, create_campaign, phones, recipients, webhook_receiver
+from tests.helpers import (
+    add_contacts,
+    campaign_row,
+    create_campaign,
+    phones,
+    recipients,
+    run_campaign,
+    webhook_receiver,
+)
 
 KEY = "evo-instance-key"
 
@@ -33,7 +40,7 @@ def test_an_evolution_campaign_is_counted_exactly(db, org, sandbox):
         add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(24, start=7000)])
         cid = create_campaign(db, org, number, message_type="text", message_content={"text": "Oi {{contact.name}}"},
                               template_variables={})
-        assert send_campaign(cid)["status"] == "completed"
+        assert run_campaign(cid)["status"] == "completed"
         assert sandbox.drain_webhooks(timeout=30)
         ingest_pending(db)
 

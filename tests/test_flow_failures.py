@@ -11,7 +11,6 @@ import sqlalchemy as sa
 from campaigns import lifecycle
 from campaigns.ingest import ingest_pending
 from campaigns.services import retry_stats_of
-from flows.send_campaign import send_campaign
 from tests.helpers import (
     add_contacts,
     add_sandbox_number,
@@ -19,6 +18,7 @@ from tests.helpers import (
     create_campaign,
     phone_number_id,
     recipients,
+    run_campaign,
     sent_counts,
     shrink_retry_delay,
     wait_for,
@@ -38,7 +38,7 @@ def test_permanent_failures_are_recorded_with_code_and_reason(db, org, sandbox):
     add_contacts(db, org, [{"phone": f"+551190000000{i}", "name": "Ana"} for i in range(5)])
     cid = create_campaign(db, org, number)
 
-    assert send_campaign(cid)["status"] == "completed"
+    assert run_campaign(cid)["status"] == "completed"
     sandbox.drain_webhooks(timeout=10)
     ingest_pending(db)
 
@@ -63,7 +63,7 @@ def test_transient_failures_succeed_on_a_later_attempt(db, org, sandbox):
     cid = create_campaign(db, org, number, retry_max_attempts=3)
     shrink_retry_delay(db, cid)
 
-    assert send_campaign(cid)["status"] == "completed"
+    assert run_campaign(cid)["status"] == "completed"
 
     row = by_phone(db, cid)["+5511900000007"]
     assert row["status"] in ("sent", "delivered", "read")
@@ -90,7 +90,7 @@ def test_an_ambiguous_131000_waits_for_a_webhook_then_is_resent_and_counted_as_a
     add_contacts(db, org, [{"phone": f"+551190000000{i}", "name": "Ana"} for i in range(6, 8)])
     cid = create_campaign(db, org, number)
 
-    assert send_campaign(cid)["status"] == "completed"  # after RECONCILE_GRACE_SECONDS (2 s in tests)
+    assert run_campaign(cid)["status"] == "completed"  # after RECONCILE_GRACE_SECONDS (2 s in tests)
 
     row = by_phone(db, cid)["+5511900000007"]
     assert row["status"] in ("sent", "delivered", "read") and row["attempts"] == 2
@@ -110,7 +110,7 @@ def test_an_outcome_that_stays_unknown_is_not_resent_forever(db, org, sandbox):
     add_contacts(db, org, [{"phone": "+5511900000007", "name": "Ana"}])
     cid = create_campaign(db, org, number, retry_max_attempts=1)
 
-    assert send_campaign(cid)["status"] == "completed"  # two grace periods (2 s in tests), then it gives up
+    assert run_campaign(cid)["status"] == "completed"  # two grace periods (2 s in tests), then it gives up
 
     row = by_phone(db, cid)["+5511900000007"]
     assert (row["status"], row["attempts"]) == ("failed", 2)
@@ -125,7 +125,7 @@ def test_a_campaign_level_code_in_a_failed_webhook_pauses_the_campaign(db, org, 
     add_contacts(db, org, [{"phone": f"+55119000{i:05d}", "name": "Ana"} for i in range(1, 201)])  # 20 s of sending
     cid = create_campaign(db, org, number)
     with ThreadPoolExecutor(1) as pool:
-        run = pool.submit(send_campaign, cid)
+        run = pool.submit(run_campaign, cid)
         wait_for(lambda: len(sandbox.messages()) >= 5, timeout=60)
         assert sandbox.drain_webhooks(timeout=20)
         ingest_pending(db)  # what the ingest-statuses flow does every second
@@ -145,7 +145,7 @@ def test_retries_exhausted_fail_the_recipient_with_the_last_reason(db, org, sand
     cid = create_campaign(db, org, number, retry_max_attempts=1)  # one retry after the first send
     shrink_retry_delay(db, cid)
 
-    assert send_campaign(cid)["status"] == "completed"
+    assert run_campaign(cid)["status"] == "completed"
 
     row = by_phone(db, cid)["+5511900000006"]
     assert row["status"] == "failed" and row["error_code"] == 2
@@ -162,7 +162,7 @@ def test_a_missing_variable_fails_only_that_recipient(db, org, sandbox):
                            {"phone": "+5511900000002", "name": "Bia"}])
     cid = create_campaign(db, org, number, template_variables={"body": ["{{contact.name}}", "{{contact.coupon}}"]})
 
-    assert send_campaign(cid)["status"] == "completed"
+    assert run_campaign(cid)["status"] == "completed"
 
     rows = by_phone(db, cid)
     assert rows["+5511900000002"]["status"] == "failed"
@@ -178,7 +178,7 @@ def test_a_token_expiring_mid_campaign_pauses_it_and_resume_after_the_fix_sends_
     cid = create_campaign(db, org, number)
 
     with ThreadPoolExecutor(1) as pool:
-        run = pool.submit(send_campaign, cid)
+        run = pool.submit(run_campaign, cid)
         wait_for(lambda: len(sandbox.messages()) >= 10)
         sandbox.set_token(pnid, "rotated")  # Meta invalidates the token mid-campaign
         assert run.result(timeout=60)["status"] == "paused"
@@ -192,7 +192,7 @@ def test_a_token_expiring_mid_campaign_pauses_it_and_resume_after_the_fix_sends_
     add_sandbox_number(db, org, sandbox, token="rotated", mps=20, phone_number_id=pnid)  # the new token
     with db.begin() as conn:
         lifecycle.resume(conn, org, cid)
-    assert send_campaign(cid)["status"] == "completed"
+    assert run_campaign(cid)["status"] == "completed"
     counts = sent_counts(sandbox)
     assert len(counts) == 40 and set(counts.values()) == {1}
 
@@ -208,7 +208,7 @@ def test_a_contact_deleted_after_the_audience_froze_is_skipped_not_stuck(db, org
     with db.begin() as conn:
         conn.execute(sa.text("delete from contacts where id = :i"), {"i": ids[0]})
 
-    assert send_campaign(cid)["status"] == "completed"
+    assert run_campaign(cid)["status"] == "completed"
 
     rows = by_phone(db, cid)
     assert rows["+5511900000001"]["status"] == "skipped"
@@ -227,7 +227,7 @@ def test_a_circuit_breaker_pauses_after_too_many_failures_in_a_row(db, org, sand
         number = add_sandbox_number(db, org, sandbox, mps=20)
         add_contacts(db, org, [{"phone": f"+55119000003{i:02d}", "name": "Ana"} for i in range(40)])
         cid = create_campaign(db, org, number)
-        assert send_campaign(cid)["status"] == "paused"
+        assert run_campaign(cid)["status"] == "paused"
     finally:
         monkeypatch.undo()
         get_settings.cache_clear()
@@ -243,7 +243,7 @@ def test_a_template_error_fails_one_recipient_but_pauses_when_every_recipient_fa
     number = add_sandbox_number(db, org, sandbox)
     add_contacts(db, org, [{"phone": f"+551190000040{i}", "name": "Ana"} for i in range(1, 7)])
     one = create_campaign(db, org, number)
-    assert send_campaign(one)["status"] == "completed"
+    assert run_campaign(one)["status"] == "completed"
     rows = {r["phone"]: r for r in recipients(db, one)}
     assert (rows["+5511900000403"]["status"], rows["+5511900000403"]["error_code"]) == ("failed", 132012)
     assert sum(r["status"] in ("sent", "delivered", "read") for r in rows.values()) == 5
@@ -251,7 +251,7 @@ def test_a_template_error_fails_one_recipient_but_pauses_when_every_recipient_fa
     # The template now expects two parameters and the campaign sends one: every recipient fails alike.
     sandbox.configure(rules=[], templates={"black_friday": "Olá {{1}}, hoje {{2}}"})
     every = create_campaign(db, org, number)
-    assert send_campaign(every)["status"] == "paused"
+    assert run_campaign(every)["status"] == "paused"
     campaign = campaign_row(db, every)
     assert campaign["paused_reason"] == "template_error" and "132000" in campaign["last_error_message"]
     assert {r["status"] for r in recipients(db, every)} == {"pending"}  # nothing burnt
@@ -262,13 +262,13 @@ def test_failures_can_be_retried_by_an_operator_but_never_to_opted_out_users(db,
     number = add_sandbox_number(db, org, sandbox)
     add_contacts(db, org, [{"phone": f"+5511900000{i}", "name": "Ana"} for i in (901, 902, 903)])
     cid = create_campaign(db, org, number)
-    assert send_campaign(cid)["status"] == "completed"
+    assert run_campaign(cid)["status"] == "completed"
     assert {r["phone"]: r["status"] for r in recipients(db, cid)}["+5511900000901"] == "failed"
 
     with db.begin() as conn:
         transition, requeued = lifecycle.retry_failed(conn, org, cid)
     assert (transition.previous, transition.status, requeued) == ("completed", "running", 1)  # not 131050
-    assert send_campaign(cid)["status"] == "completed"
+    assert run_campaign(cid)["status"] == "completed"
     rows = {r["phone"]: r for r in recipients(db, cid)}
     assert rows["+5511900000901"]["status"] in ("sent", "delivered", "read")
     assert rows["+5511900000902"]["error_code"] == 131050 and rows["+5511900000902"]["status"] == "failed"

@@ -8,8 +8,7 @@ import asyncio
 from prefect import get_client
 
 from flows.ingest_statuses import ingest_statuses
-from flows.send_campaign import send_campaign
-from tests.helpers import add_contacts, add_sandbox_number, create_campaign, phones, recipients
+from tests.helpers import add_contacts, add_sandbox_number, create_campaign, phones, recipients, run_campaign
 
 
 def test_the_flow_applies_statuses_and_publishes_the_campaigns_statistics(db, org, sandbox):
@@ -17,7 +16,7 @@ def test_the_flow_applies_statuses_and_publishes_the_campaigns_statistics(db, or
     number = add_sandbox_number(db, org, sandbox)
     add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(5, start=9500)])
     cid = create_campaign(db, org, number)
-    assert send_campaign(cid)["status"] == "completed"
+    assert run_campaign(cid)["status"] == "completed"
     assert sandbox.drain_webhooks(timeout=20)
 
     result = ingest_statuses()

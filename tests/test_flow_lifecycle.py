@@ -8,7 +8,6 @@ import time
 import pytest
 
 from campaigns import lifecycle
-from flows.send_campaign import send_campaign
 from tests.helpers import (
     add_contacts,
     add_sandbox_number,
@@ -16,6 +15,7 @@ from tests.helpers import (
     create_campaign,
     phones,
     recipients,
+    run_campaign,
     sent_counts,
     wait_for,
 )
@@ -23,7 +23,7 @@ from tests.helpers import (
 
 def _start_in_thread(cid):
     out = {}
-    thread = threading.Thread(target=lambda: out.update(result=send_campaign(cid)), daemon=True)
+    thread = threading.Thread(target=lambda: out.update(result=run_campaign(cid)), daemon=True)
     thread.start()
     return thread, out
 
@@ -59,7 +59,7 @@ def test_pause_stops_sending_within_two_seconds_and_resume_sends_only_what_is_le
         lifecycle.update(conn, org, cid, {"template_variables": {"body": ["Edited for {{contact.name}}"]},
                                           "audience_type": "all_contacts", "respect_opt_out": True})  # unchanged
         lifecycle.resume(conn, org, cid)
-    assert send_campaign(cid)["status"] == "completed"
+    assert run_campaign(cid)["status"] == "completed"
     counts = sent_counts(sandbox)
     assert len(counts) == 400 and set(counts.values()) == {1}
     edited = [m for m in sandbox.messages() if "Edited for Ana" in str(m["template"])]
@@ -87,7 +87,7 @@ def test_cancel_is_final_and_marks_what_was_not_sent(db, org, sandbox):
             raise AssertionError("resume of a cancelled campaign was accepted")
         except lifecycle.Conflict as exc:
             assert "cancelled" in exc.message
-    assert send_campaign(cid)["status"] == "cancelled"
+    assert run_campaign(cid)["status"] == "cancelled"
     assert len(sandbox.messages()) == sent
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from flows.send_campaign import send_campaign
 from tests.helpers import (
     add_contacts,
     add_sandbox_number,
@@ -10,6 +9,7 @@ from tests.helpers import (
     create_campaign,
     phones,
     recipients,
+    run_campaign,
     sent_counts,
 )
 
@@ -19,7 +19,7 @@ def test_every_eligible_contact_gets_the_message_exactly_once(db, org, sandbox):
     add_contacts(db, org, [{"phone": p, "name": f"Ana {i}"} for i, p in enumerate(phones(250))])
     cid = create_campaign(db, org, number)
 
-    result = send_campaign(cid)
+    result = run_campaign(cid)
 
     assert result["status"] == "completed"
     rows = recipients(db, cid)

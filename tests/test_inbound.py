@@ -15,7 +15,6 @@ from campaigns import lifecycle
 from campaigns.ingest import ingest_pending
 from campaigns.services import start_campaign
 from campaigns.webhooks import KnownSecrets
-from flows.send_campaign import send_campaign
 from tests.helpers import (
     APP_SECRET,
     add_contacts,
@@ -26,6 +25,7 @@ from tests.helpers import (
     phone_number_id,
     post_signed,
     recipients,
+    run_campaign,
     webhook_receiver,
 )
 
@@ -57,7 +57,7 @@ def test_keyword_replies_opt_out_and_mark_the_recipient_replied(db, org, sandbox
     phones = ["+5511900000101", "+5511900000102"]
     add_contacts(db, org, [{"phone": p, "name": "Ana", "inbound_hours_ago": 48} for p in phones])
     cid = create_campaign(db, org, number)
-    assert send_campaign(cid)["status"] == "completed"
+    assert run_campaign(cid)["status"] == "completed"
     assert sandbox.drain_webhooks(timeout=20)
     ingest_pending(db)
 
@@ -68,7 +68,7 @@ def test_keyword_replies_opt_out_and_mark_the_recipient_replied(db, org, sandbox
         assert contact.last_inbound_at > datetime.now(UTC) - timedelta(minutes=5)  # was 48 h ago: refreshed
     add_contacts(db, org, [{"phone": "+5511900000103", "name": "Bia"}])  # (an audience all opted out is refused)
     again = create_campaign(db, org, number)
-    assert send_campaign(again)["status"] == "completed"
+    assert run_campaign(again)["status"] == "completed"
     outcome = {r["phone"]: (r["status"], r["skip_reason"]) for r in recipients(db, again)}
     assert outcome.pop("+5511900000103")[0] in ("sent", "delivered")
     assert outcome == dict.fromkeys(phones, ("skipped", "opt_out"))
@@ -111,7 +111,7 @@ def test_131050_opts_the_contact_out(db, org, sandbox):
     number = add_sandbox_number(db, org, sandbox)
     add_contacts(db, org, [{"phone": "+5511900000401", "name": "Ana"}, {"phone": "+5511900000402", "name": "Bo"}])
     cid = create_campaign(db, org, number)
-    assert send_campaign(cid)["status"] == "completed"
+    assert run_campaign(cid)["status"] == "completed"
     assert sandbox.drain_webhooks(timeout=20)
     ingest_pending(db)
     by_phone = {r["phone"]: r for r in recipients(db, cid)}
@@ -141,7 +141,7 @@ def test_an_inbound_message_opens_the_24h_window_for_free_form_text(db, org, san
     assert start_campaign(db, org, after)["warnings"] == [
         "24 h window: 1 of 3 contacts can get free-form text (they wrote in the last 24 h); the others are "
         "skipped: a template reaches everyone"]
-    send_campaign(after)
+    run_campaign(after)
     outcome = {r["phone"]: (r["status"], r["skip_reason"]) for r in recipients(db, after)}
     assert outcome.pop("+5511900000502") == ("skipped", "outside_window")
     assert outcome.pop("+5511900000503") == ("skipped", "opt_out")
@@ -154,7 +154,7 @@ def test_a_secret_vouches_only_for_its_own_numbers(db, org, sandbox):
     pnid = phone_number_id(db, number)
     add_contacts(db, org, [{"phone": "+5511900000601", "name": "Ana"}])
     cid = create_campaign(db, org, number)
-    send_campaign(cid)
+    run_campaign(cid)
     assert sandbox.drain_webhooks(timeout=20)
     ingest_pending(db)
     mine = recipients(db, cid)[0]

@@ -5,13 +5,13 @@ from __future__ import annotations
 import threading
 import uuid
 
-from flows.send_campaign import send_campaign
 from tests.helpers import (
     add_contacts,
     add_sandbox_number,
     create_campaign,
     phones,
     recipients,
+    run_campaign,
     sent_counts,
     shrink_retry_delay,
 )
@@ -45,7 +45,7 @@ def _two_campaigns(db, org, sandbox):
     first = create_campaign(db, org, number, name="one")
     second = create_campaign(db, org, number, name="two")
     results = {}
-    threads = [threading.Thread(target=lambda c=c: results.update({c: send_campaign(c)})) for c in (first, second)]
+    threads = [threading.Thread(target=lambda c=c: results.update({c: run_campaign(c)})) for c in (first, second)]
     for t in threads:
         t.start()
     for t in threads:
@@ -68,7 +68,7 @@ def test_a_pair_rate_limit_delays_only_that_recipient(db, org, sandbox):
     add_contacts(db, org, [{"phone": f"+551190000000{i}", "name": "Ana"} for i in range(1, 6)])
     cid = create_campaign(db, org, number)
 
-    assert send_campaign(cid)["status"] == "completed"
+    assert run_campaign(cid)["status"] == "completed"
 
     rows = {r["phone"]: r for r in recipients(db, cid)}
     delayed = rows["+5511900000003"]
@@ -87,7 +87,7 @@ def test_an_unknown_error_code_is_retried_safely_then_recorded(db, org, sandbox)
     cid = create_campaign(db, org, number, retry_max_attempts=1)
     shrink_retry_delay(db, cid)
 
-    assert send_campaign(cid)["status"] == "completed"
+    assert run_campaign(cid)["status"] == "completed"
 
     rows = {r["phone"]: r for r in recipients(db, cid)}
     assert rows["+5511900000001"]["status"] == "failed"
@@ -97,13 +97,13 @@ def test_an_unknown_error_code_is_retried_safely_then_recorded(db, org, sandbox)
 
 
 def test_a_slow_campaign_runs_one_batch_at_a_time_and_a_fast_one_is_not_capped(db, org, sandbox):
-    from campaigns.runner import UNLIMITED, batches_per_wave
+    from campaigns.runner import UNLIMITED, wave_plan
 
     number = add_sandbox_number(db, org, sandbox, mps=80)
     slow = create_campaign(db, org, number, messages_per_hour=100, delay_between_messages_seconds=2)
     fast = create_campaign(db, org, number)
-    assert batches_per_wave(db, slow, 100, 0.04, 12) == 1
-    assert batches_per_wave(db, fast, 100, 0.04, 12) == UNLIMITED
+    assert wave_plan(db, slow, 100, 0.04, 12)[0] == 1
+    assert wave_plan(db, fast, 100, 0.04, 12)[0] == UNLIMITED
 
 
 def test_130429_slows_the_number_down_and_every_message_still_goes_once(db, org, sandbox):
@@ -131,7 +131,7 @@ def test_130429_slows_the_number_down_and_every_message_still_goes_once(db, org,
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        assert send_campaign(cid)["status"] == "completed"
+        assert run_campaign(cid)["status"] == "completed"
     finally:
         done.set()
         watcher.join()

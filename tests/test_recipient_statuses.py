@@ -15,8 +15,8 @@ from campaigns import lifecycle
 from campaigns.ingest import ingest_pending
 from campaigns.recipient_statuses import CSV_COLUMNS, export_csv, page
 from campaigns.services import export_recipients, recipients_of
-from flows.send_campaign import send_campaign
 from tests.helpers import add_contacts, add_sandbox_number, cli, create_campaign, new_org, phones
+from tests.helpers import run_campaign as run_flow
 
 SEED_KEYS = {"contact_name", "contact_phone", "status", "message_id", "attempts"}
 SEED_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -34,7 +34,7 @@ def run_campaign(db, org, sandbox, n: int = 20, **sandbox_config) -> tuple[uuid.
     rows += [{"phone": "+5511988887777", "name": "Bia", "opted_out": True}, {"phone": "oops", "name": "Caio"}]
     ids = add_contacts(db, org, rows)
     cid = create_campaign(db, org, number)
-    assert send_campaign(cid)["status"] == "completed"
+    assert run_flow(cid)["status"] == "completed"
     assert sandbox.drain_webhooks(timeout=20)
     ingest_pending(db)
     return cid, {row["phone"]: i for row, i in zip(rows, ids, strict=True)}

@@ -7,7 +7,6 @@ import sqlalchemy as sa
 
 from campaigns.ingest import ingest_pending
 from campaigns.stats import stats
-from flows.send_campaign import send_campaign
 from tests.helpers import (
     add_contacts,
     add_sandbox_number,
@@ -17,6 +16,7 @@ from tests.helpers import (
     phones,
     post_signed,
     recipients,
+    run_campaign,
     signed,
 )
 
@@ -65,7 +65,7 @@ def test_shuffled_duplicated_statuses_give_exact_stats(db, org, sandbox):
     number = add_sandbox_number(db, org, sandbox)
     add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(300)])
     cid = create_campaign(db, org, number)
-    assert send_campaign(cid)["status"] == "completed"
+    assert run_campaign(cid)["status"] == "completed"
     assert sandbox.drain_webhooks(timeout=30)
     ingest_pending(db)
 
@@ -99,7 +99,7 @@ def test_a_signed_but_malformed_event_never_blocks_the_others(db, org, sandbox, 
     for body in odd:
         assert httpx.post(receiver, content=body, headers=signed(body)
                           ).status_code == 200
-    assert send_campaign(cid)["status"] == "completed"
+    assert run_campaign(cid)["status"] == "completed"
     sandbox.drain_webhooks(timeout=10)
     ingest_pending(db)
     states = [e.state for e in _events_after(db, start)]
@@ -114,7 +114,7 @@ def test_a_status_before_its_send_is_recorded_waits_then_applies_and_the_unknown
     number = add_sandbox_number(db, org, sandbox)
     add_contacts(db, org, [{"phone": "+5511900000801", "name": "Ana"}])
     cid = create_campaign(db, org, number)
-    assert send_campaign(cid)["status"] == "completed"
+    assert run_campaign(cid)["status"] == "completed"
     sandbox.drain_webhooks(timeout=10)
     ingest_pending(db)
     row = recipients(db, cid)[0]

@@ -1,0 +1,230 @@
+"""A send-campaign run as an operator meets it in the Prefect UI: its name and tags, its state, its buttons
+and its artifacts. The words come from `campaigns.run_report`; this module puts them into Prefect.
+
+How a run's state tells its campaign's (README, "Operating from the Prefect UI"):
+- completed → Completed, the funnel as its message; cancelled → Cancelled; failed → Failed with the reason.
+- paused (by an operator, an error or a cap) → the run suspends itself (Prefect's Suspended state, the
+  reason as its message): it holds no process while it waits, and Resume on the run resumes the campaign
+  in the same run. Resuming the campaign elsewhere (API, CLI, campaign-control, the scheduler at the end of
+  a cap window) wakes that same run. A run with no deployment (`campaigns run` in a terminal) cannot be
+  suspended: it ends Cancelled, named "Paused", with the reason.
+- The UI's Cancel pauses the campaign (reason `operator`) within about a second and ends the run Cancelled
+  with the explanation: a run is cancelled, the campaign is only paused (cancel the campaign itself to end
+  it). The UI's Suspend pauses the campaign the same way and leaves the run Suspended.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from typing import Any
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import StateType
+from prefect.exceptions import Abort, Pause
+from prefect.states import Cancelled, Completed, Failed, State, Suspended
+
+from campaigns import lifecycle, run_report
+from campaigns.db import get_engine
+
+log = logging.getLogger(__name__)
+
+CANCEL_PRESSED = ("Cancel was pressed on its run in the Prefect UI: the campaign is paused, not cancelled; resume "
+                  "it to send the rest, or cancel the campaign itself to end it")
+SUSPEND_PRESSED = "Suspend was pressed on its run in the Prefect UI: press Resume on that run to send the rest"
+
+
+def campaign_run_name() -> str:
+    """The run's name, worked out when it starts: the campaign's and its organization's names."""
+    from prefect.runtime import flow_run
+
+    campaign_id = flow_run.parameters.get("campaign_id")
+    try:
+        with get_engine().connect() as conn:
+            return run_report.run_name(run_report.heading(conn, uuid.UUID(str(campaign_id))))
+    except Exception:  # a missing campaign fails the run itself, with a clearer message than a name could give
+        return f"send-campaign-{campaign_id}"
+
+
+def tag_run(flow_run_id: uuid.UUID, org_name: str) -> None:
+    """Tag the run `org:<organization>` (so the runs page filters by tenant), however it was launched."""
+    tag = f"org:{org_name}"[:100]
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        if tag not in run.tags:
+            client.update_flow_run(flow_run_id, tags=[*run.tags, tag])
+
+
+def was_suspended(flow_run_id: uuid.UUID) -> bool:
+    """Whether this run was suspended before and is now running again: someone pressed Resume on it, or the
+    campaign was resumed elsewhere and woke it."""
+    with get_client(sync_client=True) as client:
+        return any(s.type == StateType.PAUSED for s in client.read_flow_run_states(flow_run_id))
+
+
+class ButtonWatcher:
+    """Watches the run's own state once a second. Prefect's serve or worker would kill the process only
+    after a grace period (sends went on for ~27 s); this pauses the campaign as soon as Cancel or Suspend is
+    pressed, and every send in flight sees that within the send path's control poll."""
+
+    def __init__(self, campaign_id: uuid.UUID, flow_run_id: uuid.UUID, logger: Any, interval: float = 1.0) -> None:
+        self.campaign_id, self.flow_run_id, self.logger, self.interval = campaign_id, flow_run_id, logger, interval
+        self.pressed: str | None = None  # "cancel" or "suspend"
+        self._woken = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="run-buttons", daemon=True)
+
+    def __enter__(self) -> ButtonWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def wait(self, seconds: float) -> None:
+        """Sleep up to `seconds`, waking at once when a button is pressed."""
+        self._woken.wait(seconds)
+
+    def _loop(self) -> None:
+        with get_client(sync_client=True) as client:
+            while not self._stop.wait(self.interval):
+                try:
+                    state = client.read_flow_run(self.flow_run_id).state
+                except Exception:  # the API is briefly unreachable: look again next second
+                    continue
+                if state and state.type == StateType.CANCELLING:
+                    self.press("cancel")
+                elif state and state.type == StateType.PAUSED:
+                    self.press("suspend")
+
+    def press(self, button: str) -> None:
+        if self.pressed:
+            return
+        self.pressed = button
+        message = CANCEL_PRESSED if button == "cancel" else SUSPEND_PRESSED
+        if pause_campaign(self.campaign_id, message):
+            self.logger.warning("campaign paused (operator): %s", message)
+        self._woken.set()
+
+
+def pause_campaign(campaign_id: uuid.UUID, message: str) -> bool:
+    with get_engine().begin() as conn:
+        return lifecycle.pause_for_error(conn, campaign_id, "operator", message)
+
+
+def on_termination(campaign_id: uuid.UUID, logger: Any) -> None:
+    """SIGTERM from `serve` or a worker. If it carries Prefect's "cancel" intent (Cancel pressed in the UI),
+    the campaign pauses at once and the sends in flight stop within the send path's control poll; otherwise
+    (`serve` stopping) the send engine ends now, so nothing leaves after it and the rows in flight are
+    reconciled by the next run, as after a crash. Prefect cannot stop task threads: without this they sent
+    on until their batches were done (12 s and more)."""
+    from campaigns.engine_process import close_engine_client
+
+    try:
+        from prefect._internal.control_listener import get_intent
+
+        intent = get_intent()
+    except ImportError:  # a Prefect without control intents: the hook after the kill still pauses
+        intent = None
+    if intent == "cancel":
+        if pause_campaign(campaign_id, CANCEL_PRESSED):
+            logger.warning("campaign paused (operator): %s", CANCEL_PRESSED)
+    else:
+        logger.warning("the run is being stopped (%s): sending stops now; the next run continues", intent or "SIGTERM")
+        close_engine_client()
+
+
+def on_cancellation(flow: Any, flow_run: Any, state: Any) -> None:
+    """Prefect's hook after `serve` or a worker killed a cancelled run: the campaign must not stay running
+    (the scheduler would relaunch it), so it is paused, and the run's log says so."""
+    from prefect.logging.loggers import flow_run_logger
+
+    campaign_id = (flow_run.parameters or {}).get("campaign_id")
+    if not campaign_id:
+        return
+    if pause_campaign(uuid.UUID(str(campaign_id)), CANCEL_PRESSED):
+        flow_run_logger(flow_run, flow).warning("campaign paused (operator): %s", CANCEL_PRESSED)
+
+
+def final_state(campaign_id: uuid.UUID, flow_run_id: uuid.UUID | None, pressed: str | None,
+                result: dict[str, Any]) -> State:
+    """The state that tells the campaign's outcome (module docstring); a paused campaign suspends the run."""
+    with get_engine().connect() as conn:
+        rep = run_report.report(conn, campaign_id)
+    campaign, funnel = rep["campaign"], run_report.funnel_line(rep["stats"])
+    status = campaign["status"]
+    if status == "completed":
+        return Completed(message=f"Campaign completed: {funnel}", data=result)
+    if status == "cancelled":
+        return Cancelled(message=f"Campaign cancelled: {funnel}", data=result)
+    if status == "failed":
+        return Failed(message=run_report.status_line(campaign), data=result)
+    if status == "paused":
+        why = f"Campaign {run_report.pause_explanation(campaign)} So far: {funnel}"
+        if pressed == "cancel":
+            return Cancelled(message=f"{CANCEL_PRESSED}. {funnel}", data=result)
+        if pressed != "suspend" and flow_run_id:
+            suspend(flow_run_id, why)  # raises Pause when the run has a deployment to come back to
+        if pressed == "suspend":
+            raise Pause()  # the run is Suspended already (the button); leave it so
+        return Cancelled(name="Paused", message=why, data=result)
+    return Completed(name=status.capitalize(), message=result.get("status", status), data=result)
+
+
+def suspend(flow_run_id: uuid.UUID, message: str) -> None:
+    """Suspend this run with `message` on its state and leave the process (Prefect's suspend_flow_run, which
+    cannot carry a message). Returns only when Prefect refuses (a run with no deployment)."""
+    with get_client(sync_client=True) as client:
+        from prefect.utilities.engine import propose_state_sync
+
+        try:
+            state = propose_state_sync(client, Suspended(pause_key=f"paused-{uuid.uuid4()}", message=message[:5000]),
+                                       flow_run_id=flow_run_id)
+        except Abort:
+            return
+    if state.is_paused():
+        raise Pause(state=state)
+
+
+# -- artifacts ----------------------------------------------------------------------------------------------
+
+
+def summary_key(campaign_id: uuid.UUID) -> str:
+    return f"campaign-{campaign_id}-summary"
+
+
+def failures_key(campaign_id: uuid.UUID) -> str:
+    return f"campaign-{campaign_id}-failures"
+
+
+def publish_summary(campaign_id: uuid.UUID, flow_run_id: uuid.UUID | None = None) -> bool:
+    """Write the campaign's summary (markdown) and failures (table) artifacts. Inside the campaign's run
+    (`flow_run_id`) they are created once for that run and then updated in place; from elsewhere (ingestion
+    refreshing statistics) the latest ones are updated in place, never versioned again. Returns whether
+    anything was written."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+    from prefect.client.schemas.actions import ArtifactUpdate
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_engine().connect() as conn:
+        rep = run_report.report(conn, campaign_id)
+    markdown = run_report.summary_markdown(rep)
+    table = rep["failures"] or [{"code": "", "recipients": 0, "example": "no failure"}]
+    description = f"{rep['campaign']['name']}: {rep['campaign']['status']}"
+    wrote = False
+    with get_client(sync_client=True) as client:
+        for key, data, create in ((summary_key(campaign_id), markdown, create_markdown_artifact),
+                                  (failures_key(campaign_id), table, create_table_artifact)):
+            latest = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                           sort=ArtifactSort.CREATED_DESC, limit=1)
+            if latest and (flow_run_id is None or latest[0].flow_run_id == flow_run_id):
+                client.update_artifact(latest[0].id, ArtifactUpdate(data=data, description=description))
+                wrote = True
+            elif flow_run_id is not None:
+                create(data, key=key, description=description)
+                wrote = True
+    return wrote
+

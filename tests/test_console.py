@@ -1,0 +1,161 @@
+"""A campaign's run as an operator meets it in the Prefect UI, through `campaigns serve` and Prefect's own API
+(what the UI's buttons call): its name, tags, logs, artifacts and state, and the Cancel, Suspend and Resume
+buttons."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.objects import StateType
+from prefect.states import State, Suspended
+
+from campaigns import lifecycle
+from campaigns.launch import launch_send_run
+from campaigns.services import record_flow_run
+from tests.helpers import add_contacts, add_sandbox_number, campaign_row, create_campaign, phones, sent_counts, wait_for
+
+
+@pytest.fixture(scope="module")
+def served(services) -> Iterator[subprocess.Popen]:
+    """`campaigns serve` in its own process, as an operator starts it."""
+    from campaigns.api import PrefectLauncher, Unavailable
+
+    proc = subprocess.Popen([sys.executable, "-m", "campaigns.cli", "serve"], env=os.environ.copy(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+    def ready() -> bool:
+        try:
+            PrefectLauncher().ready()
+            return True
+        except Unavailable:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            return False
+
+    wait_for(ready, timeout=90, interval=0.5)
+    yield proc
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def _run(run_id: str):
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(uuid.UUID(run_id))
+
+
+def _state(run_id: str) -> State:
+    return _run(run_id).state
+
+
+def _launch(db, org, cid) -> str:
+    run_id = launch_send_run(cid)
+    with db.begin() as conn:
+        record_flow_run(conn, org, cid, run_id)
+    return run_id
+
+
+def _logs(run_id: str) -> str:
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[uuid.UUID(run_id)])),
+                                limit=200)
+    return "\n".join(entry.message for entry in logs)
+
+
+def _artifacts(key: str) -> list:
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+
+
+def _sending_campaign(db, org, sandbox, n: int = 300, mps: int = 25) -> uuid.UUID:
+    number = add_sandbox_number(db, org, sandbox, mps=mps)
+    add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(n)])
+    cid = create_campaign(db, org, number, name=f"Natal {uuid.uuid4().hex[:6]}")
+    from campaigns.services import start_campaign
+
+    start_campaign(db, org, cid)
+    return cid
+
+
+def test_a_paused_campaign_suspends_its_run_and_resuming_it_finishes_in_the_same_run(db, org, sandbox, served):
+    cid = _sending_campaign(db, org, sandbox)
+    run_id = _launch(db, org, cid)
+    wait_for(lambda: len(sandbox.messages()) >= 20, timeout=60)
+
+    with db.begin() as conn:  # the API's pause
+        lifecycle.pause(conn, org, cid)
+    wait_for(lambda: _state(run_id).type == StateType.PAUSED, timeout=30)
+    state = _state(run_id)
+    assert state.name == "Suspended" and "paused (operator)" in state.message and "Resume" in state.message
+    held = len(sandbox.messages())
+    time.sleep(1.5)
+    assert len(sandbox.messages()) == held  # a suspended run sends nothing (and holds no process)
+
+    with db.begin() as conn:  # the API's resume: the same run wakes and finishes
+        lifecycle.resume(conn, org, cid)
+    assert _launch(db, org, cid) == run_id
+    wait_for(lambda: _state(run_id).is_final(), timeout=90)
+    state = _state(run_id)
+    assert state.type == StateType.COMPLETED and state.message.startswith("Campaign completed: 300 sent")
+    assert campaign_row(db, cid)["status"] == "completed"
+    assert len(sent_counts(sandbox)) == 300 and set(sent_counts(sandbox).values()) == {1}
+
+    run = _run(run_id)
+    name = campaign_row(db, cid)["name"]
+    assert run.name.startswith(f"{name} · org-") and any(t.startswith("org:org-") for t in run.tags)
+    logs = _logs(run_id)
+    for line in ("audience built: 300 to send of 300 contacts", "msg/s the limits allow", "paused (operator)",
+                 "campaign completed: 300 sent"):
+        assert line in logs, f"{line!r} not in the run's log:\n{logs}"
+    summary = _artifacts(f"campaign-{cid}-summary")
+    assert len(summary) == 1 and summary[0].flow_run_id == uuid.UUID(run_id)  # one, updated in place
+    assert f"# {name}" in summary[0].data and "**Status:** completed" in summary[0].data
+
+
+def test_cancel_in_the_ui_stops_sending_within_two_seconds_and_pauses_the_campaign(db, org, sandbox, served):
+    cid = _sending_campaign(db, org, sandbox)
+    run_id = _launch(db, org, cid)
+    wait_for(lambda: len(sandbox.messages()) >= 20, timeout=60)
+
+    with get_client(sync_client=True) as client:  # what the UI's Cancel button does
+        client.set_flow_run_state(uuid.UUID(run_id), State(type=StateType.CANCELLING, name="Cancelling"))
+    time.sleep(2.0)
+    stopped_at = len(sandbox.messages())
+    time.sleep(1.5)
+    assert len(sandbox.messages()) == stopped_at < 300
+    campaign = campaign_row(db, cid)
+    assert (campaign["status"], campaign["paused_reason"]) == ("paused", "operator")
+    wait_for(lambda: _state(run_id).is_final(), timeout=60)
+    assert _state(run_id).type == StateType.CANCELLED
+    assert "Cancel was pressed on its run in the Prefect UI: the campaign is paused, not cancelled" in _logs(run_id)
+
+
+def test_suspend_in_the_ui_pauses_the_campaign_and_resume_there_finishes_it(db, org, sandbox, served):
+    from prefect.flow_runs import resume_flow_run
+
+    cid = _sending_campaign(db, org, sandbox, n=200)
+    run_id = _launch(db, org, cid)
+    wait_for(lambda: len(sandbox.messages()) >= 20, timeout=60)
+
+    with get_client(sync_client=True) as client:  # the UI's Suspend button
+        client.set_flow_run_state(uuid.UUID(run_id), Suspended(), force=True)
+    wait_for(lambda: campaign_row(db, cid)["status"] == "paused", timeout=10)
+    assert campaign_row(db, cid)["paused_reason"] == "operator"
+    time.sleep(2.0)
+    held = len(sandbox.messages())
+    time.sleep(1.5)
+    assert len(sandbox.messages()) == held < 200
+
+    resume_flow_run(uuid.UUID(run_id))  # the UI's Resume button
+    wait_for(lambda: _state(run_id).is_final(), timeout=90)
+    assert _state(run_id).type == StateType.COMPLETED
+    assert campaign_row(db, cid)["status"] == "completed"
+    assert "Resume pressed on this run" in _logs(run_id)
+    assert len(sent_counts(sandbox)) == 200 and set(sent_counts(sandbox).values()) == {1}
