@@ -644,6 +644,7 @@ def _prefect_logging(console: str = "WARNING") -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", console)
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "campaigns")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # the API's own logs, say
 
 
 def main(argv: list[str] | None = None) -> int:

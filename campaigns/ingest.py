@@ -18,6 +18,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -328,8 +329,9 @@ def ingest_pending(engine: sa.Engine, limit: int = 5000, max_rounds: int = 1000)
     return total
 
 
-def ingest_for(engine: sa.Engine, run_for_seconds: float, every_seconds: float = 1.0) -> IngestResult:
-    """Keep draining every `every_seconds` for `run_for_seconds` (0 = drain once).
+def ingest_for(engine: sa.Engine, run_for_seconds: float, every_seconds: float = 1.0,
+               on_pass: Callable[[IngestResult], None] | None = None) -> IngestResult:
+    """Keep draining every `every_seconds` for `run_for_seconds` (0 = drain once); `on_pass` sees each pass.
 
     A scheduled run that stays for its whole interval makes a status reach the statistics within about
     `every_seconds` of its receipt, instead of waiting for the next scheduled run to start.
@@ -337,7 +339,10 @@ def ingest_for(engine: sa.Engine, run_for_seconds: float, every_seconds: float =
     deadline = time.monotonic() + run_for_seconds
     total = IngestResult()
     while True:
-        total.add(ingest_pending(engine))
+        applied = ingest_pending(engine)
+        total.add(applied)
+        if on_pass:
+            on_pass(applied)
         if time.monotonic() + every_seconds > deadline:
             return total
         time.sleep(every_seconds)

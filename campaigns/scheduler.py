@@ -74,6 +74,8 @@ def due_campaigns(db: sa.Engine, start: Callable[[sa.Engine, uuid.UUID, uuid.UUI
             start(db, org, cid)
             due.started.append(cid)
             due.orgs[cid] = org
+        except lifecycle.Conflict:  # started meanwhile (its own scheduled run, an operator): not a failed check
+            continue
         except lifecycle.CampaignError as exc:
             detail = "; ".join([exc.message, *exc.details])
             with db.begin() as conn:

@@ -2,14 +2,22 @@
 
 - send-campaign/default: run by `campaigns start`, the Prefect UI's "Run" form (campaign_id), or the
   main app through Prefect's REST API (`POST /api/deployments/{id}/create_flow_run`).
-- ingest-statuses/default: every minute, each run ingesting once a second for the minute
+- ingest-statuses/default: every ten minutes, each run ingesting once a second for the ten minutes
   (a status reaches the statistics about a second after receipt; see flows/ingest_statuses.py).
-- campaign-scheduler/default: every 30 seconds, starts scheduled campaigns and resumes campaigns paused
-  by a number's hourly or daily cap once the window has ended.
-The global concurrency limit for send batches is created here if missing.
+- campaign-scheduler/default: a pass every 30 seconds (in runs of ten minutes, one at a time) starts
+  scheduled campaigns and resumes campaigns paused by a number's hourly or daily cap once the window ends.
+The two housekeeping deployments are tagged `housekeeping`, campaign runs `campaigns` and `org:<name>`:
+the Runs page filtered by tag shows one or the other. The global concurrency limit for send batches is
+created here if missing.
+
+Ctrl-C (SIGINT) stops it as SIGTERM does, within seconds: Prefect's runner cancels the runs in progress
+("Runner is shutting down."; the scheduler launches interrupted campaigns again once it is back), and the
+runs themselves ignore the terminal's SIGINT, which would otherwise crash them.
 """
 
 from __future__ import annotations
+
+import signal
 
 from prefect import serve
 
@@ -18,17 +26,21 @@ from flows.campaign_scheduler import campaign_scheduler
 from flows.ingest_statuses import ingest_statuses
 from flows.send_campaign import send_campaign
 
-INGEST_INTERVAL = 60
+INGEST_INTERVAL = 600  # fewer, longer runs: housekeeping must not bury the campaign runs
+SCHEDULER_RUN = 600  # a pass every 30 s, in runs of ten minutes (one at a time)
+HOUSEKEEPING = ["campaigns", "housekeeping"]
 POLL_SECONDS = 2  # a started campaign's run begins within 2 s (Prefect's default poll is every 10 s)
 
 
 def main(limit: int = 8) -> None:
     ensure_send_limit()
+    signal.signal(signal.SIGINT, lambda *_: signal.raise_signal(signal.SIGTERM))  # Prefect handles SIGTERM
     serve(
         send_campaign.to_deployment(name="default", tags=["campaigns"]),
-        ingest_statuses.to_deployment(name="default", interval=INGEST_INTERVAL, tags=["campaigns"],
+        ingest_statuses.to_deployment(name="default", interval=INGEST_INTERVAL, tags=HOUSEKEEPING,
                                       parameters={"run_for_seconds": INGEST_INTERVAL, "every_seconds": 1.0}),
-        campaign_scheduler.to_deployment(name="default", interval=30, tags=["campaigns"]),
+        campaign_scheduler.to_deployment(name="default", interval=SCHEDULER_RUN, tags=HOUSEKEEPING, concurrency_limit=1,
+                                         parameters={"run_for_seconds": SCHEDULER_RUN - 30, "every_seconds": 30.0}),
         limit=limit,
         query_seconds=POLL_SECONDS,
     )

@@ -9,6 +9,7 @@ Requires: DATABASE_URL (or the embedded default) and the send-campaign/default d
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -17,10 +18,28 @@ from campaigns.db import get_engine
 from campaigns.launch import flow_run_state, launch_send_run
 from campaigns.scheduler import due_campaigns
 from campaigns.services import record_flow_run, start_campaign
+from flows.console import ignore_terminal_interrupt
 
 
 @flow(name="campaign-scheduler")
-def campaign_scheduler() -> dict[str, Any]:
+def campaign_scheduler(run_for_seconds: float = 0.0, every_seconds: float = 30.0) -> dict[str, Any]:
+    """One pass, or a pass every `every_seconds` for `run_for_seconds` (served: ten minutes a run, so the
+    scheduler's runs do not bury the campaigns' in the UI)."""
+    ignore_terminal_interrupt()
+    deadline = time.monotonic() + run_for_seconds
+    total: dict[str, Any] = {"resumed": [], "started": [], "recovered": [], "refused": {}, "stopped": {}}
+    while True:
+        for key, value in _pass().items():
+            if isinstance(value, dict):
+                total[key].update(value)
+            else:
+                total[key].extend(value)
+        if time.monotonic() + every_seconds > deadline:
+            return total
+        time.sleep(every_seconds)
+
+
+def _pass() -> dict[str, Any]:
     log = get_run_logger()
     db = get_engine()
     due = due_campaigns(db, start_campaign, flow_run_state)

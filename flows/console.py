@@ -16,6 +16,7 @@ How a run's state tells its campaign's (README, "Operating from the Prefect UI")
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import uuid
 from typing import Any
@@ -33,6 +34,15 @@ log = logging.getLogger(__name__)
 CANCEL_PRESSED = ("Cancel was pressed on its run in the Prefect UI: the campaign is paused, not cancelled; resume "
                   "it to send the rest, or cancel the campaign itself to end it")
 SUSPEND_PRESSED = "Suspend was pressed on its run in the Prefect UI: press Resume on that run to send the rest"
+
+
+def ignore_terminal_interrupt() -> None:
+    """In a run started by `serve` or a worker: Ctrl-C in their terminal reaches this process too and would
+    crash the run; the runner stops it properly (SIGTERM with Prefect's intent) instead."""
+    from prefect.runtime import flow_run
+
+    if flow_run.get_deployment_id() and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def campaign_run_name() -> str:
@@ -186,45 +196,3 @@ def suspend(flow_run_id: uuid.UUID, message: str) -> None:
             return
     if state.is_paused():
         raise Pause(state=state)
-
-
-# -- artifacts ----------------------------------------------------------------------------------------------
-
-
-def summary_key(campaign_id: uuid.UUID) -> str:
-    return f"campaign-{campaign_id}-summary"
-
-
-def failures_key(campaign_id: uuid.UUID) -> str:
-    return f"campaign-{campaign_id}-failures"
-
-
-def publish_summary(campaign_id: uuid.UUID, flow_run_id: uuid.UUID | None = None) -> bool:
-    """Write the campaign's summary (markdown) and failures (table) artifacts. Inside the campaign's run
-    (`flow_run_id`) they are created once for that run and then updated in place; from elsewhere (ingestion
-    refreshing statistics) the latest ones are updated in place, never versioned again. Returns whether
-    anything was written."""
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
-    from prefect.client.schemas.actions import ArtifactUpdate
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from prefect.client.schemas.sorting import ArtifactSort
-
-    with get_engine().connect() as conn:
-        rep = run_report.report(conn, campaign_id)
-    markdown = run_report.summary_markdown(rep)
-    table = rep["failures"] or [{"code": "", "recipients": 0, "example": "no failure"}]
-    description = f"{rep['campaign']['name']}: {rep['campaign']['status']}"
-    wrote = False
-    with get_client(sync_client=True) as client:
-        for key, data, create in ((summary_key(campaign_id), markdown, create_markdown_artifact),
-                                  (failures_key(campaign_id), table, create_table_artifact)):
-            latest = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-                                           sort=ArtifactSort.CREATED_DESC, limit=1)
-            if latest and (flow_run_id is None or latest[0].flow_run_id == flow_run_id):
-                client.update_artifact(latest[0].id, ArtifactUpdate(data=data, description=description))
-                wrote = True
-            elif flow_run_id is not None:
-                create(data, key=key, description=description)
-                wrote = True
-    return wrote
-

@@ -34,6 +34,7 @@ from campaigns.runlock import RunnerLock, campaign_runner_lock
 from campaigns.settings import get_settings
 from deployments.limits import ensure_send_limit, slots_for_run
 from flows import console
+from tasks.artifacts import publish_summary
 from tasks.send import prepare_campaign, reconcile_unknown, send_batch
 
 MAX_IDLE_SLEEP = 5.0
@@ -85,6 +86,7 @@ class SendingLog:
 )
 def send_campaign(campaign_id: uuid.UUID) -> State:
     """Send a campaign. Safe to run again at any time: it continues where the last run stopped."""
+    console.ignore_terminal_interrupt()
     log = get_run_logger()
     logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)  # one line per batch would bury the story
     db = get_engine()
@@ -112,7 +114,7 @@ def send_campaign(campaign_id: uuid.UUID) -> State:
             except TerminationSignal:  # Cancel pressed, or `serve` stopping
                 console.on_termination(campaign_id, log)
                 raise
-        console.publish_summary(campaign_id, run_id)
+        publish_summary(campaign_id, run_id)
         return console.final_state(campaign_id, run_id, buttons.pressed, result)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
 from typing import Any
 
@@ -12,11 +14,15 @@ from blocks.whatsapp import load_credentials
 from campaigns import runner, sending
 from campaigns.db import get_engine
 from campaigns.engine_process import get_engine_client
-from campaigns.ingest import ingest_for
+from campaigns.ingest import IngestResult, ingest_for
 from campaigns.providers import OutboundMessage, SendResult
 from campaigns.reconcile import reconcile
 from campaigns.services import limit_usage, ping_redis
 from campaigns.settings import get_settings
+from tasks.artifacts import publish_summary
+
+log = logging.getLogger(__name__)
+SUMMARY_EVERY_SECONDS = 5.0
 
 
 @task(name="prepare-campaign", cache_policy=NO_CACHE)
@@ -49,25 +55,24 @@ def reconcile_unknown(campaign_id: uuid.UUID) -> dict[str, Any]:
 
 @task(name="ingest-statuses", cache_policy=NO_CACHE)
 def ingest_statuses_task(run_for_seconds: float = 0.0, every_seconds: float = 1.0) -> dict[str, Any]:
-    result = ingest_for(get_engine(), run_for_seconds, every_seconds)
+    """Ingest for the run's time, and bring the summary artifacts of the campaigns it touched up to date in
+    place at most every SUMMARY_EVERY_SECONDS (statuses keep arriving after a campaign completes)."""
+    touched: set[uuid.UUID] = set()
+    last = time.monotonic()
+
+    def refresh(applied: IngestResult | None = None) -> None:
+        nonlocal last
+        touched.update(applied.campaigns if applied else ())
+        if touched and (applied is None or time.monotonic() - last >= SUMMARY_EVERY_SECONDS):
+            for cid in touched:
+                try:
+                    publish_summary(cid)
+                except Exception:  # Prefect's API briefly away: the numbers stay right in the database
+                    log.warning("summary artifact of campaign %s not refreshed", cid, exc_info=True)
+            touched.clear()
+            last = time.monotonic()
+
+    result = ingest_for(get_engine(), run_for_seconds, every_seconds, on_pass=refresh)
+    refresh()
     return {**{k: v for k, v in result.__dict__.items() if k != "campaigns"},
             "campaigns": [str(c) for c in result.campaigns]}
-
-
-@task(name="refresh-statistics", cache_policy=NO_CACHE)
-def refresh_statistics(campaign_ids: list[str]) -> int:
-    """Publish the current statistics of the campaigns an ingest run touched as one table artifact each
-    (`campaign-<id>-stats`, the latest version on top), so the Prefect UI shows them live. The numbers
-    themselves are always read from the recipient rows: nothing here can drift."""
-    from prefect.artifacts import create_table_artifact
-
-    from campaigns import lifecycle, stats
-
-    with get_engine().connect() as conn:
-        for cid in campaign_ids:
-            campaign = lifecycle.get_any_org(conn, uuid.UUID(cid))
-            body = stats.stats(conn, campaign)
-            create_table_artifact(key=f"campaign-{cid}-stats",
-                                  table=[{"metric": k, "value": str(v)} for k, v in body.items()],
-                                  description=f"Campaign {campaign['name']}: {campaign['status']}, live statistics")
-    return len(campaign_ids)

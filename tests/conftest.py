@@ -24,6 +24,7 @@ os.environ.setdefault("CAMPAIGNS_PREFECT_PORT", str(4278 + 10 * SLOT))
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")  # as `campaigns` runs flows: INFO to the API (the UI)
 os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "campaigns")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 os.environ.setdefault("PREFECT_TASKS_REFRESH_CACHE", "false")
 os.environ["RECONCILE_GRACE_SECONDS"] = "2"
 os.environ["CONTROL_POLL_SECONDS"] = "0.2"

@@ -1,5 +1,5 @@
-"""The ingest-statuses flow on the real Prefect engine: it applies what the receiver stored and publishes
-the touched campaigns' statistics as artifacts."""
+"""The ingest-statuses flow on the real Prefect engine: it applies what the receiver stored and brings the
+touched campaigns' summary artifacts up to date."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from flows.ingest_statuses import ingest_statuses
 from tests.helpers import add_contacts, add_sandbox_number, create_campaign, phones, recipients, run_campaign
 
 
-def test_the_flow_applies_statuses_and_publishes_the_campaigns_statistics(db, org, sandbox):
+def test_the_flow_applies_statuses_and_refreshes_the_campaigns_summary_in_place(db, org, sandbox):
     sandbox.configure(read_rate=1.0)
     number = add_sandbox_number(db, org, sandbox)
     add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(5, start=9500)])
@@ -23,12 +23,12 @@ def test_the_flow_applies_statuses_and_publishes_the_campaigns_statistics(db, or
     assert str(cid) in result["campaigns"]
     assert {r["status"] for r in recipients(db, cid)} == {"read"}
 
-    async def latest() -> str:
-        from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
+    async def summaries() -> list:
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-        async with get_client() as client:  # by key: the latest of every key is one page among hundreds
-            [artifact] = await client.read_latest_artifacts(artifact_filter=ArtifactCollectionFilter(
-                key=ArtifactCollectionFilterKey(any_=[f"campaign-{cid}-stats"])))
-            return str(artifact.data)
+        async with get_client() as client:
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[f"campaign-{cid}-summary"])))
 
-    assert "messages_read" in asyncio.run(latest())
+    [summary] = asyncio.run(summaries())  # the run's own summary, updated in place: no new version
+    assert "| read | 5 |" in summary.data

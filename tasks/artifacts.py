@@ -1,0 +1,55 @@
+"""The campaign's artifacts in the Prefect UI: a summary (markdown: status with the pause reason and what to
+do, the funnel, skips by reason, failures by code) and a failures table, kept up to date in place.
+
+The campaign's run creates them once; after that they are updated, never versioned again, by the run and
+by every ingestion that touches the campaign (statuses keep arriving after it completes), so the
+Artifacts page holds one version per run, not one a minute per campaign forever.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from prefect.client.orchestration import get_client
+
+from campaigns import run_report
+from campaigns.db import get_engine
+
+
+def summary_key(campaign_id: uuid.UUID) -> str:
+    return f"campaign-{campaign_id}-summary"
+
+
+def failures_key(campaign_id: uuid.UUID) -> str:
+    return f"campaign-{campaign_id}-failures"
+
+
+def publish_summary(campaign_id: uuid.UUID, flow_run_id: uuid.UUID | None = None) -> bool:
+    """Write the campaign's summary (markdown) and failures (table) artifacts. Inside the campaign's run
+    (`flow_run_id`) they are created once for that run and then updated in place; from elsewhere (ingestion
+    refreshing statistics) the latest ones are updated in place, never versioned again. Returns whether
+    anything was written."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+    from prefect.client.schemas.actions import ArtifactUpdate
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_engine().connect() as conn:
+        rep = run_report.report(conn, campaign_id)
+    markdown = run_report.summary_markdown(rep)
+    table = rep["failures"] or [{"code": "", "recipients": 0, "example": "no failure"}]
+    description = f"{rep['campaign']['name']}: {rep['campaign']['status']}"
+    wrote = False
+    with get_client(sync_client=True) as client:
+        for key, data, create in ((summary_key(campaign_id), markdown, create_markdown_artifact),
+                                  (failures_key(campaign_id), table, create_table_artifact)):
+            latest = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                           sort=ArtifactSort.CREATED_DESC, limit=1)
+            if latest and (flow_run_id is None or latest[0].flow_run_id == flow_run_id):
+                client.update_artifact(latest[0].id, ArtifactUpdate(data=data, description=description))
+                wrote = True
+            elif flow_run_id is not None:
+                create(data, key=key, description=description)
+                wrote = True
+    return wrote
+
