@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 export XDG_RUNTIME_DIR ?= /tmp/campaigns-runtime-$(shell id -u)
 
-.PHONY: sync demo test lint bench stop clean
+.PHONY: sync demo test lint screenshots bench stop clean
 
 .tools/bin/uv:
 	python3 -m venv .tools && .tools/bin/pip install --quiet --disable-pip-version-check uv
@@ -23,6 +23,11 @@ lint: sync
 
 test: lint
 	$(UV) run --locked pytest
+
+# The browser tests (pytest -m browser, headless /usr/bin/chromium) save what the Prefect UI shows to docs/screenshots/.
+screenshots: sync
+	rm -f docs/screenshots/*.png
+	SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots $(UV) run --locked pytest -m browser
 
 bench: sync
 	$(UV) run --locked python -m bench.audience

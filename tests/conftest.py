@@ -70,6 +70,12 @@ def pytest_configure(config: pytest.Config) -> None:
     upgrade(os.environ["DATABASE_URL"])
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Browser tests last: the `campaigns serve` they start (tests/browser.py) runs the scheduler and ingestion
+    flows on the test database until the session ends."""
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
+
+
 @pytest.fixture(scope="session")
 def services() -> None:
     """Started by pytest_configure; a fixture other fixtures can depend on."""
