@@ -39,9 +39,9 @@ SUSPEND_PRESSED = "Suspend was pressed on its run in the Prefect UI: press Resum
 def ignore_terminal_interrupt() -> None:
     """In a run started by `serve` or a worker: Ctrl-C in their terminal reaches this process too and would
     crash the run; the runner stops it properly (SIGTERM with Prefect's intent) instead."""
-    from prefect.runtime import flow_run
+    from prefect.runtime import deployment
 
-    if flow_run.get_deployment_id() and threading.current_thread() is threading.main_thread():
+    if deployment.get_id() and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 

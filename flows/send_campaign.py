@@ -85,7 +85,12 @@ class SendingLog:
     on_cancellation=[console.on_cancellation],
 )
 def send_campaign(campaign_id: uuid.UUID) -> State:
-    """Send a campaign. Safe to run again at any time: it continues where the last run stopped."""
+    """Send a campaign. Safe to run again at any time: it continues where the last run stopped.
+
+    Args:
+        campaign_id: The campaign's id (`campaigns list --org ORG` shows them; campaign-control finds one by
+            name). A draft or scheduled campaign goes through the pre-launch checklist first.
+    """
     console.ignore_terminal_interrupt()
     log = get_run_logger()
     logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)  # one line per batch would bury the story

@@ -9,6 +9,7 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import TerminationSignal
 
 from blocks.whatsapp import load_credentials
 from campaigns import runner, sending
@@ -72,7 +73,16 @@ def ingest_statuses_task(run_for_seconds: float = 0.0, every_seconds: float = 1.
             touched.clear()
             last = time.monotonic()
 
-    result = ingest_for(get_engine(), run_for_seconds, every_seconds, on_pass=refresh)
+    total = IngestResult()
+
+    def one_pass(applied: IngestResult) -> None:
+        total.add(applied)
+        refresh(applied)
+
+    try:
+        ingest_for(get_engine(), run_for_seconds, every_seconds, on_pass=one_pass)
+    except TerminationSignal:  # `serve` stopping: what was applied is committed; end the run cleanly
+        log.info("ingestion stopped with its runner after %d events", total.events)
     refresh()
-    return {**{k: v for k, v in result.__dict__.items() if k != "campaigns"},
-            "campaigns": [str(c) for c in result.campaigns]}
+    return {**{k: v for k, v in total.__dict__.items() if k != "campaigns"},
+            "campaigns": [str(c) for c in total.campaigns]}

@@ -71,9 +71,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Browser tests last: the `campaigns serve` they start (tests/browser.py) runs the scheduler and ingestion
-    flows on the test database until the session ends."""
-    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
+    """Tests that use `campaigns serve` last (the console's, then the browser's): the serve they start
+    (tests/browser.py) runs the scheduler and ingestion flows on the test database until the session ends."""
+    items.sort(key=lambda item: ("campaigns_serve" in getattr(item, "fixturenames", ()),
+                                 item.get_closest_marker("browser") is not None))
 
 
 @pytest.fixture(scope="session")

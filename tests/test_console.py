@@ -4,15 +4,9 @@ buttons."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
 
-import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, LogFilter, LogFilterFlowRunId
 from prefect.client.schemas.objects import StateType
@@ -23,27 +17,7 @@ from campaigns.launch import launch_send_run
 from campaigns.services import record_flow_run
 from tests.helpers import add_contacts, add_sandbox_number, campaign_row, create_campaign, phones, sent_counts, wait_for
 
-
-@pytest.fixture(scope="module")
-def served(services) -> Iterator[subprocess.Popen]:
-    """`campaigns serve` in its own process, as an operator starts it."""
-    from campaigns.api import PrefectLauncher, Unavailable
-
-    proc = subprocess.Popen([sys.executable, "-m", "campaigns.cli", "serve"], env=os.environ.copy(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-
-    def ready() -> bool:
-        try:
-            PrefectLauncher().ready()
-            return True
-        except Unavailable:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            return False
-
-    wait_for(ready, timeout=90, interval=0.5)
-    yield proc
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
+pytest_plugins = ["tests.browser"]  # the `campaigns_serve` fixture
 
 
 def _run(run_id: str):
@@ -84,7 +58,7 @@ def _sending_campaign(db, org, sandbox, n: int = 300, mps: int = 25) -> uuid.UUI
     return cid
 
 
-def test_a_paused_campaign_suspends_its_run_and_resuming_it_finishes_in_the_same_run(db, org, sandbox, served):
+def test_a_paused_campaign_suspends_its_run_and_resuming_it_finishes_in_the_same_run(db, org, sandbox, campaigns_serve):
     cid = _sending_campaign(db, org, sandbox)
     run_id = _launch(db, org, cid)
     wait_for(lambda: len(sandbox.messages()) >= 20, timeout=60)
@@ -119,7 +93,7 @@ def test_a_paused_campaign_suspends_its_run_and_resuming_it_finishes_in_the_same
     assert f"# {name}" in summary[0].data and "**Status:** completed" in summary[0].data
 
 
-def test_cancel_in_the_ui_stops_sending_within_two_seconds_and_pauses_the_campaign(db, org, sandbox, served):
+def test_cancel_in_the_ui_stops_sending_within_two_seconds_and_pauses_the_campaign(db, org, sandbox, campaigns_serve):
     cid = _sending_campaign(db, org, sandbox)
     run_id = _launch(db, org, cid)
     wait_for(lambda: len(sandbox.messages()) >= 20, timeout=60)
@@ -137,7 +111,7 @@ def test_cancel_in_the_ui_stops_sending_within_two_seconds_and_pauses_the_campai
     assert "Cancel was pressed on its run in the Prefect UI: the campaign is paused, not cancelled" in _logs(run_id)
 
 
-def test_suspend_in_the_ui_pauses_the_campaign_and_resume_there_finishes_it(db, org, sandbox, served):
+def test_suspend_in_the_ui_pauses_the_campaign_and_resume_there_finishes_it(db, org, sandbox, campaigns_serve):
     from prefect.flow_runs import resume_flow_run
 
     cid = _sending_campaign(db, org, sandbox, n=200)
