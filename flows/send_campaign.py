@@ -65,9 +65,7 @@ class SendingLog:
 
     def flush(self, force: bool = False) -> None:
         elapsed = time.monotonic() - self.since
-        if not self.totals.get("sent") and not self.totals.get("failed") and not force:
-            return
-        if elapsed < LOG_EVERY_SECONDS and not force:
+        if not any(self.totals.values()) or (elapsed < LOG_EVERY_SECONDS and not force):
             return
         t = self.totals
         rate = t.get("sent", 0) / elapsed if elapsed > 0 else 0.0
@@ -162,8 +160,9 @@ def _send(campaign_id: uuid.UUID, log: Any, buttons: console.ButtonWatcher, held
                 batch_no += n
                 for future in as_completed(futures):
                     update_progress_artifact(artifact, _progress(campaign_id)[0])
-                    if future.state.is_completed():
-                        figures.add(future.result())
+                    counts = future.result(raise_on_failure=False)  # its state as read back may lag
+                    if isinstance(counts, dict):
+                        figures.add(counts)
             figures.flush()
             failed = [f for f in futures if f.state.is_failed()]
             failed_waves = failed_waves + 1 if len(failed) == len(futures) else 0

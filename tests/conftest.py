@@ -71,10 +71,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that use `campaigns serve` last (the console's, then the browser's): the serve they start
-    (tests/browser.py) runs the scheduler and ingestion flows on the test database until the session ends."""
-    items.sort(key=lambda item: ("campaigns_serve" in getattr(item, "fixturenames", ()),
-                                 item.get_closest_marker("browser") is not None))
+    """Tests that use `campaigns serve` last: the serve they start (tests/browser.py) runs the scheduler and
+    ingestion flows on the test database until the session ends. Browser tests after every other: once
+    Playwright's event loop runs in the main thread, Prefect's sync calls would turn into coroutines."""
+    items.sort(key=lambda item: (item.get_closest_marker("browser") is not None,  # Playwright's loop stays
+                                 "campaigns_serve" in getattr(item, "fixturenames", ())))
 
 
 @pytest.fixture(scope="session")

@@ -70,7 +70,8 @@ def test_the_deployments_page_lists_the_three_served_deployments_ready(page: Pag
         row = deployment_row(page, flow)
         expect(row).to_have_count(1)
         expect(row).to_contain_text("Ready")  # polled by `campaigns serve` within the last minute
-    expect(deployment_row(page, "ingest-statuses")).to_contain_text("Every 1 minute")
+    for flow in ("ingest-statuses", "campaign-scheduler"):  # tagged apart from the campaigns they serve
+        expect(deployment_row(page, flow)).to_contain_text("housekeeping")
     expect(page.get_by_text(CANT_CONNECT)).to_have_count(0)
     screenshot(page, "02-deployments")
 
@@ -85,7 +86,7 @@ def test_the_send_campaign_deployment_page_and_its_run_form(page: Page, campaign
     expect(page.get_by_text("flows/send_campaign.py:send_campaign", exact=True)).to_be_visible()
     expect(page.get_by_text(deployment["id"], exact=True)).to_be_visible()
     expect(page.get_by_text("Ready", exact=True)).to_be_visible()
-    expect(page.get_by_role("link", name="send-campaign", exact=True)).to_be_visible()  # "Flow: send-campaign"
+    expect(page.get_by_role("link", name="send-campaign", exact=True).first).to_be_visible()  # breadcrumb, Flow
     expect(page.get_by_text("Triggers", exact=True)).to_be_visible()  # the schedules and triggers have loaded
     screenshot(page, "03-send-campaign")
 

@@ -1,0 +1,90 @@
+"""Start latency, as the main app sees it: `POST /api/v1/campaigns/{id}/start` over HTTP with `campaigns serve`
+running, how long until the answer, and how long until the campaign's run is Running in Prefect and until
+the first message reaches the provider (the sandbox).
+
+    uv run python -m bench.start [--campaigns 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+
+from bench.common import SandboxProcess, bulk_contacts, fresh_services, new_org, sandbox_campaign
+
+
+def run(campaigns: int) -> dict[str, list[float]]:
+    import httpx
+    from prefect.client.orchestration import get_client
+
+    from campaigns import api_tokens
+    from campaigns.api import PrefectLauncher, Unavailable, create_app
+    from campaigns.asgi_thread import ThreadedServer
+    from campaigns.db import get_engine
+
+    serve = subprocess.Popen([sys.executable, "-m", "campaigns.cli", "serve"], env=os.environ.copy(),
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
+    figures: dict[str, list[float]] = {"answer": [], "running": [], "first_message": []}
+    try:
+        launcher = PrefectLauncher()
+        while True:
+            try:
+                launcher.ready()
+                break
+            except Unavailable:
+                time.sleep(0.5)
+        api = ThreadedServer(create_app()).start()
+        with SandboxProcess(50, None) as sandbox:
+            for i in range(campaigns):
+                org = new_org("start")
+                bulk_contacts(org, 100)
+                cid = sandbox_campaign(org, sandbox.url, 80, phone_number_id=f"8800{i}")
+                with get_engine().begin() as conn:
+                    _, token = api_tokens.issue(conn, org, "agent")
+                before = len(sandbox.messages())
+                t0 = time.perf_counter()
+                answer = httpx.post(f"{api.url}/api/v1/campaigns/{cid}/start", timeout=60,
+                                    headers={"Authorization": f"Bearer {token}"})
+                figures["answer"].append(time.perf_counter() - t0)
+                assert answer.status_code == 200, answer.text
+                run_id = uuid.UUID(answer.json()["flow_run_id"])
+                with get_client(sync_client=True) as client:
+                    while client.read_flow_run(run_id).state.type.value not in ("RUNNING", "COMPLETED"):
+                        time.sleep(0.02)
+                figures["running"].append(time.perf_counter() - t0)
+                while len(sandbox.messages()) == before:
+                    time.sleep(0.02)
+                figures["first_message"].append(time.perf_counter() - t0)
+                with get_client(sync_client=True) as client:  # let it finish before the next one
+                    while not client.read_flow_run(run_id).state.is_final():
+                        time.sleep(0.2)
+        api.stop()
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(60)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--campaigns", type=int, default=5)
+    args = parser.parse_args()
+    fresh_services("campaigns_bench_start")
+    figures = run(args.campaigns)
+    for name, target in (("answer", 1.0), ("running", 2.0), ("first_message", None)):
+        values = figures[name]
+        line = (f"{name:14} median {statistics.median(values):.2f} s, max {max(values):.2f} s "
+                f"over {len(values)} starts")
+        if target:
+            line += f"; target {target:.0f} s, ratio {max(values) / target:.2f}"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
