@@ -366,12 +366,17 @@ class CampaignsApi:
             return {**campaign, **stats.stats(conn, campaign)}
 
     def update(self, call: Call) -> dict[str, Any]:
+        changes = call.json_object()
         with self.db.begin() as conn:
-            return services.update_campaign(conn, call.org, call.campaign_id, call.json_object())
+            campaign = services.update_campaign(conn, call.org, call.campaign_id, changes)
+        if campaign["status"] == "scheduled" and "scheduled_at" in changes:  # its run in Prefect moves too
+            services.schedule_run(self.db, call.org, call.campaign_id)
+        return campaign
 
     def delete(self, call: Call) -> dict[str, Any]:
         with self.db.begin() as conn:
             t = services.delete_campaign(conn, call.org, call.campaign_id)
+        services.follow_transition(self.db, call.org, call.campaign_id, t)
         return _moved(call, t, message="Campaign cancelled: campaigns are kept with their history, never erased")
 
     def start(self, call: Call) -> dict[str, Any]:
@@ -385,6 +390,7 @@ class CampaignsApi:
         with self.db.begin() as conn:
             t = lifecycle.resume(conn, call.org, call.campaign_id)
         if t.status == "scheduled":
+            services.follow_transition(self.db, call.org, call.campaign_id, t)
             return _moved(call, t, message="Campaign scheduled again: it starts at its time, after the checklist")
         run_id = self.hand_to_prefect(call.org, call.campaign_id)
         return _moved(call, t, flow_run_id=run_id, message=f"Campaign resumed. Flow run ID: {run_id}")
@@ -420,6 +426,7 @@ class CampaignsApi:
         def handler(call: Call) -> dict[str, Any]:
             with self.db.begin() as conn:
                 t = fn(conn, call.org, call.campaign_id)
+            services.follow_transition(self.db, call.org, call.campaign_id, t)  # a scheduled run leaves Upcoming
             return _moved(call, t)
 
         return handler
@@ -429,7 +436,8 @@ class CampaignsApi:
         with self.db.begin() as conn:
             t = lifecycle.schedule(conn, call.org, call.campaign_id, body.scheduled_at)
             campaign = lifecycle.get(conn, call.org, call.campaign_id)
-        return _moved(call, t, scheduled_at=campaign["scheduled_at"])
+        run_id = services.follow_transition(self.db, call.org, call.campaign_id, t)  # Upcoming in Prefect
+        return _moved(call, t, scheduled_at=campaign["scheduled_at"], flow_run_id=run_id)
 
     def read(self, fn: Callable[[sa.Connection, uuid.UUID, uuid.UUID], dict[str, Any]]) -> Handler:
         def handler(call: Call) -> dict[str, Any]:
