@@ -344,7 +344,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from deployments.serve import main as serve_main
 
-    _err("serving send-campaign/default, ingest-statuses/default and campaign-scheduler/default (Ctrl-C to stop)")
+    _err("serving send-campaign/default, ingest-statuses/default, campaign-scheduler/default, create-campaign/default "
+         "and campaign-control/default (Ctrl-C to stop)")
     serve_main(limit=args.limit)
     return 0
 
