@@ -36,7 +36,7 @@ from starlette.routing import Route
 
 from campaigns import api_tokens, lifecycle, services, stats
 from campaigns.api_tokens import Caller
-from campaigns.launch import SEND_DEPLOYMENT, launch_send_run, wake_suspended_run
+from campaigns.launch import SEND_DEPLOYMENT, launch_send_run
 from campaigns.lifecycle import CampaignError
 from campaigns.models import CampaignCreate, field_errors
 from campaigns.schema import API_ROLES
@@ -285,7 +285,7 @@ class CampaignsApi:
             ("POST", c + "/{id}/start", OPERATE, self.start, False),
             ("POST", c + "/{id}/pause", OPERATE, self.transition(lifecycle.pause), False),
             ("POST", c + "/{id}/resume", OPERATE, self.resume, False),
-            ("POST", c + "/{id}/cancel", OPERATE, self.cancel, False),
+            ("POST", c + "/{id}/cancel", OPERATE, self.transition(lifecycle.cancel), False),
             ("POST", c + "/{id}/retry-failed", OPERATE, self.retry_failed, True),
             ("POST", c + "/{id}/schedule", OPERATE, self.schedule, True),
             ("GET", c + "/{id}/stats", READ, self.read(services.stats_of), False),
@@ -371,20 +371,18 @@ class CampaignsApi:
             return {**campaign, **stats.stats(conn, campaign)}
 
     def update(self, call: Call) -> dict[str, Any]:
+        changes = call.json_object()
         with self.db.begin() as conn:
-            return services.update_campaign(conn, call.org, call.campaign_id, call.json_object())
+            campaign = services.update_campaign(conn, call.org, call.campaign_id, changes)
+        if campaign["status"] == "scheduled" and "scheduled_at" in changes:  # its run in Prefect moves too
+            services.schedule_run(self.db, call.org, call.campaign_id)
+        return campaign
 
     def delete(self, call: Call) -> dict[str, Any]:
         with self.db.begin() as conn:
             t = services.delete_campaign(conn, call.org, call.campaign_id)
+        services.follow_transition(self.db, call.org, call.campaign_id, t)
         return _moved(call, t, message="Campaign cancelled: campaigns are kept with their history, never erased")
-
-    def cancel(self, call: Call) -> dict[str, Any]:
-        """Cancel; a run suspended by an earlier pause is woken so that it ends Cancelled too."""
-        t = self.transition(lifecycle.cancel)(call)
-        with contextlib.suppress(Exception):  # Prefect down: the campaign is cancelled all the same
-            wake_suspended_run(call.campaign_id)
-        return t
 
     def start(self, call: Call) -> dict[str, Any]:
         self.ready()
@@ -397,6 +395,7 @@ class CampaignsApi:
         with self.db.begin() as conn:
             t = lifecycle.resume(conn, call.org, call.campaign_id)
         if t.status == "scheduled":
+            services.follow_transition(self.db, call.org, call.campaign_id, t)
             return _moved(call, t, message="Campaign scheduled again: it starts at its time, after the checklist")
         run_id = self.hand_to_prefect(call.org, call.campaign_id)
         return _moved(call, t, flow_run_id=run_id, message=f"Campaign resumed. Flow run ID: {run_id}")
@@ -432,6 +431,7 @@ class CampaignsApi:
         def handler(call: Call) -> dict[str, Any]:
             with self.db.begin() as conn:
                 t = fn(conn, call.org, call.campaign_id)
+            services.follow_transition(self.db, call.org, call.campaign_id, t)  # a scheduled run leaves Upcoming
             return _moved(call, t)
 
         return handler
@@ -441,7 +441,8 @@ class CampaignsApi:
         with self.db.begin() as conn:
             t = lifecycle.schedule(conn, call.org, call.campaign_id, body.scheduled_at)
             campaign = lifecycle.get(conn, call.org, call.campaign_id)
-        return _moved(call, t, scheduled_at=campaign["scheduled_at"])
+        run_id = services.follow_transition(self.db, call.org, call.campaign_id, t)  # Upcoming in Prefect
+        return _moved(call, t, scheduled_at=campaign["scheduled_at"], flow_run_id=run_id)
 
     def read(self, fn: Callable[[sa.Connection, uuid.UUID, uuid.UUID], dict[str, Any]]) -> Handler:
         def handler(call: Call) -> dict[str, Any]:

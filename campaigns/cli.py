@@ -160,6 +160,12 @@ def cmd_schedule(args: argparse.Namespace) -> int:
             raise lifecycle.Invalid(f"--at: not an ISO date and time: {args.at!r}") from None
         t = lifecycle.schedule(conn, org, uuid.UUID(args.id), at)
         when = lifecycle.get(conn, org, args.id)["scheduled_at"]
+    from campaigns.services import follow_transition
+
+    if run_id := follow_transition(_db(), org, uuid.UUID(args.id), t):
+        _err(f"campaign {args.id}: {t.previous} -> {t.status}; send-campaign flow run {run_id} starts it at "
+             f"{iso_z(when)} (Upcoming in Prefect)")
+        return 0
     soon = " (a time already past: within 30 s)" if when <= datetime.now(UTC) else ""
     _err(f"campaign {args.id}: {t.previous} -> {t.status}; campaign-scheduler (campaigns serve) starts it at "
          f"{iso_z(when)}{soon}")
@@ -276,10 +282,10 @@ def cmd_transition(args: argparse.Namespace) -> int:
         t = fn(conn, org, uuid.UUID(args.id))
     if t.status == "running":  # resumed; one resumed to "scheduled" is started by the scheduler
         _launch(org, uuid.UUID(args.id))
-    elif t.status == "cancelled":
-        from campaigns.launch import wake_suspended_run
+    else:  # Prefect's Upcoming follows: a scheduled run for a campaign scheduled again, none for a paused one
+        from campaigns.services import follow_transition
 
-        wake_suspended_run(uuid.UUID(args.id))  # a run suspended by a pause ends Cancelled too
+        follow_transition(_db(), org, uuid.UUID(args.id), t)  # and a cancelled one's suspended run ends
     _err(f"campaign {args.id}: {t.previous} -> {t.status}")
     return 0
 
@@ -362,7 +368,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from deployments.serve import main as serve_main
 
-    _err("serving send-campaign/default, ingest-statuses/default and campaign-scheduler/default (Ctrl-C to stop)")
+    _err("serving send-campaign/default, ingest-statuses/default, campaign-scheduler/default, create-campaign/default "
+         "and campaign-control/default (Ctrl-C to stop)")
     serve_main(limit=args.limit)
     return 0
 
@@ -535,17 +542,17 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--wait", action="store_true", help="show progress until it stops")
     a.set_defaults(fn=cmd_start, prefect=True)
 
-    a = sub.add_parser("schedule", help="start the campaign by itself at a time (campaign-scheduler)")
+    a = sub.add_parser("schedule", help="start the campaign by itself at a time (a send-campaign run under Upcoming)")
     a.add_argument("id")
     a.add_argument("--org")
     a.add_argument("--at", help="ISO time with zone; default: the campaign's scheduled_at")
-    a.set_defaults(fn=cmd_schedule, prefect=False)
+    a.set_defaults(fn=cmd_schedule, prefect=True)
 
     for name in ("pause", "resume", "cancel"):
         a = sub.add_parser(name, help=f"{name} a campaign")
         a.add_argument("id")
         a.add_argument("--org")
-        a.set_defaults(fn=cmd_transition, prefect=name in ("resume", "cancel"))
+        a.set_defaults(fn=cmd_transition, prefect=True)  # a scheduled campaign's run in Prefect follows
 
     for name in ("stats", "progress", "retry-stats"):
         a = sub.add_parser(name, help=f"campaign {name}")

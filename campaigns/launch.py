@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 SEND_DEPLOYMENT = "send-campaign/default"
 
@@ -60,3 +61,38 @@ def flow_run_state(flow_run_id: str | None) -> RunState | None:
     except Exception:  # not a Prefect id (a test launcher's), or unreadable: no verdict
         return None
     return RunState(run.state.type.value, run.state.message or "") if run.state else None
+
+
+def schedule_send_run(campaign_id: uuid.UUID, at: datetime, deployment: str = SEND_DEPLOYMENT) -> str:
+    """Create a run of the deployment for the campaign in a Scheduled state at `at`: Prefect shows it under
+    Upcoming and whoever serves the deployment starts it then (the server holds it back until its time)."""
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(deployment, parameters={"campaign_id": str(campaign_id)}, scheduled_time=at, timeout=0,
+                         as_subflow=False, flow_run_name=f"send-campaign-{campaign_id}")
+    return str(run.id)
+
+
+def drop_scheduled_run(flow_run_id: str | None, why: str) -> bool:
+    """Cancel a flow run that is still waiting for its time (SCHEDULED, Late included), saying why; a run
+    that has started, or an id Prefect does not know, is left alone. True when one was cancelled."""
+    if not flow_run_id:
+        return False
+    try:
+        run_id = uuid.UUID(flow_run_id)
+    except ValueError:  # a test launcher's id
+        return False
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.responses import SetStateStatus
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import Cancelled
+
+    with get_client(sync_client=True) as client:
+        try:
+            run = client.read_flow_run(run_id)
+        except ObjectNotFound:
+            return False
+        if run.state is None or run.state.type != StateType.SCHEDULED:
+            return False
+        return client.set_flow_run_state(run_id, Cancelled(message=why)).status == SetStateStatus.ACCEPT

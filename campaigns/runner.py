@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,6 +15,7 @@ from campaigns.preflight import WINDOWED_PROVIDERS, run_preflight
 from campaigns.providers import Credentials
 from campaigns.ratelimit import LimitUsage
 from campaigns.sending import CampaignSpec
+from campaigns.stats import iso_z
 
 
 @dataclass
@@ -64,12 +65,18 @@ def build_audience_once(db: sa.Engine, campaign_id: uuid.UUID, provider: str) ->
     return audience.counts(classified)
 
 
+EARLY_START_SECONDS = 5  # Prefect may start a scheduled run a moment early (its clock, rounding to the second)
+
+
 def record_runner(db: sa.Engine, campaign_id: uuid.UUID, flow_run_id: str | None) -> None:
     """The runner that took the campaign: its flow run (for the Prefect UI and the scheduler), and the
-    scheduler's count of relaunches starts again."""
+    scheduler's count of relaunches starts again. A run that came before the campaign's time (prepare lets
+    it do nothing) leaves the recorded id alone: that is the campaign's scheduled run, under Upcoming."""
     with db.begin() as conn:
-        conn.execute(sa.text("update campaigns set flow_run_id = coalesce(:r, flow_run_id), relaunches = 0 "
-                             "where id = :c"), {"r": flow_run_id, "c": campaign_id})
+        conn.execute(sa.text("""
+            update campaigns set flow_run_id = coalesce(:r, flow_run_id), relaunches = 0
+            where id = :c and not (status = 'scheduled' and scheduled_at > now() + make_interval(secs => :early))
+        """), {"r": flow_run_id, "c": campaign_id, "early": EARLY_START_SECONDS})
 
 
 def prepare(
@@ -80,10 +87,14 @@ def prepare(
     ping_prefect: Callable[[], Any] | None = None,
     usage: LimitUsage | None = None,
 ) -> Prepared:
-    """Preflight (for a campaign not yet running), mark it running, build its audience once."""
+    """Preflight (for a campaign not yet running), mark it running, build its audience once. A scheduled
+    campaign whose time has not come is left as it is (a run of an older schedule, or one started early by
+    hand): its status then says when it is due."""
     warnings: list[str] = []
     with db.begin() as conn:
         campaign = lifecycle.get_any_org(conn, campaign_id)
+        if not_yet := _not_due(campaign):
+            return Prepared(not_yet)
         org = campaign["organization_id"]
         number = lifecycle.get_number(conn, org, campaign["whatsapp_number_id"])
         if campaign["status"] in lifecycle.STARTABLE:
@@ -102,6 +113,13 @@ def prepare(
         total = conn.execute(sa.text("select total_recipients from campaigns where id = :c"),
                              {"c": campaign_id}).scalar_one()
     return Prepared("running", audience=counts, total_recipients=total, warnings=warnings)
+
+
+def _not_due(campaign: dict[str, Any]) -> str | None:
+    at = campaign["scheduled_at"]
+    if campaign["status"] == "scheduled" and at and at > datetime.now(UTC) + timedelta(seconds=EARLY_START_SECONDS):
+        return f"scheduled for {iso_z(at)}"
+    return None
 
 
 @dataclass

@@ -13,6 +13,8 @@ in a row. A last run still waiting in Prefect for a slot is left to start.
 `due_campaigns` only changes rows; the `campaign-scheduler` flow launches a send-campaign run for each.
 A scheduled campaign goes through the same preflight as `campaigns start`: when it fails, the campaign is
 paused with reason `preflight_failed` and every failed check in `last_error_message`, not retried forever.
+A scheduled campaign normally starts by its own Scheduled send-campaign run (under Prefect's Upcoming);
+this is the fallback when that run does not come (Prefect was down when it was scheduled, nothing served it).
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ log = logging.getLogger(__name__)
 ORPHAN_AFTER_SECONDS = 60  # a launched run takes seconds to take its lock; a minute leaves room to spare
 RELAUNCH_LIMIT = 3  # runners lost in a row before the campaign is paused instead (a crash that repeats)
 WAITING_STATES = ("SCHEDULED", "PENDING")  # its last run was launched and waits for a slot
+# A scheduled campaign's own Prefect run (campaigns.services.schedule_run) starts it at its time; this flow
+# starts it only if that run is not on its way within ORPHAN_AFTER_SECONDS (nothing served it, or it failed).
+SCHEDULED_RUN_ON_ITS_WAY = ("SCHEDULED", "PENDING", "RUNNING")
 RUNNER_SHUTDOWN = "Runner is shutting down."  # Prefect's message when `serve` stops: not an operator's cancel
 
 
@@ -54,8 +59,9 @@ class Due:
 
 def due_campaigns(db: sa.Engine, start: Callable[[sa.Engine, uuid.UUID, uuid.UUID], object],
                   run_state: Callable[[str | None], RunState | None] = lambda _: None) -> Due:
-    """Resume capped campaigns whose window has ended; start scheduled ones whose time has come; launch
-    again running ones whose runner is gone (`run_state` reads their last flow run's state)."""
+    """Resume capped campaigns whose window has ended; start scheduled ones whose time has come (unless
+    their own scheduled run is starting them); launch again running ones whose runner is gone (`run_state`
+    reads their last flow run's state)."""
     due = Due()
     _recover_orphans(db, due, run_state)
     with db.begin() as conn:
@@ -66,10 +72,15 @@ def due_campaigns(db: sa.Engine, start: Callable[[sa.Engine, uuid.UUID, uuid.UUI
         """)):
             due.resumed.append(cid)
             due.orgs[cid] = org
-        scheduled = conn.execute(sa.text(
-            "select id, organization_id from campaigns where status = 'scheduled' and scheduled_at <= now()"
-        )).all()
-    for cid, org in scheduled:
+        scheduled = conn.execute(sa.text("""
+            select id, organization_id, flow_run_id,
+                   greatest(scheduled_at, updated_at) > now() - make_interval(secs => :s) as recent
+            from campaigns where status = 'scheduled' and scheduled_at <= now()
+        """), {"s": ORPHAN_AFTER_SECONDS}).all()
+    for cid, org, flow_run_id, recent in scheduled:
+        state = run_state(flow_run_id) if recent else None
+        if state and state.type in SCHEDULED_RUN_ON_ITS_WAY:  # its own scheduled run starts it (Upcoming)
+            continue
         try:
             start(db, org, cid)
             due.started.append(cid)

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
+from collections.abc import Callable
+from datetime import datetime
 from typing import IO, Any
 
 import redis
 import sqlalchemy as sa
 
 from campaigns import lifecycle, recipient_statuses, retry_stats, stats
+from campaigns.launch import drop_scheduled_run, schedule_send_run, wake_suspended_run
 from campaigns.preflight import run_preflight
 from campaigns.ratelimit import LimitUsage
 from campaigns.runlock import runner_alive
 from campaigns.schema import CAMPAIGN_STATUSES, campaigns
 from campaigns.settings import get_settings
+
+log = logging.getLogger(__name__)
+Logger = logging.Logger | logging.LoggerAdapter  # a run logger in flows, the module's elsewhere
 
 
 def ping_redis() -> None:
@@ -41,6 +48,8 @@ def start_campaign(db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID) -> dic
             raise lifecycle.Invalid("Preflight failed", pf.failures())
         lifecycle.mark_running(conn, org, campaign_id)
         started = lifecycle.get(conn, org, campaign_id)
+    if campaign["status"] == "scheduled":  # started now (by hand, or by campaign-scheduler at its time)
+        _drop(campaign["flow_run_id"], f"campaign {campaign_id} was started; its scheduled run is not needed", log)
     return {
         "campaign_id": str(campaign_id),
         "status": started["status"],
@@ -127,3 +136,65 @@ def record_flow_run(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID,
         return
     conn.execute(sa.update(campaigns).where(campaigns.c.id == campaign_id, campaigns.c.organization_id == org)
                  .values(flow_run_id=flow_run_id))
+
+
+# -- scheduled campaigns in Prefect: Upcoming shows one send-campaign run per scheduled campaign ------------
+
+
+def schedule_run(db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID,
+                 schedule: Callable[[uuid.UUID, datetime], str] = schedule_send_run,
+                 logger: Logger = log) -> str | None:
+    """Give a scheduled campaign its send-campaign run in Prefect, Scheduled at its scheduled_at (so it shows
+    under Upcoming and starts then), recorded on the campaign; the run it had before (a reschedule) is
+    cancelled if it is still waiting. When Prefect cannot take it, the campaign stays scheduled in the
+    database and campaign-scheduler starts it at its time: a warning, not an error. Returns the run's id."""
+    with db.connect() as conn:
+        campaign = lifecycle.get(conn, org, campaign_id)
+    if campaign["status"] != "scheduled":
+        return None
+    when = stats.iso_z(campaign["scheduled_at"])
+    _drop(campaign["flow_run_id"], f"campaign {campaign_id} was rescheduled to {when}", logger)
+    try:
+        run_id = schedule(campaign_id, campaign["scheduled_at"])
+    except Exception as exc:  # Prefect down, or no send-campaign deployment: the database is the truth
+        logger.warning("campaign %s is scheduled for %s, but Prefect has no run for it (%s); campaign-scheduler "
+                       "starts it at its time", campaign_id, when, f"{type(exc).__name__}: {exc}"[:300])
+        return None
+    with db.begin() as conn:
+        record_flow_run(conn, org, campaign_id, run_id)
+    return run_id
+
+
+def drop_schedule(db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID, why: str, logger: Logger = log) -> bool:
+    """Cancel the campaign's scheduled send-campaign run if it is still waiting (it was paused or cancelled
+    before its time), so Upcoming stays true. True when one was cancelled."""
+    with db.connect() as conn:
+        flow_run_id = lifecycle.get(conn, org, campaign_id)["flow_run_id"]
+    return _drop(flow_run_id, why, logger)
+
+
+def follow_transition(db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID, t: lifecycle.Transition,
+                      logger: Logger = log) -> str | None:
+    """Keep Prefect in step after a lifecycle transition: a campaign that is now scheduled (schedule,
+    reschedule, resumed before it ever started) gets its scheduled run under Upcoming; one that left
+    `scheduled` (paused, cancelled) loses it; a cancelled one's suspended run ends. Returns the new
+    scheduled run's id, if any."""
+    if t.status == "scheduled":
+        return schedule_run(db, org, campaign_id, logger=logger)
+    if t.status == "cancelled":  # a run suspended by an earlier pause wakes, to end Cancelled too
+        try:
+            wake_suspended_run(campaign_id)
+        except Exception as exc:  # Prefect down: the campaign is cancelled all the same
+            logger.warning("could not wake the suspended run of campaign %s: %s", campaign_id, exc)
+    if t.previous == "scheduled":
+        drop_schedule(db, org, campaign_id, f"campaign {campaign_id} was {t.status} before its time", logger)
+    return None
+
+
+def _drop(flow_run_id: str | None, why: str, logger: Logger) -> bool:
+    try:
+        return drop_scheduled_run(flow_run_id, why)
+    except Exception as exc:  # Prefect down: the run starts at its time, finds the campaign not due, does nothing
+        logger.warning("could not cancel the scheduled flow run %s (%s); if it starts it will do nothing",
+                       flow_run_id, f"{type(exc).__name__}: {exc}"[:300])
+        return False

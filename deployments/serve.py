@@ -6,6 +6,8 @@
   (a status reaches the statistics about a second after receipt; see flows/ingest_statuses.py).
 - campaign-scheduler/default: a pass every 30 seconds (in runs of ten minutes, one at a time) starts
   scheduled campaigns and resumes campaigns paused by a number's hourly or daily cap once the window ends.
+- create-campaign/default and campaign-control/default: the operator's forms in the Prefect UI (create a
+  campaign, then draft / start / schedule it; pause, resume, cancel, retry-failed, schedule, start one).
 The two housekeeping deployments are tagged `housekeeping`, campaign runs `campaigns` and `org:<name>`:
 the Runs page filtered by tag shows one or the other. The global concurrency limit for send batches is
 created here if missing.
@@ -22,13 +24,16 @@ import signal
 from prefect import serve
 
 from deployments.limits import ensure_send_limit
+from flows.campaign_control import campaign_control
 from flows.campaign_scheduler import campaign_scheduler
+from flows.create_campaign import create_campaign
 from flows.ingest_statuses import ingest_statuses
 from flows.send_campaign import send_campaign
 
 INGEST_INTERVAL = 600  # fewer, longer runs: housekeeping must not bury the campaign runs
 SCHEDULER_RUN = 600  # a pass every 30 s, in runs of ten minutes (one at a time)
 HOUSEKEEPING = ["campaigns", "housekeeping"]
+OPERATOR_TAGS = ["campaigns", "operator"]
 POLL_SECONDS = 2  # a started campaign's run begins within 2 s (Prefect's default poll is every 10 s)
 
 
@@ -41,6 +46,8 @@ def main(limit: int = 8) -> None:
                                       parameters={"run_for_seconds": INGEST_INTERVAL, "every_seconds": 1.0}),
         campaign_scheduler.to_deployment(name="default", interval=SCHEDULER_RUN, tags=HOUSEKEEPING, concurrency_limit=1,
                                          parameters={"run_for_seconds": SCHEDULER_RUN - 30, "every_seconds": 30.0}),
+        create_campaign.to_deployment(name="default", tags=OPERATOR_TAGS),
+        campaign_control.to_deployment(name="default", tags=OPERATOR_TAGS),
         limit=limit,
         query_seconds=POLL_SECONDS,
     )

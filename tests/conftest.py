@@ -116,3 +116,32 @@ def sandbox(receiver) -> Iterator:
                                          delivered_delay_ms=10, read_delay_ms=10)).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def send_deployment(services) -> Iterator[str]:
+    """send-campaign/default in the test Prefect server, registered as `campaigns serve` registers it; nobody
+    serves it here, so the runs created for it (launched or scheduled) stay Scheduled for the tests to read."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    from campaigns.launch import SEND_DEPLOYMENT, drop_scheduled_run
+    from flows.send_campaign import send_campaign
+
+    deployment_id = send_campaign.to_deployment(name="default", tags=["campaigns"]).apply()
+    yield SEND_DEPLOYMENT
+    # Left waiting, they would start for campaigns of a dropped database if this server were ever served.
+    with get_client(sync_client=True) as client:
+        waiting = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[
+                StateType.SCHEDULED]))))
+    for run in waiting:
+        drop_scheduled_run(str(run.id), "test session over")

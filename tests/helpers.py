@@ -181,3 +181,16 @@ def campaign_row_status(campaign_id: uuid.UUID) -> str:
     from campaigns.db import get_engine
 
     return campaign_row(get_engine(), campaign_id)["status"]
+
+
+def org_name(db: sa.Engine, org: uuid.UUID) -> str:
+    with db.connect() as conn:
+        return conn.execute(sa.text("select name from organizations where id = :o"), {"o": org}).scalar_one()
+
+
+def prefect_run(flow_run_id: str) -> Any:
+    """The flow run as Prefect has it (state, scheduled time, parameters, deployment)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(uuid.UUID(flow_run_id))

@@ -20,4 +20,4 @@ def test_every_deployment_entrypoint_is_a_flow():
         flow = getattr(module, func)
         assert isinstance(flow, Flow)
         names.add(flow.name)
-    assert names == {"send-campaign", "ingest-statuses", "campaign-scheduler"}
+    assert names == {"send-campaign", "ingest-statuses", "campaign-scheduler", "create-campaign", "campaign-control"}

@@ -1,0 +1,55 @@
+"""campaign-control: the operator's form in the Prefect UI that acts on one campaign: pause, resume, cancel,
+retry-failed (optionally only some error codes), schedule (at a time, in a time zone) or start.
+
+Requires: DATABASE_URL, REDIS_URL (start's checklist), the send-campaign/default deployment (resume,
+retry-failed, start, schedule). Deployed as `campaign-control/default`. The logic is
+campaigns.operator.control_campaign, over the same domain functions as the HTTP API and the CLI; a refused
+transition ends the run Failed with the domain's message ("Cannot resume a completed campaign").
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.states import Failed, State
+from pydantic import Field
+
+from campaigns import operator
+from campaigns.db import get_engine
+from campaigns.lifecycle import CampaignError
+from campaigns.operator import DEFAULT_TIME_ZONE, ControlAction
+
+# The UI offers the two branches of `at` by these titles (by default: "date-time" and "None").
+START_AT = {"anyOf": [{"type": "string", "format": "date-time", "title": "Date and time"},
+                      {"type": "null", "title": "Not scheduled"}]}
+
+
+@flow(name="campaign-control", flow_run_name="{action}: {campaign}")
+def campaign_control(
+    organization: str,
+    campaign: str,
+    action: ControlAction,
+    error_codes: tuple[int, ...] = (),
+    at: datetime | None = Field(None, json_schema_extra=START_AT),
+    time_zone: str = DEFAULT_TIME_ZONE,
+) -> dict[str, Any] | State:
+    """Pause, resume, cancel, retry the failures of, schedule or start a campaign.
+
+    Args:
+        organization: The organization's name (or id).
+        campaign: The campaign's name or id; a name several campaigns share is refused, listing their ids.
+        action: pause / resume / cancel (final) / retry-failed (failed recipients are sent again, never
+            opted-out ones) / schedule (start by itself at the time below) / start (checklist, then send now).
+        error_codes: For retry-failed: only failures with these error codes (e.g. 131026); none: every failure.
+        at: For schedule: the date and time to start (it shows under Upcoming).
+        time_zone: For a start time written without a zone; an IANA name (America/Sao_Paulo, UTC).
+    """
+    log = get_run_logger()
+    try:
+        return operator.control_campaign(get_engine(), organization, campaign, action, error_codes, at, time_zone,
+                                         logger=log).as_dict()
+    except CampaignError as exc:
+        log.error("%s", operator.describe(exc))
+        return Failed(message=operator.describe(exc))

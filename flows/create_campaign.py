@@ -1,0 +1,53 @@
+"""create-campaign: the operator's form in the Prefect UI that creates a campaign (the seed's body), then
+leaves it a draft, starts it (pre-launch checklist, then a send-campaign run) or schedules it (a Scheduled
+send-campaign run, under Upcoming).
+
+Requires: DATABASE_URL, REDIS_URL (the checklist of a start), the send-campaign/default deployment (start,
+schedule). Deployed as `create-campaign/default`. The logic is campaigns.operator.create_campaign; the
+form's sections are its pydantic models. A wrong field ends the run Failed with the field named, as the
+HTTP API's 422 names it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.states import Failed, State
+
+from campaigns import operator
+from campaigns.db import get_engine
+from campaigns.lifecycle import CampaignError
+from campaigns.operator import AfterCreate, AudienceForm, CampaignDetails, MessageForm, PaceForm
+
+
+def _run_name() -> str:
+    from prefect.runtime import flow_run
+
+    campaign = flow_run.parameters.get("campaign")
+    name = campaign.get("name") if isinstance(campaign, dict) else getattr(campaign, "name", None)
+    return f"create-campaign: {name}" if name else "create-campaign"
+
+
+# validate_parameters=False: the values go to CampaignCreate as given, so its errors name the seed's fields.
+@flow(name="create-campaign", validate_parameters=False, flow_run_name=_run_name)
+def create_campaign(
+    organization: str,
+    campaign: CampaignDetails,
+    message: MessageForm = MessageForm(),
+    audience: AudienceForm = AudienceForm(),
+    pace: PaceForm = PaceForm(),
+    then: AfterCreate = AfterCreate(),
+) -> dict[str, Any] | State:
+    """Create a WhatsApp campaign, then keep it as a draft, start it now or schedule it.
+
+    Args:
+        organization: The organization's name (or id).
+    """
+    log = get_run_logger()
+    try:
+        return operator.create_campaign(get_engine(), organization, campaign, message, audience, pace, then,
+                                        logger=log).as_dict()
+    except CampaignError as exc:
+        log.error("%s", operator.describe(exc))
+        return Failed(message=operator.describe(exc))
