@@ -174,7 +174,18 @@ def run_campaign(campaign_id: uuid.UUID) -> dict[str, Any]:
     state = send_campaign(campaign_id, return_state=True)
     data = (state.result() if state.is_completed() else None) or {}
     with_status = {"status": campaign_row_status(campaign_id)} if "status" not in data else {}
-    return {**data, **with_status, "state": state.type.value, "state_name": state.name, "message": state.message}
+    return {**data, **with_status, "state": state.type.value, "state_name": state.name, "message": state.message,
+            "flow_run_id": state.state_details.flow_run_id}
+
+
+def run_logs(flow_run_id: uuid.UUID) -> str:
+    """A flow run's log as the Prefect UI shows it, one message a line."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)
+    return "\n".join(entry.message for entry in logs)
 
 
 def campaign_row_status(campaign_id: uuid.UUID) -> str:

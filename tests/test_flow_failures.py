@@ -129,10 +129,15 @@ def test_a_campaign_level_code_in_a_failed_webhook_pauses_the_campaign(db, org, 
         wait_for(lambda: len(sandbox.messages()) >= 5, timeout=60)
         assert sandbox.drain_webhooks(timeout=20)
         ingest_pending(db)  # what the ingest-statuses flow does every second
-        assert run.result(timeout=60)["status"] == "paused"
+        result = run.result(timeout=60)
+        assert result["status"] == "paused"
 
     campaign = campaign_row(db, cid)
     assert (campaign["paused_reason"], campaign["last_error_message"][:8]) == ("payment", "(131042)")
+    # Its run is not a green Completed: with no deployment to come back to it ends Cancelled, named Paused,
+    # saying why and what to do (a served run is Suspended instead: test_console.py).
+    assert (result["state"], result["state_name"]) == ("CANCELLED", "Paused")
+    assert "paused (payment): (131042)" in result["message"] and "fix the payment method" in result["message"]
     rows = by_phone(db, cid)
     assert (rows["+5511900000001"]["status"], rows["+5511900000001"]["error_code"]) == ("failed", 131042)
     assert sum(r["status"] == "pending" for r in rows.values()) > 0  # the rest of the audience is kept

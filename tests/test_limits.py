@@ -12,8 +12,10 @@ from tests.helpers import (
     phones,
     recipients,
     run_campaign,
+    run_logs,
     sent_counts,
     shrink_retry_delay,
+    wait_for,
 )
 
 
@@ -131,7 +133,8 @@ def test_130429_slows_the_number_down_and_every_message_still_goes_once(db, org,
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        assert run_campaign(cid)["status"] == "completed"
+        result = run_campaign(cid)
+        assert result["status"] == "completed"
     finally:
         done.set()
         watcher.join()
@@ -139,6 +142,9 @@ def test_130429_slows_the_number_down_and_every_message_still_goes_once(db, org,
     assert len(counts) == 200 and set(counts.values()) == {1}
     assert sandbox.stats()["throttled_130429"] > 0
     assert factors and min(factors) < 1  # the number ran slower for a while
+    # The send engine's warning reaches the run's log in the Prefect UI (it runs in a process of its own).
+    wait_for(lambda: f"send engine: number {pnid} answered 130429: its rate is now x"
+             in run_logs(result["flow_run_id"]), timeout=30, interval=0.5)
 
 
 def test_rate_refusals_back_off_without_spending_attempts():
