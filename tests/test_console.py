@@ -133,3 +133,40 @@ def test_suspend_in_the_ui_pauses_the_campaign_and_resume_there_finishes_it(db, 
     assert campaign_row(db, cid)["status"] == "completed"
     wait_for(lambda: "Resume pressed on this run" in _logs(run_id), timeout=30, interval=0.5)
     assert len(sent_counts(sandbox)) == 200 and set(sent_counts(sandbox).values()) == {1}
+
+
+def test_ctrl_c_stops_serve_within_seconds_and_leaves_no_crashed_run(services):
+    """Ctrl-C in the terminal of `campaigns serve` (SIGINT to its process group): it stops within seconds,
+    and the ingestion it was running ends cleanly, not Crashed or Failed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from prefect.deployments import run_deployment
+
+    from tests.browser import _last_polled
+
+    started = time.time()
+    serve = subprocess.Popen([sys.executable, "-m", "campaigns.cli", "serve"], env=os.environ.copy(),
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    try:
+        def polled_since_start() -> bool:
+            polled = _last_polled("ingest-statuses/default")
+            return polled is not None and polled.timestamp() >= started
+
+        wait_for(polled_since_start, timeout=90, interval=0.5)
+        run = run_deployment("ingest-statuses/default", parameters={"run_for_seconds": 600, "every_seconds": 1.0},
+                             timeout=0, as_subflow=False)
+        wait_for(lambda: _state(str(run.id)).type == StateType.RUNNING, timeout=60, interval=0.2)
+
+        pressed = time.monotonic()
+        os.killpg(serve.pid, signal.SIGINT)
+        serve.wait(timeout=30)
+        assert time.monotonic() - pressed < 15
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)
+    wait_for(lambda: _state(str(run.id)).is_final(), timeout=30, interval=0.5)
+    assert _state(str(run.id)).type not in (StateType.CRASHED, StateType.FAILED), _state(str(run.id))
