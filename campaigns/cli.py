@@ -658,7 +658,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _runtime_dir()
     _prefect_logging()
-    logging.basicConfig(level=os.environ.get("CAMPAIGNS_LOG_LEVEL", "WARNING"), stream=sys.stderr,
+    terminal = logging.StreamHandler(sys.stderr)
+    # The handler's own level: records of Prefect's run loggers arrive here at INFO (they go to the UI).
+    terminal.setLevel(os.environ.get("CAMPAIGNS_LOG_LEVEL", "WARNING"))
+    logging.basicConfig(level=terminal.level, handlers=[terminal],
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Prefect's event sender says "Still processing items" while it flushes at exit: progress, not a problem.
     logging.getLogger("EventsWorker").setLevel(logging.ERROR)
