@@ -62,13 +62,24 @@ def ui_url(path: str = "/") -> str:
 
 def screenshot(page: Page, name: str, full_page: bool = False) -> Path | None:
     """Save the page (the viewport, or all of it with full_page) as $SCREENSHOTS_DIR/<name>.png when
-    SCREENSHOTS_DIR is set; otherwise do nothing."""
+    SCREENSHOTS_DIR is set; otherwise do nothing. A full page is shot in a viewport as tall as the page
+    (Playwright's full_page would leave the UI's fixed sidebar floating half-way down), then the viewport
+    is put back."""
     folder = os.environ.get("SCREENSHOTS_DIR")
     if not folder:
         return None
     path = Path(folder) / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(path), full_page=full_page)
+    viewport = page.viewport_size
+    if full_page and viewport:
+        height = page.evaluate("document.documentElement.scrollHeight")
+        page.set_viewport_size({"width": viewport["width"], "height": max(height, viewport["height"])})
+        page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
+    try:
+        page.screenshot(path=str(path))
+    finally:
+        if full_page and viewport:
+            page.set_viewport_size(viewport)
     return path
 
 

@@ -177,11 +177,16 @@ def choose(page: Page, field: str, option: str) -> None:
     expect(page.get_by_role("listbox")).to_have_count(0)  # faded out: a screenshot shows the form alone
 
 
-def submit(page: Page) -> dict:
-    """Submit the form; returns the flow run Prefect created (id, parameters as the form sent them)."""
-    with page.expect_response(lambda r: r.url.endswith("/create_flow_run") and r.request.method == "POST") as sent:
-        page.get_by_role("button", name="Submit").click()
-    assert sent.value.ok, sent.value.text()
+def submit(page: Page, attempts: int = 3) -> dict:
+    """Submit the form; returns the flow run Prefect created (id, parameters as the form sent them). A busy
+    Prefect server on SQLite answers 503 ("database is locked", nothing created): Submit again, as an
+    operator would (Prefect's Python client retries those by itself; its UI does not)."""
+    for attempt in range(attempts):
+        with page.expect_response(lambda r: r.url.endswith("/create_flow_run") and r.request.method == "POST") as sent:
+            page.get_by_role("button", name="Submit").click()
+        if sent.value.status != 503 or attempt == attempts - 1:
+            break
+    assert sent.value.ok, f"{sent.value.status}: {sent.value.text()}"
     return sent.value.json()
 
 
