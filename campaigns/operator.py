@@ -122,11 +122,12 @@ class PaceForm(BaseModel):
     model_config = ConfigDict(title="Pace and retries")
 
     messages_per_hour: int | None = _like(
-        "messages_per_hour", "Messages per hour", "This campaign's pace; 'No campaign cap' sends as fast as the "
-        "number's limits allow.", 0, choices=("Messages per hour", "No campaign cap"))
+        "messages_per_hour", "Messages per hour", "This campaign's pace (at 100 an hour, 1,000 contacts take 10 "
+        "hours); 'No campaign cap' sends as fast as the delay below and the number's limits allow.", 0,
+        choices=("Messages per hour", "No campaign cap"))
     delay_between_messages_seconds: float = _like(
         "delay_between_messages_seconds", "Delay between messages (s)", "Seconds between two sends of this "
-        "campaign, across all its batches; fractions allowed.", 1)
+        "campaign, across all its batches (2 s: at most 1,800 an hour; 0: no delay); fractions allowed.", 1)
     retry_max_attempts: int = _like("retry_max_attempts", "Retries", "Retries after the first send of a message "
                                     "that failed for a passing reason (so at most retries + 1 sends).", 2)
     retry_base_delay: int = _like("retry_base_delay", "First retry after (s)",

@@ -1,13 +1,18 @@
 """Fixtures and helpers for browser tests of the operator console (the Prefect server's UI).
 
 A browser test module names it in `pytest_plugins = ["tests.browser"]` (its fixtures: campaigns_serve,
-browser, page), imports the helpers it uses (ui_url, screenshot, api_url) and is marked `browser`
+browser, page), imports the helpers it uses (ui_url, screenshot, api_url, off_the_loop) and is marked `browser`
 (conftest runs such tests last: the `campaigns serve` they start runs the scheduler and ingestion flows
 against the test database until the session ends).
 
 Playwright drives the machine's Chromium (Debian's /usr/bin/chromium, `CHROMIUM` to point elsewhere);
 `playwright install` is never needed. With SCREENSHOTS_DIR set, `screenshot(page, name)` saves
 `$SCREENSHOTS_DIR/<name>.png` (`make screenshots` regenerates docs/screenshots/ that way).
+
+Once Playwright runs, the main thread has a running event loop: Prefect's sync-or-async calls (a block's
+`.save()`, as adding a WhatsApp number does) then return a coroutine nobody awaits, and silently do nothing.
+`off_the_loop(fn, ...)` runs such set-up in a thread of its own. The sync client
+(`get_client(sync_client=True)`) is plain sync and works from the test itself.
 
 The module is imported (for its helpers) before pytest registers it as a plugin, too late for assert
 rewriting, which it does not need (it asserts nothing): PYTEST_DONT_REWRITE keeps pytest from warning.
@@ -22,10 +27,11 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -41,6 +47,7 @@ SERVE_START_TIMEOUT = 120.0  # seconds for `campaigns serve` to register its dep
 SERVE_STOP_TIMEOUT = 30.0  # seconds between SIGTERM and SIGKILL
 EXPECT_TIMEOUT_MS = 20_000  # the UI renders in well under a second; a loaded machine may take longer
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+T = TypeVar("T")
 
 
 def api_url() -> str:
@@ -53,15 +60,34 @@ def ui_url(path: str = "/") -> str:
     return api_url().removesuffix("/api") + "/" + path.lstrip("/")
 
 
-def screenshot(page: Page, name: str) -> Path | None:
-    """Save the page as $SCREENSHOTS_DIR/<name>.png when SCREENSHOTS_DIR is set; otherwise do nothing."""
+def screenshot(page: Page, name: str, full_page: bool = False) -> Path | None:
+    """Save the page (the viewport, or all of it with full_page) as $SCREENSHOTS_DIR/<name>.png when
+    SCREENSHOTS_DIR is set; otherwise do nothing. A full page is shot in a viewport as tall as the page
+    (Playwright's full_page would leave the UI's fixed sidebar floating half-way down), then the viewport
+    is put back."""
     folder = os.environ.get("SCREENSHOTS_DIR")
     if not folder:
         return None
     path = Path(folder) / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(path))
+    viewport = page.viewport_size
+    if full_page and viewport:
+        height = page.evaluate("document.documentElement.scrollHeight")
+        page.set_viewport_size({"width": viewport["width"], "height": max(height, viewport["height"])})
+        page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
+    try:
+        page.screenshot(path=str(path))
+    finally:
+        if full_page and viewport:
+            page.set_viewport_size(viewport)
     return path
+
+
+def off_the_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """fn(*args, **kwargs) in a thread with no event loop (module docstring): Prefect's sync-or-async calls
+    in it run, instead of returning a coroutine that Playwright's loop never awaits."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="off-the-loop") as pool:
+        return pool.submit(fn, *args, **kwargs).result()
 
 
 def _external(url: str) -> bool:
