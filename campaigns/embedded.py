@@ -131,7 +131,10 @@ def ensure_prefect(settings: Settings) -> str:
             if ui_api_url(api_url) == api_url or os.environ.get("PREFECT_UI_ENABLED") == "false":
                 return api_url
             # Started by an older version whose UI looked for its API on port 4200: start it again.
-            _stop_prefect(home)
+            if not _stop_prefect(home):  # not ours to restart: its API still works, its UI may not
+                log.warning("the Prefect server on port %d is not this home's; its UI looks for its API at %s",
+                            port, ui_api_url(api_url))
+                return api_url
             for _ in range(100):
                 if not _port_open(port):
                     break
