@@ -1,5 +1,6 @@
-"""A send-campaign run as an operator meets it in the Prefect UI: its name and tags, its state, its buttons
-and its artifacts. The words come from `campaigns.run_report`; this module puts them into Prefect.
+"""A send-campaign run as an operator meets it in the Prefect UI: its name and tags, its state and its
+buttons (its artifacts are tasks/artifacts.py). The words come from `campaigns.run_report`; this module
+puts them into Prefect.
 
 How a run's state tells its campaign's (README, "Operating from the Prefect UI"):
 - completed → Completed, the funnel as its message; cancelled → Cancelled; failed → Failed with the reason.
