@@ -164,8 +164,11 @@ def get(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID | str, *, lo
 
 
 def get_any_org(conn: sa.Connection, campaign_id: uuid.UUID) -> dict[str, Any]:
-    """For the flow, which receives only a campaign id (the organization comes from the row)."""
-    row = conn.execute(sa.select(campaigns).where(campaigns.c.id == campaign_id)).mappings().first()
+    """For the flow, which receives only a campaign id: the row, with its organization's name as `org_name`
+    (the run's name and tag)."""
+    row = conn.execute(sa.select(campaigns, organizations.c.name.label("org_name"))
+                       .join(organizations, organizations.c.id == campaigns.c.organization_id)
+                       .where(campaigns.c.id == campaign_id)).mappings().first()
     if row is None:
         raise NotFound("Campaign not found")
     return dict(row)

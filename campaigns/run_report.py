@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from campaigns import stats
+from campaigns import lifecycle, stats
 
 # What the operator should do about each pause reason (campaigns.errors.PAUSE_REASONS and the send path).
 ADVICE: dict[str, str] = {
@@ -34,17 +34,6 @@ ADVICE: dict[str, str] = {
 
 def _n(value: int) -> str:
     return f"{value:,}"
-
-
-def heading(conn: sa.Connection, campaign_id: uuid.UUID) -> dict[str, Any]:
-    """The campaign's name, status and pause details with its organization's name (for run names, tags)."""
-    row = conn.execute(sa.text("""
-        select c.*, o.name as org_name from campaigns c join organizations o on o.id = c.organization_id
-        where c.id = :c
-    """), {"c": campaign_id}).mappings().first()
-    if row is None:
-        raise LookupError(f"no campaign {campaign_id}")
-    return dict(row)
 
 
 def run_name(campaign: dict[str, Any]) -> str:
@@ -93,7 +82,7 @@ def funnel_line(body: dict[str, Any]) -> str:
 
 def report(conn: sa.Connection, campaign_id: uuid.UUID) -> dict[str, Any]:
     """Everything the summary needs, read now: heading, statistics (with replied), failure examples."""
-    campaign = heading(conn, campaign_id)
+    campaign = lifecycle.get_any_org(conn, campaign_id)
     body = stats.stats(conn, campaign)
     body["messages_replied"] = conn.execute(sa.text(
         "select count(*) from campaign_recipients where campaign_id = :c and replied_at is not null"),

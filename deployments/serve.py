@@ -20,8 +20,10 @@ runs themselves ignore the terminal's SIGINT, which would otherwise crash them.
 from __future__ import annotations
 
 import signal
+from datetime import UTC, datetime, timedelta
 
 from prefect import serve
+from prefect.schedules import Interval, Schedule
 
 from deployments.limits import ensure_send_limit
 from flows.campaign_control import campaign_control
@@ -35,6 +37,16 @@ SCHEDULER_RUN = 600  # a pass every 30 s, in runs of ten minutes (one at a time)
 HOUSEKEEPING = ["campaigns", "housekeeping"]
 OPERATOR_TAGS = ["campaigns", "operator"]
 POLL_SECONDS = 2  # a started campaign's run begins within 2 s (Prefect's default poll is every 10 s)
+FIRST_RUN_SECONDS = 15  # housekeeping's first run after start-up: Prefect's scheduler adds a new schedule's runs
+# within 5 s and never schedules one in the past, so the first run is due a little after that
+
+
+def soon_and_every(seconds: int) -> Schedule:
+    """Every `seconds`, the first run FIRST_RUN_SECONDS from now. A plain `interval=` anchors the schedule at
+    registration, so after each start of `serve` statuses and scheduled campaigns would wait a whole interval
+    (ten minutes) for their first pass."""
+    anchor = datetime.now(UTC) - timedelta(seconds=seconds - FIRST_RUN_SECONDS)
+    return Interval(seconds, anchor_date=anchor)
 
 
 def main(limit: int = 8) -> None:
@@ -42,9 +54,10 @@ def main(limit: int = 8) -> None:
     signal.signal(signal.SIGINT, lambda *_: signal.raise_signal(signal.SIGTERM))  # Prefect handles SIGTERM
     serve(
         send_campaign.to_deployment(name="default", tags=["campaigns"]),
-        ingest_statuses.to_deployment(name="default", interval=INGEST_INTERVAL, tags=HOUSEKEEPING,
+        ingest_statuses.to_deployment(name="default", schedule=soon_and_every(INGEST_INTERVAL), tags=HOUSEKEEPING,
                                       parameters={"run_for_seconds": INGEST_INTERVAL, "every_seconds": 1.0}),
-        campaign_scheduler.to_deployment(name="default", interval=SCHEDULER_RUN, tags=HOUSEKEEPING, concurrency_limit=1,
+        campaign_scheduler.to_deployment(name="default", schedule=soon_and_every(SCHEDULER_RUN), tags=HOUSEKEEPING,
+                                         concurrency_limit=1,
                                          parameters={"run_for_seconds": SCHEDULER_RUN - 30, "every_seconds": 30.0}),
         create_campaign.to_deployment(name="default", tags=OPERATOR_TAGS),
         campaign_control.to_deployment(name="default", tags=OPERATOR_TAGS),

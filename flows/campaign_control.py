@@ -13,13 +13,14 @@ from datetime import datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.states import Failed, State
+from prefect.states import State
 from pydantic import Field
 
 from campaigns import operator
 from campaigns.db import get_engine
 from campaigns.lifecycle import CampaignError
 from campaigns.operator import DEFAULT_TIME_ZONE, ControlAction
+from flows import console
 
 # The UI offers the two branches of `at` by these titles (by default: "date-time" and "None").
 START_AT = {"anyOf": [{"type": "string", "format": "date-time", "title": "Date and time"},
@@ -51,5 +52,4 @@ def campaign_control(
         return operator.control_campaign(get_engine(), organization, campaign, action, error_codes, at, time_zone,
                                          logger=log).as_dict()
     except CampaignError as exc:
-        log.error("%s", operator.describe(exc))
-        return Failed(message=operator.describe(exc))
+        return console.refused(exc, log)

@@ -27,7 +27,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.exceptions import Abort, Pause
 from prefect.states import Cancelled, Completed, Failed, State, Suspended
 
-from campaigns import lifecycle, run_report
+from campaigns import lifecycle, operator, run_report
 from campaigns.db import get_engine
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,14 @@ log = logging.getLogger(__name__)
 CANCEL_PRESSED = ("Cancel was pressed on its run in the Prefect UI: the campaign is paused, not cancelled; resume "
                   "it to send the rest, or cancel the campaign itself to end it")
 SUSPEND_PRESSED = "Suspend was pressed on its run in the Prefect UI: press Resume on that run to send the rest"
+
+
+def refused(exc: lifecycle.CampaignError, logger: Any) -> State:
+    """An operator form's refused action (create-campaign, campaign-control): the domain's message, naming
+    the field or the transition, in the run's log and as its Failed state's message."""
+    message = operator.describe(exc)
+    logger.error("%s", message)
+    return Failed(message=message)
 
 
 def ignore_terminal_interrupt() -> None:
@@ -53,7 +61,7 @@ def campaign_run_name() -> str:
     campaign_id = flow_run.parameters.get("campaign_id")
     try:
         with get_engine().connect() as conn:
-            return run_report.run_name(run_report.heading(conn, uuid.UUID(str(campaign_id))))
+            return run_report.run_name(lifecycle.get_any_org(conn, uuid.UUID(str(campaign_id))))
     except Exception:  # a missing campaign fails the run itself, with a clearer message than a name could give
         return f"send-campaign-{campaign_id}"
 
@@ -159,11 +167,10 @@ def on_cancellation(flow: Any, flow_run: Any, state: Any) -> None:
         flow_run_logger(flow_run, flow).warning("campaign paused (operator): %s", CANCEL_PRESSED)
 
 
-def final_state(campaign_id: uuid.UUID, flow_run_id: uuid.UUID | None, pressed: str | None,
+def final_state(rep: dict[str, Any], flow_run_id: uuid.UUID | None, pressed: str | None,
                 result: dict[str, Any]) -> State:
-    """The state that tells the campaign's outcome (module docstring); a paused campaign suspends the run."""
-    with get_engine().connect() as conn:
-        rep = run_report.report(conn, campaign_id)
+    """The state that tells the campaign's outcome (module docstring) from its report (run_report.report); a
+    paused campaign suspends the run."""
     campaign, funnel = rep["campaign"], run_report.funnel_line(rep["stats"])
     status = campaign["status"]
     if status == "completed":

@@ -13,12 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.states import Failed, State
+from prefect.states import State
 
 from campaigns import operator
 from campaigns.db import get_engine
 from campaigns.lifecycle import CampaignError
 from campaigns.operator import AfterCreate, AudienceForm, CampaignDetails, MessageForm, PaceForm
+from flows import console
 
 
 def _run_name() -> str:
@@ -49,5 +50,4 @@ def create_campaign(
         return operator.create_campaign(get_engine(), organization, campaign, message, audience, pace, then,
                                         logger=log).as_dict()
     except CampaignError as exc:
-        log.error("%s", operator.describe(exc))
-        return Failed(message=operator.describe(exc))
+        return console.refused(exc, log)

@@ -96,7 +96,7 @@ def send_campaign(campaign_id: uuid.UUID) -> State:
     tune_gc()  # a full collection over Prefect's heap stalled every task thread for ~1.4 s (bench)
     run_id = uuid.UUID(flow_run.get_id())
     with db.connect() as conn:
-        head = run_report.heading(conn, campaign_id)
+        head = lifecycle.get_any_org(conn, campaign_id)
     console.tag_run(run_id, head["org_name"])
     with campaign_runner_lock(db, campaign_id) as held:
         if not held:
@@ -110,19 +110,24 @@ def send_campaign(campaign_id: uuid.UUID) -> State:
             log.info("Resume pressed on this run: campaign %s -> %s", t.previous, t.status)
         with console.ButtonWatcher(campaign_id, run_id, log) as buttons, engine_logs_to(str(run_id)):
             try:
-                result = _send(campaign_id, log, buttons, held)
+                outcome = _send(campaign_id, log, buttons, held)
             except Pause:  # Suspend pressed: Prefect stops the run at its next task; the campaign pauses too
                 buttons.press("suspend")
                 raise
             except TerminationSignal:  # Cancel pressed, or `serve` stopping
                 console.on_termination(campaign_id, log)
                 raise
-        publish_summary(campaign_id, run_id)
-        return console.final_state(campaign_id, run_id, buttons.pressed, result)
+        with db.connect() as conn:
+            rep = run_report.report(conn, campaign_id)  # read once: the log, the summary and the state agree
+        _log_outcome(log, rep)
+        publish_summary(campaign_id, run_id, rep)
+        result = {"campaign_id": str(campaign_id), "status": rep["campaign"]["status"], **rep["stats"], **outcome}
+        return console.final_state(rep, run_id, buttons.pressed, result)
 
 
 def _send(campaign_id: uuid.UUID, log: Any, buttons: console.ButtonWatcher, held: RunnerLock) -> dict[str, Any]:
-    """The campaign's send loop: waves of mapped batches while rows are due, then due retries."""
+    """The campaign's send loop: waves of mapped batches while rows are due, then due retries. Returns {} once
+    the campaign has nothing left to do here, else {"status": why this run sent nothing more}."""
     settings = get_settings()
     db = get_engine()
     prepared = prepare_campaign(campaign_id)
@@ -130,7 +135,7 @@ def _send(campaign_id: uuid.UUID, log: Any, buttons: console.ButtonWatcher, held
         raise RuntimeError("preflight failed:\n- " + "\n- ".join(prepared.refused))
     if prepared.status != "running":
         log.info("campaign is %s: nothing to send", prepared.status)
-        return {"campaign_id": str(campaign_id), "status": prepared.status}
+        return {"status": prepared.status}
     if prepared.audience:
         log.info(run_report.audience_line(prepared.audience, prepared.total_recipients))
     for warning in prepared.warnings:
@@ -147,7 +152,7 @@ def _send(campaign_id: uuid.UUID, log: Any, buttons: console.ButtonWatcher, held
     while True:
         if not held.still_held():  # its connection died: another runner may have the campaign by now
             log.error("the runner lock was lost; this run stops (the next runner continues)")
-            return {"campaign_id": str(campaign_id), "status": "runner lock lost"}
+            return {"status": "runner lock lost"}
         reconcile_unknown(campaign_id)
         left = runner.remaining(db, campaign_id)
         if left.status != "running":
@@ -183,10 +188,13 @@ def _send(campaign_id: uuid.UUID, log: Any, buttons: console.ButtonWatcher, held
     figures.flush(force=True)
     with db.begin() as conn:
         lifecycle.complete_if_done(conn, campaign_id)
-        rep = run_report.report(conn, campaign_id)
-    campaign = rep["campaign"]
     update_progress_artifact(artifact, _progress(campaign_id)[0])
+    return {}
+
+
+def _log_outcome(log: Any, rep: dict[str, Any]) -> None:
+    """The run's last lines: why a paused campaign stopped and what to do, then the funnel."""
+    campaign = rep["campaign"]
     if campaign["status"] == "paused":
         log.warning("campaign %s", run_report.pause_explanation(campaign))
     log.info("campaign %s: %s", campaign["status"], run_report.funnel_line(rep["stats"]))
-    return {"campaign_id": str(campaign_id), "status": campaign["status"], **rep["stats"]}

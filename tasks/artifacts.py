@@ -9,6 +9,7 @@ Artifacts page holds one version per run, not one a minute per campaign forever.
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from prefect.client.orchestration import get_client
 
@@ -24,18 +25,20 @@ def failures_key(campaign_id: uuid.UUID) -> str:
     return f"campaign-{campaign_id}-failures"
 
 
-def publish_summary(campaign_id: uuid.UUID, flow_run_id: uuid.UUID | None = None) -> bool:
+def publish_summary(campaign_id: uuid.UUID, flow_run_id: uuid.UUID | None = None,
+                    rep: dict[str, Any] | None = None) -> bool:
     """Write the campaign's summary (markdown) and failures (table) artifacts. Inside the campaign's run
     (`flow_run_id`) they are created once for that run and then updated in place; from elsewhere (ingestion
     refreshing statistics) the latest ones are updated in place, never versioned again. Returns whether
-    anything was written."""
+    anything was written. `rep` is the campaign's run_report.report when the caller has just read it."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
     from prefect.client.schemas.actions import ArtifactUpdate
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.client.schemas.sorting import ArtifactSort
 
-    with get_engine().connect() as conn:
-        rep = run_report.report(conn, campaign_id)
+    if rep is None:
+        with get_engine().connect() as conn:
+            rep = run_report.report(conn, campaign_id)
     markdown = run_report.summary_markdown(rep)
     table = rep["failures"] or [{"code": "", "recipients": 0, "example": "no failure"}]
     description = f"{rep['campaign']['name']}: {rep['campaign']['status']}"

@@ -148,6 +148,7 @@ def campaigns_serve(services, tmp_path_factory) -> Iterator[subprocess.Popen[byt
                 raise RuntimeError(f"{SEND_DEPLOYMENT} was not polled within {SERVE_START_TIMEOUT:.0f} s "
                                    f"(last polled: {polled}):\n{_tail(log_path)}")
             time.sleep(0.2)
+        process.started_at = started  # type: ignore[attr-defined]  # tests of what serve does from its start
         yield process
     finally:
         _stop(process)

@@ -169,11 +169,12 @@ def run_campaign(campaign_id: uuid.UUID) -> dict[str, Any]:
     """The send-campaign flow in this process, as `campaigns run` does. What it returned, with the campaign's
     status and the run's final state as an operator sees it in the Prefect UI (`state`, `state_name`,
     `message`)."""
+    from campaigns.db import get_engine
     from flows.send_campaign import send_campaign
 
     state = send_campaign(campaign_id, return_state=True)
     data = (state.result() if state.is_completed() else None) or {}
-    with_status = {"status": campaign_row_status(campaign_id)} if "status" not in data else {}
+    with_status = {"status": campaign_row(get_engine(), campaign_id)["status"]} if "status" not in data else {}
     return {**data, **with_status, "state": state.type.value, "state_name": state.name, "message": state.message,
             "flow_run_id": state.state_details.flow_run_id}
 
@@ -186,12 +187,6 @@ def run_logs(flow_run_id: uuid.UUID) -> str:
     with get_client(sync_client=True) as client:
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)
     return "\n".join(entry.message for entry in logs)
-
-
-def campaign_row_status(campaign_id: uuid.UUID) -> str:
-    from campaigns.db import get_engine
-
-    return campaign_row(get_engine(), campaign_id)["status"]
 
 
 def org_name(db: sa.Engine, org: uuid.UUID) -> str:

@@ -7,9 +7,19 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
+from datetime import datetime, timedelta
 
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterExpectedStartTime,
+    LogFilter,
+    LogFilterFlowRunId,
+)
 from prefect.client.schemas.objects import StateType
 from prefect.states import State, Suspended
 
@@ -55,6 +65,25 @@ def _log_with(run_id: str, *lines: str, timeout: float = 20.0) -> str:
 def _artifacts(key: str) -> list:
     with get_client(sync_client=True) as client:
         return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+
+
+def _first_run_due(deployment: str, after: datetime) -> datetime | None:
+    """When the deployment's first run due after `after` is (or was) expected to start; None if it has none."""
+    with get_client(sync_client=True) as client:
+        deployment_id = client.read_deployment_by_name(deployment).id
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+            flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=after)))
+    return min((run.expected_start_time for run in runs if run.expected_start_time), default=None)
+
+
+def test_housekeeping_runs_within_a_minute_of_serve_starting(campaigns_serve):
+    """Statuses reach the statistics and scheduled campaigns start right after `campaigns serve` starts, not one
+    schedule interval (ten minutes) later."""
+    started = campaigns_serve.started_at
+    for deployment in ("ingest-statuses/default", "campaign-scheduler/default"):
+        wait_for(lambda d=deployment: _first_run_due(d, started) is not None, timeout=60, interval=0.5)
+        assert _first_run_due(deployment, started) <= started + timedelta(seconds=60), deployment
 
 
 def _sending_campaign(db, org, sandbox, n: int = 300, mps: int = 25) -> uuid.UUID:
@@ -170,7 +199,7 @@ def test_ctrl_c_stops_serve_within_seconds_and_leaves_no_crashed_run(services):
         wait_for(polled_since_start, timeout=90, interval=0.5)
         run = run_deployment("ingest-statuses/default", parameters={"run_for_seconds": 600, "every_seconds": 1.0},
                              timeout=0, as_subflow=False)
-        wait_for(lambda: _state(str(run.id)).type == StateType.RUNNING, timeout=60, interval=0.2)
+        wait_for(lambda: _state(str(run.id)).type == StateType.RUNNING, timeout=150, interval=0.2)  # 3 runs start
 
         pressed = time.monotonic()
         os.killpg(serve.pid, signal.SIGINT)
