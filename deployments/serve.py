@@ -26,6 +26,7 @@ from prefect import serve
 from prefect.schedules import Interval, Schedule
 
 from deployments.limits import ensure_send_limit
+from deployments.warm_start import start_runs_warm
 from flows.campaign_control import campaign_control
 from flows.campaign_scheduler import campaign_scheduler
 from flows.create_campaign import create_campaign
@@ -51,6 +52,7 @@ def soon_and_every(seconds: int) -> Schedule:
 
 def main(limit: int = 8) -> None:
     ensure_send_limit()
+    start_runs_warm()
     signal.signal(signal.SIGINT, lambda *_: signal.raise_signal(signal.SIGTERM))  # Prefect handles SIGTERM
     serve(
         send_campaign.to_deployment(name="default", tags=["campaigns"]),
