@@ -29,7 +29,9 @@ import sqlalchemy as sa
 
 from campaigns import lifecycle
 from campaigns.launch import RunState
+from campaigns.reconcile import cancelled_with_unknown, settle_cancelled
 from campaigns.runlock import runner_alive
+from campaigns.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,7 @@ def due_campaigns(db: sa.Engine, start: Callable[[sa.Engine, uuid.UUID, uuid.UUI
     reads their last flow run's state)."""
     due = Due()
     _recover_orphans(db, due, run_state)
+    _settle_cancelled(db)
     with db.begin() as conn:
         for cid, org in conn.execute(sa.text("""
             update campaigns set status = 'running', paused_reason = null, resume_at = null, updated_at = now()
@@ -143,6 +146,16 @@ def _recover_orphans(db: sa.Engine, due: Due, run_state: Callable[[str | None], 
                 due.orgs[cid] = org
                 log.warning("campaign %s was running without a runner (last run %s: %s); launching it again",
                             cid, flow_run_id, kind)
+
+
+def _settle_cancelled(db: sa.Engine) -> None:
+    grace = get_settings().reconcile_grace_seconds
+    with db.connect() as conn:
+        idle = [cid for cid in cancelled_with_unknown(conn, grace) if not runner_alive(conn, cid)]
+        conn.commit()
+    for cid in idle:
+        if n := settle_cancelled(db, cid, grace):
+            log.warning("cancelled campaign %s: %d sends of unknown outcome had no status webhook; cancelled", cid, n)
 
 
 def _stop(db: sa.Engine, due: Due, org: uuid.UUID, cid: uuid.UUID, reason: str, why: str) -> None:
