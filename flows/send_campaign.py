@@ -117,8 +117,23 @@ def send_campaign(campaign_id: uuid.UUID) -> State:
             except TerminationSignal:  # Cancel pressed, or `serve` stopping
                 console.on_termination(campaign_id, log)
                 raise
+            except Exception as exc:  # never "running" with nobody sending: paused, with the error
+                _runner_failed(campaign_id, exc, log)
+                raise
         publish_summary(campaign_id, run_id)
         return console.final_state(campaign_id, run_id, buttons.pressed, result)
+
+
+def _runner_failed(campaign_id: uuid.UUID, exc: Exception, log: Any) -> None:
+    """Pause the campaign with the error that stopped its runner (what the scheduler does on seeing its run
+    Failed, but at once and without `campaigns serve`); a paused or finished campaign is left as it is."""
+    why = f"its runner failed: {type(exc).__name__}: {exc}"[:1500] + "; fix the cause, then resume to continue"
+    try:
+        with get_engine().begin() as conn:
+            if lifecycle.pause_for_error(conn, campaign_id, "runner_failed", why):
+                log.error("campaign paused: %s", why)
+    except Exception:  # the database itself is away: the scheduler (or the supervisor) sees the lost runner
+        log.exception("could not pause campaign %s after its runner failed", campaign_id)
 
 
 def _send(campaign_id: uuid.UUID, log: Any, buttons: console.ButtonWatcher, held: RunnerLock) -> dict[str, Any]:
