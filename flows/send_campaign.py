@@ -160,9 +160,12 @@ def _send(campaign_id: uuid.UUID, log: Any, buttons: console.ButtonWatcher, held
     figures = SendingLog(log, allowed)
     waiting_said = None
     while True:
-        if not held.still_held():  # its connection died: another runner may have the campaign by now
+        retaken = held.retaken
+        if not held.still_held():  # its connection died and another runner has the campaign, or Postgres is away
             log.error("the runner lock was lost; this run stops (the next runner continues)")
             return {"campaign_id": str(campaign_id), "status": "runner lock lost"}
+        if held.retaken > retaken:
+            log.warning("the runner lock's connection to Postgres died; the lock was taken again and sending goes on")
         reconcile_unknown(campaign_id)
         left = runner.remaining(db, campaign_id)
         if left.status != "running":

@@ -74,3 +74,44 @@ def test_a_campaign_started_from_the_cli_without_serve_survives_its_runner_being
 
     assert campaign_row(db, cid)["status"] == "completed"  # was: running for ever, with nobody sending
     _exactly_once(db, sandbox, cid)
+
+
+def _terminate_lock_backend(db, cid) -> list[bool]:
+    """What a Postgres restart does to a runner: the backend holding its advisory lock is gone."""
+    import sqlalchemy as sa
+
+    from campaigns.runlock import _key
+
+    key = _key(cid) & 0xFFFFFFFFFFFFFFFF  # pg_locks shows a bigint key as two unsigned 32-bit halves
+    with db.begin() as conn:
+        return conn.execute(sa.text("""
+            select pg_terminate_backend(pid) from pg_locks
+            where locktype = 'advisory' and granted and classid::bigint = :hi and objid::bigint = :lo
+        """), {"hi": key >> 32, "lo": key & 0xFFFFFFFF}).scalars().all()
+
+
+def test_a_runner_whose_lock_died_with_its_postgres_connection_takes_it_again_and_carries_on(db, org, sandbox):
+    import threading
+
+    total = 400
+    number = add_sandbox_number(db, org, sandbox, mps=100)
+    add_contacts(db, org, [{"phone": p, "name": f"C{i}"} for i, p in enumerate(phones(total, start=9950))])
+    cid = create_campaign(db, org, number)
+    killed: list[bool] = []
+    accepted_then: list[int] = []
+
+    def restart_mid_campaign() -> None:
+        wait_for(lambda: len(sandbox.messages()) >= total // 4, timeout=120)
+        killed.extend(_terminate_lock_backend(db, cid))
+        accepted_then.append(len(sandbox.messages()))
+
+    thread = threading.Thread(target=restart_mid_campaign)
+    thread.start()
+    try:
+        result = run_campaign(cid)
+    finally:
+        thread.join()
+
+    assert killed == [True] and accepted_then[0] < total  # it happened mid-campaign
+    assert result["status"] == "completed", result  # was: 'runner lock lost', left to the scheduler's next pass
+    _exactly_once(db, sandbox, cid)
