@@ -241,7 +241,7 @@ def _spawn_runner(campaign_id: uuid.UUID) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     out = path.open("ab")
     subprocess.Popen(
-        [sys.executable, "-m", "campaigns.cli", "run", str(campaign_id)],
+        [sys.executable, "-m", "campaigns.cli", "run", str(campaign_id), "--supervise"],
         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=os.environ,
     )
 
@@ -358,6 +358,13 @@ def _export_recipients(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.supervise:  # the flow in a child process, started again if it dies with the campaign running
+        from campaigns.runner import supervise
+
+        command = [sys.executable, "-m", "campaigns.cli", "run", args.id]
+        lost = supervise(_db(), uuid.UUID(args.id), lambda: subprocess.run(command, env=os.environ, check=False))
+        _err(f"campaign {args.id}: its runner was started again {lost} times" if lost else f"campaign {args.id}: done")
+        return 0
     from flows.send_campaign import send_campaign
 
     state = send_campaign(uuid.UUID(args.id), return_state=True)
@@ -573,6 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("run", help="run the send-campaign flow in this process (what `start` spawns)")
     a.add_argument("id")
+    a.add_argument("--supervise", action="store_true",
+                   help="run it in a child process, started again while the campaign runs with nobody sending")
     a.set_defaults(fn=cmd_run, prefect=True)
 
     a = sub.add_parser("serve", help="serve the Prefect deployments (UI runs, schedules, the main app)")

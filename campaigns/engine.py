@@ -21,6 +21,7 @@ import redis.asyncio as aredis
 import sqlalchemy as sa
 
 from campaigns.db import get_engine
+from campaigns.limit_history import LimitHistory
 from campaigns.ratelimit import RateLimiter
 from campaigns.settings import Settings
 
@@ -114,7 +115,7 @@ class SendEngine:
         self.session: aiohttp.ClientSession = self.run(self._make_session())
         pool = aredis.BlockingConnectionPool.from_url(settings.redis_url or "", max_connections=128, timeout=30)
         self.redis = aredis.Redis(connection_pool=pool)
-        self.limiter = RateLimiter(self.redis)
+        self.limiter = RateLimiter(self.redis, LimitHistory())
         self.control = CampaignControl(settings.control_poll_seconds)
         self._poller: Future[None] = asyncio.run_coroutine_threadsafe(self.control.poll_forever(), self.loop)
 

@@ -25,10 +25,11 @@ rate drops by a fifth (at most once a second, down to an eighth) and recovers 10
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 import redis.asyncio as aredis
@@ -65,6 +66,12 @@ local grant = want
 local until_ = 0
 local which = 0
 local keys = {}
+for i = 1, #KEYS do
+  local window = tonumber(ARGV[2 * i + 1])
+  local bucket = math.floor(now / window)
+  -- a window Redis has no counter for (new, or its state was lost): the caller seeds it from Postgres first
+  if redis.call('EXISTS', KEYS[i] .. ':' .. bucket) == 0 then return {-1, bucket * window, i} end
+end
 for i = 1, #KEYS do
   local limit = tonumber(ARGV[2 * i])
   local window = tonumber(ARGV[2 * i + 1])
@@ -118,6 +125,8 @@ ADMIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local window = tonumber(ARGV[2])
+-- KEYS[2] marks the window as built: without it (Redis lost its state) the caller rebuilds it from Postgres
+if redis.call('EXISTS', KEYS[2]) == 0 then return {-1, string.format('%.3f', now - window)} end
 local limit = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 local count = redis.call('ZCARD', KEYS[1])
@@ -177,6 +186,7 @@ class Cap:
     window_s: int
     pause: bool  # True: the campaign pauses until the window ends; False: the sender waits for it
     label: str  # "daily cap of 500 messages"
+    number: str = ""  # the physical number (number_key) whose sends it counts
 
 
 @dataclass(frozen=True)
@@ -247,7 +257,7 @@ def number_caps(key: str, provider: str, per_minute: int | None, per_hour: int |
         if limit:
             pause = name != "minute" and provider != "evolution"
             label = f"{LABELS[name]} cap of {limit} messages"
-            caps.append(Cap(f"cap:{key}:{name}", limit, WINDOWS[name], pause, label))
+            caps.append(Cap(f"cap:{key}:{name}", limit, WINDOWS[name], pause, label, number=key))
     return caps
 
 
@@ -269,8 +279,16 @@ def chunk_size(limits: list[Limit], remaining: int) -> int:
     return max(1, min(remaining, math.floor(CHUNK_SECONDS / step_s) if step_s > 0 else remaining))
 
 
+class History(Protocol):
+    """Where the caps and the portfolio window are rebuilt from when Redis has lost them (limit_history)."""
+
+    def cap_used(self, number_key: str, since: float) -> int: ...
+    def portfolio_used(self, portfolio_id: str, since: float) -> dict[str, float]: ...
+
+
 class RateLimiter:
-    def __init__(self, client: aredis.Redis) -> None:
+    def __init__(self, client: aredis.Redis, history: History | None = None) -> None:
+        self._client, self._history = client, history
         self._script = client.register_script(RESERVE)
         self._take = client.register_script(TAKE)
         self._slow = client.register_script(SLOW_DOWN)
@@ -297,7 +315,12 @@ class RateLimiter:
         costs nothing. When one does not fit: the count admitted and when the oldest recipient leaves."""
         if not phones:
             return Grant(0)
-        count, until = await self._admit(keys=[portfolio.key], args=[portfolio.limit, PORTFOLIO_WINDOW_S, *phones])
+        while True:
+            count, until = await self._admit(keys=[portfolio.key, f"{portfolio.key}:built"],
+                                             args=[portfolio.limit, PORTFOLIO_WINDOW_S, *phones])
+            if int(count) >= 0:
+                break
+            await self._rebuild_portfolio(portfolio, float(until))
         return Grant(int(count), float(until), portfolio.cap if int(count) < len(phones) else None)
 
     async def take(self, caps: list[Cap], n: int) -> Grant:
@@ -307,10 +330,31 @@ class RateLimiter:
         args: list[int] = [n]
         for cap in caps:
             args += [cap.limit, cap.window_s]
-        count, until, which = await self._take(keys=[cap.key for cap in caps], args=args)
+        while True:
+            count, until, which = await self._take(keys=[cap.key for cap in caps], args=args)
+            if int(count) >= 0:
+                break
+            await self._seed_cap(caps[int(which) - 1], int(until))
         return Grant(int(count), float(until), caps[int(which) - 1] if int(which) else None)
 
     async def refund(self, caps: list[Cap], n: int) -> None:
         """Give back what was taken but not sent (a pause, a late slot), if its window is still current."""
         if caps and n > 0:
             await self._refund(keys=[cap.key for cap in caps], args=[n, *(cap.window_s for cap in caps)])
+
+    async def _seed_cap(self, cap: Cap, window_start: int) -> None:
+        """A cap's window has no counter: start it at what Postgres says the number sent in it (NX: a
+        concurrent seeder or taker that came first wins)."""
+        used = await asyncio.to_thread(self._history.cap_used, cap.number, window_start) if self._history else 0
+        await self._client.set(f"{cap.key}:{window_start // cap.window_s}", used, nx=True, ex=cap.window_s * 2)
+
+    async def _rebuild_portfolio(self, portfolio: PortfolioLimit, since: float) -> None:
+        """The portfolio's 24 h window is gone from Redis: put back each recipient messaged in it, at the time
+        of its last message (GT: never move a newer entry back), then mark the window built."""
+        used = {}
+        if self._history:
+            used = await asyncio.to_thread(self._history.portfolio_used, portfolio.key.removeprefix("pf:"), since)
+        if used:
+            await self._client.zadd(portfolio.key, used, gt=True)
+            await self._client.expire(portfolio.key, PORTFOLIO_WINDOW_S + 60)
+        await self._client.set(f"{portfolio.key}:built", 1, ex=PORTFOLIO_WINDOW_S)

@@ -43,6 +43,27 @@ def unknown_count(conn: sa.Connection, campaign_id: uuid.UUID) -> int:
     ).scalar_one()
 
 
+REQUEUE = sa.text("""
+    update campaign_recipients r set
+        status = case when v.cancelled then 'cancelled' when v.exhausted then 'failed' else 'pending' end,
+        next_attempt_at = null,
+        failed_at = case when v.exhausted and not v.cancelled then now() else r.failed_at end,
+        error_message = case when v.exhausted and not v.cancelled
+            then 'retries exhausted after ' || r.attempts || ' attempts: outcome unknown, no status webhook'
+            else r.error_message end,
+        attempt_log = r.attempt_log || jsonb_build_array(jsonb_build_object(
+            'note', 'outcome unknown: no status webhook within the grace period, '
+                    || case when v.cancelled then 'campaign cancelled' when v.exhausted then 'retries exhausted'
+                       else 'resending' end,
+            'timestamp', now()))
+    from (select r.attempts > c.retry_max_attempts as exhausted, c.status = 'cancelled' as cancelled, r.id
+          from campaign_recipients r join campaigns c on c.id = r.campaign_id
+          where r.campaign_id = :c and r.status = 'sending'
+            and r.claimed_at < now() - make_interval(secs => :g)) v
+    where r.id = v.id
+""")
+
+
 def reconcile(db: sa.Engine, campaign_id: uuid.UUID, grace_seconds: float) -> ReconcileResult:
     with db.connect() as conn:
         before = unknown_count(conn, campaign_id)
@@ -50,28 +71,35 @@ def reconcile(db: sa.Engine, campaign_id: uuid.UUID, grace_seconds: float) -> Re
         return ReconcileResult(0, 0, 0, 0.0)
     ingest_pending(db)
     with db.begin() as conn:
+        _lock_campaign(conn, campaign_id)
         after_ingest = unknown_count(conn, campaign_id)
-        requeued = conn.execute(sa.text("""
-            update campaign_recipients r set
-                status = case when v.exhausted then 'failed' else 'pending' end,
-                next_attempt_at = null,
-                failed_at = case when v.exhausted then now() else r.failed_at end,
-                error_message = case when v.exhausted
-                    then 'retries exhausted after ' || r.attempts || ' attempts: outcome unknown, no status webhook'
-                    else r.error_message end,
-                attempt_log = r.attempt_log || jsonb_build_array(jsonb_build_object(
-                    'note', 'outcome unknown: no status webhook within the grace period, '
-                            || case when v.exhausted then 'retries exhausted' else 'resending' end,
-                    'timestamp', now()))
-            from (select r.attempts > c.retry_max_attempts as exhausted, r.id from campaign_recipients r
-                  join campaigns c on c.id = r.campaign_id
-                  where r.campaign_id = :c and r.status = 'sending'
-                    and r.claimed_at < now() - make_interval(secs => :g)) v
-            where r.id = v.id
-        """), {"c": campaign_id, "g": grace_seconds}).rowcount
+        requeued = conn.execute(REQUEUE, {"c": campaign_id, "g": grace_seconds}).rowcount
         oldest = conn.execute(sa.text("""
             select extract(epoch from (min(claimed_at) + make_interval(secs => :g) - now()))
             from campaign_recipients where campaign_id = :c and status = 'sending'
         """), {"c": campaign_id, "g": grace_seconds}).scalar()
     waiting = after_ingest - requeued
     return ReconcileResult(before - after_ingest, requeued, waiting, max(float(oldest or 0.0), 0.0))
+
+
+def _lock_campaign(conn: sa.Connection, campaign_id: uuid.UUID) -> None:
+    """Hold the campaign's row against a concurrent cancel until commit: the cancel's sweep of pending rows
+    would miss rows requeued by a transaction it cannot see yet, leaving a cancelled campaign pending rows."""
+    conn.execute(sa.text("select 1 from campaigns where id = :c for share"), {"c": campaign_id})
+
+
+def cancelled_with_unknown(conn: sa.Connection, grace_seconds: float) -> list[uuid.UUID]:
+    """Cancelled campaigns still holding rows of unknown outcome past the grace period."""
+    return list(conn.execute(sa.text("""
+        select distinct r.campaign_id from campaigns c join campaign_recipients r on r.campaign_id = c.id
+        where c.status = 'cancelled' and r.status = 'sending' and r.claimed_at < now() - make_interval(secs => :g)
+    """), {"g": grace_seconds}).scalars())
+
+
+def settle_cancelled(db: sa.Engine, campaign_id: uuid.UUID, grace_seconds: float) -> int:
+    """A cancelled campaign's runner stops with the cancel, so nobody reconciles the rows it left in flight:
+    those with no status webhook within the grace period are cancelled, as its runner would have done."""
+    ingest_pending(db)
+    with db.begin() as conn:
+        _lock_campaign(conn, campaign_id)
+        return int(conn.execute(REQUEUE, {"c": campaign_id, "g": grace_seconds}).rowcount)

@@ -29,7 +29,9 @@ import sqlalchemy as sa
 
 from campaigns import lifecycle
 from campaigns.launch import RunState
+from campaigns.reconcile import cancelled_with_unknown, settle_cancelled
 from campaigns.runlock import runner_alive
+from campaigns.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,7 @@ def due_campaigns(db: sa.Engine, start: Callable[[sa.Engine, uuid.UUID, uuid.UUI
     reads their last flow run's state)."""
     due = Due()
     _recover_orphans(db, due, run_state)
+    _settle_cancelled(db)
     with db.begin() as conn:
         for cid, org in conn.execute(sa.text("""
             update campaigns set status = 'running', paused_reason = null, resume_at = null, updated_at = now()
@@ -76,6 +79,7 @@ def due_campaigns(db: sa.Engine, start: Callable[[sa.Engine, uuid.UUID, uuid.UUI
             select id, organization_id, flow_run_id,
                    greatest(scheduled_at, updated_at) > now() - make_interval(secs => :s) as recent
             from campaigns where status = 'scheduled' and scheduled_at <= now()
+            order by scheduled_at, id
         """), {"s": ORPHAN_AFTER_SECONDS}).all()
     for cid, org, flow_run_id, recent in scheduled:
         state = run_state(flow_run_id) if recent else None
@@ -85,15 +89,27 @@ def due_campaigns(db: sa.Engine, start: Callable[[sa.Engine, uuid.UUID, uuid.UUI
             start(db, org, cid)
             due.started.append(cid)
             due.orgs[cid] = org
-        except lifecycle.Conflict:  # started meanwhile (its own scheduled run, an operator): not a failed check
+        except lifecycle.Conflict:  # started, paused or cancelled meanwhile: the operator's act stands
             continue
-        except lifecycle.CampaignError as exc:
-            detail = "; ".join([exc.message, *exc.details])
-            with db.begin() as conn:
-                lifecycle.pause(conn, org, cid, "preflight_failed", detail[:2000])
-            due.refused[cid] = detail
-            log.warning("scheduled campaign %s not started: %s", cid, detail)
+        except lifecycle.Invalid as exc:  # the preflight's refusal
+            _refuse(db, due, org, cid, "; ".join([exc.message, *exc.details]))
+        except Exception:  # one campaign's trouble must not keep the others (and those resumed) waiting
+            log.exception("scheduled campaign %s could not be started; the next pass tries again", cid)
     return due
+
+
+def _refuse(db: sa.Engine, due: Due, org: uuid.UUID, cid: uuid.UUID, detail: str) -> None:
+    """Pause a campaign whose preflight failed, only if it is still scheduled and due: an operator who
+    paused, cancelled or (having fixed it) started it since the refusal was read is not overridden."""
+    with db.begin() as conn:
+        still = conn.execute(sa.text("""
+            select 1 from campaigns where id = :c and status = 'scheduled' and scheduled_at <= now() for update
+        """), {"c": cid}).scalar()
+        if not still:
+            return
+        lifecycle.pause(conn, org, cid, "preflight_failed", detail[:2000])
+    due.refused[cid] = detail
+    log.warning("scheduled campaign %s not started: %s", cid, detail)
 
 
 def _recover_orphans(db: sa.Engine, due: Due, run_state: Callable[[str | None], RunState | None]) -> None:
@@ -130,6 +146,16 @@ def _recover_orphans(db: sa.Engine, due: Due, run_state: Callable[[str | None], 
                 due.orgs[cid] = org
                 log.warning("campaign %s was running without a runner (last run %s: %s); launching it again",
                             cid, flow_run_id, kind)
+
+
+def _settle_cancelled(db: sa.Engine) -> None:
+    grace = get_settings().reconcile_grace_seconds
+    with db.connect() as conn:
+        idle = [cid for cid in cancelled_with_unknown(conn, grace) if not runner_alive(conn, cid)]
+        conn.commit()
+    for cid in idle:
+        if n := settle_cancelled(db, cid, grace):
+            log.warning("cancelled campaign %s: %d sends of unknown outcome had no status webhook; cancelled", cid, n)
 
 
 def _stop(db: sa.Engine, due: Due, org: uuid.UUID, cid: uuid.UUID, reason: str, why: str) -> None:

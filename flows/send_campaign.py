@@ -117,12 +117,27 @@ def send_campaign(campaign_id: uuid.UUID) -> State:
             except TerminationSignal:  # Cancel pressed, or `serve` stopping
                 console.on_termination(campaign_id, log)
                 raise
+            except Exception as exc:  # never "running" with nobody sending: paused, with the error
+                _runner_failed(campaign_id, exc, log)
+                raise
         with db.connect() as conn:
             rep = run_report.report(conn, campaign_id)  # read once: the log, the summary and the state agree
         _log_outcome(log, rep)
         publish_summary(campaign_id, run_id, rep)
         result = {"campaign_id": str(campaign_id), "status": rep["campaign"]["status"], **rep["stats"], **outcome}
         return console.final_state(rep, run_id, buttons.pressed, result)
+
+
+def _runner_failed(campaign_id: uuid.UUID, exc: Exception, log: Any) -> None:
+    """Pause the campaign with the error that stopped its runner (what the scheduler does on seeing its run
+    Failed, but at once and without `campaigns serve`); a paused or finished campaign is left as it is."""
+    why = f"its runner failed: {type(exc).__name__}: {exc}"[:1500] + "; fix the cause, then resume to continue"
+    try:
+        with get_engine().begin() as conn:
+            if lifecycle.pause_for_error(conn, campaign_id, "runner_failed", why):
+                log.error("campaign paused: %s", why)
+    except Exception:  # the database itself is away: the scheduler (or the supervisor) sees the lost runner
+        log.exception("could not pause campaign %s after its runner failed", campaign_id)
 
 
 def _send(campaign_id: uuid.UUID, log: Any, buttons: console.ButtonWatcher, held: RunnerLock) -> dict[str, Any]:
@@ -150,9 +165,12 @@ def _send(campaign_id: uuid.UUID, log: Any, buttons: console.ButtonWatcher, held
     figures = SendingLog(log, allowed)
     waiting_said = None
     while True:
-        if not held.still_held():  # its connection died: another runner may have the campaign by now
+        retaken = held.retaken
+        if not held.still_held():  # its connection died and another runner has the campaign, or Postgres is away
             log.error("the runner lock was lost; this run stops (the next runner continues)")
             return {"status": "runner lock lost"}
+        if held.retaken > retaken:
+            log.warning("the runner lock's connection to Postgres died; the lock was taken again and sending goes on")
         reconcile_unknown(campaign_id)
         left = runner.remaining(db, campaign_id)
         if left.status != "running":

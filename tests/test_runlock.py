@@ -20,21 +20,36 @@ def test_one_runner_per_campaign_and_ids_alike_in_their_first_bytes_do_not_colli
         assert after  # released on exit
 
 
-def test_a_runner_whose_lock_connection_died_knows_it_lost_the_campaign(db):
+def _terminate_holder(db, campaign: uuid.UUID) -> list[bool]:
+    """What a Postgres restart or an idle-session timeout does to a runner's lock connection."""
     import sqlalchemy as sa
 
     from campaigns.runlock import _key
 
-    campaign = uuid.uuid4()
     key = _key(campaign) & 0xFFFFFFFFFFFFFFFF  # pg_locks shows a bigint key as two unsigned 32-bit halves
+    with db.begin() as conn:
+        return conn.execute(sa.text("""
+            select pg_terminate_backend(pid) from pg_locks
+            where locktype = 'advisory' and granted and classid::bigint = :hi and objid::bigint = :lo
+        """), {"hi": key >> 32, "lo": key & 0xFFFFFFFF}).scalars().all()
+
+
+def test_a_runner_whose_lock_connection_died_takes_the_lock_again_and_stays_the_only_runner(db):
+    campaign = uuid.uuid4()
     with campaign_runner_lock(db, campaign) as held:
-        assert held.still_held()
-        with db.begin() as conn:  # what a Postgres restart or an idle-session timeout does to it
-            killed = conn.execute(sa.text("""
-                select pg_terminate_backend(pid) from pg_locks
-                where locktype = 'advisory' and granted and classid::bigint = :hi and objid::bigint = :lo
-            """), {"hi": key >> 32, "lo": key & 0xFFFFFFFF}).scalars().all()
-        assert killed == [True]
-        assert not held.still_held()  # the runner stops: another may take the campaign now
-        with campaign_runner_lock(db, campaign, wait_seconds=5) as successor:
-            assert successor
+        assert _terminate_holder(db, campaign) == [True]
+        assert held.still_held() and held.retaken == 1  # on a new connection: it carries on
+        with campaign_runner_lock(db, campaign, wait_seconds=0) as second:
+            assert not second
+    with campaign_runner_lock(db, campaign, wait_seconds=0) as after:
+        assert after  # released on exit
+
+
+def test_a_runner_whose_lock_another_runner_took_meanwhile_stops(db):
+    campaign = uuid.uuid4()
+    with campaign_runner_lock(db, campaign) as held:
+        assert _terminate_holder(db, campaign) == [True]
+        with campaign_runner_lock(db, campaign, wait_seconds=0) as successor:
+            assert successor  # the scheduler launched another runner while the first was cut off
+            assert not held.still_held()  # the first learns it lost the campaign and stops
+            assert successor.still_held()

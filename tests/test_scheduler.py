@@ -100,3 +100,89 @@ def test_a_runner_stopped_with_serve_is_relaunched_one_waiting_for_a_slot_is_lef
     row = campaign_row(db, looping)
     assert (row["status"], row["paused_reason"]) == ("paused", "runner_failed")
     assert row["last_error_message"].startswith("its runner was lost 3 times in a row")
+
+
+# -- an operator acting while the scheduler starts a scheduled campaign ------------------------------------------
+# `due_campaigns` takes its `start` as a parameter: these wrap the real start to act at a chosen moment of
+# the scheduler's pass, so each interleaving happens every time (no sleeps).
+
+
+def _due_now(db, org, *campaigns_: uuid.UUID) -> None:
+    """Scheduled, in this order (one second apart, the first earliest), and all due."""
+    from datetime import UTC, datetime, timedelta
+
+    from campaigns import lifecycle
+
+    now = datetime.now(UTC)
+    with db.begin() as conn:
+        for i, cid in enumerate(campaigns_):
+            lifecycle.schedule(conn, org, cid, now - timedelta(seconds=len(campaigns_) - i))
+
+
+def _operator(db, org, action: str, cid: uuid.UUID) -> None:
+    from campaigns import lifecycle
+
+    if action == "start":
+        start_campaign(db, org, cid)
+        return
+    with db.begin() as conn:
+        {"pause": lifecycle.pause, "cancel": lifecycle.cancel}[action](conn, org, cid)
+
+
+def _acting(db, org, target: uuid.UUID, before: str):
+    """The scheduler's start, with the operator's `before` action between its SELECT and the start of `target`."""
+    def start(db_, org_, cid):
+        if cid == target:
+            _operator(db, org, before, cid)
+        return start_campaign(db_, org_, cid)
+    return start
+
+
+def _switch(db, number: uuid.UUID, active: bool) -> None:
+    with db.begin() as conn:
+        conn.execute(sa.text("update whatsapp_numbers set active = :a where id = :n"), {"a": active, "n": number})
+
+
+def test_an_operator_starting_or_pausing_a_campaign_as_the_scheduler_starts_it_wins(db, org, sandbox):
+    number = add_sandbox_number(db, org, sandbox)
+    add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(2, start=9600)])
+    for action, status in (("start", "running"), ("pause", "paused"), ("cancel", "cancelled")):
+        cid, other = create_campaign(db, org, number), create_campaign(db, org, number)
+        _due_now(db, org, cid, other)
+
+        due = due_campaigns(db, _acting(db, org, cid, before=action))
+
+        assert cid not in due.started and cid not in due.refused, action
+        row = campaign_row(db, cid)
+        assert row["status"] == status and row["paused_reason"] in (None, "operator"), (action, row["paused_reason"])
+        assert other in due.started, action  # the rest of the pass goes on
+
+
+def test_a_refused_start_never_overrides_what_an_operator_did_meanwhile_nor_stops_the_pass(db, org, sandbox):
+    number = add_sandbox_number(db, org, sandbox)
+    add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(2, start=9700)])
+    broken_number = add_sandbox_number(db, org, sandbox)
+    for action, status in (("pause", "paused"), ("cancel", "cancelled"), ("start", "running")):
+        broken, other = create_campaign(db, org, broken_number), create_campaign(db, org, number)
+        _due_now(db, org, broken, other)
+        _switch(db, broken_number, False)  # its preflight fails at the scheduler's start
+
+        def fix_then(act: str, cid: uuid.UUID = broken) -> None:
+            if act == "start":  # the operator switched the number back on and started it by hand
+                _switch(db, broken_number, True)
+            _operator(db, org, act, cid)
+
+        def start(db_, org_, cid, act=action, target=broken):
+            try:
+                return start_campaign(db_, org_, cid)
+            finally:
+                if cid == target:
+                    fix_then(act)
+
+        due = due_campaigns(db, start)  # today: an operator's pause or cancel here raised Conflict (pass lost)
+
+        row = campaign_row(db, broken)
+        assert row["status"] == status, (action, row["status"])
+        assert row["paused_reason"] in (None, "operator"), (action, row["paused_reason"])  # not preflight_failed
+        assert broken not in due.refused, action
+        assert other in due.started, action
