@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy.exc import DataError
 
 from campaigns import lifecycle
 from campaigns.embedded import bootstrap
@@ -187,6 +188,8 @@ def cmd_contacts_import(args: argparse.Namespace) -> int:
     except ImportFileError as exc:
         _err(f"import refused: {exc}")
         return 2
+    if report.encoding in ("windows-1252", "latin-1"):
+        _err(f"the file is not UTF-8: read as {report.encoding}")
     for line, reason in report.errors:
         _err(f"line {line}: {reason}")
     _err(f"imported {report.imported} contacts ({report.inserted} new, {report.updated} updated); "
@@ -196,10 +199,14 @@ def cmd_contacts_import(args: argparse.Namespace) -> int:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
+    from campaigns import json_input
     from campaigns.models import CampaignCreate, describe_validation_error
 
     try:
-        body = CampaignCreate.model_validate_json(Path(args.file).read_bytes())
+        body = CampaignCreate.model_validate(json_input.parse(Path(args.file).read_bytes(), f"{args.file}"))
+    except lifecycle.Invalid as exc:
+        _err(f"invalid campaign: {exc.message}")
+        return 2
     except ValidationError as exc:
         _err(f"invalid campaign: {describe_validation_error(exc)}")
         return 2
@@ -676,6 +683,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:  # a path given on the command line
         _err(f"error: {exc.strerror}: {exc.filename}")
+        return 2
+    except DataError as exc:  # a value no check caught, refused by Postgres: the caller's, not a crash
+        _err(f"error: a value was refused by the database: {str(exc.orig).splitlines()[0] if exc.orig else exc}")
         return 2
 
 
