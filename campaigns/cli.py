@@ -408,10 +408,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_sandbox_serve(args: argparse.Namespace) -> int:
+    import secrets
+
     from campaigns.sandbox import SandboxConfig, serve
 
+    app_secret = args.app_secret or secrets.token_urlsafe(24)
+    if not args.app_secret:  # never a constant: a number registered with it would let anyone sign its webhooks
+        _err(f"signing webhooks with the app secret {app_secret} (give the number the same; --app-secret to choose)")
     config = SandboxConfig(latency_ms=args.latency_ms, mps_cap=args.mps_cap, webhook_url=args.webhook_url,
-                           app_secret=args.app_secret)
+                           app_secret=app_secret)
     _err(f"sandbox (Meta's Cloud API and Evolution's wire) on http://{args.host}:{args.port}; admin at /_sandbox/"
          f"config, /_sandbox/stats, /_sandbox/messages (Ctrl-C to stop)")
     serve(config, args.host, args.port)
@@ -605,7 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--latency-ms", type=int, default=100)
     a.add_argument("--mps-cap", type=int, default=None)
     a.add_argument("--webhook-url", default=None)
-    a.add_argument("--app-secret", default="sandbox-app-secret")
+    a.add_argument("--app-secret", default=None, help="the secret its webhooks are signed with (default: a new one)")
     a.set_defaults(fn=cmd_sandbox_serve, prefect=False, services=False)
 
     wh = sub.add_parser("webhooks", help="the webhook receiver").add_subparsers(dest="wh", required=True)
