@@ -7,7 +7,7 @@ due); a second process floods the receiver over `--flood-connections` connection
 bodies whose signature is well-formed but wrong, as fast as it is answered. Every genuine 200 must be a
 stored row.
 
-    uv run python -m bench.webhook_flood [--rate 300] [--seconds 10] [--secrets 50] [--flood-bytes 3000000]
+    uv run python -m bench.webhook_flood [--rate 100] [--seconds 8] [--secrets 50] [--flood-bytes 3000000]
 """
 
 from __future__ import annotations
@@ -88,8 +88,8 @@ def measure(name: str, url: str, bodies: list, rate: float, pid: int, flood_cmd:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("mode", nargs="?", default="bench", choices=["bench", "serve", "flood"])
-    p.add_argument("--rate", type=float, default=300.0, help="genuine webhooks per second")
-    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--rate", type=float, default=100.0, help="genuine webhooks per second")
+    p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--secrets", type=int, default=50, help="app secrets the receiver knows")
     p.add_argument("--flood-connections", type=int, default=16)
     p.add_argument("--flood-bytes", type=int, default=3_000_000)

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from campaigns.contacts import ImportFileError, import_csv
 from campaigns.phones import normalise
@@ -143,3 +145,25 @@ def test_the_command_line_import_of_a_broken_file_reports_lines_without_a_traceb
     path.write_bytes(b"phone,Phone\n1,2\n")
     r = cli("contacts", "import", str(path), "--org", org_name(db, org), check=False)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "more than once" in r.stderr, r.stderr
+
+
+CELLS = st.text(alphabet=st.sampled_from(list('ab"\\|,\n\r\x00 é+5519') + ["\ud7ff"]), max_size=12)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(st.sampled_from(["+5511999990001", "11999990002", "+55 11 99999-0003", "12"]),
+                                CELLS, CELLS).map(list), max_size=8),
+       encoding=st.sampled_from(["utf-8", "utf-16", "latin-1"]))
+def test_any_file_is_imported_or_refused_as_a_whole_never_a_crash(db, org, rows, encoding):
+    """Whatever the cells hold (quotes, backslashes, NULs, line breaks, pipes), the import keeps good rows
+    and reports the others by line, or refuses the file with ImportFileError: nothing else escapes."""
+    text = "phone,name,tags\n" + "\n".join(",".join(r) for r in rows) + "\n"
+    data = text.encode(encoding, errors="replace")
+    with db.connect() as conn, conn.begin() as tx:
+        try:
+            report = import_csv(conn, org, data)
+        except ImportFileError:
+            return
+        finally:
+            tx.rollback()
+    assert all(isinstance(line, int) and line >= 2 for line, _ in report.errors)
