@@ -35,6 +35,7 @@ bench: sync
 	$(UV) run --locked python -m bench.throughput --campaigns 2
 	$(UV) run --locked python -m bench.limiter
 	$(UV) run --locked python -m bench.webhooks
+	$(UV) run --locked python -m bench.webhook_flood
 	$(UV) run --locked python -m bench.ingest
 	$(UV) run --locked python -m bench.stats
 	$(UV) run --locked python -m bench.freshness

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 import sqlalchemy as sa
@@ -10,7 +11,9 @@ from pydantic import SecretStr
 from blocks.whatsapp import WhatsAppNumberCredentials
 from campaigns.schema import whatsapp_numbers
 from campaigns.settings import get_settings
-from campaigns.webhooks import KnownSecrets, signer_id
+from campaigns.webhooks import KnownSecrets, signer_id, well_known
+
+log = logging.getLogger(__name__)
 
 
 def block_name_for(organization_id: uuid.UUID, phone_number_id: str) -> str:
@@ -46,7 +49,10 @@ def add_number(
 
 
 def secrets_loader() -> KnownSecrets:
-    """Every app secret and verify token the receiver accepts: the Meta app's and each number's own."""
+    """Every app secret and verify token the receiver accepts: the Meta app's and each number's own.
+
+    A secret printed in this code base (`webhooks.WELL_KNOWN_SECRETS`: the sandbox's default, the demo's of
+    old) is never trusted: anyone could sign with it. The numbers that carry one are named in a warning."""
     from campaigns.db import get_engine
 
     settings = get_settings()
@@ -55,11 +61,15 @@ def secrets_loader() -> KnownSecrets:
         known.platform_secret = settings.meta_app_secret.get_secret_value().encode()
     with get_engine().connect() as conn:
         rows = conn.execute(sa.select(whatsapp_numbers.c.block_name, whatsapp_numbers.c.provider)).all()
+    refused = []
     for block_name, provider in rows:
         try:
             creds = WhatsAppNumberCredentials.load(block_name).to_credentials()
         except ValueError:
             continue  # a number whose block was deleted signs nothing we can check
+        if well_known(creds.token if provider == "evolution" else creds.app_secret or ""):
+            refused.append(block_name)
+            continue
         if provider == "evolution":
             known.evolution_keys.setdefault(creds.phone_number_id, []).append(creds.token)
         else:
@@ -67,5 +77,8 @@ def secrets_loader() -> KnownSecrets:
                 known.app_secrets.append(creds.app_secret.encode())
             if creds.verify_token:
                 known.verify_tokens.append(creds.verify_token)
+    if refused:
+        log.warning("webhooks signed for %d number(s) are refused: their secret is a well-known one (%s); "
+                    "give them their app's own secret", len(refused), ", ".join(refused[:5]))
     known.app_secrets = list(dict.fromkeys(known.app_secrets))  # many numbers share one app: one HMAC each
     return known

@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from campaigns import api_tokens, lifecycle, services, stats
+from campaigns import api_tokens, json_input, lifecycle, services, stats
 from campaigns.api_tokens import Caller
 from campaigns.launch import SEND_DEPLOYMENT, launch_send_run
 from campaigns.lifecycle import CampaignError
@@ -67,6 +67,11 @@ class TooLarge(CampaignError):
 
 class Unavailable(CampaignError):
     status_code = 503
+
+
+class TooMany(CampaignError):
+    status_code = 429
+    retry_after = 5  # seconds; said in Retry-After
 
 
 Launch = Callable[[uuid.UUID], str]  # starts a send-campaign run for the campaign; returns the run's id
@@ -160,6 +165,8 @@ class Json(JSONResponse):
 
 def _error(exc: CampaignError) -> Response:
     headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    if isinstance(exc, TooMany):
+        headers = {"Retry-After": str(exc.retry_after)}
     return Json({"detail": exc.message, "errors": exc.details}, status_code=exc.status_code, headers=headers)
 
 
@@ -268,11 +275,16 @@ class _CsvPipe:
 
 
 class CampaignsApi:
-    def __init__(self, db: sa.Engine, launch: Launch, ready: Ready | None, max_body_bytes: int) -> None:
+    def __init__(self, db: sa.Engine, launch: Launch, ready: Ready | None, max_body_bytes: int,
+                 max_csv_exports: int = 4) -> None:
         self.db = db
         self.launch = launch
         self.ready = ready or (lambda: None)
         self.max_body_bytes = max_body_bytes
+        # A CSV export holds a pooled connection for as long as its client takes to read: without a bound,
+        # ~32 slow clients took the whole pool and every other request waited for one, then failed.
+        self.max_csv_exports = max_csv_exports
+        self.csv_exports = threading.BoundedSemaphore(max_csv_exports)
 
     def routes(self) -> list[Route]:
         c = f"{PREFIX}/campaigns"
@@ -308,6 +320,8 @@ class CampaignsApi:
         async def endpoint(request: Request) -> Response:
             try:
                 caller = await run_in_threadpool(self.authorize, request.headers.get("authorization"), roles)
+                for name, value in request.query_params.multi_items():
+                    json_input.check_text(value, name)
                 body = await self.read_json(request) if reads_body else None
                 call = Call(caller, dict(request.path_params), request.query_params, body)
                 result = await run_in_threadpool(handler, call)
@@ -316,6 +330,11 @@ class CampaignsApi:
             except ValidationError as exc:
                 errors = field_errors(exc)
                 return Json({"detail": "; ".join(errors), "errors": errors}, status_code=422)
+            except sa.exc.DataError as exc:  # a value no check above caught, refused by Postgres: still the caller's
+                log.warning("%s %s: a value refused by the database: %s", request.method, request.url.path, exc.orig)
+                cause = str(exc.orig).splitlines()[0] if exc.orig else "invalid value"
+                return Json({"detail": f"A value was refused by the database: {cause}", "errors": [cause]},
+                            status_code=422)
             except Exception:
                 log.exception("%s %s failed", request.method, request.url.path)
                 return Json({"detail": "Internal server error", "errors": []}, status_code=500)
@@ -346,10 +365,7 @@ class CampaignsApi:
             raise TooLarge(f"Request body over {self.max_body_bytes} bytes")
         if not raw.strip():
             return None
-        try:
-            return json.loads(raw)
-        except ValueError:
-            raise lifecycle.Invalid("The request body is not valid JSON") from None
+        return json_input.parse(raw)
 
     # -- campaigns ----------------------------------------------------------------------------------------
 
@@ -403,8 +419,8 @@ class CampaignsApi:
     def retry_failed(self, call: Call) -> dict[str, Any]:
         """Body (optional): {"codes": [131000, ...]}; without codes, every failure but opted-out users."""
         codes = call.json_object(empty={}).get("codes")
-        if codes is not None and (not isinstance(codes, list) or not all(isinstance(c, int) for c in codes)):
-            raise lifecycle.Invalid("codes: a list of error codes (numbers)")
+        if codes is not None and (not isinstance(codes, list) or not all(type(c) is int for c in codes)):
+            raise lifecycle.Invalid("codes: a list of error codes (whole numbers)")
         self.ready()
         with self.db.begin() as conn:
             t, n = lifecycle.retry_failed(conn, call.org, call.campaign_id, codes)
@@ -461,9 +477,18 @@ class CampaignsApi:
         """Every matching recipient, streamed as the COPY produces it. Errors found before the first row
         (unknown campaign, bad status) are answered as JSON; nothing is sent until then."""
         org, campaign_id, status = call.org, call.campaign_id, call.query.get("status") or None
+        if not self.csv_exports.acquire(blocking=False):
+            raise TooMany(f"Too many CSV exports at once (at most {self.max_csv_exports}): try again in a few "
+                          f"seconds")
         pipe = _CsvPipe()
 
         def produce() -> None:
+            try:
+                _produce()
+            finally:
+                self.csv_exports.release()
+
+        def _produce() -> None:
             try:
                 with self.db.connect() as conn:
                     try:
@@ -522,7 +547,9 @@ def create_app(launch: Launch | None = None, *, ready: Ready | None = None, db: 
 
     launch = launch or PrefectLauncher()
     ready = ready or getattr(launch, "ready", None)
-    api = CampaignsApi(db or get_engine(), launch, ready, max_body_bytes or get_settings().api_max_body_bytes)
+    settings = get_settings()
+    api = CampaignsApi(db or get_engine(), launch, ready, max_body_bytes or settings.api_max_body_bytes,
+                       settings.api_max_csv_exports)
 
     async def health(_: Request) -> Response:
         return PlainTextResponse("ok")

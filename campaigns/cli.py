@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy.exc import DataError
 
 from campaigns import lifecycle
 from campaigns.embedded import bootstrap
@@ -187,6 +188,8 @@ def cmd_contacts_import(args: argparse.Namespace) -> int:
     except ImportFileError as exc:
         _err(f"import refused: {exc}")
         return 2
+    if report.encoding in ("windows-1252", "latin-1"):
+        _err(f"the file is not UTF-8: read as {report.encoding}")
     for line, reason in report.errors:
         _err(f"line {line}: {reason}")
     _err(f"imported {report.imported} contacts ({report.inserted} new, {report.updated} updated); "
@@ -196,10 +199,14 @@ def cmd_contacts_import(args: argparse.Namespace) -> int:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
+    from campaigns import json_input
     from campaigns.models import CampaignCreate, describe_validation_error
 
     try:
-        body = CampaignCreate.model_validate_json(Path(args.file).read_bytes())
+        body = CampaignCreate.model_validate(json_input.parse(Path(args.file).read_bytes(), f"{args.file}"))
+    except lifecycle.Invalid as exc:
+        _err(f"invalid campaign: {exc.message}")
+        return 2
     except ValidationError as exc:
         _err(f"invalid campaign: {describe_validation_error(exc)}")
         return 2
@@ -408,10 +415,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_sandbox_serve(args: argparse.Namespace) -> int:
+    import secrets
+
     from campaigns.sandbox import SandboxConfig, serve
 
+    app_secret = args.app_secret or secrets.token_urlsafe(24)
+    if not args.app_secret:  # never a constant: a number registered with it would let anyone sign its webhooks
+        _err(f"signing webhooks with the app secret {app_secret} (give the number the same; --app-secret to choose)")
     config = SandboxConfig(latency_ms=args.latency_ms, mps_cap=args.mps_cap, webhook_url=args.webhook_url,
-                           app_secret=args.app_secret)
+                           app_secret=app_secret)
     _err(f"sandbox (Meta's Cloud API and Evolution's wire) on http://{args.host}:{args.port}; admin at /_sandbox/"
          f"config, /_sandbox/stats, /_sandbox/messages (Ctrl-C to stop)")
     serve(config, args.host, args.port)
@@ -607,7 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--latency-ms", type=int, default=100)
     a.add_argument("--mps-cap", type=int, default=None)
     a.add_argument("--webhook-url", default=None)
-    a.add_argument("--app-secret", default="sandbox-app-secret")
+    a.add_argument("--app-secret", default=None, help="the secret its webhooks are signed with (default: a new one)")
     a.set_defaults(fn=cmd_sandbox_serve, prefect=False, services=False)
 
     wh = sub.add_parser("webhooks", help="the webhook receiver").add_subparsers(dest="wh", required=True)
@@ -685,6 +697,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:  # a path given on the command line
         _err(f"error: {exc.strerror}: {exc.filename}")
+        return 2
+    except DataError as exc:  # a value no check caught, refused by Postgres: the caller's, not a crash
+        _err(f"error: a value was refused by the database: {str(exc.orig).splitlines()[0] if exc.orig else exc}")
         return 2
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import secrets
 import sys
 import threading
 import time
@@ -27,7 +28,6 @@ from campaigns.settings import get_settings
 from campaigns.stats import progress_line
 from campaigns.webhooks import KnownSecrets, create_app
 
-APP_SECRET = "demo-app-secret"
 NAMES = ["Ana", "Bruno", "Carla", "Diego", "Elisa", "Fábio", "Gabi", "Heitor", "Iara", "João"]
 
 
@@ -64,16 +64,19 @@ def run_demo(n_contacts: int = 10_000, latency_ms: int = 100) -> int:
     from tasks.artifacts import publish_summary
 
     settings = get_settings()
+    # Its own secret each run: a constant one, left on a number in a shared database, would let anyone sign
+    # webhooks for it (and the receiver refuses the well-known ones anyway).
+    app_secret = secrets.token_urlsafe(24)
     upgrade()
     db = get_engine()
     home = settings.campaigns_home.resolve() / "demo"
     home.mkdir(parents=True, exist_ok=True)
 
-    receiver = ThreadedServer(create_app(settings.database_url or "", KnownSecrets(app_secrets=[APP_SECRET.encode()])))
+    receiver = ThreadedServer(create_app(settings.database_url or "", KnownSecrets(app_secrets=[app_secret.encode()])))
     receiver.start()
     sandbox = SandboxServer(SandboxConfig(
         latency_ms=latency_ms, latency_jitter_ms=latency_ms / 5, mps_cap=1000, webhook_url=receiver.url +
-        "/webhooks/whatsapp", app_secret=APP_SECRET, read_rate=0.6, reply_rate=0.05,
+        "/webhooks/whatsapp", app_secret=app_secret, read_rate=0.6, reply_rate=0.05,
         templates={"black_friday": "Olá {{1}}, aproveite nossa promoção de Black Friday!"},
     )).start()
     _say(f"sandbox provider at {sandbox.url} (latency {latency_ms} ms, cap 1,000 msg/s); "
@@ -83,7 +86,7 @@ def run_demo(n_contacts: int = 10_000, latency_ms: int = 100) -> int:
             # An organization per run: a second demo must not send to the first one's contacts too.
             org = lifecycle.add_org(conn, f"demo {time.strftime('%Y-%m-%d %H:%M:%S')}")
             number = add_number(conn, org, provider="sandbox", phone_number_id="100000000000042",
-                                token="demo-token", app_secret=APP_SECRET, verify_token="demo-verify",
+                                token="demo-token", app_secret=app_secret, verify_token=secrets.token_urlsafe(16),
                                 api_base=sandbox.url, mps=1000)
         csv_path = home / "contacts.csv"
         write_contacts_csv(csv_path, n_contacts)

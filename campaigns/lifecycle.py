@@ -49,6 +49,9 @@ class Invalid(CampaignError):
     status_code = 422
 
 
+INT4_MAX = 2**31 - 1  # Postgres `integer`: caps and error codes are stored as such
+
+
 def org_id_by_name(conn: sa.Connection, name_or_id: str) -> uuid.UUID:
     try:
         cond = organizations.c.id == uuid.UUID(name_or_id)
@@ -121,8 +124,8 @@ def set_number_limits(conn: sa.Connection, org: uuid.UUID, number_id: uuid.UUID,
             continue
         if name == "mps" and (value is None or not 1 <= value <= 100_000):
             raise Invalid("mps: messages per second must be between 1 and 100000")
-        if value is not None and value < 1:
-            raise Invalid(f"{name}: must be a positive number of messages, or none for no cap")
+        if value is not None and not 1 <= value <= INT4_MAX:
+            raise Invalid(f"{name}: must be a number of messages from 1 to {INT4_MAX}, or none for no cap")
     if changes:
         conn.execute(sa.update(whatsapp_numbers).where(whatsapp_numbers.c.id == number_id).values(**changes))
     return number_limits(conn, org, number_id)
@@ -264,6 +267,8 @@ def retry_failed(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID,
     """Send again to the campaign's failed recipients (those with `codes`, or all but opted-out ones):
     they go back to pending with a fresh retry budget, and the campaign runs again. Their history stays in
     the attempt log; opt-outs are checked again when each batch claims its rows."""
+    if any(not -INT4_MAX - 1 <= code <= INT4_MAX for code in codes or ()):
+        raise Invalid(f"codes: error codes are between {-INT4_MAX - 1} and {INT4_MAX}")
     current = get(conn, org, campaign_id, lock=True)
     if current["status"] not in ("running", "paused", "completed"):
         raise Conflict(f"Cannot retry the failures of a {current['status']} campaign")

@@ -71,7 +71,7 @@ def _check(status: str | None, page_size: int = DEFAULT_PAGE_SIZE, after: int | 
         cursor = int(after) if after not in (None, "") else 0
     except (TypeError, ValueError):
         raise Invalid(f"after must be a cursor returned as next_cursor (got {after!r})") from None
-    if cursor < 0:
+    if not 0 <= cursor <= 2**63 - 1:  # a bigint id; past it Postgres would refuse the query
         raise Invalid(f"after must be a cursor returned as next_cursor (got {after!r})")
     return cursor
 

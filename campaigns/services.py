@@ -92,6 +92,7 @@ def export_recipients(
 
 
 MAX_LIST_LIMIT = 200
+MAX_LIST_SKIP = 2**31 - 1  # far past any organization's campaigns; Postgres refuses an offset past bigint
 
 
 def list_campaigns(conn: sa.Connection, org: uuid.UUID, status: str | None = None, skip: int = 0,
@@ -99,8 +100,10 @@ def list_campaigns(conn: sa.Connection, org: uuid.UUID, status: str | None = Non
     """The organization's campaigns, newest first; offset paging (an organization has hundreds, not millions)."""
     if status is not None and status not in CAMPAIGN_STATUSES:
         raise lifecycle.Invalid(f"status must be one of: {', '.join(CAMPAIGN_STATUSES)} (got {status!r})")
-    if skip < 0 or not 1 <= limit <= MAX_LIST_LIMIT:
-        raise lifecycle.Invalid(f"skip must be 0 or more and limit between 1 and {MAX_LIST_LIMIT}")
+    if not 0 <= skip <= MAX_LIST_SKIP:
+        raise lifecycle.Invalid(f"skip must be between 0 and {MAX_LIST_SKIP} (got {skip})")
+    if not 1 <= limit <= MAX_LIST_LIMIT:
+        raise lifecycle.Invalid(f"limit must be between 1 and {MAX_LIST_LIMIT} (got {limit})")
     where = [campaigns.c.organization_id == org]
     if status is not None:
         where.append(campaigns.c.status == status)

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="largest request body (a contacts audience lists its ids)"
     )
+    api_max_csv_exports: int = Field(
+        4, ge=1, description="CSV exports streaming at once; each holds a database connection while its client reads"
+    )
 
     # Prefect.
     send_concurrency_name: str = Field("whatsapp-send-batches", description="Prefect global concurrency limit")

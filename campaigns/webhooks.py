@@ -20,8 +20,10 @@ import functools
 import hashlib
 import hmac
 import logging
+import re
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import psycopg
@@ -49,9 +51,23 @@ def signer_id(secret: str | bytes) -> str:
     return hashlib.sha256(b"pytake-webhook-signer:" + raw).hexdigest()[:32]
 
 
+# Secrets printed in this code base (the sandbox's default, the demo's of old): anyone can sign with them, so
+# the receiver's loader never trusts them (blocks.numbers.secrets_loader), whatever number carries them.
+WELL_KNOWN_SECRETS = frozenset({"demo-app-secret", "sandbox-app-secret", "bench-webhook-app-secret"})
+
+
+def well_known(secret: str | bytes) -> bool:
+    return (secret.decode("utf-8", "replace") if isinstance(secret, bytes) else secret) in WELL_KNOWN_SECRETS
+
+
 @dataclass
 class KnownSecrets:
-    """What the receiver checks against; refreshed from a loader (Prefect blocks) every `ttl` seconds."""
+    """What the receiver checks against; refreshed from a loader (Prefect blocks) every `ttl` seconds.
+
+    One load at a time, in the background: requests keep being checked against the secrets in hand while
+    it runs (before, every request after the window started its own load, so a flood started hundreds).
+    Only the very first load is awaited; a failed refresh keeps the old secrets and is tried again soon.
+    """
 
     loader: Callable[[], KnownSecrets] | None = None
     app_secrets: list[bytes] = field(default_factory=list)  # numbers' own Meta apps
@@ -59,31 +75,102 @@ class KnownSecrets:
     verify_tokens: list[str] = field(default_factory=list)
     evolution_keys: dict[str, list[str]] = field(default_factory=dict)  # instance → api keys
     ttl: float = 60.0
-    _loaded_at: float = 0.0
+    retry_after_failure: float = 5.0
+    _loaded_at: float | None = None
+    _refresh: asyncio.Task[None] | None = None
+    loads: int = 0  # loads started, for tests and benches
 
     async def current(self) -> KnownSecrets:
-        if self.loader and time.monotonic() - self._loaded_at > self.ttl:
-            fresh = await asyncio.to_thread(self.loader)
+        if self.loader is None:
+            return self
+        due = self._loaded_at is None or time.monotonic() - self._loaded_at > self.ttl
+        if due and self._refresh is None:
+            self._refresh = asyncio.create_task(self._load(self.loader))
+        if self._loaded_at is None and self._refresh is not None:
+            await asyncio.shield(self._refresh)
+        return self
+
+    async def _load(self, loader: Callable[[], KnownSecrets]) -> None:
+        self.loads += 1
+        try:
+            fresh = await asyncio.to_thread(loader)
             self.app_secrets, self.platform_secret = fresh.app_secrets, fresh.platform_secret
             self.verify_tokens, self.evolution_keys = fresh.verify_tokens, fresh.evolution_keys
             self._loaded_at = time.monotonic()
-        return self
+        except Exception:
+            if self._loaded_at is None:
+                raise  # nothing to check against yet: the request fails (500) and its sender retries
+            log.exception("reloading the webhook secrets failed; the previous ones stay in use")
+            self._loaded_at = time.monotonic() - self.ttl + self.retry_after_failure
+        finally:
+            self._refresh = None
+
+
+SIGNATURE_HEADER = re.compile(r"sha256=[0-9a-fA-F]{64}")
+
+
+@functools.lru_cache(maxsize=4096)
+def _keyed(secret: bytes) -> hmac.HMAC:
+    """The HMAC with its key already absorbed: each check copies it instead of hashing the key again."""
+    return hmac.new(secret, digestmod=hashlib.sha256)
 
 
 def meta_signers(body: bytes, header: str | None, known: KnownSecrets) -> list[str] | None:
-    """The signers whose secret produced X-Hub-Signature-256 over the raw body; None if none did."""
-    if not header or not header.startswith("sha256="):
+    """The signers whose secret produced X-Hub-Signature-256 over the raw body; None if none did.
+
+    A header that is not `sha256=` and 64 hex digits is refused before any hashing."""
+    if not header or not SIGNATURE_HEADER.fullmatch(header.strip()):
         return None
-    given = header.removeprefix("sha256=").strip().lower().encode("utf-8", "replace")
+    given = bytes.fromhex(header.strip().removeprefix("sha256="))
+    matched: list[str] = []
+    for secret, names in _candidates(known):  # every secret is checked: timing says nothing about which matched
+        h = _keyed(secret).copy()
+        h.update(body)
+        if hmac.compare_digest(h.digest(), given):
+            matched += names
+    return sorted(set(matched)) or None
+
+
+def _candidates(known: KnownSecrets) -> list[tuple[bytes, list[str]]]:
     candidates = [(s, [signer_id(s)]) for s in known.app_secrets]
     if known.platform_secret:
         candidates.append((known.platform_secret, [PLATFORM, signer_id(known.platform_secret)]))
-    matched: list[str] = []
-    for secret, names in candidates:  # every secret is checked, so timing says nothing about which matched
-        expected = hmac.new(secret, body, hashlib.sha256).hexdigest().encode()
-        if hmac.compare_digest(expected, given):
-            matched += names
-    return sorted(set(matched)) or None
+    return candidates
+
+
+class Busy(Exception):
+    """Too many large bodies are being checked already: answered 503, which Meta retries."""
+
+
+class SignatureChecker:
+    """Bounds what an unauthenticated request can cost before it is refused.
+
+    Checking costs the body's size times the number of known secrets (a forged 3 MB body against 50 apps is
+    150 MB of SHA-256, ~0.4 s of CPU). Small checks (the usual webhook: a few KB) run on the event loop, where
+    they cost less than a thread hop; larger ones run on `threads` threads (hashlib releases the GIL), so the
+    loop keeps answering genuine webhooks, and past `threads + waiting` of them a new one is answered 503 at
+    once, hashing nothing.
+    """
+
+    def __init__(self, threads: int = 2, waiting: int = 4, inline_bytes: int = 256 * 1024) -> None:
+        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="webhook-hmac")
+        self.limit = threads + waiting
+        self.inline_bytes = inline_bytes  # body bytes × secrets hashed on the loop at most
+        self.in_flight = 0
+
+    async def meta(self, body: bytes, header: str | None, known: KnownSecrets) -> list[str] | None:
+        if not header or not SIGNATURE_HEADER.fullmatch(header.strip()):
+            return None
+        work = len(body) * max(1, len(known.app_secrets) + (1 if known.platform_secret else 0))
+        if work <= self.inline_bytes:
+            return meta_signers(body, header, known)
+        if self.in_flight >= self.limit:
+            raise Busy
+        self.in_flight += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, meta_signers, body, header, known)
+        finally:
+            self.in_flight -= 1
 
 
 def evolution_signers(instance: str, apikey: str, known: KnownSecrets) -> list[str] | None:
@@ -156,8 +243,10 @@ class EventWriter:
                         fut.set_exception(exc)
 
 
-def create_app(database_url: str, secrets: KnownSecrets, max_body_bytes: int = 3 * 1024 * 1024) -> Starlette:
+def create_app(database_url: str, secrets: KnownSecrets, max_body_bytes: int = 3 * 1024 * 1024,
+               checker: SignatureChecker | None = None) -> Starlette:
     writer = EventWriter(database_url)
+    checker = checker or SignatureChecker()
 
     async def verify(request: Request) -> Response:
         q = request.query_params
@@ -173,7 +262,10 @@ def create_app(database_url: str, secrets: KnownSecrets, max_body_bytes: int = 3
         if body is None:
             return PlainTextResponse("payload too large", status_code=413)
         known = await secrets.current()
-        signers = meta_signers(body, request.headers.get("x-hub-signature-256"), known)
+        try:
+            signers = await checker.meta(body, request.headers.get("x-hub-signature-256"), known)
+        except Busy:
+            return PlainTextResponse("busy: retry later", status_code=503, headers={"Retry-After": "1"})
         if signers is None:
             return PlainTextResponse("invalid signature", status_code=401)
         await writer.store("meta_cloud", body, signers)
@@ -200,4 +292,5 @@ def create_app(database_url: str, secrets: KnownSecrets, max_body_bytes: int = 3
         Route("/health", health),
     ])
     app.state.writer = writer
+    app.state.checker = checker
     return app
