@@ -273,6 +273,11 @@ class SandboxConfig(BaseModel):
         description="template name -> body text with {{1}}/{{name}} placeholders; when non-empty, unknown "
         "names fail with 132001 and wrong parameter counts with 132000",
     )
+    answer_ids: dict[str, Any] = Field(
+        default_factory=dict,
+        description="wa_id -> the message id its accepted sends are answered with instead of their own (any "
+        "JSON: a broken or hostile peer's duplicate or non-string id); records and webhooks keep the real id",
+    )
     seed: int | None = Field(default=0, description="seed of the RNG behind rule probabilities and rates")
     record_path: str | None = Field(default=None, description="append every accepted message as JSONL")
 
@@ -792,7 +797,7 @@ class Sandbox:
             if rule is not None and rule.where == "sync":
                 raise rule.error()
             record = self._accept(wire.provider, sender, msg, now, window, rule)
-            status, body = wire.accepted(record)
+            status, body = wire.accepted({**record, "wamid": cfg.answer_ids.get(msg.wa_id, record["wamid"])})
         except GraphError as err:
             self._errors_by_code[err.code] += 1
             if err.code == 130429:
