@@ -223,6 +223,7 @@ class FailureRule(BaseModel):
     phone_number_id: str | None = Field(default=None, description="only for this sender number")
     message: str | None = Field(default=None, description="override of the error message")
     details: str | None = Field(default=None, description="override of error_data.details")
+    retry_after: str | None = Field(default=None, description="Retry-After header of a sync refusal (any text)")
 
     _pattern: re.Pattern[str] = PrivateAttr()
 
@@ -810,7 +811,8 @@ class Sandbox:
             await asyncio.sleep(delay / 1000.0)
         if record is not None:
             self._schedule_webhooks(self._cfg, record, rule)
-        return web.json_response(body, status=status)
+        retry_after = rule.retry_after if record is None and rule is not None else None
+        return web.json_response(body, status=status, headers={"Retry-After": retry_after} if retry_after else None)
 
     @staticmethod
     def _check_token(cfg: SandboxConfig, phone_number_id: str, header: str | None) -> None:

@@ -99,3 +99,17 @@ def test_an_evolution_answer_with_a_bad_id_sends_each_recipient_once(db, org, sa
 
     assert [len(_accepted(sandbox, p)) for p in numbers] == [1, 1, 1, 1]
     assert {r["status"] for r in recipients_of(cid)} == {"sent"}
+
+
+def test_a_retry_after_that_is_no_number_of_seconds_is_ignored_not_fatal(db, org, sandbox):
+    numbers = phones(3, start=8600)
+    sandbox.configure(rules=[{"match": f"{n[-4:]}$", "code": 131056, "times": 1, "retry_after": value}
+                             for n, value in zip(numbers, ["nan", "inf", "1e308"], strict=True)])
+    number = add_sandbox_number(db, org, sandbox)
+    add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in numbers])
+    cid = create_campaign(db, org, number)
+
+    rows = _one_batch(cid)
+
+    assert [rows[p]["status"] for p in numbers] == ["pending"] * 3  # the pair limit's own backoff instead
+    assert all(rows[p]["error_code"] == 131056 and rows[p]["next_attempt_at"] is not None for p in numbers)
