@@ -229,11 +229,13 @@ def prepare(spec: CampaignSpec, rows: list[Claimed]) -> tuple[list[OutboundMessa
             if problem:
                 raise RenderError(f"cannot render the message: {problem}")
             messages.append(_render(spec, row))
-        except Exception as exc:
-            reason = str(exc) if isinstance(exc, RenderError) else f"cannot render the message: {type(exc).__name__}"
-            if not isinstance(exc, RenderError):
-                log.warning("recipient %s: %s", row.id, reason, exc_info=True)
-            settled.append(Outcome(row.id, "failed", message=reason, entry=_entry(row.attempts, False, None, reason)))
+            continue
+        except RenderError as exc:  # a missing variable: the reason names it
+            reason = str(exc)
+        except Exception as exc:  # the contact's attributes are not an object, say: logged, this row only
+            reason = f"cannot render the message: {type(exc).__name__}"
+            log.warning("recipient %s: %s", row.id, reason, exc_info=True)
+        settled.append(Outcome(row.id, "failed", message=reason, entry=_entry(row.attempts, False, None, reason)))
     return messages, settled
 
 
