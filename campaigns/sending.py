@@ -17,9 +17,9 @@ import math
 import random
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,6 +29,7 @@ from campaigns.engine import SendEngine
 from campaigns.errors import PAIR_LIMIT, THROUGHPUT_CODES, FailureClass, classify, escalated, pause_reason
 from campaigns.lifecycle import pause_for_error
 from campaigns.providers import OutboundMessage, Provider, SendResult
+from campaigns.providers.base import clean_result
 from campaigns.ratelimit import (
     Cap,
     Grant,
@@ -41,7 +42,13 @@ from campaigns.ratelimit import (
     number_limit,
     portfolio_limit,
 )
-from campaigns.rendering import RenderError, contact_values, render_template, render_text
+from campaigns.rendering import (
+    RenderError,
+    contact_values,
+    render_template,
+    render_text,
+    template_variables_problem,
+)
 from campaigns.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -202,9 +209,15 @@ def claim(conn: sa.Connection, campaign_id: uuid.UUID, limit: int) -> list[Claim
 
 
 def prepare(spec: CampaignSpec, rows: list[Claimed]) -> tuple[list[OutboundMessage], list[Outcome]]:
-    """Render each message; opt-outs since the audience was built and render errors settle at once."""
+    """Render each message; opt-outs since the audience was built and render errors settle at once.
+
+    Any render failure fails only its recipient, with its reason: the rows are already claimed, so an
+    exception out of here would leave the whole batch in `sending`. Template variables are checked again
+    here because a stored campaign may predate the check at creation (or come from the main app).
+    """
     messages: list[OutboundMessage] = []
     settled: list[Outcome] = []
+    problem = template_variables_problem(spec.template_variables) if spec.message_type == "template" else None
     for row in rows:
         if row.contact_deleted:  # deleted from the main app after the audience froze: never sent
             settled.append(Outcome(row.id, "skipped", skip_reason="contact_deleted", attempts_delta=-1))
@@ -212,19 +225,39 @@ def prepare(spec: CampaignSpec, rows: list[Claimed]) -> tuple[list[OutboundMessa
         if spec.respect_opt_out and row.opted_out:
             settled.append(Outcome(row.id, "skipped", skip_reason="opt_out", attempts_delta=-1))
             continue
-        values = contact_values({"name": row.name, "phone": row.phone, "attributes": row.attributes})
         try:
-            if spec.message_type == "text":
-                msg = OutboundMessage(row.id, row.phone, "text", text=render_text(spec.message_content["text"], values))
-            else:
-                template = render_template(spec.message_content, spec.template_variables, values)
-                msg = OutboundMessage(row.id, row.phone, "template", template=template)
-        except RenderError as exc:
-            entry = _entry(row.attempts, False, None, str(exc))
-            settled.append(Outcome(row.id, "failed", message=str(exc), entry=entry))
+            if problem:
+                raise RenderError(f"cannot render the message: {problem}")
+            messages.append(_render(spec, row))
             continue
-        messages.append(msg)
+        except RenderError as exc:  # a missing variable: the reason names it
+            reason = str(exc)
+        except Exception as exc:  # the contact's attributes are not an object, say: logged, this row only
+            reason = f"cannot render the message: {type(exc).__name__}"
+            log.warning("recipient %s: %s", row.id, reason, exc_info=True)
+        settled.append(Outcome(row.id, "failed", message=reason, entry=_entry(row.attempts, False, None, reason)))
     return messages, settled
+
+
+def _render(spec: CampaignSpec, row: Claimed) -> OutboundMessage:
+    values = contact_values({"name": row.name, "phone": row.phone, "attributes": row.attributes})
+    if spec.message_type == "text":
+        return OutboundMessage(row.id, row.phone, "text", text=render_text(spec.message_content["text"], values))
+    template = render_template(spec.message_content, spec.template_variables, values)
+    return OutboundMessage(row.id, row.phone, "template", template=template)
+
+
+def clean_results(results: dict[int, SendResult | None]) -> dict[int, SendResult | None]:
+    """The providers' answers as the database can record them (providers.base.clean_result), and a message
+    id answered for two sends of the batch dropped from both: it cannot identify either (ux_recipients_wamid
+    would refuse the second). A send without an id is still recorded sent."""
+    cleaned = {rid: clean_result(res) if res is not None else None for rid, res in results.items()}
+    seen = Counter(res.message_id for res in cleaned.values() if res is not None and res.message_id)
+    for rid, res in cleaned.items():
+        if res is not None and res.message_id and seen[res.message_id] > 1:
+            log.warning("recipient %s: message id %r answered for several sends; not kept", rid, res.message_id)
+            cleaned[rid] = replace(res, message_id=None)
+    return cleaned
 
 
 async def deliver(
@@ -379,8 +412,38 @@ def outcome_for(
 
 
 def record(conn: sa.Connection, spec: CampaignSpec, outcomes: list[Outcome]) -> int:
+    """Write the outcomes in one statement. Should that fail on the data (a value the cleaning did not
+    foresee, a message id another row already holds), write them row by row, so the other rows (some
+    really sent) are not left in `sending`; a row that still fails is written without the provider's id
+    and text. A lost connection or a deadlock is not the data: it is raised, and the caller retries."""
     if not outcomes:
         return 0
+    try:
+        with conn.begin_nested():
+            return _record_rows(conn, spec, outcomes)
+    except sa.exc.OperationalError:
+        raise
+    except Exception:
+        log.exception("recording a batch of %d outcomes failed; recording them one by one", len(outcomes))
+    return sum(_record_one(conn, spec, o) for o in outcomes)
+
+
+def _record_one(conn: sa.Connection, spec: CampaignSpec, outcome: Outcome) -> int:
+    try:
+        with conn.begin_nested():
+            return _record_rows(conn, spec, [outcome])
+    except sa.exc.OperationalError:
+        raise
+    except Exception:
+        log.exception("recipient %s: outcome %s not recordable as answered; recorded without the provider's "
+                      "id and text", outcome.id, outcome.status)
+    bare = replace(outcome, wamid=None, code=None, entry={"note": "the provider's answer could not be stored"},
+                   message=None if outcome.status == "sent" else "the provider's answer could not be stored")
+    with conn.begin_nested():
+        return _record_rows(conn, spec, [bare])
+
+
+def _record_rows(conn: sa.Connection, spec: CampaignSpec, outcomes: list[Outcome]) -> int:
     cols = list(zip(*[
         (o.id, o.status, o.wamid, o.code, o.message, o.skip_reason, o.next_at, o.attempts_delta,
          json.dumps(o.entry) if o.entry else None, o.at, o.rate_tries)
@@ -430,7 +493,7 @@ def send_batch(db: sa.Engine, deliver_fn: Deliver, spec: CampaignSpec, batch_siz
         return BatchCounts()
     claimed_at = time.monotonic()
     messages, settled = prepare(spec, rows)
-    results = deliver_fn(messages) if messages else {}
+    results = clean_results(deliver_fn(messages)) if messages else {}
     delivered_at = time.monotonic()
     with db.connect() as conn:
         status_now = conn.execute(sa.text("select status from campaigns where id = :c"), {"c": spec.id}).scalar_one()
