@@ -34,7 +34,17 @@ MAX_PHONE_DIGITS = 15  # E.164
 
 
 class Malformed(ValueError):
-    """A field of the wrong type or size: the event is refused as a whole, with the field named."""
+    """A field of the wrong type or size: the event is refused as a whole, with the field named.
+
+    Raised with the field's own key; each enclosing level adds its part of the path on the way out, so that
+    a well-formed event (nearly all of them) never pays for formatting paths."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+    def within(self, prefix: str) -> Malformed:
+        return Malformed(f"{prefix}.{self.path}" if self.path else prefix, self.reason)
 
 
 def clean_text(value: str, limit: int = MAX_TEXT) -> str:
@@ -45,40 +55,42 @@ def clean_text(value: str, limit: int = MAX_TEXT) -> str:
     return text[:limit]
 
 
-def _text(value: Any, where: str, limit: int = MAX_TEXT) -> str | None:
+def _text(value: Any, key: str, limit: int = MAX_TEXT) -> str | None:
     """A string field: None when absent, cleaned when a string, the event refused otherwise."""
     if value is None:
         return None
     if isinstance(value, str):
+        if len(value) <= limit and value.isascii() and "\x00" not in value:
+            return value  # the usual case, without a copy
         return clean_text(value, limit)
-    raise Malformed(f"{where}: expected a string, got {type(value).__name__}")
+    raise Malformed(key, f"expected a string, got {type(value).__name__}")
 
 
-def _id(value: Any, where: str, digits_ok: bool = False) -> str | None:
+def _id(value: Any, key: str, digits_ok: bool = False) -> str | None:
     """An identifier (wamid, phone_number_id, instance): a string (or, if `digits_ok`, a non-negative integer)
     of at most MAX_ID characters; an empty one is no id. Cutting a longer one could make it another's id."""
     if digits_ok and isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**MAX_ID:
         value = str(value)
-    text = _text(value, where, MAX_ID + 1)
+    text = _text(value, key, MAX_ID + 1)
     if text is not None and len(text) > MAX_ID:
-        raise Malformed(f"{where}: longer than {MAX_ID} characters")
+        raise Malformed(key, f"longer than {MAX_ID} characters")
     return text or None
 
 
-def _dict(value: Any, where: str) -> dict[str, Any]:
+def _dict(value: Any, key: str) -> dict[str, Any]:
     if value is None:
         return {}
     if isinstance(value, dict):
         return value
-    raise Malformed(f"{where}: expected an object, got {type(value).__name__}")
+    raise Malformed(key, f"expected an object, got {type(value).__name__}")
 
 
-def _list(value: Any, where: str) -> list[Any]:
+def _list(value: Any, key: str) -> list[Any]:
     if value is None:
         return []
     if isinstance(value, list):
         return value
-    raise Malformed(f"{where}: expected a list, got {type(value).__name__}")
+    raise Malformed(key, f"expected a list, got {type(value).__name__}")
 
 
 def _word(value: Any) -> str:
@@ -139,14 +151,14 @@ def _ts(value: Any, default: datetime | None = None) -> datetime:
         return default or datetime.now(UTC)
 
 
-def _phone(wa_id: Any, where: str) -> str | None:
+def _phone(wa_id: Any, key: str) -> str | None:
     """E.164 from Meta's wa_id or a JID's user part; None when it cannot be a phone (no digits, over 15)."""
     if isinstance(wa_id, int) and not isinstance(wa_id, bool):
         wa_id = str(wa_id)
-    text = _text(wa_id, where, 65) or ""
+    text = _text(wa_id, key, 65) or ""
     if len(text) > 64:
         return None
-    digits = "".join(ch for ch in text if ch in "0123456789")
+    digits = text if text.isdigit() and text.isascii() else "".join(ch for ch in text if ch in "0123456789")
     return "+" + digits if digits and len(digits) <= MAX_PHONE_DIGITS else None
 
 
@@ -159,15 +171,29 @@ def _code(value: Any) -> int | None:
     return None
 
 
-def _error(status: dict[str, Any], where: str) -> tuple[int | None, str | None]:
-    errors = _list(status.get("errors"), f"{where}.errors")
+def _each(items: list[Any], key: str, read: Any) -> list[Any]:
+    """`read(item)` for each item of the list `items` (`key` in the path of a Malformed), Nones left out."""
+    out = []
+    for i, item in enumerate(items):
+        try:
+            got = read(item)
+        except Malformed as exc:
+            raise exc.within(f"{key}[{i}]") from None
+        if got is not None:
+            out.append(got)
+    return out
+
+
+def _error(status: dict[str, Any]) -> tuple[int | None, str | None]:
+    errors = _list(status.get("errors"), "errors")
     if not errors or not isinstance(errors[0], dict):
         return None, None
     err = errors[0]
-    details = _text(_dict(err.get("error_data"), f"{where}.errors[0].error_data").get("details"),
-                    f"{where}.errors[0].error_data.details")
-    title = _text(err.get("title"), f"{where}.errors[0].title") or _text(err.get("message"),
-                                                                           f"{where}.errors[0].message")
+    try:
+        details = _text(_dict(err.get("error_data"), "error_data").get("details"), "error_data.details")
+        title = _text(err.get("title"), "title") or _text(err.get("message"), "message")
+    except Malformed as exc:
+        raise exc.within("errors[0]") from None
     text = " - ".join(x for x in (title, details) if x)
     number = _code(err.get("code"))
     if number is not None and number > INT4_MAX:  # not a Graph code; keep it in the text only
@@ -175,51 +201,71 @@ def _error(status: dict[str, Any], where: str) -> tuple[int | None, str | None]:
     return number, clean_text(text) or None
 
 
-def _meta_text(msg: dict[str, Any], where: str) -> str | None:
+def _meta_text(msg: dict[str, Any]) -> str | None:
     """What the user typed or tapped: text, a template's quick-reply button, an interactive reply."""
     kind = msg.get("type")
     if kind == "text":
-        return _text(_dict(msg.get("text"), f"{where}.text").get("body"), f"{where}.text.body")
+        return _text(_dict(msg.get("text"), "text").get("body"), "text.body")
     if kind == "button":
-        return _text(_dict(msg.get("button"), f"{where}.button").get("text"), f"{where}.button.text")
+        return _text(_dict(msg.get("button"), "button").get("text"), "button.text")
     if kind == "interactive":
-        inter = _dict(msg.get("interactive"), f"{where}.interactive")
-        reply = _dict(inter.get("button_reply") or inter.get("list_reply"), f"{where}.interactive reply")
-        return _text(reply.get("title"), f"{where}.interactive reply.title")
+        inter = _dict(msg.get("interactive"), "interactive")
+        reply = _dict(inter.get("button_reply") or inter.get("list_reply"), "interactive.reply")
+        return _text(reply.get("title"), "interactive.reply.title")
     return None
 
 
-def _meta_status(event_id: int, st: Any, where: str) -> StatusUpdate | None:
-    st = _dict(st, where)
+def _meta_status(event_id: int, st: Any) -> StatusUpdate | None:
+    st = _dict(st, "")
     status = _word(st.get("status")).lower()
     if status not in RANK:
         return None
-    code, message = _error(st, where) if status == "failed" else (None, None)
-    rid = parse_callback_data(_text(st.get("biz_opaque_callback_data"), f"{where}.biz_opaque_callback_data"))
+    code, message = _error(st) if status == "failed" else (None, None)
+    rid = parse_callback_data(_text(st.get("biz_opaque_callback_data"), "biz_opaque_callback_data"))
     if rid is not None and not 0 < rid <= INT8_MAX:  # not one of our recipient ids
         rid = None
-    return StatusUpdate(event_id, _id(st.get("id"), f"{where}.id"), rid, status, _ts(st.get("timestamp")),
-                        code, message)
+    return StatusUpdate(event_id, _id(st.get("id"), "id"), rid, status, _ts(st.get("timestamp")), code, message)
 
 
-def _meta_messages(event_id: int, value: dict[str, Any], channel: str | None, where: str) -> list[Inbound]:
-    names: dict[str, str | None] = {}
-    for i, c in enumerate(_list(value.get("contacts"), f"{where}.contacts")):
-        c = _dict(c, f"{where}.contacts[{i}]")
-        name = _text(_dict(c.get("profile"), f"{where}.contacts[{i}].profile").get("name"),
-                     f"{where}.contacts[{i}].profile.name", 256)
-        names[_phone(c.get("wa_id"), f"{where}.contacts[{i}].wa_id") or ""] = name
-    out = []
-    for i, msg in enumerate(_list(value.get("messages"), f"{where}.messages")):
-        at = f"{where}.messages[{i}]"
-        msg = _dict(msg, at)
-        phone = _phone(msg.get("from"), f"{at}.from")
+def _meta_messages(event_id: int, value: dict[str, Any], channel: str | None) -> list[Inbound]:
+    def contact(c: Any) -> tuple[str, str | None]:
+        c = _dict(c, "")
+        name = _text(_dict(c.get("profile"), "profile").get("name"), "profile.name", 256)
+        return _phone(c.get("wa_id"), "wa_id") or "", name
+
+    names = dict(_each(_list(value.get("contacts"), "contacts"), "contacts", contact))
+
+    def message(msg: Any) -> Inbound | None:
+        msg = _dict(msg, "")
+        phone = _phone(msg.get("from"), "from")
         if phone is None:
-            continue
-        out.append(Inbound(event_id, channel, phone, _ts(msg.get("timestamp")), _meta_text(msg, at),
-                           _id(_dict(msg.get("context"), f"{at}.context").get("id"), f"{at}.context.id"),
-                           names.get(phone)))
-    return out
+            return None
+        return Inbound(event_id, channel, phone, _ts(msg.get("timestamp")), _meta_text(msg),
+                       _id(_dict(msg.get("context"), "context").get("id"), "context.id"), names.get(phone))
+
+    return _each(_list(value.get("messages"), "messages"), "messages", message)
+
+
+def _meta_preference(event_id: int, pref: Any, channel: str | None) -> Preference | None:
+    pref = _dict(pref, "")
+    phone, choice = _phone(pref.get("wa_id"), "wa_id"), _word(pref.get("value")).lower()
+    if phone and choice in ("stop", "resume"):
+        return Preference(event_id, channel, phone, _ts(pref.get("timestamp")), choice)
+    return None
+
+
+def _meta_change(out: ParsedEvent, change: Any) -> None:
+    value = _dict(_dict(change, "").get("value"), "value")
+    try:
+        channel = _id(_dict(value.get("metadata"), "metadata").get("phone_number_id"), "metadata.phone_number_id",
+                      digits_ok=True)
+        out.statuses += _each(_list(value.get("statuses"), "statuses"), "statuses",
+                              lambda st: _meta_status(out.event_id, st))
+        out.inbound += _meta_messages(out.event_id, value, channel)
+        out.preferences += _each(_list(value.get("user_preferences"), "user_preferences"), "user_preferences",
+                                 lambda pref: _meta_preference(out.event_id, pref, channel))
+    except Malformed as exc:
+        raise exc.within("value") from None
 
 
 def parse_meta(event_id: int, payload: Any) -> ParsedEvent:
@@ -228,34 +274,35 @@ def parse_meta(event_id: int, payload: Any) -> ParsedEvent:
     if not isinstance(payload, dict) or not isinstance(payload.get("entry"), list):
         out.error = "not a WhatsApp Business Account notification (no entry list)"
         return out
-    for e, entry in enumerate(payload["entry"]):
-        for c, change in enumerate(_list(_dict(entry, f"entry[{e}]").get("changes"), f"entry[{e}].changes")):
-            where = f"entry[{e}].changes[{c}].value"
-            value = _dict(_dict(change, f"entry[{e}].changes[{c}]").get("value"), where)
-            channel = _id(_dict(value.get("metadata"), f"{where}.metadata").get("phone_number_id"),
-                          f"{where}.metadata.phone_number_id", digits_ok=True)
-            for i, st in enumerate(_list(value.get("statuses"), f"{where}.statuses")):
-                update = _meta_status(event_id, st, f"{where}.statuses[{i}]")
-                if update is not None:
-                    out.statuses.append(update)
-            out.inbound += _meta_messages(event_id, value, channel, where)
-            for i, pref in enumerate(_list(value.get("user_preferences"), f"{where}.user_preferences")):
-                pref = _dict(pref, f"{where}.user_preferences[{i}]")
-                phone = _phone(pref.get("wa_id"), f"{where}.user_preferences[{i}].wa_id")
-                choice = _word(pref.get("value")).lower()
-                if phone and choice in ("stop", "resume"):
-                    out.preferences.append(Preference(event_id, channel, phone, _ts(pref.get("timestamp")), choice))
+
+    def entry(e: Any) -> None:
+        _each(_list(_dict(e, "").get("changes"), "changes"), "changes", lambda change: _meta_change(out, change))
+
+    _each(payload["entry"], "entry", entry)
     return out
 
 
-def _evolution_text(message: dict[str, Any], where: str) -> tuple[str | None, str | None]:
+def _evolution_text(message: dict[str, Any]) -> tuple[str | None, str | None]:
     """(text, quoted message id) of a Baileys message."""
     if message.get("conversation"):
-        return _text(message["conversation"], f"{where}.conversation"), None
-    extended = _dict(message.get("extendedTextMessage"), f"{where}.extendedTextMessage")
-    quoted = _dict(extended.get("contextInfo"), f"{where}.extendedTextMessage.contextInfo").get("stanzaId")
-    return (_text(extended.get("text"), f"{where}.extendedTextMessage.text"),
-            _id(quoted, f"{where}.extendedTextMessage.contextInfo.stanzaId"))
+        return _text(message["conversation"], "conversation"), None
+    extended = _dict(message.get("extendedTextMessage"), "extendedTextMessage")
+    quoted = _dict(extended.get("contextInfo"), "extendedTextMessage.contextInfo").get("stanzaId")
+    return (_text(extended.get("text"), "extendedTextMessage.text"),
+            _id(quoted, "extendedTextMessage.contextInfo.stanzaId"))
+
+
+def _evolution_inbound(event_id: int, item: dict[str, Any], channel: str | None, at: datetime) -> Inbound | None:
+    key = _dict(item.get("key"), "key")
+    jid = _word(key.get("remoteJid"))
+    if key.get("fromMe") or not jid.endswith("@s.whatsapp.net"):
+        return None  # our own sends, groups and broadcasts are not a contact writing to us
+    phone = _phone(jid.split("@")[0], "key.remoteJid")
+    if phone is None:
+        return None
+    text, quoted = _evolution_text(_dict(item.get("message"), "message"))
+    return Inbound(event_id, channel, phone, _ts(item.get("messageTimestamp"), at), text, quoted,
+                   _text(item.get("pushName"), "pushName", 256))
 
 
 def parse_evolution(event_id: int, payload: Any, received_at: datetime | None = None) -> ParsedEvent:
@@ -270,23 +317,13 @@ def parse_evolution(event_id: int, payload: Any, received_at: datetime | None = 
     items = [i for i in (data if isinstance(data, list) else [data]) if isinstance(i, dict)]
     event = _word(payload.get("event")).lower().replace("_", ".")
     if event == "messages.update":
-        for i, item in enumerate(items):
+        def update(item: dict[str, Any]) -> StatusUpdate | None:
             status = EVOLUTION_STATUS.get(_word(item.get("status")).upper())
-            if status:
-                out.statuses.append(StatusUpdate(event_id, _id(item.get("keyId"), f"data[{i}].keyId"), None,
-                                                 status, at))
+            return StatusUpdate(event_id, _id(item.get("keyId"), "keyId"), None, status, at) if status else None
+
+        out.statuses += _each(items, "data", update)
     elif event == "messages.upsert":
-        for i, item in enumerate(items):
-            key = _dict(item.get("key"), f"data[{i}].key")
-            jid = _word(key.get("remoteJid"))
-            if key.get("fromMe") or not jid.endswith("@s.whatsapp.net"):
-                continue  # our own sends, groups and broadcasts are not a contact writing to us
-            phone = _phone(jid.split("@")[0], f"data[{i}].key.remoteJid")
-            if phone is None:
-                continue
-            text, quoted = _evolution_text(_dict(item.get("message"), f"data[{i}].message"), f"data[{i}].message")
-            out.inbound.append(Inbound(event_id, channel, phone, _ts(item.get("messageTimestamp"), at), text,
-                                       quoted, _text(item.get("pushName"), f"data[{i}].pushName", 256)))
+        out.inbound += _each(items, "data", lambda item: _evolution_inbound(event_id, item, channel, at))
     return out
 
 
