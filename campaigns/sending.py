@@ -395,7 +395,7 @@ async def deliver(
                     break
                 if time.time() - when > engine.settings.late_tolerance_seconds:
                     continue
-                if not marks.ready(queue[0]):  # lost rows shifted an unmarked one into this chunk: next chunk
+                if not queue or not marks.ready(queue[0]):  # the claim lost rows: the rest wait for their mark
                     break
                 inflight.append(asyncio.create_task(send(queue.popleft())))
                 credit -= 1

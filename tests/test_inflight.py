@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from blocks.whatsapp import load_credentials
 from campaigns import lifecycle, runner, sending
+from campaigns.engine_process import get_engine_client
 from campaigns.limit_history import LimitHistory
 from campaigns.ratelimit import number_key
 from campaigns.reconcile import reconcile
@@ -80,6 +81,30 @@ def test_a_batch_whose_rows_were_requeued_under_it_neither_sends_nor_records_the
     with db.begin() as conn:
         assert sending.record(conn, spec, [sending.Outcome(i, "pending", attempts_delta=-1) for i in ids], stale) == 0
     assert {r["status"] for r in _by_id(db, cid).values()} == {"sending"}  # still the new claim's
+
+
+def test_the_engine_marks_rows_before_sending_and_never_sends_rows_its_claim_lost(db, org, sandbox):
+    """The real send engine process (over its pipe) against the sandbox: a batch sends what it still
+    holds, each row marked in flight before its request; rows requeued under it are not sent at all."""
+    cid, _, rows = _claimed(db, org, sandbox, 4, start=8150)
+    lost, kept = rows[:2], rows[2:]
+    with db.begin() as conn:  # another runner requeued two of the rows and claimed them again
+        conn.execute(sa.text("update campaign_recipients set status = 'pending' where id = any(:ids)"),
+                     {"ids": [r.id for r in lost]})
+        assert [r.id for r in sending.claim(conn, cid, 2)] == [r.id for r in lost]
+    spec, provider, credentials = runner.load_spec(db, cid, load_credentials)
+    messages, _ = sending.prepare(spec, rows)
+
+    results = get_engine_client().deliver(provider, credentials, spec, messages, rows[0].claimed_at)
+
+    assert sorted(m["biz_opaque_callback_data"] for m in sandbox.messages()) == [f"pytake:{r.id}" for r in kept]
+    assert [results[r.id] is None for r in rows] == [True, True, False, False]
+    after = _by_id(db, cid)
+    marked = [r.id for r in rows if after[r.id]["in_flight_at"] is not None]
+    assert marked == [r.id for r in kept]
+    accepted = {int(m["biz_opaque_callback_data"].removeprefix("pytake:")): m["accepted_at"]
+                for m in sandbox.messages()}
+    assert all(after[i]["in_flight_at"].timestamp() <= accepted[i] for i in marked)  # marked before it left
 
 
 def test_a_mark_committed_while_reconcile_waits_for_the_rows_keeps_them_waiting(db, org, sandbox):
