@@ -5,6 +5,12 @@ Exactly-once rests on Postgres, not on Prefect: a batch claims its rows in one s
 again; outcomes are written in one UPDATE per batch. A row still in `sending` after its batch is an
 unknown outcome (a crash, a timeout after the request left): `reconcile.py` settles it from the status
 webhooks that carry our recipient id before anything is resent.
+
+Only a request that may have left is unknown. The send engine marks each chunk's rows in flight
+(`in_flight_at`, one UPDATE, committed) before the first of them can leave; a row in `sending` without the
+mark was certainly never sent, so recovery puts it back to pending at once instead of waiting the grace
+period. The claim's time is its token: the mark and the record touch only rows still held by this claim,
+so a batch that lost its rows (another runner requeued them) neither sends nor records them.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from campaigns.db import get_engine
 from campaigns.engine import SendEngine
 from campaigns.errors import PAIR_LIMIT, THROUGHPUT_CODES, FailureClass, classify, escalated, pause_reason
 from campaigns.lifecycle import pause_for_error
@@ -68,11 +75,18 @@ CLAIM = sa.text("""
         for update of r skip locked
     )
     update campaign_recipients r
-    set status = 'sending', claimed_at = now(), attempts = r.attempts + 1
+    set status = 'sending', claimed_at = now(), in_flight_at = null, attempts = r.attempts + 1
     from picked
     where r.id = picked.id
     returning r.id, r.phone, r.attempts, picked.contact_exists, picked.name, picked.attributes, picked.opted_out_at,
-              r.rate_tries
+              r.rate_tries, r.claimed_at
+""")
+
+# Rows about to leave, marked before any of their requests can: only rows this claim still holds.
+MARK_IN_FLIGHT = sa.text("""
+    update campaign_recipients set in_flight_at = now()
+    where id = any(cast(:ids as bigint[])) and status = 'sending' and claimed_at = :claimed_at
+    returning id
 """)
 
 RECORD = sa.text("""
@@ -94,7 +108,7 @@ RECORD = sa.text("""
         cast(:messages as text[]), cast(:skip_reasons as text[]), cast(:next_ats as timestamptz[]),
         cast(:deltas as int[]), cast(:entries as jsonb[]), cast(:ats as timestamptz[]), cast(:rate_tries as int[])
     ) as v(id, status, wamid, code, message, skip_reason, next_at, attempts_delta, entry, at, rate_tries)
-    where r.id = v.id and r.status = 'sending'
+    where r.id = v.id and r.status = 'sending' and r.claimed_at = :claimed_at
 """)
 
 
@@ -108,6 +122,7 @@ class Claimed:
     opted_out: bool
     contact_deleted: bool = False
     rate_tries: int = 0  # earlier tries refused for a rate limit (they do not spend attempts)
+    claimed_at: datetime | None = None  # the claim's time, the same for the whole batch: its token
 
 
 @dataclass
@@ -203,7 +218,7 @@ def claim(conn: sa.Connection, campaign_id: uuid.UUID, limit: int) -> list[Claim
     rows = conn.execute(CLAIM, {"campaign": campaign_id, "limit": limit}).all()
     return [
         Claimed(r.id, r.phone, r.attempts, r.name, r.attributes or {}, r.opted_out_at is not None,
-                contact_deleted=r.contact_exists is None, rate_tries=r.rate_tries)
+                contact_deleted=r.contact_exists is None, rate_tries=r.rate_tries, claimed_at=r.claimed_at)
         for r in sorted(rows, key=lambda r: r.id)
     ]
 
@@ -260,16 +275,65 @@ def clean_results(results: dict[int, SendResult | None]) -> dict[int, SendResult
     return cleaned
 
 
+# A chunk is marked in flight this long before its first slot, so the commit (a few ms) is done when the slot
+# comes and costs no slot; a kill then leaves at most about a chunk (CHUNK_SECONDS of sending) per batch
+# marked without having been sent, waiting the grace period.
+MARK_LEAD_SECONDS = 0.1
+
+
+def mark_in_flight(db: sa.Engine, ids: list[int], claimed_at: datetime) -> set[int]:
+    """Mark rows in flight and commit, before any of their requests may leave. Returns those marked: a row
+    missing from it is no longer this claim's (a runner that found this batch's runner gone requeued it)."""
+    with db.begin() as conn:
+        return set(conn.execute(MARK_IN_FLIGHT, {"ids": ids, "claimed_at": claimed_at}).scalars())
+
+
+class InFlightMarks:
+    """The batch's rows marked in flight. Nothing is sent before its mark has committed: a request written
+    to the socket first would look never-sent to recovery, and be sent twice."""
+
+    def __init__(self, engine: SendEngine, campaign_id: uuid.UUID, claimed_at: datetime) -> None:
+        self.engine, self.campaign_id, self.claimed_at = engine, campaign_id, claimed_at
+        self.marked: set[int] = set()
+
+    async def mark_next(self, queue: deque[OutboundMessage], n: int, first_slot: float) -> bool:
+        """Mark the next `n` messages of the queue just before `first_slot`; messages whose rows this claim
+        lost leave the queue unsent. False when sending must stop (the campaign stopped, Postgres away)."""
+        if not await self.engine.control.sleep_until(self.campaign_id, first_slot - MARK_LEAD_SECONDS):
+            return False
+        ids = [m.recipient_id for m in itertools.islice(queue, n) if m.recipient_id not in self.marked]
+        if not ids:
+            return True
+        try:
+            marked = await asyncio.to_thread(mark_in_flight, get_engine(), ids, self.claimed_at)
+        except Exception:  # unmarked, they are certainly not sent: back to pending with the batch
+            log.exception("could not mark %d messages in flight; they are not sent in this batch", len(ids))
+            return False
+        self.marked |= marked
+        if lost := set(ids) - marked:
+            log.warning("%d rows of this batch were requeued by another runner; not sent here", len(lost))
+            kept = [m for m in queue if m.recipient_id not in lost]
+            queue.clear()
+            queue.extend(kept)
+        return True
+
+    def ready(self, msg: OutboundMessage) -> bool:
+        return msg.recipient_id in self.marked
+
+
 async def deliver(
-    engine: SendEngine, provider: Provider, spec: CampaignSpec, messages: list[OutboundMessage]
+    engine: SendEngine, provider: Provider, spec: CampaignSpec, messages: list[OutboundMessage],
+    claimed_at: datetime,
 ) -> dict[int, SendResult | None]:
     """Send at the reserved slots, many requests in flight. None = not attempted (campaign stopped).
 
     One coroutine walks the reserved slots in order and starts each request on time; requests then run
     concurrently. A slot the loop woke too late for is skipped (sending then would bunch with the next
-    slots and overshoot the number's rate): its message takes the next slot instead.
+    slots and overshoot the number's rate): its message takes the next slot instead. Each chunk's rows are
+    marked in flight, committed, before its first request (InFlightMarks; `claimed_at` is the claim's token).
     """
     control = engine.control
+    marks = InFlightMarks(engine, spec.id, claimed_at)
     control.register(spec.id, "running")
     limits = spec.limits(engine.settings.rate_headroom)
     results: dict[int, SendResult | None] = {m.recipient_id: None for m in messages}
@@ -320,6 +384,8 @@ async def deliver(
             except Exception:  # Redis unreachable: stop starting sends; the rest go back to pending
                 log.exception("rate limiter unavailable; %d messages not sent in this batch", len(queue))
                 break
+            if not await marks.mark_next(queue, n, reservation.start):
+                break
             for when in reservation.slots():
                 # Sleep only when the slot is ahead: timer wake-ups cost ~1 ms, as much as a slot at
                 # 1,000 msg/s, so slots already due are sent back to back rather than slept for.
@@ -329,6 +395,8 @@ async def deliver(
                     break
                 if time.time() - when > engine.settings.late_tolerance_seconds:
                     continue
+                if not queue or not marks.ready(queue[0]):  # the claim lost rows: the rest wait for their mark
+                    break
                 inflight.append(asyncio.create_task(send(queue.popleft())))
                 credit -= 1
                 if not queue:
@@ -411,27 +479,28 @@ def outcome_for(
                    next_at=now + backoff(spec, row.attempts, rng))
 
 
-def record(conn: sa.Connection, spec: CampaignSpec, outcomes: list[Outcome]) -> int:
+def record(conn: sa.Connection, spec: CampaignSpec, outcomes: list[Outcome], claimed_at: datetime | None) -> int:
     """Write the outcomes in one statement. Should that fail on the data (a value the cleaning did not
     foresee, a message id another row already holds), write them row by row, so the other rows (some
     really sent) are not left in `sending`; a row that still fails is written without the provider's id
-    and text. A lost connection or a deadlock is not the data: it is raised, and the caller retries."""
+    and text. A lost connection or a deadlock is not the data: it is raised, and the caller retries.
+    Only rows still held by the claim made at `claimed_at` are written."""
     if not outcomes:
         return 0
     try:
         with conn.begin_nested():
-            return _record_rows(conn, spec, outcomes)
+            return _record_rows(conn, spec, outcomes, claimed_at)
     except sa.exc.OperationalError:
         raise
     except Exception:
         log.exception("recording a batch of %d outcomes failed; recording them one by one", len(outcomes))
-    return sum(_record_one(conn, spec, o) for o in outcomes)
+    return sum(_record_one(conn, spec, o, claimed_at) for o in outcomes)
 
 
-def _record_one(conn: sa.Connection, spec: CampaignSpec, outcome: Outcome) -> int:
+def _record_one(conn: sa.Connection, spec: CampaignSpec, outcome: Outcome, claimed_at: datetime | None) -> int:
     try:
         with conn.begin_nested():
-            return _record_rows(conn, spec, [outcome])
+            return _record_rows(conn, spec, [outcome], claimed_at)
     except sa.exc.OperationalError:
         raise
     except Exception:
@@ -440,10 +509,10 @@ def _record_one(conn: sa.Connection, spec: CampaignSpec, outcome: Outcome) -> in
     bare = replace(outcome, wamid=None, code=None, entry={"note": "the provider's answer could not be stored"},
                    message=None if outcome.status == "sent" else "the provider's answer could not be stored")
     with conn.begin_nested():
-        return _record_rows(conn, spec, [bare])
+        return _record_rows(conn, spec, [bare], claimed_at)
 
 
-def _record_rows(conn: sa.Connection, spec: CampaignSpec, outcomes: list[Outcome]) -> int:
+def _record_rows(conn: sa.Connection, spec: CampaignSpec, outcomes: list[Outcome], claimed_at: datetime | None) -> int:
     cols = list(zip(*[
         (o.id, o.status, o.wamid, o.code, o.message, o.skip_reason, o.next_at, o.attempts_delta,
          json.dumps(o.entry) if o.entry else None, o.at, o.rate_tries)
@@ -451,7 +520,8 @@ def _record_rows(conn: sa.Connection, spec: CampaignSpec, outcomes: list[Outcome
     ], strict=True))
     names = ("ids", "statuses", "wamids", "codes", "messages", "skip_reasons", "next_ats", "deltas", "entries", "ats",
              "rate_tries")
-    updated = conn.execute(RECORD, dict(zip(names, map(list, cols), strict=True))).rowcount
+    params = {**dict(zip(names, map(list, cols), strict=True)), "claimed_at": claimed_at}
+    updated = conn.execute(RECORD, params).rowcount
     errors = [o for o in outcomes if o.status == "failed" or (o.code is not None and o.status != "sent")]
     if errors:
         conn.execute(
@@ -481,7 +551,7 @@ def tally(outcomes: list[Outcome]) -> BatchCounts:
     return counts
 
 
-Deliver = Callable[[list[OutboundMessage]], dict[int, SendResult | None]]
+Deliver = Callable[[list[OutboundMessage], datetime], dict[int, SendResult | None]]  # (messages, the claim's token)
 
 
 def send_batch(db: sa.Engine, deliver_fn: Deliver, spec: CampaignSpec, batch_size: int, headroom: float) -> BatchCounts:
@@ -492,8 +562,10 @@ def send_batch(db: sa.Engine, deliver_fn: Deliver, spec: CampaignSpec, batch_siz
     if not rows:
         return BatchCounts()
     claimed_at = time.monotonic()
+    token = rows[0].claimed_at
+    assert token is not None, "claim() returns the claim's time"
     messages, settled = prepare(spec, rows)
-    results = clean_results(deliver_fn(messages)) if messages else {}
+    results = clean_results(deliver_fn(messages, token)) if messages else {}
     delivered_at = time.monotonic()
     with db.connect() as conn:
         status_now = conn.execute(sa.text("select status from campaigns where id = :c"), {"c": spec.id}).scalar_one()
@@ -519,7 +591,7 @@ def send_batch(db: sa.Engine, deliver_fn: Deliver, spec: CampaignSpec, batch_siz
     for attempt in range(3):  # a deadlock with a concurrent ingest is retried; RECORD is idempotent
         try:
             with db.begin() as conn:
-                _record_and_pause(conn, spec, outcomes, campaign_errors, counts, capped)
+                _record_and_pause(conn, spec, token, outcomes, campaign_errors, counts, capped)
                 if not counts.paused_reason:
                     _circuit_breaker(conn, spec, outcomes, *breaker, counts)
             break
@@ -558,12 +630,12 @@ def _circuit_breaker(conn: sa.Connection, spec: CampaignSpec, outcomes: list[Out
 
 
 def _record_and_pause(
-    conn: sa.Connection, spec: CampaignSpec, outcomes: list[Outcome], campaign_errors: list[Any],
-    counts: BatchCounts, capped: list[SendResult] | None = None,
+    conn: sa.Connection, spec: CampaignSpec, claimed_at: datetime, outcomes: list[Outcome],
+    campaign_errors: list[Any], counts: BatchCounts, capped: list[SendResult] | None = None,
 ) -> None:
     """Write the batch's outcomes and, on a campaign-level error or a full hour/day cap, pause the campaign:
     one transaction."""
-    record(conn, spec, outcomes)
+    record(conn, spec, outcomes, claimed_at)
     # A cancel that committed while this batch was sending already swept pending rows: sweep again.
     conn.execute(sa.text("""
         update campaign_recipients set status = 'cancelled' where campaign_id = :c and status = 'pending'
