@@ -19,10 +19,13 @@ runs themselves ignore the terminal's SIGINT, which would otherwise crash them.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import signal
 from datetime import UTC, datetime, timedelta
 
-from prefect import serve
+from prefect.exceptions import TerminationSignal
+from prefect.runner import Runner
 from prefect.schedules import Interval, Schedule
 
 from deployments.limits import ensure_send_limit
@@ -37,7 +40,7 @@ INGEST_INTERVAL = 600  # fewer, longer runs: housekeeping must not bury the camp
 SCHEDULER_RUN = 600  # a pass every 30 s, in runs of ten minutes (one at a time)
 HOUSEKEEPING = ["campaigns", "housekeeping"]
 OPERATOR_TAGS = ["campaigns", "operator"]
-POLL_SECONDS = 2  # a started campaign's run begins within 2 s (Prefect's default poll is every 10 s)
+POLL_SECONDS = 1  # a started campaign is picked up within a second (Prefect's default poll is every 10 s)
 FIRST_RUN_SECONDS = 15  # housekeeping's first run after start-up: Prefect's scheduler adds a new schedule's runs
 # within 5 s and never schedules one in the past, so the first run is due a little after that
 
@@ -51,21 +54,22 @@ def soon_and_every(seconds: int) -> Schedule:
 
 
 def main(limit: int = 8) -> None:
+    """Register the deployments with their flows (so each run forks from the warm server: warm_start.py; a
+    deployment registered without its flow would start `python -m prefect.engine`, importing everything
+    again) and poll for runs until SIGINT or SIGTERM."""
     ensure_send_limit()
     start_runs_warm()
     signal.signal(signal.SIGINT, lambda *_: signal.raise_signal(signal.SIGTERM))  # Prefect handles SIGTERM
-    serve(
-        send_campaign.to_deployment(name="default", tags=["campaigns"]),
-        ingest_statuses.to_deployment(name="default", schedule=soon_and_every(INGEST_INTERVAL), tags=HOUSEKEEPING,
-                                      parameters={"run_for_seconds": INGEST_INTERVAL, "every_seconds": 1.0}),
-        campaign_scheduler.to_deployment(name="default", schedule=soon_and_every(SCHEDULER_RUN), tags=HOUSEKEEPING,
-                                         concurrency_limit=1,
-                                         parameters={"run_for_seconds": SCHEDULER_RUN - 30, "every_seconds": 30.0}),
-        create_campaign.to_deployment(name="default", tags=OPERATOR_TAGS),
-        campaign_control.to_deployment(name="default", tags=OPERATOR_TAGS),
-        limit=limit,
-        query_seconds=POLL_SECONDS,
-    )
+    runner = Runner(limit=limit, query_seconds=POLL_SECONDS, pause_on_shutdown=True)
+    runner.add_flow(send_campaign, name="default", tags=["campaigns"])
+    runner.add_flow(ingest_statuses, name="default", schedule=soon_and_every(INGEST_INTERVAL), tags=HOUSEKEEPING,
+                    parameters={"run_for_seconds": INGEST_INTERVAL, "every_seconds": 1.0})
+    runner.add_flow(campaign_scheduler, name="default", schedule=soon_and_every(SCHEDULER_RUN), tags=HOUSEKEEPING,
+                    concurrency_limit=1, parameters={"run_for_seconds": SCHEDULER_RUN - 30, "every_seconds": 30.0})
+    runner.add_flow(create_campaign, name="default", tags=OPERATOR_TAGS)
+    runner.add_flow(campaign_control, name="default", tags=OPERATOR_TAGS)
+    with contextlib.suppress(KeyboardInterrupt, TerminationSignal):
+        asyncio.run(runner.start())
 
 
 if __name__ == "__main__":

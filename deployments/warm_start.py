@@ -9,7 +9,9 @@ it: the run is a copy of a warm process (its pages shared copy-on-write), starte
 still gets its own environment and settings from Prefect (they travel with the pickled call, not through
 the fork), and Prefect cancels it by its pid as before.
 
-The switch is one indirection: `prefect.flow_engine` looks `multiprocessing.get_context` up at call time,
+It needs the runner to hold each deployment's flow (serve.py registers them with `Runner.add_flow`): for a
+deployment registered without it, Prefect starts `python -m prefect.engine` instead, which no context
+changes. The switch is one indirection: `prefect.flow_engine` looks `multiprocessing.get_context` up at call time,
 and is given a `multiprocessing` whose contexts are all the warm one. Prefect's own tests patch the same
 spot (runner/_starter_direct.py names `run_flow_in_subprocess` as the place to override).
 """
