@@ -7,8 +7,9 @@ campaigns.operator.control_campaign, over the same domain functions as the HTTP 
 transition ends the run Failed with the domain's message ("Cannot resume a completed campaign").
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: `serve` pickles this flow's function by value into its run
+# (deployments/warm_start.py), and the run builds its parameter form's model from the annotations, which
+# must then be the types themselves, not names to look up.
 from datetime import datetime
 from typing import Any
 
