@@ -51,7 +51,7 @@ def outage(db, org, sandbox, seconds: float, total: int, mps: int, start: int) -
 # 264 refused, paused at 136 of 400) and it waits for an operator's resume; rows that used their retries during
 # the outage would fail. An outage (every send of a number refused with 5xx) should wait for the provider, not
 # count against the recipients or the breaker.
-GAP = pytest.mark.xfail(strict=True, reason="a provider outage trips the circuit breaker: the campaign waits for a resume")
+GAP = pytest.mark.xfail(strict=True, reason="an outage trips the circuit breaker: the campaign waits for a resume")
 
 
 @GAP
