@@ -10,6 +10,7 @@ report, which tests/faults/conftest.py prints at the end (`make faults` shows on
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -44,7 +45,7 @@ class Verdict:
     missing: int
     stats_exact: bool
     status: str
-    resumed_after_s: float | None = None  # fault -> the sandbox accepted a message again
+    resumed_after_s: float | None = None  # the longest pause in sending after a fault
     completed_after_s: float | None = None  # fault -> the campaign completed
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -53,10 +54,10 @@ class Verdict:
             return "-" if value is None else f"{value:.1f}s"
 
         extra = "".join(f" {k}={v}" for k, v in self.extra.items())
-        return (f"{self.scenario:<34} duplicates={self.duplicates} missing={self.missing} "
-                f"stats_exact={'yes' if self.stats_exact else 'NO'} recovered: sending {secs(self.resumed_after_s)}"
-                f", completed {secs(self.completed_after_s)} ({self.status}, {self.accepted}/{self.eligible}"
-                f" accepted){extra}")
+        exact = "yes" if self.stats_exact else "NO"
+        return (f"{self.scenario:<34} duplicates={self.duplicates} missing={self.missing} stats_exact={exact} "
+                f"longest pause in sending {secs(self.resumed_after_s)}, completed {secs(self.completed_after_s)} "
+                f"after the fault ({self.status}, {self.accepted} accepted of {self.eligible} eligible){extra}")
 
 
 def record(verdict: Verdict) -> Verdict:
@@ -200,6 +201,15 @@ def _rows(db: sa.Engine, cid: uuid.UUID) -> list[Any]:
         """), {"c": cid}).all()
 
 
+def sent_ids(db: sa.Engine, cid: uuid.UUID) -> set[int]:
+    """The rows Postgres says were sent (the eligible ones of a campaign that stopped on purpose: a cap, a
+    Cancel)."""
+    with db.connect() as conn:
+        return set(conn.execute(sa.text("""
+            select id from campaign_recipients where campaign_id = :c and status in ('sent', 'delivered', 'read')
+        """), {"c": cid}).scalars())
+
+
 def settle_statuses(db: sa.Engine, sandbox: Any) -> None:
     """What `campaigns serve`'s ingestion does in the background: every status the sandbox posted is applied."""
     sandbox.drain_webhooks(timeout=30)
@@ -232,14 +242,16 @@ def judge(db: sa.Engine, sandbox: Any, cid: uuid.UUID, scenario: str, faults: li
 
 
 def resumed_after(records: list[dict[str, Any]], faults: list[float]) -> float | None:
-    """The longest time from a fault to the next message the sandbox accepted (None: nothing was sent after
-    a fault, the campaign had sent everything already)."""
-    waits = []
+    """The longest pause in sending from a fault on: the widest gap between the fault and the acceptances
+    after it (requests already on the wire when a process died still land just after the kill, so the time
+    to the next acceptance alone would say 0). None: nothing was sent after any fault."""
+    times = sorted(m["accepted_at"] for m in records)
+    pauses = []
     for at in faults:
-        nxt = min((m["accepted_at"] for m in records if m["accepted_at"] > at), default=None)
-        if nxt is not None:
-            waits.append(nxt - at)
-    return max(waits, default=None)
+        after = [at, *(t for t in times if t > at)]
+        if len(after) > 1:
+            pauses.append(max(b - a for a, b in itertools.pairwise(after)))
+    return max(pauses, default=None)
 
 
 def stats_match(rows: list[Any], records: list[dict[str, Any]]) -> bool:

@@ -16,7 +16,7 @@ from campaigns.embedded import _home, _stop_prefect, ensure_prefect
 from campaigns.launch import launch_send_run
 from campaigns.services import record_flow_run, start_campaign
 from campaigns.settings import get_settings
-from tests.faults.harness import judge, new_campaign, wait_accepted
+from tests.faults.harness import judge, new_campaign, sent_ids, settle_statuses, wait_accepted
 from tests.helpers import campaign_row, wait_for
 
 pytest_plugins = ["tests.browser"]  # the `campaigns_serve` fixture
@@ -58,8 +58,10 @@ def test_heavy_prefect_server_restarted_then_cancel_still_stops_the_run(db, org,
     time.sleep(2.0)
 
     campaign = campaign_row(db, cid)
+    settle_statuses(db, sandbox)
     verdict = judge(db, sandbox, cid, f"prefect server down {DOWN_SECONDS} s, then Cancel", [fault_at],
-                    eligible_ids=set(), sent_while_down=during, cancel_stopped_after_s=round(stopped_after, 1))
+                    eligible_ids=sent_ids(db, cid), sent_while_down=during,
+                    cancel_stopped_after_s=round(stopped_after, 1))
     assert (campaign["status"], campaign["paused_reason"]) == ("paused", "operator"), verdict.line()
     assert len(sandbox.messages()) == held < total  # nothing leaves after the Cancel
     assert during > 0  # sending did not wait for Prefect

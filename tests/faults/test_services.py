@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from campaigns import lifecycle
 from campaigns.settings import get_settings
-from tests.faults.harness import judge, new_campaign, number_of, wait_accepted
+from tests.faults.harness import judge, new_campaign, number_of, sent_ids, settle_statuses, wait_accepted
 from tests.helpers import run_campaign
 
 
@@ -84,9 +84,8 @@ def redis_lost(db, org, sandbox, scenario: str, total: int, mps: int, per_hour: 
     thread, when = _during(sandbox, per_hour // 3, flush)
     result = run_campaign(cid)
     thread.join()
-    with db.connect() as conn:
-        sent = set(conn.execute(sa.text("select id from campaign_recipients where campaign_id = :c and "
-                                        "status in ('sent', 'delivered', 'read')"), {"c": cid}).scalars())
+    settle_statuses(db, sandbox)
+    sent = sent_ids(db, cid)
     stats = sandbox.stats()
     fastest = max(stats["max_window_per_second_by_phone"].values())
     verdict = judge(db, sandbox, cid, scenario, when, eligible_ids=sent, cap=per_hour, max_per_second=fastest,
