@@ -9,6 +9,11 @@ exactly: events, statuses, counts by status, first timestamps.
 
     uv run python -m bench.ingest [--statuses 300000] [--per-event 1]   # 1 status per row (Meta's usual)
     uv run python -m bench.ingest --per-event 50                         # the sandbox's batched POSTs
+    uv run python -m bench.ingest --bad 10     # + 10 events the database refuses, spread over the stream
+
+`--bad N` adds N signed events that put a known wamid on another row (recipients still `sending`, no
+wamid): ux_recipients_wamid refuses each, so its round falls back to halves down to that event, which is
+quarantined. It measures what isolating a bad event costs; the result must still be exact.
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=None, help="ingest_pending's events per round (default: its own)")
     p.add_argument("--profile", action="store_true", help="cProfile the ingestion, print the top functions")
     p.add_argument("--trace", action="store_true", help="time spent per SQL statement (client side, incl. waits)")
+    p.add_argument("--bad", type=int, default=0, help="events the database refuses, spread over the stream")
     args = p.parse_args()
     fresh_services("campaigns_bench_ingest")
     import psycopg
@@ -107,15 +113,25 @@ def main() -> None:
         """), {"c": cid, "org": org, "n": n_recipients, "t0": T0}).scalars().all()
         conn.execute(sa.text("update campaign_recipients set wamid = 'wamid.X' || id where campaign_id = :c"),
                      {"c": cid})
+        thieves = conn.execute(sa.text("""
+            insert into campaign_recipients (campaign_id, organization_id, contact_id, phone, status, attempts)
+            select :c, :org, gen_random_uuid(), '+55' || (21900000000 + g)::text, 'sending', 1
+            from generate_series(1, :n) g returning id
+        """), {"c": cid, "org": org, "n": args.bad}).scalars().all()
         conn.execute(sa.text("update campaigns set status = 'running' where id = :c"), {"c": cid})
     rng = random.Random(42)
     events, read = stream(sorted(ids), args.statuses, rng)
+    bad_at = {i * len(events) // args.bad // args.per_event * args.per_event: thief
+              for i, thief in enumerate(thieves)}
     t = time.perf_counter()
     with psycopg.connect(libpq_url(get_settings().database_url or "")) as conn:
         with conn.cursor() as cur, cur.copy("copy webhook_events (provider, body, signers) from stdin") as copy:
             for i in range(0, len(events), args.per_event):
                 body = envelope([status(rid, kind) for rid, kind in events[i:i + args.per_event]])
                 copy.write_row(("meta_cloud", body, [signer]))
+                if i in bad_at:  # a known wamid (this stream's first) on a row that has none: refused
+                    theft = status(bad_at[i], "delivered") | {"id": f"wamid.X{events[0][0]}"}
+                    copy.write_row(("meta_cloud", envelope([theft]), [signer]))
         conn.commit()
     rows = -(-len(events) // args.per_event)
     print(f"ingestion of {len(events):,} status events ({n_recipients:,} recipients, {len(read):,} read, "
@@ -145,20 +161,23 @@ def main() -> None:
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
     with db.connect() as conn:
         by = dict(conn.execute(sa.text("select status, count(*) from campaign_recipients where campaign_id = :c "
-                                       "group by status"), {"c": cid}).all())
+                                       "and status <> 'sending' group by status"), {"c": cid}).all())
         states = dict(conn.execute(sa.text("select state, count(*) from webhook_events group by state")).all())
         wrong_times = conn.execute(sa.text("""
-            select count(*) from campaign_recipients where campaign_id = :c and (
+            select count(*) from campaign_recipients where campaign_id = :c and status <> 'sending' and (
                 delivered_at is distinct from to_timestamp(:t0 + id % 3600)
                 or read_at is distinct from case when status = 'read' then to_timestamp(:t0 + id % 3600 + 30) end
                 or sent_at is distinct from to_timestamp(:t0) - interval '5 seconds')
         """), {"c": cid, "t0": T0}).scalar_one()
     want = {"delivered": n_recipients - len(read), "read": len(read)}
-    exact = (by == want and states == {"processed": rows} and result.statuses == len(events)
-             and result.unmatched == 0 and result.rejected == 0 and wrong_times == 0)
+    want_states = {"processed": rows, **({"quarantined": args.bad} if args.bad else {})}
+    exact = (by == want and states == want_states and result.statuses == len(events)
+             and result.unmatched == 0 and result.rejected == 0 and result.quarantined == args.bad
+             and wrong_times == 0)
     print(f"  ingest_pending: {elapsed:.2f} s = {len(events) / elapsed:,.0f} statuses/s "
           f"(target {TARGET_S:.0f} s: ratio {elapsed / TARGET_S:.2f}); events {result.events:,}, statuses "
-          f"{result.statuses:,}, unmatched {result.unmatched}, rejected {result.rejected}")
+          f"{result.statuses:,}, unmatched {result.unmatched}, rejected {result.rejected}, "
+          f"quarantined {result.quarantined}")
     print(f"  result: {by} (want {want}); events {states}; wrong timestamps {wrong_times}: "
           f"{'exact' if exact else 'NOT EXACT'}")
 

@@ -22,6 +22,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
+from datetime import datetime
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -58,14 +59,16 @@ class EngineClient:
         return self.process.poll() is None and self._reader.is_alive()
 
     def deliver(
-        self, provider: str, credentials: Credentials, spec: Any, messages: list[OutboundMessage]
+        self, provider: str, credentials: Credentials, spec: Any, messages: list[OutboundMessage], claimed_at: datetime
     ) -> Results:
+        """Send a batch's messages; `claimed_at` is its claim's token (sending.deliver marks rows in flight
+        with it, from this process, before they leave)."""
         fut: Future[Results] = Future()
         with self._send_lock:
             request_id = next(self._ids)
             self._pending[request_id] = fut
             try:
-                self._conn.send((request_id, provider, credentials, spec, messages))
+                self._conn.send((request_id, provider, credentials, spec, messages, claimed_at))
             except OSError:
                 self._pending.pop(request_id, None)
                 raise
@@ -149,13 +152,13 @@ def _child_main(conn: Connection) -> None:
 
     while True:
         try:
-            request_id, provider_name, credentials, spec, messages = conn.recv()
+            request_id, provider_name, credentials, spec, messages, claimed_at = conn.recv()
         except (EOFError, OSError):
             os._exit(0)  # the worker is gone: stop now, send nothing more
         key = (provider_name, credentials)
         if key not in providers:
             providers[key] = build_provider(provider_name, credentials)
-        coro = deliver(engine, providers[key], spec, messages)
+        coro = deliver(engine, providers[key], spec, messages, claimed_at)
         future = asyncio.run_coroutine_threadsafe(coro, engine.loop)
         future.add_done_callback(lambda f, rid=request_id: reply(rid, f))
 

@@ -8,13 +8,19 @@ order give the same result. A status is matched by our recipient id (biz_opaque_
 wamid; one that matches nothing yet stays pending and is retried, and after `ORPHAN_AFTER_ATTEMPTS` it is
 marked orphaned, never silently dropped.
 
+One event never stops the others: a body that cannot be read is refused at parse time (`unparseable`,
+see `campaigns.webhook_parse.parse_body`), and a round is applied in a savepoint; if the database refuses it
+for a reason in the data (a NUL the parser missed, a wamid already on another row…), the round is split
+in halves, down to the one event that fails, which is `quarantined` with its error and never picked again.
+A transient failure (connection lost, deadlock, lock timeout) rolls the whole round back instead: it says
+nothing about the events. A round is bounded by count and by bytes of stored bodies.
+
 Tenancy: an event only touches the numbers whose webhook signer vouched for it (the secret that signed it,
 see `campaigns.webhooks.signer_id`). A status about another signer's message is rejected and noted.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -29,13 +35,17 @@ from campaigns.contact_events import OptChange, Seen, apply_opt_changes, keyword
 from campaigns.errors import OPTED_OUT, FailureClass, classify, pause_reason
 from campaigns.lifecycle import pause_for_error
 from campaigns.settings import get_settings
-from campaigns.webhook_parse import Inbound, ParsedEvent, StatusUpdate, parse_evolution, parse_meta
+from campaigns.webhook_parse import Inbound, ParsedEvent, StatusUpdate, clean_text, parse_body
 from campaigns.webhooks import PLATFORM
 
 log = logging.getLogger(__name__)
 
 ORPHAN_AFTER_ATTEMPTS = 30  # with backoff capped at 5 min: about two hours
 REPLY_WAIT = timedelta(minutes=10)  # a reply quoting an unknown wamid waits this long for its send to be recorded
+ROUND_MAX_BYTES = 16 * 1024 * 1024  # stored bodies per round: parsed JSON takes ~10× its size in memory
+# SQLSTATE classes that say nothing about the data: connection, rollback (deadlock, serialization),
+# resources, operator intervention (statement timeout, shutdown), system; and 55P03, lock not available.
+TRANSIENT_SQLSTATE = ("08", "40", "53", "57", "58", "55P03")
 
 
 def vouched(signers: frozenset[str], number_signer: str | None) -> bool:
@@ -51,6 +61,11 @@ class Claimed:
     unmatched: int = 0
     rejected: int = 0
     waiting_reply: bool = False
+    quarantined: str | None = None  # why applying this event failed
+
+    def reset(self) -> None:
+        """Forget what an attempt that was rolled back counted."""
+        self.unmatched, self.rejected, self.waiting_reply = 0, 0, False
 
 
 @dataclass(frozen=True)
@@ -181,25 +196,18 @@ class IngestResult:
     rejected: int = 0
     inbound: int = 0
     opt_changes: int = 0
+    quarantined: int = 0
     campaigns: set[Any] = field(default_factory=set)
+    full: bool = False  # the round stopped at its count or byte bound: more may be pending
 
     def add(self, other: IngestResult) -> None:
-        for name in ("events", "statuses", "unmatched", "rejected", "inbound", "opt_changes"):
+        for name in ("events", "statuses", "unmatched", "rejected", "inbound", "opt_changes", "quarantined"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.campaigns |= other.campaigns
 
 
 def _parse(row: Any) -> ParsedEvent:
-    try:
-        payload = json.loads(bytes(row.body))
-    except ValueError:
-        return ParsedEvent(row.id, error="body is not valid JSON")
-    try:
-        if row.provider == "evolution":
-            return parse_evolution(row.id, payload, row.received_at)
-        return parse_meta(row.id, payload)
-    except Exception as exc:  # a signed but malformed event must never stop ingestion for the rest
-        return ParsedEvent(row.id, error=f"malformed event: {type(exc).__name__}: {exc}"[:500])
+    return parse_body(row.id, row.provider, bytes(row.body), row.received_at)
 
 
 def _match_statuses(events: list[Claimed], by_id: dict[int, Known], by_wamid: dict[str, Known]
@@ -251,18 +259,85 @@ def _contact_events(events: list[Claimed], channels: dict[str, list[tuple[uuid.U
     return seen, changes, replies
 
 
-def ingest_once(conn: sa.Connection, limit: int = 5000) -> IngestResult:
-    """Claim up to `limit` pending events and apply them, all in the caller's transaction."""
-    rows = conn.execute(sa.text("""
-        select id, provider, body, signers, received_at from webhook_events
+def _claim(conn: sa.Connection, limit: int, max_bytes: int) -> tuple[list[Any], bool]:
+    """Lock up to `limit` pending events, keep the first ones whose bodies fit in `max_bytes` (at least one),
+    and fetch those. Returns them and whether the round was cut short (more may be pending).
+
+    The rows locked but not kept stay pending; other ingesters skip them until this round commits."""
+    sizes = conn.execute(sa.text("""
+        select id, octet_length(body) from webhook_events
         where state = 'pending' and (retry_at is null or retry_at <= now())
         order by id limit :n for update skip locked
     """), {"n": limit}).all()
-    result = IngestResult(events=len(rows))
+    kept, total = [], 0
+    for event_id, size in sizes:
+        total += size
+        if kept and total > max_bytes:
+            break
+        kept.append(event_id)
+    if not kept:
+        return [], False
+    rows = conn.execute(sa.text("select id, provider, body, signers, received_at from webhook_events "
+                                "where id = any(:ids) order by id"), {"ids": kept}).all()
+    return rows, len(sizes) == limit or len(kept) < len(sizes)
+
+
+def ingest_once(conn: sa.Connection, limit: int = 5000, max_bytes: int = ROUND_MAX_BYTES) -> IngestResult:
+    """Claim up to `limit` pending events (and `max_bytes` of bodies) and apply them, in the caller's
+    transaction; an event the database refuses is quarantined alone (see the module's docstring)."""
+    rows, full = _claim(conn, limit, max_bytes)
     if not rows:
-        return result
-    now = datetime.now(UTC)
+        return IngestResult()
     events = [Claimed(_parse(r), frozenset(r.signers or ()), r.received_at) for r in rows]
+    result = _apply_isolating(conn, events, datetime.now(UTC))
+    result.events, result.full = len(rows), full
+    _settle(conn, events)
+    return result
+
+
+def _transient(exc: Exception) -> bool:
+    """Does the error say nothing about the events (so that none of them may be quarantined for it)?"""
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate is None:  # raised by the driver itself: a lost connection, or a value it cannot send
+        return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError)
+    return sqlstate.startswith(TRANSIENT_SQLSTATE)
+
+
+def _describe(exc: Exception) -> str:
+    """The error as an operator reads it on the event: the database's own message, not our SQL."""
+    cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
+    return clean_text(f"{type(cause).__name__}: {cause}", 1000)
+
+
+def _apply_isolating(conn: sa.Connection, events: list[Claimed], now: datetime) -> IngestResult:
+    """Apply `events` together in a savepoint (one per round in the normal case); if that fails for a reason
+    in the data, apply each half apart, down to the single event that fails, which is quarantined.
+    One bad event in a round of 5,000 costs about 2·log2(5,000) ≈ 26 more savepoints, not 5,000."""
+    try:
+        with conn.begin_nested():
+            return _apply(conn, events, now)
+    except Exception as exc:
+        if _transient(exc):
+            raise
+        for e in events:
+            e.reset()
+        if len(events) == 1:
+            events[0].quarantined = _describe(exc)
+            log.warning("webhook event %s quarantined: %s", events[0].parsed.event_id, events[0].quarantined)
+            return IngestResult(quarantined=1)
+    half = len(events) // 2
+    result = _apply_isolating(conn, events[:half], now)
+    result.add(_apply_isolating(conn, events[half:], now))
+    return result
+
+
+def _apply(conn: sa.Connection, events: list[Claimed], now: datetime) -> IngestResult:
+    """Statuses, replies, the 24 h window and opt-outs of `events`, set-based."""
+    result = IngestResult()
     updates = [u for e in events for u in e.parsed.statuses]
     by_id: dict[int, Known] = {}
     by_wamid: dict[str, Known] = {}
@@ -282,16 +357,19 @@ def ingest_once(conn: sa.Connection, limit: int = 5000) -> IngestResult:
     result.rejected = sum(e.rejected for e in events)
     result.inbound = len(seen)
     result.opt_changes = len(opt_outs) + len(changes)
-    _settle(conn, events)
     return result
 
 
 def _settle(conn: sa.Connection, events: list[Claimed]) -> None:
-    """Mark each claimed event processed, unparseable, or pending again (with backoff) for what is unmatched."""
+    """Mark each claimed event processed, unparseable, quarantined, or pending again (with backoff) for what
+    is unmatched. Unparseable and quarantined events keep their error for an operator and are never picked
+    again (`update webhook_events set state = 'pending' where id = …` puts one back after a fix)."""
     done, notes, retry = [], [], []
     for e in events:
         if e.parsed.error:
             notes.append({"id": e.parsed.event_id, "state": "unparseable", "e": e.parsed.error})
+        elif e.quarantined:
+            notes.append({"id": e.parsed.event_id, "state": "quarantined", "e": e.quarantined})
         elif e.unmatched or e.waiting_reply:
             retry.append(e.parsed.event_id)
         elif e.rejected:
@@ -317,14 +395,15 @@ def _settle(conn: sa.Connection, events: list[Claimed]) -> None:
         """), {"ids": retry, "max": ORPHAN_AFTER_ATTEMPTS})
 
 
-def ingest_pending(engine: sa.Engine, limit: int = 5000, max_rounds: int = 1000) -> IngestResult:
+def ingest_pending(engine: sa.Engine, limit: int = 5000, max_rounds: int = 1000,
+                   max_bytes: int = ROUND_MAX_BYTES) -> IngestResult:
     """Drain what is pending now (each round its own transaction)."""
     total = IngestResult()
     for _ in range(max_rounds):
         with engine.begin() as conn:
-            r = ingest_once(conn, limit)
+            r = ingest_once(conn, limit, max_bytes)
         total.add(r)
-        if r.events < limit:
+        if not r.full:
             break
     return total
 

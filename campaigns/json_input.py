@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from campaigns.lifecycle import Invalid
+from campaigns.models import shown
 
 MAX_DEPTH = 32  # a campaign body needs about 6 (template components); nothing legitimate comes near
 
@@ -22,9 +23,9 @@ def parse(raw: bytes | str, what: str = "The request body") -> Any:
     try:
         value = json.loads(raw)
     except RecursionError:
-        raise Invalid(f"{what} is nested too deeply (at most {MAX_DEPTH} levels)") from None
+        raise _invalid(f"{what} is nested too deeply (at most {MAX_DEPTH} levels)") from None
     except ValueError:  # also a body that is not UTF-8, or a number with thousands of digits
-        raise Invalid(f"{what} is not valid JSON") from None
+        raise _invalid(f"{what} is not valid JSON") from None
     check(value)
     return value
 
@@ -35,18 +36,18 @@ def check(value: Any) -> None:
     while stack:
         item, path, depth = stack.pop()
         if depth > MAX_DEPTH:
-            raise Invalid(f"{_shown(path)}: nested deeper than {MAX_DEPTH} levels")
+            raise _invalid(f"{_shown(path)}: nested deeper than {MAX_DEPTH} levels")
         if isinstance(item, str):
             _check_text(item, path)
         elif isinstance(item, float) and not math.isfinite(item):
-            raise Invalid(f"{_shown(path)}: not a finite number ({item})")
+            raise _invalid(f"{_shown(path)}: not a finite number ({item})")
         elif isinstance(item, dict):
             for key, child in item.items():
-                child_path = f"{path}.{key}" if path else str(key)
+                child_path = f"{path}.{key}" if path else (str(key) or '""')  # a field named ""
                 _check_text(str(key), child_path)
                 stack.append((child, child_path, depth + 1))
         elif isinstance(item, list):
-            stack.extend((child, f"{path}.{i}" if path else str(i), depth + 1) for i, child in enumerate(item))
+            stack.extend((child, f"{path}[{i}]", depth + 1) for i, child in enumerate(item))
 
 
 def check_text(value: str, field: str) -> None:
@@ -56,16 +57,21 @@ def check_text(value: str, field: str) -> None:
 
 def _check_text(text: str, path: str) -> None:
     if "\x00" in text:
-        raise Invalid(f"{_shown(path)}: contains a NUL character")
+        raise _invalid(f"{_shown(path)}: contains a NUL character")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise Invalid(f"{_shown(path)}: not valid Unicode (a lone surrogate)") from None
+        raise _invalid(f"{_shown(path)}: not valid Unicode (a lone surrogate)") from None
+
+
+def _invalid(message: str) -> Invalid:
+    """A 422 whose `errors` list names the field, as the model's own errors do (models.field_errors)."""
+    return Invalid(message, [message])
 
 
 def _shown(path: str) -> str:
     """The path as a message names it: the body itself when empty, shortened when very long."""
-    path = path.replace("\x00", "\\0").encode("utf-8", "backslashreplace").decode("utf-8")
+    path = shown(path)
     if not path:
         return "body"
     return path if len(path) <= 120 else path[:117] + "..."

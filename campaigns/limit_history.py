@@ -3,9 +3,9 @@
 The limiter's counters live in Redis (campaigns.ratelimit); Redis restarted without its data (the embedded
 one keeps none) or flushed would let a number start its hour, day or portfolio window again from zero and
 exceed its tier. The recipients' rows are the durable truth: a message reached the provider when it has a
-sent_at or failed_at. So when the limiter finds a window's counter missing, it is seeded from them. Rows in
-`sending` are not counted: most are the claims about to be sent; the few whose request was in flight when
-Redis went away (at most the batches then in flight) are the margin this leaves.
+sent_at or failed_at, and may have when it is in `sending` and marked in flight (`in_flight_at`, written
+before its request can leave): those count from their mark. So when the limiter finds a window's counter
+missing, it is seeded from them. Rows in `sending` not marked were claimed and never sent: not counted.
 """
 
 from __future__ import annotations
@@ -17,24 +17,23 @@ import sqlalchemy as sa
 
 from campaigns.db import get_engine
 
-# Both use ix_recipients_campaign_recent (campaign_id, coalesce(sent_at, failed_at)) per campaign of the number.
-CAP_USED = sa.text("""
-    select count(*) from campaign_recipients r
-    join campaigns c on c.id = r.campaign_id
-    join whatsapp_numbers n on n.id = c.whatsapp_number_id
-    where n.provider = :provider and n.phone_number_id = :pnid
-      and coalesce(r.sent_at, r.failed_at) >= :since
-""")
+# Per campaign of the number: answered sends through ix_recipients_campaign_recent (campaign_id,
+# coalesce(sent_at, failed_at)); sends in flight through ix_recipients_campaign_status_id (few rows).
+_SENDS = """
+    select r.phone, coalesce(r.sent_at, r.failed_at) as at from campaign_recipients r
+    join campaigns c on c.id = r.campaign_id join whatsapp_numbers n on n.id = c.whatsapp_number_id
+    where {number} and coalesce(r.sent_at, r.failed_at) >= :since
+    union all
+    select r.phone, r.in_flight_at from campaign_recipients r
+    join campaigns c on c.id = r.campaign_id join whatsapp_numbers n on n.id = c.whatsapp_number_id
+    where {number} and r.status = 'sending' and r.in_flight_at >= :since
+"""
 
-PORTFOLIO_USED = sa.text("""
-    select r.phone, extract(epoch from max(coalesce(r.sent_at, r.failed_at)))
-    from campaign_recipients r
-    join campaigns c on c.id = r.campaign_id
-    join whatsapp_numbers n on n.id = c.whatsapp_number_id
-    where n.portfolio_id = :pf
-      and coalesce(r.sent_at, r.failed_at) >= :since
-    group by r.phone
-""")
+CAP_USED = sa.text("select count(*) from ("
+                   + _SENDS.format(number="n.provider = :provider and n.phone_number_id = :pnid") + ") s")
+
+PORTFOLIO_USED = sa.text("select s.phone, extract(epoch from max(s.at)) from ("
+                         + _SENDS.format(number="n.portfolio_id = :pf") + ") s group by s.phone")
 
 
 class LimitHistory:

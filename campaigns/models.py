@@ -6,15 +6,59 @@ campaign cap, fractional delays), so fast senders can use their numbers fully.
 
 from __future__ import annotations
 
+import json
+import math
 import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from campaigns.rendering import PLACEHOLDER
+from campaigns.rendering import PLACEHOLDER, template_variables_problem
 
 MAX_TEXT = 4096
+MAX_DEPTH = 32  # JSON nesting a campaign body may store; more is an attack, not a message
+
+
+def _key(name: str) -> str:
+    """A JSON key as a path step: plain when it reads as a name, else quoted and escaped."""
+    return name if name.isidentifier() else json.dumps(name)
+
+
+def storable_problem(value: Any, path: str, depth: int = 0) -> str | None:
+    """Why Postgres cannot store `value` as text or JSONB, naming where; None when it can.
+
+    JSON lets a client send what Postgres refuses (a NUL character, a lone UTF-16 surrogate, NaN or
+    Infinity from lenient parsers): refused here with a 422, not at the INSERT with a 500.
+    """
+    if depth > MAX_DEPTH:
+        return f"{path}: nested deeper than {MAX_DEPTH} levels"
+    if isinstance(value, str):
+        if "\x00" in value:
+            return f"{path}: contains a NUL character"
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return f"{path}: is not valid Unicode text (a lone surrogate)"
+    elif isinstance(value, float) and not math.isfinite(value):
+        return f"{path}: must be a finite number"
+    elif isinstance(value, list):
+        items = [(f"{path}[{i}]", item) for i, item in enumerate(value)]
+        return next((p for at, item in items if (p := storable_problem(item, at, depth + 1))), None)
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            at = f"{path}.{_key(str(name))}"
+            problem = storable_problem(name, at, depth + 1) or storable_problem(item, at, depth + 1)
+            if problem:
+                return problem
+    return None
+
+
+def _storable(value: Any, path: str) -> Any:
+    problem = storable_problem(value, path)
+    if problem:
+        raise ValueError(problem)
+    return value
 
 
 class AudienceFilter(BaseModel):
@@ -23,6 +67,11 @@ class AudienceFilter(BaseModel):
     tags: list[str] = Field(default_factory=list)
     match: Literal["any", "all"] = "any"
     contact_ids: list[uuid.UUID] = Field(default_factory=list)
+
+    @field_validator("tags")
+    @classmethod
+    def _storable_tags(cls, tags: list[str]) -> list[str]:
+        return _storable(tags, "audience_filter.tags")
 
 
 class CampaignCreate(BaseModel):
@@ -45,6 +94,30 @@ class CampaignCreate(BaseModel):
     respect_opt_out: bool = True
     skip_active_conversations: bool = False
     scheduled_at: datetime | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _field_names_are_text(cls, data: Any) -> Any:
+        """A field name that is not valid text (a lone surrogate) fails before any field could name it."""
+        for key in data if isinstance(data, dict) else ():
+            problem = storable_problem(key, shown(key)) if isinstance(key, str) else None
+            if problem:
+                raise ValueError(problem)
+        return data
+
+    @field_validator("name", "description", "message_content")
+    @classmethod
+    def _storable_text(cls, value: Any, info: ValidationInfo) -> Any:
+        return _storable(value, str(info.field_name))
+
+    @field_validator("template_variables")
+    @classmethod
+    def _renderable_variables(cls, variables: dict[str, Any]) -> dict[str, Any]:
+        """The shape render_template uses (rendering.py), so no batch meets one it cannot render."""
+        problem = storable_problem(variables, "template_variables") or template_variables_problem(variables)
+        if problem:
+            raise ValueError(problem)
+        return variables
 
     @model_validator(mode="after")
     def _content_matches_type(self) -> CampaignCreate:
@@ -70,13 +143,20 @@ class CampaignCreate(BaseModel):
 
 
 def field_errors(exc: ValidationError) -> list[str]:
-    """One line per problem, each naming its field."""
+    """One line per problem, each naming its field. A client's own key (an unknown field) is escaped: a NUL
+    or a lone surrogate in it must not break the answer that refuses it."""
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
+        loc = ".".join(str(p) for p in err["loc"]) or ('""' if err["loc"] else "")  # a field named ""
         msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{loc}: {msg}" if loc and not msg.startswith(loc) else msg)
+        names_itself = msg.startswith((f"{loc}:", f"{loc}.", f"{loc}["))  # our messages say which part
+        lines.append(shown(f"{loc}: {msg}" if loc and not names_itself else msg))
     return lines
+
+
+def shown(text: str) -> str:
+    """A client's own text (an unknown field's name) as an error may quote it: NUL and lone surrogates escaped."""
+    return text.encode(errors="backslashreplace").decode().replace("\x00", "\\x00")
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -159,8 +159,8 @@ def wave_plan(db: sa.Engine, campaign_id: uuid.UUID, batch_size: int, headroom: 
     """How many batches to start at once, and the messages per second the limits allow (for the run's log).
 
     A slow campaign (say 100 messages an hour) starts one batch a wave: parallel batches would only queue
-    behind its pace, their claimed rows waiting minutes in `sending`, where a crash would make
-    reconciliation count their grace from the claim rather than the send."""
+    behind its pace, their claimed rows waiting minutes in `sending` (a crash then puts them back to
+    pending at once, as they were never marked in flight, but nothing is gained by claiming them early)."""
     with db.connect() as conn:
         campaign = lifecycle.get_any_org(conn, campaign_id)
         number = lifecycle.get_number(conn, campaign["organization_id"], campaign["whatsapp_number_id"])

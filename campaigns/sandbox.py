@@ -223,6 +223,7 @@ class FailureRule(BaseModel):
     phone_number_id: str | None = Field(default=None, description="only for this sender number")
     message: str | None = Field(default=None, description="override of the error message")
     details: str | None = Field(default=None, description="override of error_data.details")
+    retry_after: str | None = Field(default=None, description="Retry-After header of a sync refusal (any text)")
 
     _pattern: re.Pattern[str] = PrivateAttr()
 
@@ -272,6 +273,11 @@ class SandboxConfig(BaseModel):
         default_factory=dict,
         description="template name -> body text with {{1}}/{{name}} placeholders; when non-empty, unknown "
         "names fail with 132001 and wrong parameter counts with 132000",
+    )
+    answer_ids: dict[str, Any] = Field(
+        default_factory=dict,
+        description="wa_id -> the message id its accepted sends are answered with instead of their own (any "
+        "JSON: a broken or hostile peer's duplicate or non-string id); records and webhooks keep the real id",
     )
     seed: int | None = Field(default=0, description="seed of the RNG behind rule probabilities and rates")
     record_path: str | None = Field(default=None, description="append every accepted message as JSONL")
@@ -793,7 +799,7 @@ class Sandbox:
             if rule is not None and rule.where == "sync":
                 raise rule.error()
             record = self._accept(wire.provider, sender, msg, now, window, rule)
-            status, body = wire.accepted(record)
+            status, body = wire.accepted({**record, "wamid": cfg.answer_ids.get(msg.wa_id, record["wamid"])})
         except GraphError as err:
             self._errors_by_code[err.code] += 1
             if err.code == 130429:
@@ -806,7 +812,8 @@ class Sandbox:
             await asyncio.sleep(delay / 1000.0)
         if record is not None:
             self._schedule_webhooks(self._cfg, record, rule)
-        return web.json_response(body, status=status)
+        retry_after = rule.retry_after if record is None and rule is not None else None
+        return web.json_response(body, status=status, headers={"Retry-After": retry_after} if retry_after else None)
 
     @staticmethod
     def _check_token(cfg: SandboxConfig, phone_number_id: str, header: str | None) -> None:

@@ -144,6 +144,9 @@ campaign_recipients = sa.Table(
     sa.Column("rate_tries", sa.SmallInteger, nullable=False, server_default="0"),  # rate refusals so far
     sa.Column("next_attempt_at", sa.DateTime(timezone=True)),
     sa.Column("claimed_at", sa.DateTime(timezone=True)),
+    # Set (in bulk, committed) just before the row's request may leave; null in `sending` = claimed, never
+    # sent, so recovery requeues it at once instead of waiting for a status webhook (reconcile.py).
+    sa.Column("in_flight_at", sa.DateTime(timezone=True)),
     sa.Column("wamid", sa.Text),
     sa.Column("sent_at", sa.DateTime(timezone=True)),
     sa.Column("delivered_at", sa.DateTime(timezone=True)),

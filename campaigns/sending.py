@@ -5,6 +5,12 @@ Exactly-once rests on Postgres, not on Prefect: a batch claims its rows in one s
 again; outcomes are written in one UPDATE per batch. A row still in `sending` after its batch is an
 unknown outcome (a crash, a timeout after the request left): `reconcile.py` settles it from the status
 webhooks that carry our recipient id before anything is resent.
+
+Only a request that may have left is unknown. The send engine marks each chunk's rows in flight
+(`in_flight_at`, one UPDATE, committed) before the first of them can leave; a row in `sending` without the
+mark was certainly never sent, so recovery puts it back to pending at once instead of waiting the grace
+period. The claim's time is its token: the mark and the record touch only rows still held by this claim,
+so a batch that lost its rows (another runner requeued them) neither sends nor records them.
 """
 
 from __future__ import annotations
@@ -17,19 +23,21 @@ import math
 import random
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
+from campaigns.db import get_engine
 from campaigns.engine import SendEngine
 from campaigns.errors import PAIR_LIMIT, THROUGHPUT_CODES, FailureClass, classify, escalated, pause_reason
 from campaigns.faultpoints import ANSWERED, CLAIMED, RECORDED, pause_point
 from campaigns.lifecycle import pause_for_error
 from campaigns.providers import OutboundMessage, Provider, SendResult
+from campaigns.providers.base import clean_result
 from campaigns.ratelimit import (
     Cap,
     Grant,
@@ -42,7 +50,13 @@ from campaigns.ratelimit import (
     number_limit,
     portfolio_limit,
 )
-from campaigns.rendering import RenderError, contact_values, render_template, render_text
+from campaigns.rendering import (
+    RenderError,
+    contact_values,
+    render_template,
+    render_text,
+    template_variables_problem,
+)
 from campaigns.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -62,11 +76,18 @@ CLAIM = sa.text("""
         for update of r skip locked
     )
     update campaign_recipients r
-    set status = 'sending', claimed_at = now(), attempts = r.attempts + 1
+    set status = 'sending', claimed_at = now(), in_flight_at = null, attempts = r.attempts + 1
     from picked
     where r.id = picked.id
     returning r.id, r.phone, r.attempts, picked.contact_exists, picked.name, picked.attributes, picked.opted_out_at,
-              r.rate_tries
+              r.rate_tries, r.claimed_at
+""")
+
+# Rows about to leave, marked before any of their requests can: only rows this claim still holds.
+MARK_IN_FLIGHT = sa.text("""
+    update campaign_recipients set in_flight_at = now()
+    where id = any(cast(:ids as bigint[])) and status = 'sending' and claimed_at = :claimed_at
+    returning id
 """)
 
 RECORD = sa.text("""
@@ -88,7 +109,7 @@ RECORD = sa.text("""
         cast(:messages as text[]), cast(:skip_reasons as text[]), cast(:next_ats as timestamptz[]),
         cast(:deltas as int[]), cast(:entries as jsonb[]), cast(:ats as timestamptz[]), cast(:rate_tries as int[])
     ) as v(id, status, wamid, code, message, skip_reason, next_at, attempts_delta, entry, at, rate_tries)
-    where r.id = v.id and r.status = 'sending'
+    where r.id = v.id and r.status = 'sending' and r.claimed_at = :claimed_at
 """)
 
 
@@ -102,6 +123,7 @@ class Claimed:
     opted_out: bool
     contact_deleted: bool = False
     rate_tries: int = 0  # earlier tries refused for a rate limit (they do not spend attempts)
+    claimed_at: datetime | None = None  # the claim's time, the same for the whole batch: its token
 
 
 @dataclass
@@ -197,15 +219,21 @@ def claim(conn: sa.Connection, campaign_id: uuid.UUID, limit: int) -> list[Claim
     rows = conn.execute(CLAIM, {"campaign": campaign_id, "limit": limit}).all()
     return [
         Claimed(r.id, r.phone, r.attempts, r.name, r.attributes or {}, r.opted_out_at is not None,
-                contact_deleted=r.contact_exists is None, rate_tries=r.rate_tries)
+                contact_deleted=r.contact_exists is None, rate_tries=r.rate_tries, claimed_at=r.claimed_at)
         for r in sorted(rows, key=lambda r: r.id)
     ]
 
 
 def prepare(spec: CampaignSpec, rows: list[Claimed]) -> tuple[list[OutboundMessage], list[Outcome]]:
-    """Render each message; opt-outs since the audience was built and render errors settle at once."""
+    """Render each message; opt-outs since the audience was built and render errors settle at once.
+
+    Any render failure fails only its recipient, with its reason: the rows are already claimed, so an
+    exception out of here would leave the whole batch in `sending`. Template variables are checked again
+    here because a stored campaign may predate the check at creation (or come from the main app).
+    """
     messages: list[OutboundMessage] = []
     settled: list[Outcome] = []
+    problem = template_variables_problem(spec.template_variables) if spec.message_type == "template" else None
     for row in rows:
         if row.contact_deleted:  # deleted from the main app after the audience froze: never sent
             settled.append(Outcome(row.id, "skipped", skip_reason="contact_deleted", attempts_delta=-1))
@@ -213,31 +241,100 @@ def prepare(spec: CampaignSpec, rows: list[Claimed]) -> tuple[list[OutboundMessa
         if spec.respect_opt_out and row.opted_out:
             settled.append(Outcome(row.id, "skipped", skip_reason="opt_out", attempts_delta=-1))
             continue
-        values = contact_values({"name": row.name, "phone": row.phone, "attributes": row.attributes})
         try:
-            if spec.message_type == "text":
-                msg = OutboundMessage(row.id, row.phone, "text", text=render_text(spec.message_content["text"], values))
-            else:
-                template = render_template(spec.message_content, spec.template_variables, values)
-                msg = OutboundMessage(row.id, row.phone, "template", template=template)
-        except RenderError as exc:
-            entry = _entry(row.attempts, False, None, str(exc))
-            settled.append(Outcome(row.id, "failed", message=str(exc), entry=entry))
+            if problem:
+                raise RenderError(f"cannot render the message: {problem}")
+            messages.append(_render(spec, row))
             continue
-        messages.append(msg)
+        except RenderError as exc:  # a missing variable: the reason names it
+            reason = str(exc)
+        except Exception as exc:  # the contact's attributes are not an object, say: logged, this row only
+            reason = f"cannot render the message: {type(exc).__name__}"
+            log.warning("recipient %s: %s", row.id, reason, exc_info=True)
+        settled.append(Outcome(row.id, "failed", message=reason, entry=_entry(row.attempts, False, None, reason)))
     return messages, settled
 
 
+def _render(spec: CampaignSpec, row: Claimed) -> OutboundMessage:
+    values = contact_values({"name": row.name, "phone": row.phone, "attributes": row.attributes})
+    if spec.message_type == "text":
+        return OutboundMessage(row.id, row.phone, "text", text=render_text(spec.message_content["text"], values))
+    template = render_template(spec.message_content, spec.template_variables, values)
+    return OutboundMessage(row.id, row.phone, "template", template=template)
+
+
+def clean_results(results: dict[int, SendResult | None]) -> dict[int, SendResult | None]:
+    """The providers' answers as the database can record them (providers.base.clean_result), and a message
+    id answered for two sends of the batch dropped from both: it cannot identify either (ux_recipients_wamid
+    would refuse the second). A send without an id is still recorded sent."""
+    cleaned = {rid: clean_result(res) if res is not None else None for rid, res in results.items()}
+    seen = Counter(res.message_id for res in cleaned.values() if res is not None and res.message_id)
+    for rid, res in cleaned.items():
+        if res is not None and res.message_id and seen[res.message_id] > 1:
+            log.warning("recipient %s: message id %r answered for several sends; not kept", rid, res.message_id)
+            cleaned[rid] = replace(res, message_id=None)
+    return cleaned
+
+
+# A chunk is marked in flight this long before its first slot, so the commit (a few ms) is done when the slot
+# comes and costs no slot; a kill then leaves at most about a chunk (CHUNK_SECONDS of sending) per batch
+# marked without having been sent, waiting the grace period.
+MARK_LEAD_SECONDS = 0.1
+
+
+def mark_in_flight(db: sa.Engine, ids: list[int], claimed_at: datetime) -> set[int]:
+    """Mark rows in flight and commit, before any of their requests may leave. Returns those marked: a row
+    missing from it is no longer this claim's (a runner that found this batch's runner gone requeued it)."""
+    with db.begin() as conn:
+        return set(conn.execute(MARK_IN_FLIGHT, {"ids": ids, "claimed_at": claimed_at}).scalars())
+
+
+class InFlightMarks:
+    """The batch's rows marked in flight. Nothing is sent before its mark has committed: a request written
+    to the socket first would look never-sent to recovery, and be sent twice."""
+
+    def __init__(self, engine: SendEngine, campaign_id: uuid.UUID, claimed_at: datetime) -> None:
+        self.engine, self.campaign_id, self.claimed_at = engine, campaign_id, claimed_at
+        self.marked: set[int] = set()
+
+    async def mark_next(self, queue: deque[OutboundMessage], n: int, first_slot: float) -> bool:
+        """Mark the next `n` messages of the queue just before `first_slot`; messages whose rows this claim
+        lost leave the queue unsent. False when sending must stop (the campaign stopped, Postgres away)."""
+        if not await self.engine.control.sleep_until(self.campaign_id, first_slot - MARK_LEAD_SECONDS):
+            return False
+        ids = [m.recipient_id for m in itertools.islice(queue, n) if m.recipient_id not in self.marked]
+        if not ids:
+            return True
+        try:
+            marked = await asyncio.to_thread(mark_in_flight, get_engine(), ids, self.claimed_at)
+        except Exception:  # unmarked, they are certainly not sent: back to pending with the batch
+            log.exception("could not mark %d messages in flight; they are not sent in this batch", len(ids))
+            return False
+        self.marked |= marked
+        if lost := set(ids) - marked:
+            log.warning("%d rows of this batch were requeued by another runner; not sent here", len(lost))
+            kept = [m for m in queue if m.recipient_id not in lost]
+            queue.clear()
+            queue.extend(kept)
+        return True
+
+    def ready(self, msg: OutboundMessage) -> bool:
+        return msg.recipient_id in self.marked
+
+
 async def deliver(
-    engine: SendEngine, provider: Provider, spec: CampaignSpec, messages: list[OutboundMessage]
+    engine: SendEngine, provider: Provider, spec: CampaignSpec, messages: list[OutboundMessage],
+    claimed_at: datetime,
 ) -> dict[int, SendResult | None]:
     """Send at the reserved slots, many requests in flight. None = not attempted (campaign stopped).
 
     One coroutine walks the reserved slots in order and starts each request on time; requests then run
     concurrently. A slot the loop woke too late for is skipped (sending then would bunch with the next
-    slots and overshoot the number's rate): its message takes the next slot instead.
+    slots and overshoot the number's rate): its message takes the next slot instead. Each chunk's rows are
+    marked in flight, committed, before its first request (InFlightMarks; `claimed_at` is the claim's token).
     """
     control = engine.control
+    marks = InFlightMarks(engine, spec.id, claimed_at)
     control.register(spec.id, "running")
     limits = spec.limits(engine.settings.rate_headroom)
     results: dict[int, SendResult | None] = {m.recipient_id: None for m in messages}
@@ -288,6 +385,8 @@ async def deliver(
             except Exception:  # Redis unreachable: stop starting sends; the rest go back to pending
                 log.exception("rate limiter unavailable; %d messages not sent in this batch", len(queue))
                 break
+            if not await marks.mark_next(queue, n, reservation.start):
+                break
             for when in reservation.slots():
                 # Sleep only when the slot is ahead: timer wake-ups cost ~1 ms, as much as a slot at
                 # 1,000 msg/s, so slots already due are sent back to back rather than slept for.
@@ -297,6 +396,8 @@ async def deliver(
                     break
                 if time.time() - when > engine.settings.late_tolerance_seconds:
                     continue
+                if not queue or not marks.ready(queue[0]):  # the claim lost rows: the rest wait for their mark
+                    break
                 inflight.append(asyncio.create_task(send(queue.popleft())))
                 credit -= 1
                 if not queue:
@@ -379,9 +480,40 @@ def outcome_for(
                    next_at=now + backoff(spec, row.attempts, rng))
 
 
-def record(conn: sa.Connection, spec: CampaignSpec, outcomes: list[Outcome]) -> int:
+def record(conn: sa.Connection, spec: CampaignSpec, outcomes: list[Outcome], claimed_at: datetime | None) -> int:
+    """Write the outcomes in one statement. Should that fail on the data (a value the cleaning did not
+    foresee, a message id another row already holds), write them row by row, so the other rows (some
+    really sent) are not left in `sending`; a row that still fails is written without the provider's id
+    and text. A lost connection or a deadlock is not the data: it is raised, and the caller retries.
+    Only rows still held by the claim made at `claimed_at` are written."""
     if not outcomes:
         return 0
+    try:
+        with conn.begin_nested():
+            return _record_rows(conn, spec, outcomes, claimed_at)
+    except sa.exc.OperationalError:
+        raise
+    except Exception:
+        log.exception("recording a batch of %d outcomes failed; recording them one by one", len(outcomes))
+    return sum(_record_one(conn, spec, o, claimed_at) for o in outcomes)
+
+
+def _record_one(conn: sa.Connection, spec: CampaignSpec, outcome: Outcome, claimed_at: datetime | None) -> int:
+    try:
+        with conn.begin_nested():
+            return _record_rows(conn, spec, [outcome], claimed_at)
+    except sa.exc.OperationalError:
+        raise
+    except Exception:
+        log.exception("recipient %s: outcome %s not recordable as answered; recorded without the provider's "
+                      "id and text", outcome.id, outcome.status)
+    bare = replace(outcome, wamid=None, code=None, entry={"note": "the provider's answer could not be stored"},
+                   message=None if outcome.status == "sent" else "the provider's answer could not be stored")
+    with conn.begin_nested():
+        return _record_rows(conn, spec, [bare], claimed_at)
+
+
+def _record_rows(conn: sa.Connection, spec: CampaignSpec, outcomes: list[Outcome], claimed_at: datetime | None) -> int:
     cols = list(zip(*[
         (o.id, o.status, o.wamid, o.code, o.message, o.skip_reason, o.next_at, o.attempts_delta,
          json.dumps(o.entry) if o.entry else None, o.at, o.rate_tries)
@@ -389,7 +521,8 @@ def record(conn: sa.Connection, spec: CampaignSpec, outcomes: list[Outcome]) -> 
     ], strict=True))
     names = ("ids", "statuses", "wamids", "codes", "messages", "skip_reasons", "next_ats", "deltas", "entries", "ats",
              "rate_tries")
-    updated = conn.execute(RECORD, dict(zip(names, map(list, cols), strict=True))).rowcount
+    params = {**dict(zip(names, map(list, cols), strict=True)), "claimed_at": claimed_at}
+    updated = conn.execute(RECORD, params).rowcount
     errors = [o for o in outcomes if o.status == "failed" or (o.code is not None and o.status != "sent")]
     if errors:
         conn.execute(
@@ -419,7 +552,7 @@ def tally(outcomes: list[Outcome]) -> BatchCounts:
     return counts
 
 
-Deliver = Callable[[list[OutboundMessage]], dict[int, SendResult | None]]
+Deliver = Callable[[list[OutboundMessage], datetime], dict[int, SendResult | None]]  # (messages, the claim's token)
 
 
 def send_batch(db: sa.Engine, deliver_fn: Deliver, spec: CampaignSpec, batch_size: int, headroom: float) -> BatchCounts:
@@ -430,9 +563,11 @@ def send_batch(db: sa.Engine, deliver_fn: Deliver, spec: CampaignSpec, batch_siz
     if not rows:
         return BatchCounts()
     claimed_at = time.monotonic()
+    token = rows[0].claimed_at
+    assert token is not None, "claim() returns the claim's time"
     pause_point(CLAIMED)
     messages, settled = prepare(spec, rows)
-    results = deliver_fn(messages) if messages else {}
+    results = clean_results(deliver_fn(messages, token)) if messages else {}
     pause_point(ANSWERED)
     delivered_at = time.monotonic()
     with db.connect() as conn:
@@ -459,7 +594,7 @@ def send_batch(db: sa.Engine, deliver_fn: Deliver, spec: CampaignSpec, batch_siz
     for attempt in range(3):  # a deadlock with a concurrent ingest is retried; RECORD is idempotent
         try:
             with db.begin() as conn:
-                _record_and_pause(conn, spec, outcomes, campaign_errors, counts, capped)
+                _record_and_pause(conn, spec, token, outcomes, campaign_errors, counts, capped)
                 if not counts.paused_reason:
                     _circuit_breaker(conn, spec, outcomes, *breaker, counts)
             break
@@ -499,12 +634,12 @@ def _circuit_breaker(conn: sa.Connection, spec: CampaignSpec, outcomes: list[Out
 
 
 def _record_and_pause(
-    conn: sa.Connection, spec: CampaignSpec, outcomes: list[Outcome], campaign_errors: list[Any],
-    counts: BatchCounts, capped: list[SendResult] | None = None,
+    conn: sa.Connection, spec: CampaignSpec, claimed_at: datetime, outcomes: list[Outcome],
+    campaign_errors: list[Any], counts: BatchCounts, capped: list[SendResult] | None = None,
 ) -> None:
     """Write the batch's outcomes and, on a campaign-level error or a full hour/day cap, pause the campaign:
     one transaction."""
-    record(conn, spec, outcomes)
+    record(conn, spec, outcomes, claimed_at)
     # A cancel that committed while this batch was sending already swept pending rows: sweep again.
     conn.execute(sa.text("""
         update campaign_recipients set status = 'cancelled' where campaign_id = :c and status = 'pending'

@@ -19,6 +19,7 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.context
 import multiprocessing.forkserver
+import signal
 from types import ModuleType
 from typing import Any
 
@@ -46,5 +47,12 @@ def start_runs_warm() -> None:
     import prefect.flow_engine
 
     multiprocessing.set_forkserver_preload(PRELOAD)
-    multiprocessing.forkserver.ensure_running()
+    # Started with SIGINT ignored, the server and every run forked from it ignore the terminal's Ctrl-C from
+    # their first instruction: `serve` stops its runs with SIGTERM (Prefect's intent), and a Ctrl-C landing
+    # before a run's own code could ignore it would otherwise crash that run.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     prefect.flow_engine.multiprocessing = _WarmMultiprocessing()  # type: ignore[attr-defined]

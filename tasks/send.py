@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from datetime import datetime
 from typing import Any
 
 from prefect import task
@@ -41,8 +42,8 @@ def send_batch(campaign_id: uuid.UUID, batch_no: int) -> dict[str, Any]:
     spec, provider, credentials = runner.load_spec(db, campaign_id, load_credentials)
     engine = get_engine_client()
 
-    def deliver(messages: list[OutboundMessage]) -> dict[int, SendResult | None]:
-        return engine.deliver(provider, credentials, spec, messages)
+    def deliver(messages: list[OutboundMessage], claimed_at: datetime) -> dict[int, SendResult | None]:
+        return engine.deliver(provider, credentials, spec, messages, claimed_at)
 
     return sending.send_batch(db, deliver, spec, settings.batch_size, settings.rate_headroom).as_dict()
 

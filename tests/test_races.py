@@ -19,8 +19,8 @@ from tests.helpers import add_contacts, add_sandbox_number, create_campaign, new
 
 
 def _left_in_sending(db, org, sandbox, n: int, start: int, claimed_ago: str) -> uuid.UUID:
-    """A running campaign (of `org`, whose only contacts are its `n`) whose worker died after claiming them
-    `claimed_ago`: they stay in `sending`."""
+    """A running campaign (of `org`, whose only contacts are its `n`) whose worker died after claiming and
+    sending them `claimed_ago` (marked in flight): they stay in `sending`."""
     number = add_sandbox_number(db, org, sandbox)
     add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(n, start=start)])
     cid = create_campaign(db, org, number)
@@ -28,8 +28,8 @@ def _left_in_sending(db, org, sandbox, n: int, start: int, claimed_ago: str) -> 
     build_audience_once(db, cid, "sandbox")
     with db.begin() as conn:
         assert len(sending.claim(conn, cid, n)) == n
-        conn.execute(sa.text(f"update campaign_recipients set claimed_at = now() - interval '{claimed_ago}' "
-                             "where campaign_id = :c"), {"c": cid})
+        conn.execute(sa.text(f"update campaign_recipients set claimed_at = now() - interval '{claimed_ago}', "
+                             f"in_flight_at = now() - interval '{claimed_ago}' where campaign_id = :c"), {"c": cid})
     return cid
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import aiohttp
@@ -59,6 +60,56 @@ def redact(text: str, secret: str) -> str:
         if len(secret) > 12:  # a cut-off echo: its first 12 characters and whatever of it follows
             text = re.sub(rf"(?<![\w-]){re.escape(secret[:12])}[\w-]*", "[token]", text)
     return text
+
+
+INT4_MAX = 2**31 - 1  # error_code is a Postgres integer
+MAX_MESSAGE_ID = 255  # Meta's wamids are ~60 characters, Baileys' ids ~32
+MAX_ERROR_TEXT = 1000
+MAX_RETRY_AFTER = 86_400.0
+
+
+def clean_text(text: Any) -> str:
+    """Text Postgres can store: no NUL (text and JSONB refuse it), no lone surrogate (not UTF-8)."""
+    return str(text).replace("\x00", "").encode(errors="replace").decode()
+
+
+def graph_code(value: Any) -> int | None:
+    """A Graph error code as an int, when it is one: an int or an ASCII digit string (not a bool, not "²")."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    return None
+
+
+def _message_id(value: Any) -> str | None:
+    """A message id we can store and match webhooks against; anything else is dropped (the send stands)."""
+    ok = isinstance(value, str) and 0 < len(value) <= MAX_MESSAGE_ID and value.isprintable() and value.strip()
+    return value if ok else None  # isprintable: no NUL, no control character, no lone surrogate
+
+
+def clean_result(result: SendResult) -> SendResult:
+    """A provider's answer as the database can record it, whatever the peer sent (hostile or broken).
+
+    Every provider's result passes here before it is recorded, so one odd answer can never make the batch's
+    write fail: a code outside int4 (or not an integer) moves into the text, NULs and lone surrogates are
+    stripped from the text, a message id that is not a plain string is dropped (the send still counts as
+    sent; Meta's status webhooks still find the row by its callback data), a Retry-After that is not a
+    finite number of seconds up to a day is ignored.
+    """
+    code = graph_code(result.error_code)
+    message = None if result.error_message is None else clean_text(result.error_message)
+    if result.error_code is not None and (code is None or not 0 <= code <= INT4_MAX):
+        shown = clean_text(result.error_code)[:40]
+        message, code = (f"{message} (code {shown})" if message else f"code {shown}"), None
+    retry_after = result.retry_after
+    if not isinstance(retry_after, int | float) or not (math.isfinite(retry_after) and
+                                                         0 <= retry_after <= MAX_RETRY_AFTER):
+        retry_after = None
+    return replace(result, message_id=_message_id(result.message_id), error_code=code,
+                   error_message=message[:MAX_ERROR_TEXT] if message is not None else None, retry_after=retry_after)
 
 
 def parse_callback_data(value: str | None) -> int | None:

@@ -37,8 +37,9 @@ class EvolutionProvider:
             return reply
         status, payload = reply.status, reply.payload
         if status in (200, 201) and isinstance(payload, dict):
-            key = payload.get("key") or {}
-            return SendResult(msg.recipient_id, True, message_id=key.get("id"), http_status=status)
+            key = payload.get("key")  # its id is checked by clean_result: a peer may send anything
+            message_id = key.get("id") if isinstance(key, dict) else None
+            return SendResult(msg.recipient_id, True, message_id=message_id, http_status=status)
         # Evolution has no Graph codes: a 400 means the number is not on WhatsApp (permanent, like 131026);
         # 401/403 is a bad api key (campaign-level, like 190); anything else is transient.
         code = {400: 131026, 401: 190, 403: 190, 404: 131026}.get(status)

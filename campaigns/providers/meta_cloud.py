@@ -7,7 +7,7 @@ from typing import Any
 import aiohttp
 
 from campaigns.errors import AMBIGUOUS_CODES
-from campaigns.providers.base import Credentials, OutboundMessage, SendResult, post_json, redact
+from campaigns.providers.base import Credentials, OutboundMessage, SendResult, graph_code, post_json, redact
 
 
 def graph_error(body: Any) -> tuple[int | None, str]:
@@ -15,13 +15,18 @@ def graph_error(body: Any) -> tuple[int | None, str]:
     err = body.get("error") if isinstance(body, dict) else None
     if not isinstance(err, dict):
         return None, str(body)[:300]
-    code = err.get("code")
     message = str(err.get("message") or "")
     details = (err.get("error_data") or {}).get("details") if isinstance(err.get("error_data"), dict) else None
-    if details and details not in message:
+    if details and str(details) not in message:
         message = f"{message}: {details}"
-    return (int(code) if isinstance(code, int | str) and str(code).isdigit() else None), message
+    return graph_code(err.get("code")), message
 
+
+def _first_id(payload: dict[str, Any]) -> Any:
+    """`messages[0].id` of an accepted send, or None when the answer has another shape (clean_result checks it)."""
+    messages = payload.get("messages")
+    first = messages[0] if isinstance(messages, list) and messages else None
+    return first.get("id") if isinstance(first, dict) else None
 
 
 class MetaCloudProvider:
@@ -56,7 +61,7 @@ class MetaCloudProvider:
             return reply
         status, payload = reply.status, reply.payload
         if status == 200 and isinstance(payload, dict) and payload.get("messages"):
-            return SendResult(msg.recipient_id, True, message_id=payload["messages"][0].get("id"), http_status=status)
+            return SendResult(msg.recipient_id, True, message_id=_first_id(payload), http_status=status)
         code, message = graph_error(payload)
         ambiguous = code in AMBIGUOUS_CODES or (code is None and status >= 500)
         return SendResult(msg.recipient_id, False, None, code, redact(message, self.token) or f"HTTP {status}", status,
