@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 export XDG_RUNTIME_DIR ?= /tmp/campaigns-runtime-$(shell id -u)
 
-.PHONY: sync demo test lint screenshots bench stop clean
+.PHONY: sync demo test faults lint screenshots bench stop clean
 
 .tools/bin/uv:
 	python3 -m venv .tools && .tools/bin/pip install --quiet --disable-pip-version-check uv
@@ -23,6 +23,12 @@ lint: sync
 
 test: lint
 	$(UV) run --locked pytest
+
+# The fault suite's heavy variants (tests/faults, marker `heavy`): bigger campaigns, the machine's Postgres cluster
+# restarted (other databases on it see it too, for a second), the Prefect server restarted. One line per scenario:
+# duplicates, missing, time to recover. Its fast variants run in `make test`.
+faults: sync
+	$(UV) run --locked pytest tests/faults -m heavy -p no:cacheprovider
 
 # The browser tests (pytest -m browser, headless /usr/bin/chromium) save what the Prefect UI shows to docs/screenshots/.
 screenshots: sync

@@ -26,6 +26,7 @@ from datetime import datetime
 from multiprocessing.connection import Connection
 from typing import Any
 
+from campaigns.faultpoints import ENGINE_ANSWERED, pause_point
 from campaigns.providers import Credentials, OutboundMessage, SendResult
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,7 @@ def _child_main(conn: Connection) -> None:
     def reply(request_id: int, fut: Future[Results]) -> None:
         exc: BaseException | None = asyncio.CancelledError() if fut.cancelled() else fut.exception()
         message = (request_id, False, f"{type(exc).__name__}: {exc}") if exc else (request_id, True, fut.result())
+        pause_point(ENGINE_ANSWERED)
         with reply_lock:
             try:
                 conn.send(message)

@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from campaigns import audience, lifecycle, stats
+from campaigns.faultpoints import AUDIENCE_WRITTEN, pause_point
 from campaigns.preflight import WINDOWED_PROVIDERS, run_preflight
 from campaigns.providers import Credentials
 from campaigns.ratelimit import LimitUsage
@@ -60,6 +61,7 @@ def build_audience_once(db: sa.Engine, campaign_id: uuid.UUID, provider: str) ->
                                        campaign["audience_filter"] or {})
     classified = audience.classify(frame, rules, datetime.now(UTC))
     total = audience.write_recipients(db, campaign_id, campaign["organization_id"], classified)
+    pause_point(AUDIENCE_WRITTEN)
     with db.begin() as conn:
         conn.execute(sa.text("""
             update campaigns set total_recipients = :n, audience_frozen_at = now(), updated_at = now()

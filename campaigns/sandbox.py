@@ -301,6 +301,7 @@ class SandboxConfig(BaseModel):
     reply_profile_name: str = "Sandbox User"
     duplicate_rate: float = Field(default=0.0, ge=0, le=1, description="fraction of events posted twice")
     duplicate_delay_ms: float = Field(default=200.0, ge=0, description="max delay of the second copy")
+    duplicate_copies: int = Field(default=1, ge=1, le=10, description="extra copies of a duplicated event")
     shuffle: bool = False
     shuffle_window_ms: float = Field(default=300.0, ge=0, description="random extra delay when shuffling")
     webhook_batch_size: int = Field(default=50, ge=1, description="events per POST")
@@ -928,10 +929,11 @@ class Sandbox:
         heapq.heappush(self._heap, (due, next(self._heap_seq), *route))
         self._pending += 1
         if cfg.duplicate_rate and self._rng.random() < cfg.duplicate_rate:
-            again = due + self._timing_rng.uniform(0, cfg.duplicate_delay_ms / 1000.0)
-            heapq.heappush(self._heap, (again, next(self._heap_seq), *route))
-            self._pending += 1
-            self._duplicates_scheduled += 1
+            for _ in range(cfg.duplicate_copies):
+                again = due + self._timing_rng.uniform(0, cfg.duplicate_delay_ms / 1000.0)
+                heapq.heappush(self._heap, (again, next(self._heap_seq), *route))
+                self._pending += 1
+                self._duplicates_scheduled += 1
         self._wake.set()
 
     def _schedule_webhooks(self, cfg: SandboxConfig, record: dict[str, Any], rule: FailureRule | None) -> None:

@@ -34,6 +34,7 @@ import sqlalchemy as sa
 from campaigns.db import get_engine
 from campaigns.engine import SendEngine
 from campaigns.errors import PAIR_LIMIT, THROUGHPUT_CODES, FailureClass, classify, escalated, pause_reason
+from campaigns.faultpoints import ANSWERED, CLAIMED, RECORDED, pause_point
 from campaigns.lifecycle import pause_for_error
 from campaigns.providers import OutboundMessage, Provider, SendResult
 from campaigns.providers.base import clean_result
@@ -564,8 +565,10 @@ def send_batch(db: sa.Engine, deliver_fn: Deliver, spec: CampaignSpec, batch_siz
     claimed_at = time.monotonic()
     token = rows[0].claimed_at
     assert token is not None, "claim() returns the claim's time"
+    pause_point(CLAIMED)
     messages, settled = prepare(spec, rows)
     results = clean_results(deliver_fn(messages, token)) if messages else {}
+    pause_point(ANSWERED)
     delivered_at = time.monotonic()
     with db.connect() as conn:
         status_now = conn.execute(sa.text("select status from campaigns where id = :c"), {"c": spec.id}).scalar_one()
@@ -599,6 +602,7 @@ def send_batch(db: sa.Engine, deliver_fn: Deliver, spec: CampaignSpec, batch_siz
             if attempt == 2:
                 raise
             time.sleep(0.2 * (attempt + 1))
+    pause_point(RECORDED)
     log.info("batch of %d: claim %.3fs, send %.3fs, record %.3fs: %s", len(rows), claimed_at - started,
              delivered_at - claimed_at, time.monotonic() - delivered_at, counts.as_dict())
     return counts

@@ -1,0 +1,113 @@
+"""The provider down for a while, the provider slower than the client's timeout, and a storm of status
+webhooks: no duplicates, the campaign finishes by itself, statistics exact."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from campaigns.engine_process import close_engine_client
+from campaigns.settings import get_settings
+from tests.faults.harness import Env, judge, new_campaign, wait_accepted
+from tests.helpers import run_campaign, shrink_retry_delay
+
+OUTAGE = {"match": ".*", "code": 2, "http_status": 503}  # Graph's "Service temporarily unavailable"
+
+
+def _after(sandbox, accepted: int, seconds: float, start: dict, end: dict) -> tuple[threading.Thread, list[float]]:
+    """Configure the sandbox with `start` once it accepted `accepted` messages, and with `end` `seconds` later."""
+    when: list[float] = []
+
+    def go() -> None:
+        wait_accepted(sandbox, accepted)
+        when.append(time.time())
+        sandbox.configure(**start)
+        time.sleep(seconds)
+        sandbox.configure(**end)
+
+    thread = threading.Thread(target=go, daemon=True)
+    thread.start()
+    return thread, when
+
+
+def outage(db, org, sandbox, seconds: float, total: int, mps: int, start: int) -> None:
+    sandbox.configure(latency_ms=20)
+    cid = new_campaign(db, org, sandbox, total, mps, start=start)
+    shrink_retry_delay(db, cid, 1)
+    thread, when = _after(sandbox, total // 3, seconds, {"rules": [OUTAGE]}, {"rules": []})
+    result = run_campaign(cid)
+    thread.join()
+    verdict = judge(db, sandbox, cid, f"provider: 503 for {seconds:.0f} s", when,
+                    errors_503=sandbox.stats()["errors_by_code"].get(2, 0))
+    assert result["status"] == "completed", (result, verdict.line())
+    assert (verdict.duplicates, verdict.missing, verdict.stats_exact) == (0, 0, True), verdict.line()
+
+
+# Known gap, kept visible (strict: it fails the suite once fixed, so the marker comes off). An outage fails
+# every send with a transient code: the circuit breaker pauses the campaign after 50 in a row (the 8 s outage:
+# 264 refused, paused at 136 of 400) and it waits for an operator's resume; rows that used their retries during
+# the outage would fail. An outage (every send of a number refused with 5xx) should wait for the provider, not
+# count against the recipients or the breaker.
+GAP = pytest.mark.xfail(strict=True, reason="an outage trips the circuit breaker: the campaign waits for a resume")
+
+
+@GAP
+def test_a_provider_outage_then_recovery(db, org, sandbox):
+    outage(db, org, sandbox, 8, total=400, mps=100, start=60_000)
+
+
+@GAP
+@pytest.mark.heavy
+def test_heavy_a_one_minute_provider_outage_then_recovery(db, org, sandbox):
+    outage(db, org, sandbox, 60, total=3000, mps=100, start=62_000)
+
+
+def slow_provider(db, org, sandbox, total: int, mps: int, start: int) -> None:
+    """For a few seconds every answer comes after the client gave up (the message accepted all the same)."""
+    sandbox.configure(latency_ms=20)
+    cid = new_campaign(db, org, sandbox, total, mps, start=start)
+    # A 1 s client timeout (the send engine is started again to read it); the status webhook then comes well
+    # inside the grace period, as Meta's do against the default 30 s timeout and 120 s grace.
+    with Env(HTTP_TIMEOUT_SECONDS="1", RECONCILE_GRACE_SECONDS="10"):
+        get_settings.cache_clear()
+        close_engine_client()
+        try:
+            thread, when = _after(sandbox, total // 3, 3, {"latency_ms": 1500}, {"latency_ms": 20})
+            result = run_campaign(cid)
+            thread.join()
+        finally:
+            get_settings.cache_clear()
+            close_engine_client()
+    assert os.environ["RECONCILE_GRACE_SECONDS"] == "2"
+    verdict = judge(db, sandbox, cid, "provider: answers after the timeout", when)
+    assert result["status"] == "completed", (result, verdict.line())
+    assert (verdict.duplicates, verdict.missing, verdict.stats_exact) == (0, 0, True), verdict.line()
+
+
+def test_a_provider_answering_after_the_timeout(db, org, sandbox):
+    slow_provider(db, org, sandbox, total=300, mps=100, start=64_000)
+
+
+def storm(db, org, sandbox, total: int, mps: int, start: int) -> None:
+    """Every status three times, shuffled, the first ones before their batch is recorded, replies too."""
+    sandbox.configure(latency_ms=20, sent_delay_ms=0, delivered_delay_ms=0, read_delay_ms=0, reply_delay_ms=0,
+                      read_rate=0.6, reply_rate=0.3, duplicate_rate=1.0, duplicate_copies=2, duplicate_delay_ms=500,
+                      shuffle=True, shuffle_window_ms=500)
+    cid = new_campaign(db, org, sandbox, total, mps, start=start)
+    result = run_campaign(cid)
+    verdict = judge(db, sandbox, cid, "webhook storm: x3, shuffled, early", [],
+                    events_posted=sum(sandbox.stats()["webhook_events_posted"].values()))
+    assert result["status"] == "completed", (result, verdict.line())
+    assert (verdict.duplicates, verdict.missing, verdict.stats_exact) == (0, 0, True), verdict.line()
+
+
+def test_a_webhook_storm_leaves_the_statistics_exact(db, org, sandbox):
+    storm(db, org, sandbox, total=400, mps=200, start=66_000)
+
+
+@pytest.mark.heavy
+def test_heavy_a_webhook_storm_leaves_the_statistics_exact(db, org, sandbox):
+    storm(db, org, sandbox, total=3000, mps=300, start=67_000)

@@ -1,0 +1,120 @@
+"""Postgres and Redis lost mid-campaign. The runner carries on by itself (it takes its lock again once
+Postgres answers; the caps are rebuilt from Postgres when Redis lost them); the sandbox's record is the judge,
+and no number goes over its rate or its caps after the fault."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+import sqlalchemy as sa
+
+from campaigns import lifecycle
+from campaigns.settings import get_settings
+from tests.faults.harness import judge, new_campaign, number_of, sent_ids, settle_statuses, wait_accepted
+from tests.helpers import run_campaign
+
+
+def _during(sandbox, accepted: int, fault) -> tuple[threading.Thread, list[float]]:
+    """Run `fault` in a thread once the sandbox has accepted `accepted` messages; the list gets its time."""
+    when: list[float] = []
+
+    def go() -> None:
+        wait_accepted(sandbox, accepted)
+        when.append(time.time())
+        fault()
+
+    thread = threading.Thread(target=go, daemon=True)
+    thread.start()
+    return thread, when
+
+
+def terminate_backends(db) -> None:
+    """Every connection to this test database but the one asking dies, as in a Postgres restart (others'
+    databases untouched)."""
+    with db.connect() as conn:
+        conn.execute(sa.text("""
+            select pg_terminate_backend(pid) from pg_stat_activity
+            where datname = current_database() and pid <> pg_backend_pid()
+        """))
+        conn.commit()
+
+
+def restart_cluster() -> None:
+    """The machine's Postgres restarted (every database on it: other sessions see it too, for a second)."""
+    version = next(Path("/etc/postgresql").iterdir()).name
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True,
+                   capture_output=True, timeout=120)
+
+
+def postgres_lost(db, org, sandbox, fault, scenario: str, total: int, mps: int, start: int) -> None:
+    sandbox.configure(latency_ms=50, webhook_max_retries=12)  # Meta retries a webhook it could not deliver
+    cid = new_campaign(db, org, sandbox, total, mps, start=start)
+    thread, when = _during(sandbox, total // 3, fault)
+    result = run_campaign(cid)
+    thread.join()
+    verdict = judge(db, sandbox, cid, scenario, when)
+    assert result["status"] == "completed", (result, verdict.line())
+    assert (verdict.duplicates, verdict.missing, verdict.stats_exact) == (0, 0, True), verdict.line()
+
+
+def test_every_postgres_connection_killed_mid_campaign(db, org, sandbox):
+    postgres_lost(db, org, sandbox, lambda: terminate_backends(db), "postgres: backends terminated",
+                  total=600, mps=100, start=40_000)
+
+
+@pytest.mark.heavy
+def test_heavy_the_postgres_cluster_restarted_mid_campaign(db, org, sandbox):
+    postgres_lost(db, org, sandbox, restart_cluster, "postgres: cluster restarted", total=3000, mps=150,
+                  start=44_000)
+
+
+def redis_lost(db, org, sandbox, scenario: str, total: int, mps: int, per_hour: int, start: int) -> None:
+    """Redis flushed (this slot's db: all it would lose in a restart without persistence) mid-campaign, with
+    an hourly cap the campaign reaches after the fault: the cap and the rate still hold."""
+    sandbox.configure(latency_ms=50, mps_cap=mps)  # a peer that refuses more than the number's rate
+    cid = new_campaign(db, org, sandbox, total, mps, start=start)
+    with db.begin() as conn:
+        lifecycle.set_number_limits(conn, org, number_of(db, cid), {"per_hour": per_hour})
+    flush = redis.Redis.from_url(get_settings().redis_url or "").flushdb
+    thread, when = _during(sandbox, per_hour // 3, flush)
+    result = run_campaign(cid)
+    thread.join()
+    settle_statuses(db, sandbox)
+    sent = sent_ids(db, cid)
+    stats = sandbox.stats()
+    fastest = max(stats["max_window_per_second_by_phone"].values())
+    verdict = judge(db, sandbox, cid, scenario, when, eligible_ids=sent, cap=per_hour, max_per_second=fastest,
+                    mps=mps, refused_130429=stats["throttled_130429"])
+    with db.connect() as conn:
+        paused_reason = lifecycle.get_any_org(conn, cid)["paused_reason"]
+    assert (result["status"], paused_reason) == ("paused", "rate_limit")
+    assert fastest <= mps, verdict.line()
+    assert (verdict.duplicates, verdict.missing, verdict.stats_exact) == (0, 0, True), verdict.line()
+    assert verdict.accepted <= per_hour, verdict.line()  # the hour's cap, across the flush
+    assert stats["throttled_130429"] == 0, verdict.line()  # the peer never saw more than the number's rate
+
+
+# Known gap, kept visible (strict: it fails the suite once fixed, so the marker comes off). The cap's counter
+# is rebuilt from the recipients' sent_at/failed_at, but a batch records its outcomes only at its end: when
+# Redis is lost early in a campaign, what the batches in flight sent is not in Postgres yet, and the cap
+# starts again from ~0 (240 allowed, 362 sent). Counting their claims instead stops a fresh window at once
+# (all of a campaign's rows are claimed before its first take). It needs to know which claimed rows' requests
+# left (the send engine can say so; being built with the recovery of never-sent claims). The rate limiter's
+# reservations are lost too: the number is asked for more than its rate for a moment (130429 answers).
+GAP = pytest.mark.xfail(strict=True, reason="after a Redis loss, the batches in flight are not counted by the cap")
+
+
+@GAP
+def test_redis_flushed_mid_campaign_keeps_the_cap_and_the_rate(db, org, sandbox):
+    redis_lost(db, org, sandbox, "redis: flushed", total=400, mps=60, per_hour=240, start=50_000)
+
+
+@GAP
+@pytest.mark.heavy
+def test_heavy_redis_flushed_mid_campaign_keeps_the_cap_and_the_rate(db, org, sandbox):
+    redis_lost(db, org, sandbox, "redis: flushed (bigger)", total=3000, mps=150, per_hour=1800, start=53_000)
