@@ -126,11 +126,25 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
+def _settle_earlier_campaigns() -> None:
+    """Earlier tests leave campaigns running, scheduled or paused with nobody sending (they stop mid-campaign
+    on purpose). `serve`'s scheduler, 15 s after it starts, would relaunch them all and fill its run slots
+    before this session's own campaigns: end them first."""
+    import sqlalchemy as sa
+
+    from campaigns.db import get_engine
+
+    with get_engine().begin() as conn:
+        conn.execute(sa.text(
+            "update campaigns set status = 'cancelled' where status in ('running', 'scheduled', 'paused')"))
+
+
 @pytest.fixture(scope="session")
 def campaigns_serve(services, tmp_path_factory) -> Iterator[subprocess.Popen[bytes]]:
     """`campaigns serve` in its own process, with this session's PREFECT_API_URL, DATABASE_URL and REDIS_URL;
     ready once send-campaign/default exists and the runner has polled it since it started."""
     log_path = tmp_path_factory.mktemp("serve") / "campaigns-serve.log"
+    _settle_earlier_campaigns()
     started = datetime.now(UTC)
     with log_path.open("wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "campaigns.cli", "serve"], env=os.environ.copy(),
