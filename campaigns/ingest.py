@@ -34,8 +34,9 @@ import sqlalchemy as sa
 from campaigns.contact_events import OptChange, Seen, apply_opt_changes, keyword_set, normalise_keyword, touch
 from campaigns.errors import OPTED_OUT, FailureClass, classify, pause_reason
 from campaigns.lifecycle import pause_for_error
+from campaigns.providers.base import clean_text
 from campaigns.settings import get_settings
-from campaigns.webhook_parse import Inbound, ParsedEvent, StatusUpdate, clean_text, parse_body
+from campaigns.webhook_parse import Inbound, ParsedEvent, StatusUpdate, parse_body
 from campaigns.webhooks import PLATFORM
 
 log = logging.getLogger(__name__)

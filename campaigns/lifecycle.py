@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from campaigns.errors import OPTED_OUT
 from campaigns.models import CampaignCreate
 from campaigns.ratelimit import PRESETS
-from campaigns.schema import business_portfolios, campaigns, organizations, whatsapp_numbers
+from campaigns.schema import INT4_MAX, business_portfolios, campaigns, organizations, whatsapp_numbers
 
 EDITABLE = ("draft", "scheduled", "paused")
 AUDIENCE_FIELDS = frozenset({"audience_type", "audience_filter", "respect_opt_out", "skip_active_conversations"})
@@ -49,7 +49,6 @@ class Invalid(CampaignError):
     status_code = 422
 
 
-INT4_MAX = 2**31 - 1  # Postgres `integer`: caps and error codes are stored as such
 
 
 def org_id_by_name(conn: sa.Connection, name_or_id: str) -> uuid.UUID:

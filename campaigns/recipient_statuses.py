@@ -18,7 +18,7 @@ from typing import IO, Any
 import sqlalchemy as sa
 
 from campaigns.lifecycle import Invalid
-from campaigns.schema import RECIPIENT_STATUSES
+from campaigns.schema import INT8_MAX, RECIPIENT_STATUSES
 
 # "replied" is not a recipient status but what operators ask for next to "failed": replied_at is set.
 STATUS_FILTERS = (*RECIPIENT_STATUSES, "replied")
@@ -71,7 +71,7 @@ def _check(status: str | None, page_size: int = DEFAULT_PAGE_SIZE, after: int | 
         cursor = int(after) if after not in (None, "") else 0
     except (TypeError, ValueError):
         raise Invalid(f"after must be a cursor returned as next_cursor (got {after!r})") from None
-    if not 0 <= cursor <= 2**63 - 1:  # a bigint id; past it Postgres would refuse the query
+    if not 0 <= cursor <= INT8_MAX:  # a bigint id; past it Postgres would refuse the query
         raise Invalid(f"after must be a cursor returned as next_cursor (got {after!r})")
     return cursor
 

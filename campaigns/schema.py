@@ -8,6 +8,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
+INT4_MAX = 2**31 - 1  # Postgres `integer`: caps, error codes
+INT8_MAX = 2**63 - 1  # Postgres `bigint`: recipient and event ids
+
 metadata = sa.MetaData()
 
 _now = sa.text("now()")

@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from campaigns.providers.base import parse_callback_data
+from campaigns.providers.base import clean_text, graph_code, parse_callback_data
+from campaigns.schema import INT4_MAX, INT8_MAX
 
 RANK = {"sent": 2, "delivered": 3, "read": 4, "played": 4, "failed": 5}
 EVOLUTION_STATUS = {"SERVER_ACK": "sent", "DELIVERY_ACK": "delivered", "READ": "read", "PLAYED": "read",
                     "ERROR": "failed", "SENT": "sent", "DELIVERED": "delivered", "FAILED": "failed"}
-INT4_MAX = 2**31 - 1
-INT8_MAX = 2**63 - 1
 MAX_ID = 256  # wamids, phone_number_ids, instances: Meta's are under 100 characters
 MAX_TEXT = 4096  # message texts, names, error texts (a WhatsApp text is at most 4,096 characters)
 MAX_PHONE_DIGITS = 15  # E.164
@@ -47,21 +46,11 @@ class Malformed(ValueError):
         return Malformed(f"{prefix}.{self.path}" if self.path else prefix, self.reason)
 
 
-def clean_text(value: str, limit: int = MAX_TEXT) -> str:
-    """`value` made storable in a Postgres text column: NULs dropped, lone surrogates replaced, cut to `limit`."""
-    text = value.replace("\x00", "") if "\x00" in value else value
-    if not text.isascii():
-        text = text.encode("utf-8", "replace").decode("utf-8")
-    return text[:limit]
-
-
 def _text(value: Any, key: str, limit: int = MAX_TEXT) -> str | None:
     """A string field: None when absent, cleaned when a string, the event refused otherwise."""
     if value is None:
         return None
     if isinstance(value, str):
-        if len(value) <= limit and value.isascii() and "\x00" not in value:
-            return value  # the usual case, without a copy
         return clean_text(value, limit)
     raise Malformed(key, f"expected a string, got {type(value).__name__}")
 
@@ -162,15 +151,6 @@ def _phone(wa_id: Any, key: str) -> str | None:
     return "+" + digits if digits and len(digits) <= MAX_PHONE_DIGITS else None
 
 
-def _code(value: Any) -> int | None:
-    """A Graph error code: an integer or a string of ASCII digits, at most 10 of them; else None."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value if 0 <= value < 10**10 else None
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 10:
-        return int(value)
-    return None
-
-
 def _each(items: list[Any], key: str, read: Any) -> list[Any]:
     """`read(item)` for each item of the list `items` (`key` in the path of a Malformed), Nones left out."""
     out = []
@@ -195,10 +175,10 @@ def _error(status: dict[str, Any]) -> tuple[int | None, str | None]:
     except Malformed as exc:
         raise exc.within("errors[0]") from None
     text = " - ".join(x for x in (title, details) if x)
-    number = _code(err.get("code"))
+    number = graph_code(err.get("code"))
     if number is not None and number > INT4_MAX:  # not a Graph code; keep it in the text only
         text, number = f"{text} (code {number})", None
-    return number, clean_text(text) or None
+    return number, clean_text(text, MAX_TEXT) or None
 
 
 def _meta_text(msg: dict[str, Any]) -> str | None:

@@ -11,10 +11,9 @@ import os
 import uuid
 
 from blocks.numbers import add_number
+from campaigns.schema import INT4_MAX
 from tasks.send import prepare_campaign, send_batch
 from tests.helpers import add_contacts, add_sandbox_number, create_campaign, phones, recipients, run_campaign
-
-INT4_MAX = 2**31 - 1
 
 
 def _one_batch(campaign_id: uuid.UUID) -> dict[str, dict]:

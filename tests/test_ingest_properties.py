@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from campaigns.ingest import ingest_pending
-from campaigns.webhook_parse import INT4_MAX, INT8_MAX, MAX_ID, RANK, ParsedEvent, parse_body
+from campaigns.schema import INT4_MAX, INT8_MAX
+from campaigns.webhook_parse import MAX_ID, RANK, ParsedEvent, parse_body
 from tests.helpers import meta_change
 from tests.hostile_events import assert_good_applied, events, fleet_fixture, queue, status  # noqa: F401
 

@@ -10,6 +10,8 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from campaigns.schema import INT4_MAX
+
 
 @dataclass(frozen=True)
 class Credentials:
@@ -62,24 +64,28 @@ def redact(text: str, secret: str) -> str:
     return text
 
 
-INT4_MAX = 2**31 - 1  # error_code is a Postgres integer
 MAX_MESSAGE_ID = 255  # Meta's wamids are ~60 characters, Baileys' ids ~32
 MAX_ERROR_TEXT = 1000
 MAX_RETRY_AFTER = 86_400.0
 
 
-def clean_text(text: Any) -> str:
-    """Text Postgres can store: no NUL (text and JSONB refuse it), no lone surrogate (not UTF-8)."""
-    return str(text).replace("\x00", "").encode(errors="replace").decode()
+def clean_text(value: Any, limit: int | None = None) -> str:
+    """`value` as text Postgres can store: NULs dropped (text and JSONB refuse them), lone surrogates replaced
+    (not UTF-8), cut to `limit`. The usual ASCII text comes back as it is, without a copy."""
+    text = value if isinstance(value, str) else str(value)
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    if not text.isascii():
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text if limit is None else text[:limit]
 
 
 def graph_code(value: Any) -> int | None:
-    """A Graph error code as an int, when it is one: an int or an ASCII digit string (not a bool, not "²")."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.isascii() and value.isdigit():
+    """A Graph error code as an int, when it is one: an int or a string of at most 10 ASCII digits (not a
+    bool, not "²", not thousands of digits, which int() refuses)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if 0 <= value < 10**10 else None
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 10:
         return int(value)
     return None
 
@@ -102,7 +108,7 @@ def clean_result(result: SendResult) -> SendResult:
     code = graph_code(result.error_code)
     message = None if result.error_message is None else clean_text(result.error_message)
     if result.error_code is not None and (code is None or not 0 <= code <= INT4_MAX):
-        shown = clean_text(result.error_code)[:40]
+        shown = clean_text(result.error_code, 40)
         message, code = (f"{message} (code {shown})" if message else f"code {shown}"), None
     retry_after = result.retry_after
     if not isinstance(retry_after, int | float) or not (math.isfinite(retry_after) and
