@@ -65,7 +65,8 @@ class Claimed:
     quarantined: str | None = None  # why applying this event failed
 
     def reset(self) -> None:
-        """Forget what an attempt that was rolled back counted."""
+        """Forget what an earlier attempt counted (each attempt starts clean: a rolled-back one counted
+        nothing that happened)."""
         self.unmatched, self.rejected, self.waiting_reply = 0, 0, False
 
 
@@ -292,6 +293,7 @@ def ingest_once(conn: sa.Connection, limit: int = 5000, max_bytes: int = ROUND_M
     events = [Claimed(_parse(r), frozenset(r.signers or ()), r.received_at) for r in rows]
     result = _apply_isolating(conn, events, datetime.now(UTC))
     result.events, result.full = len(rows), full
+    result.quarantined = sum(e.quarantined is not None for e in events)
     _settle(conn, events)
     return result
 
@@ -324,12 +326,10 @@ def _apply_isolating(conn: sa.Connection, events: list[Claimed], now: datetime) 
     except Exception as exc:
         if _transient(exc):
             raise
-        for e in events:
-            e.reset()
         if len(events) == 1:
             events[0].quarantined = _describe(exc)
             log.warning("webhook event %s quarantined: %s", events[0].parsed.event_id, events[0].quarantined)
-            return IngestResult(quarantined=1)
+            return IngestResult()
     half = len(events) // 2
     result = _apply_isolating(conn, events[:half], now)
     result.add(_apply_isolating(conn, events[half:], now))
@@ -338,6 +338,8 @@ def _apply_isolating(conn: sa.Connection, events: list[Claimed], now: datetime) 
 
 def _apply(conn: sa.Connection, events: list[Claimed], now: datetime) -> IngestResult:
     """Statuses, replies, the 24 h window and opt-outs of `events`, set-based."""
+    for e in events:  # what an earlier attempt on them counted was rolled back with it
+        e.reset()
     result = IngestResult()
     updates = [u for e in events for u in e.parsed.statuses]
     by_id: dict[int, Known] = {}

@@ -114,8 +114,8 @@ def cancelled_with_unknown(conn: sa.Connection, grace_seconds: float) -> list[uu
 def settle_cancelled(db: sa.Engine, campaign_id: uuid.UUID, grace_seconds: float) -> int:
     """A cancelled campaign's runner stops with the cancel, so nobody reconciles the rows it left in flight:
     those never sent, and those with no status webhook within the grace period, are cancelled, as its runner
-    would have done. The caller found no runner alive."""
-    ingest_pending(db)
+    would have done. The caller found no runner alive, and has ingested the stored webhooks first (once for
+    all the campaigns it settles: a status that arrived settles its row as sent, not cancelled)."""
     with db.begin() as conn:
         _lock_campaign(conn, campaign_id)
         return int(conn.execute(REQUEUE, {"c": campaign_id, "g": grace_seconds}).rowcount)

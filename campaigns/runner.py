@@ -16,6 +16,8 @@ from campaigns.faultpoints import AUDIENCE_WRITTEN, pause_point
 from campaigns.preflight import WINDOWED_PROVIDERS, run_preflight
 from campaigns.providers import Credentials
 from campaigns.ratelimit import LimitUsage
+from campaigns.runlock import runner_alive
+from campaigns.scheduler import RELAUNCH_LIMIT
 from campaigns.sending import CampaignSpec
 from campaigns.stats import iso_z
 
@@ -175,32 +177,26 @@ def wave_plan(db: sa.Engine, campaign_id: uuid.UUID, batch_size: int, headroom: 
 UNLIMITED = 1_000_000
 
 
-def supervise(db: sa.Engine, campaign_id: uuid.UUID, run_once: Callable[[], object],
-              relaunch_limit: int | None = None) -> int:
+def supervise(db: sa.Engine, campaign_id: uuid.UUID, run_once: Callable[[], object]) -> int:
     """Run the campaign's runner (`run_once`, a process of its own) again whenever it ends while the campaign
     is still `running` and no runner holds it: killed, crashed, its lock lost. What `campaigns serve`'s
     scheduler does for served runs, for a campaign started from the CLI with nothing serving. Runners lost
-    `relaunch_limit` times in a row without progress pause the campaign (`runner_failed`). Returns how many
+    RELAUNCH_LIMIT times in a row without progress pause the campaign (`runner_failed`). Returns how many
     runners were lost."""
-    from campaigns.runlock import runner_alive
-    from campaigns.scheduler import RELAUNCH_LIMIT
-
-    limit = RELAUNCH_LIMIT if relaunch_limit is None else relaunch_limit
     lost = in_a_row = 0
-    left = _left(db, campaign_id)
+    left = _left(remaining(db, campaign_id))
     while True:
         run_once()
+        now = remaining(db, campaign_id)
         with db.connect() as conn:
-            status = conn.execute(sa.text("select status from campaigns where id = :c"), {"c": campaign_id}).scalar()
             alive = runner_alive(conn, campaign_id)
             conn.commit()
-        if status != "running" or alive:  # finished, paused, cancelled; or another runner has it
+        if now.status != "running" or alive:  # finished, paused, cancelled; or another runner has it
             return lost
         lost += 1
-        now_left = _left(db, campaign_id)
-        in_a_row = 0 if now_left < left else in_a_row + 1
-        left = now_left
-        if in_a_row >= limit:
+        in_a_row = 0 if _left(now) < left else in_a_row + 1
+        left = _left(now)
+        if in_a_row >= RELAUNCH_LIMIT:
             with db.begin() as conn:
                 lifecycle.pause_for_error(conn, campaign_id, "runner_failed",
                                           f"its runner was lost {in_a_row} times in a row; resume to try again")
@@ -209,8 +205,6 @@ def supervise(db: sa.Engine, campaign_id: uuid.UUID, run_once: Callable[[], obje
                     campaign_id)
 
 
-def _left(db: sa.Engine, campaign_id: uuid.UUID) -> int:
-    with db.connect() as conn:
-        return int(conn.execute(sa.text("""
-            select count(*) from campaign_recipients where campaign_id = :c and status in ('pending', 'sending')
-        """), {"c": campaign_id}).scalar_one())
+def _left(r: Remaining) -> int:
+    """Rows not yet settled: progress is this number going down."""
+    return r.due + r.waiting_retry + r.unknown

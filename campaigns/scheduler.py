@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from campaigns import lifecycle
+from campaigns.ingest import ingest_pending
 from campaigns.launch import RunState
 from campaigns.reconcile import cancelled_with_unknown, settle_cancelled
 from campaigns.runlock import runner_alive
@@ -153,6 +154,8 @@ def _settle_cancelled(db: sa.Engine) -> None:
     with db.connect() as conn:
         idle = [cid for cid in cancelled_with_unknown(conn, grace) if not runner_alive(conn, cid)]
         conn.commit()
+    if idle:
+        ingest_pending(db)
     for cid in idle:
         if n := settle_cancelled(db, cid, grace):
             log.warning("cancelled campaign %s: %d sends of unknown outcome had no status webhook; cancelled", cid, n)

@@ -56,8 +56,8 @@ def signer_id(secret: str | bytes) -> str:
 WELL_KNOWN_SECRETS = frozenset({"demo-app-secret", "sandbox-app-secret", "bench-webhook-app-secret"})
 
 
-def well_known(secret: str | bytes) -> bool:
-    return (secret.decode("utf-8", "replace") if isinstance(secret, bytes) else secret) in WELL_KNOWN_SECRETS
+def well_known(secret: str) -> bool:
+    return secret in WELL_KNOWN_SECRETS
 
 
 @dataclass
@@ -78,7 +78,6 @@ class KnownSecrets:
     retry_after_failure: float = 5.0
     _loaded_at: float | None = None
     _refresh: asyncio.Task[None] | None = None
-    loads: int = 0  # loads started, for tests and benches
 
     async def current(self) -> KnownSecrets:
         if self.loader is None:
@@ -91,7 +90,6 @@ class KnownSecrets:
         return self
 
     async def _load(self, loader: Callable[[], KnownSecrets]) -> None:
-        self.loads += 1
         try:
             fresh = await asyncio.to_thread(loader)
             self.app_secrets, self.platform_secret = fresh.app_secrets, fresh.platform_secret
@@ -292,5 +290,4 @@ def create_app(database_url: str, secrets: KnownSecrets, max_body_bytes: int = 3
         Route("/health", health),
     ])
     app.state.writer = writer
-    app.state.checker = checker
     return app

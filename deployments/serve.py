@@ -23,7 +23,9 @@ import asyncio
 import contextlib
 import signal
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+from prefect import Flow
 from prefect.exceptions import TerminationSignal
 from prefect.runner import Runner
 from prefect.schedules import Interval, Schedule
@@ -57,17 +59,21 @@ def main(limit: int = 8) -> None:
     """Register the deployments with their flows (so each run forks from the warm server: warm_start.py; a
     deployment registered without its flow would start `python -m prefect.engine`, importing everything
     again) and poll for runs until SIGINT or SIGTERM."""
+    served: list[tuple[Flow[..., Any], dict[str, Any]]] = [
+        (send_campaign, {"tags": ["campaigns"]}),
+        (ingest_statuses, {"schedule": soon_and_every(INGEST_INTERVAL), "tags": HOUSEKEEPING,
+                           "parameters": {"run_for_seconds": INGEST_INTERVAL, "every_seconds": 1.0}}),
+        (campaign_scheduler, {"schedule": soon_and_every(SCHEDULER_RUN), "tags": HOUSEKEEPING, "concurrency_limit": 1,
+                              "parameters": {"run_for_seconds": SCHEDULER_RUN - 30, "every_seconds": 30.0}}),
+        (create_campaign, {"tags": OPERATOR_TAGS}),
+        (campaign_control, {"tags": OPERATOR_TAGS}),
+    ]
     ensure_send_limit()
-    start_runs_warm()
+    start_runs_warm([served_flow for served_flow, _ in served])
     signal.signal(signal.SIGINT, lambda *_: signal.raise_signal(signal.SIGTERM))  # Prefect handles SIGTERM
     runner = Runner(limit=limit, query_seconds=POLL_SECONDS, pause_on_shutdown=True)
-    runner.add_flow(send_campaign, name="default", tags=["campaigns"])
-    runner.add_flow(ingest_statuses, name="default", schedule=soon_and_every(INGEST_INTERVAL), tags=HOUSEKEEPING,
-                    parameters={"run_for_seconds": INGEST_INTERVAL, "every_seconds": 1.0})
-    runner.add_flow(campaign_scheduler, name="default", schedule=soon_and_every(SCHEDULER_RUN), tags=HOUSEKEEPING,
-                    concurrency_limit=1, parameters={"run_for_seconds": SCHEDULER_RUN - 30, "every_seconds": 30.0})
-    runner.add_flow(create_campaign, name="default", tags=OPERATOR_TAGS)
-    runner.add_flow(campaign_control, name="default", tags=OPERATOR_TAGS)
+    for served_flow, options in served:
+        runner.add_flow(served_flow, name="default", **options)
     with contextlib.suppress(KeyboardInterrupt, TerminationSignal):
         asyncio.run(runner.start())
 

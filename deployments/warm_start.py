@@ -12,8 +12,9 @@ the fork), and Prefect cancels it by its pid as before.
 It needs the runner to hold each deployment's flow (serve.py registers them with `Runner.add_flow`): for a
 deployment registered without it, Prefect starts `python -m prefect.engine` instead, which no context
 changes. The switch is one indirection: `prefect.flow_engine` looks `multiprocessing.get_context` up at call time,
-and is given a `multiprocessing` whose contexts are all the warm one. Prefect's own tests patch the same
-spot (runner/_starter_direct.py names `run_flow_in_subprocess` as the place to override).
+and is given a `multiprocessing` whose contexts are all the warm one (the smallest patch: replacing
+`run_flow_in_subprocess`, which runner/_starter_direct.py names as the place to override, would copy its
+~90 lines of Prefect internals).
 """
 
 from __future__ import annotations
@@ -24,9 +25,6 @@ import multiprocessing.forkserver
 import signal
 from types import ModuleType
 from typing import Any
-
-PRELOAD = ["flows.send_campaign", "flows.ingest_statuses", "flows.campaign_scheduler", "flows.create_campaign",
-           "flows.campaign_control"]
 
 
 class _WarmMultiprocessing(ModuleType):
@@ -43,12 +41,12 @@ class _WarmMultiprocessing(ModuleType):
         return multiprocessing.get_context("forkserver")
 
 
-def start_runs_warm() -> None:
+def start_runs_warm(flows: list[Any]) -> None:
     """From now on, this process's served flow runs fork from a warm server, which is started (and imports
-    the flows) here, so that the first run is warm too."""
+    the modules of `flows`) here, so that the first run is warm too."""
     import prefect.flow_engine
 
-    multiprocessing.set_forkserver_preload(PRELOAD)
+    multiprocessing.set_forkserver_preload(sorted({served.fn.__module__ for served in flows}))
     # Started with SIGINT ignored, the server and every run forked from it ignore the terminal's Ctrl-C from
     # their first instruction: `serve` stops its runs with SIGTERM (Prefect's intent), and a Ctrl-C landing
     # before a run's own code could ignore it would otherwise crash that run.
