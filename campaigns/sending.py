@@ -490,18 +490,23 @@ def record(conn: sa.Connection, spec: CampaignSpec, outcomes: list[Outcome], cla
         return 0
     try:
         with conn.begin_nested():
-            return _record_rows(conn, spec, outcomes, claimed_at)
+            updated = _record_rows(conn, outcomes, claimed_at)
+            _count_errors(conn, spec, outcomes)
+            return updated
     except sa.exc.OperationalError:
         raise
     except Exception:
         log.exception("recording a batch of %d outcomes failed; recording them one by one", len(outcomes))
-    return sum(_record_one(conn, spec, o, claimed_at) for o in outcomes)
+    written = [_record_one(conn, o, claimed_at) for o in outcomes]
+    _count_errors(conn, spec, [o for _, o in written])  # once for the batch, with what each row now says
+    return sum(n for n, _ in written)
 
 
-def _record_one(conn: sa.Connection, spec: CampaignSpec, outcome: Outcome, claimed_at: datetime | None) -> int:
+def _record_one(conn: sa.Connection, outcome: Outcome, claimed_at: datetime | None) -> tuple[int, Outcome]:
+    """The outcome written alone, or bare if even alone it cannot be; with the outcome as written."""
     try:
         with conn.begin_nested():
-            return _record_rows(conn, spec, [outcome], claimed_at)
+            return _record_rows(conn, [outcome], claimed_at), outcome
     except sa.exc.OperationalError:
         raise
     except Exception:
@@ -510,10 +515,10 @@ def _record_one(conn: sa.Connection, spec: CampaignSpec, outcome: Outcome, claim
     bare = replace(outcome, wamid=None, code=None, entry={"note": "the provider's answer could not be stored"},
                    message=None if outcome.status == "sent" else "the provider's answer could not be stored")
     with conn.begin_nested():
-        return _record_rows(conn, spec, [bare], claimed_at)
+        return _record_rows(conn, [bare], claimed_at), bare
 
 
-def _record_rows(conn: sa.Connection, spec: CampaignSpec, outcomes: list[Outcome], claimed_at: datetime | None) -> int:
+def _record_rows(conn: sa.Connection, outcomes: list[Outcome], claimed_at: datetime | None) -> int:
     cols = list(zip(*[
         (o.id, o.status, o.wamid, o.code, o.message, o.skip_reason, o.next_at, o.attempts_delta,
          json.dumps(o.entry) if o.entry else None, o.at, o.rate_tries)
@@ -522,7 +527,11 @@ def _record_rows(conn: sa.Connection, spec: CampaignSpec, outcomes: list[Outcome
     names = ("ids", "statuses", "wamids", "codes", "messages", "skip_reasons", "next_ats", "deltas", "entries", "ats",
              "rate_tries")
     params = {**dict(zip(names, map(list, cols), strict=True)), "claimed_at": claimed_at}
-    updated = conn.execute(RECORD, params).rowcount
+    return conn.execute(RECORD, params).rowcount
+
+
+def _count_errors(conn: sa.Connection, spec: CampaignSpec, outcomes: list[Outcome]) -> None:
+    """The campaign's error count and last error message, for the failures among `outcomes`."""
     errors = [o for o in outcomes if o.status == "failed" or (o.code is not None and o.status != "sent")]
     if errors:
         conn.execute(
@@ -531,7 +540,6 @@ def _record_rows(conn: sa.Connection, spec: CampaignSpec, outcomes: list[Outcome
                     "case when status = 'paused' then last_error_message else :m end where id = :c"),
             {"n": len(errors), "m": errors[-1].message, "c": spec.id},
         )
-    return updated
 
 
 def tally(outcomes: list[Outcome]) -> BatchCounts:
