@@ -94,14 +94,22 @@ def sent_counts(sandbox: Any) -> dict[str, int]:
     return counts
 
 
-def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.05) -> None:
+def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.05,
+             message: str = "condition not met in time") -> None:
+    wait_for_value(predicate, timeout, interval, message)
+
+
+def wait_for_value(get: Any, timeout: float = 30.0, interval: float = 0.05,
+                   message: str = "condition not met in time") -> Any:
+    """The first truthy value `get()` returns, polling every `interval`; AssertionError(message) after `timeout`."""
     import time
 
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while not (value := get()):
         if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
+            raise AssertionError(message)
         time.sleep(interval)
+    return value
 
 
 def shrink_retry_delay(db: sa.Engine, campaign_id: uuid.UUID, seconds: int = 1) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 
 import pytest
 
+from tests.faults.harness import runner_pid
 from tests.helpers import (
     add_contacts,
     add_sandbox_number,
@@ -50,13 +50,6 @@ def test_a_runner_that_raises_inside_reconciliation_pauses_its_campaign_with_the
     assert "resume" in row["last_error_message"]
 
 
-def _runner_pid(cid) -> int:
-    """The flow process `campaigns start` left running the campaign in the background (not its supervisor)."""
-    found = subprocess.run(["pgrep", "-f", f"campaigns.cli run {cid}$"], capture_output=True, text=True).stdout.split()
-    assert len(found) == 1, found
-    return int(found[0])
-
-
 @pytest.mark.timeout(300)
 def test_a_campaign_started_from_the_cli_without_serve_survives_its_runner_being_killed(db, org, sandbox):
     total = 300
@@ -67,7 +60,7 @@ def test_a_campaign_started_from_the_cli_without_serve_survives_its_runner_being
 
     assert "running the campaign in a background process" in cli("start", str(cid), "--org", org_name(db, org)).stderr
     wait_for(lambda: len(sandbox.messages()) >= total // 4, timeout=120)
-    first = _runner_pid(cid)
+    first = runner_pid(cid)  # the flow process `campaigns start` left running it (not its supervisor)
     os.kill(first, signal.SIGKILL)
 
     wait_for(lambda: campaign_row(db, cid)["status"] != "running", timeout=180, interval=0.5)

@@ -26,7 +26,17 @@ import sqlalchemy as sa
 from campaigns import faultpoints
 from campaigns.ingest import ingest_pending
 from campaigns.settings import get_settings
-from tests.helpers import add_contacts, add_sandbox_number, campaign_row, cli, create_campaign, org_name, phones
+from tests.helpers import (
+    add_contacts,
+    add_sandbox_number,
+    campaign_row,
+    cli,
+    create_campaign,
+    org_name,
+    phones,
+    wait_for,
+    wait_for_value,
+)
 
 REPORT_NAME = "faults-report.jsonl"
 SENT_LIKE = {"sent", "delivered", "read"}
@@ -123,12 +133,9 @@ def start_from_cli(db: sa.Engine, org: uuid.UUID, cid: uuid.UUID) -> None:
 def paused_pid(folder: Path, point: str, timeout: float = 120.0) -> int:
     """The pid of the process stopped at `point`, once it is there."""
     path = folder / point
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and (text := path.read_text().strip()):
-            return int(text)
-        time.sleep(0.05)
-    raise AssertionError(f"no process reached the pause point {point!r} in {timeout:.0f} s")
+    pid = wait_for_value(lambda: path.exists() and path.read_text().strip(), timeout,
+                         message=f"no process reached the pause point {point!r} in {timeout:.0f} s")
+    return int(pid)
 
 
 def sigkill(pid: int) -> float:
@@ -145,25 +152,21 @@ def pids_of(pattern: str) -> list[int]:
 
 def runner_pid(cid: uuid.UUID, timeout: float = 60.0) -> int:
     """The flow process running the campaign under its supervisor (not the supervisor itself)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def one() -> int | None:
         found = pids_of(f"campaigns.cli run {cid}$")
-        if len(found) == 1:
-            return found[0]
-        time.sleep(0.1)
-    raise AssertionError(f"no runner process for campaign {cid}")
+        return found[0] if len(found) == 1 else None
+
+    return wait_for_value(one, timeout, 0.1, message=f"no runner process for campaign {cid}")
 
 
 def engine_pid(runner: int, timeout: float = 60.0) -> int:
     """The send-engine process (campaigns/engine_process.py) of a runner."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def first() -> int | None:
         found = subprocess.run(["pgrep", "-P", str(runner), "-f", "campaigns.engine_process"],
                                capture_output=True, text=True).stdout.split()
-        if found:
-            return int(found[0])
-        time.sleep(0.1)
-    raise AssertionError(f"runner {runner} has no send engine")
+        return int(found[0]) if found else None
+
+    return wait_for_value(first, timeout, 0.1, message=f"runner {runner} has no send engine")
 
 
 def stop_leftovers(cid: uuid.UUID) -> None:
@@ -175,20 +178,14 @@ def stop_leftovers(cid: uuid.UUID) -> None:
 
 def wait_until_settled(db: sa.Engine, cid: uuid.UUID, timeout: float = 240.0) -> str:
     """The campaign's status once it is no longer running (or still running at the timeout)."""
-    deadline = time.monotonic() + timeout
-    status = campaign_row(db, cid)["status"]
-    while status == "running" and time.monotonic() < deadline:
-        time.sleep(0.25)
-        status = campaign_row(db, cid)["status"]
-    return status
+    with contextlib.suppress(AssertionError):  # still running: the verdict says so
+        wait_for(lambda: campaign_row(db, cid)["status"] != "running", timeout, 0.25)
+    return campaign_row(db, cid)["status"]
 
 
 def wait_accepted(sandbox: Any, count: int, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while len(sandbox.messages()) < count:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the sandbox accepted {len(sandbox.messages())} of the {count} awaited")
-        time.sleep(0.05)
+    wait_for(lambda: len(sandbox.messages()) >= count, timeout,
+             message=f"the sandbox accepted fewer than the {count} awaited in {timeout:.0f} s")
 
 
 # ---- judging ----------------------------------------------------------------------------------------------
