@@ -25,7 +25,6 @@ import sqlalchemy as sa
 
 from campaigns import faultpoints
 from campaigns.ingest import ingest_pending
-from campaigns.settings import get_settings
 from tests.helpers import (
     add_contacts,
     add_sandbox_number,
@@ -43,7 +42,9 @@ SENT_LIKE = {"sent", "delivered", "read"}
 
 
 def report_path() -> Path:
-    return get_settings().campaigns_home.resolve() / REPORT_NAME
+    """One report per test session, shared by its xdist workers (their own folders are per worker)."""
+    root = Path(__file__).resolve().parents[2] / ".campaigns"
+    return root / f"{os.environ.get('TEST_SLOT', '0')}-{REPORT_NAME}"
 
 
 @dataclass
