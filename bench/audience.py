@@ -21,11 +21,11 @@ def main() -> None:
     p.add_argument("--contacts", type=int, default=1_000_000)
     args = p.parse_args()
     fresh_services("campaigns_bench_audience")
-    from campaigns import lifecycle
-    from campaigns.audience import AudienceRules, classify, load_contacts, write_recipients
-    from campaigns.db import get_engine
-    from campaigns.models import CampaignCreate
-    from campaigns.schema import whatsapp_numbers
+    from campaigns.audience.build import AudienceRules, classify, load_contacts, write_recipients
+    from campaigns.control import lifecycle
+    from campaigns.control.models import CampaignCreate
+    from campaigns.store.db import get_engine
+    from campaigns.store.schema import whatsapp_numbers
 
     db = get_engine()
     org = new_org()

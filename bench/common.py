@@ -17,9 +17,9 @@ def fresh_services(db_name: str = "campaigns_bench") -> None:
     os.environ.setdefault("CAMPAIGNS_HOME", str(ROOT / ".campaigns" / "bench"))
     os.environ.setdefault("CAMPAIGNS_PREFECT_PORT", "4279")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    from campaigns.db import libpq_url, upgrade
-    from campaigns.embedded import bootstrap
+    from campaigns.infra.embedded import bootstrap
     from campaigns.settings import get_settings
+    from campaigns.store.db import libpq_url, upgrade
 
     settings = bootstrap(prefect=True)
     base = libpq_url(settings.database_url or "")
@@ -37,8 +37,8 @@ def fresh_services(db_name: str = "campaigns_bench") -> None:
 
 
 def new_org(name: str = "bench") -> uuid.UUID:
-    from campaigns import lifecycle
-    from campaigns.db import get_engine
+    from campaigns.control import lifecycle
+    from campaigns.store.db import get_engine
 
     with get_engine().begin() as conn:
         return lifecycle.add_org(conn, f"{name}-{uuid.uuid4().hex[:8]}")
@@ -48,7 +48,7 @@ def bulk_contacts(org: uuid.UUID, n: int) -> None:
     """n valid contacts, written with one set-based INSERT."""
     import sqlalchemy as sa
 
-    from campaigns.db import get_engine
+    from campaigns.store.db import get_engine
 
     with get_engine().begin() as conn:
         conn.execute(sa.text("""
@@ -115,9 +115,9 @@ def sandbox_campaign(org: uuid.UUID, api_base: str, mps: int, phone_number_id: s
                      ) -> uuid.UUID:
     """A sandbox number and a template campaign to every contact of `org`, paced only by the number."""
     from blocks.numbers import add_number
-    from campaigns import lifecycle
-    from campaigns.db import get_engine
-    from campaigns.models import CampaignCreate
+    from campaigns.control import lifecycle
+    from campaigns.control.models import CampaignCreate
+    from campaigns.store.db import get_engine
 
     with get_engine().begin() as conn:
         number = add_number(conn, org, provider="sandbox", phone_number_id=phone_number_id, token="t",

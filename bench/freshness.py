@@ -49,9 +49,9 @@ def _wait_for_a_running_ingester(timeout: float = 240.0) -> None:
 def run(mps: int, recipients: int) -> dict[str, float]:
     import sqlalchemy as sa
 
-    from campaigns.asgi_thread import ThreadedServer
-    from campaigns.db import get_engine
-    from campaigns.webhooks import KnownSecrets, create_app
+    from campaigns.infra.asgi_thread import ThreadedServer
+    from campaigns.store.db import get_engine
+    from campaigns.webhooks.receiver import KnownSecrets, create_app
     from flows.send_campaign import send_campaign
 
     db = get_engine()

@@ -4,7 +4,7 @@ A campaign on a number with its own webhook signer gets R recipients already `se
 written set-based. Stored events are written with one COPY, shaped as Meta and the sandbox send them: every
 recipient is delivered, 60% read, a share of the statuses duplicated, and part of the stream shuffled (a
 read before its delivered). Each event carries the recipient id (biz_opaque_callback_data) and the wamid,
-and the signer that vouched for it. Then `campaigns.ingest.ingest_pending` is timed and the result checked
+and the signer that vouched for it. Then `campaigns.webhooks.ingest.ingest_pending` is timed and the result checked
 exactly: events, statuses, counts by status, first timestamps.
 
     uv run python -m bench.ingest [--statuses 300000] [--per-event 1]   # 1 status per row (Meta's usual)
@@ -83,13 +83,13 @@ def main() -> None:
     fresh_services("campaigns_bench_ingest")
     import psycopg
 
-    from campaigns import lifecycle
-    from campaigns.db import get_engine, libpq_url
-    from campaigns.ingest import ingest_pending
-    from campaigns.models import CampaignCreate
-    from campaigns.schema import whatsapp_numbers
+    from campaigns.control import lifecycle
+    from campaigns.control.models import CampaignCreate
     from campaigns.settings import get_settings
-    from campaigns.webhooks import signer_id
+    from campaigns.store.db import get_engine, libpq_url
+    from campaigns.store.schema import whatsapp_numbers
+    from campaigns.webhooks.ingest import ingest_pending
+    from campaigns.webhooks.receiver import signer_id
 
     db = get_engine()
     org = new_org()

@@ -18,7 +18,7 @@ import uuid
 
 import redis.asyncio as aredis
 
-from campaigns.ratelimit import Limit, PortfolioLimit, RateLimiter, chunk_size, number_caps
+from campaigns.sending.ratelimit import Limit, PortfolioLimit, RateLimiter, chunk_size, number_caps
 
 SENDERS = 8
 

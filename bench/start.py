@@ -25,8 +25,8 @@ def run(campaigns: int) -> dict[str, list[float]]:
 
     from campaigns import api_tokens
     from campaigns.api import PrefectLauncher, Unavailable, create_app
-    from campaigns.asgi_thread import ThreadedServer
-    from campaigns.db import get_engine
+    from campaigns.infra.asgi_thread import ThreadedServer
+    from campaigns.store.db import get_engine
 
     serve = subprocess.Popen([sys.executable, "-m", "campaigns.cli", "serve"], env=os.environ.copy(),
                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)

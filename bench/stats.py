@@ -7,7 +7,7 @@ rest sent 10% / delivered 40% / read 50%, 5% of the delivered or read replied; t
 the last 30 seconds (a campaign still going at 1,000 msg/s) and 0.5% is still pending. Another campaign's
 rows share the table, so nothing can be answered by scanning the whole table.
 
-`campaigns.stats.stats` and `.progress` are called as the API calls them (`services.stats_of` /
+`campaigns.reporting.stats.stats` and `.progress` are called as the API calls them (`services.stats_of` /
 `progress_of`): right after the write (cold: no hint bits, no visibility map, no planner statistics),
 again (warm), after `VACUUM (ANALYZE)`, and once a quarter of the rows moved on since that vacuum (a live
 campaign between two autovacuums). Target: under 200 ms each, for a live dashboard.
@@ -79,9 +79,9 @@ OUTCOMES = sa.text("""
 
 
 def build(db: sa.Engine, org: uuid.UUID, n: int, other: int) -> uuid.UUID:
-    from campaigns import lifecycle
-    from campaigns.models import CampaignCreate
-    from campaigns.schema import whatsapp_numbers
+    from campaigns.control import lifecycle
+    from campaigns.control.models import CampaignCreate
+    from campaigns.store.schema import whatsapp_numbers
 
     with db.begin() as conn:
         number = conn.execute(sa.insert(whatsapp_numbers).values(
@@ -107,7 +107,8 @@ def build(db: sa.Engine, org: uuid.UUID, n: int, other: int) -> uuid.UUID:
 
 def measure(db: sa.Engine, timer: StatementTimer, org: uuid.UUID, cid: uuid.UUID, label: str,
             repeats: int) -> None:
-    from campaigns import lifecycle, stats
+    from campaigns.control import lifecycle
+    from campaigns.reporting import stats
     from campaigns.settings import get_settings
 
     out: dict[str, list[float]] = {"stats": [], "progress": []}
@@ -144,8 +145,9 @@ def main() -> None:
     p.add_argument("--ddl", action="append", default=[], help="extra DDL to run before the build (experiments)")
     args = p.parse_args()
     fresh_services("campaigns_bench_stats")
-    from campaigns import lifecycle, stats
-    from campaigns.db import get_engine
+    from campaigns.control import lifecycle
+    from campaigns.reporting import stats
+    from campaigns.store.db import get_engine
 
     db = get_engine()
     with db.begin() as conn:

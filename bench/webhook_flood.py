@@ -25,7 +25,7 @@ from bench.webhooks import SECRET, cpu_seconds, free_port, load, signed_bodies, 
 
 
 def make_app(n_secrets: int) -> Any:
-    from campaigns.webhooks import KnownSecrets, create_app
+    from campaigns.webhooks.receiver import KnownSecrets, create_app
 
     others = [f"other-app-secret-{i}".encode() for i in range(n_secrets - 1)]
     return create_app(os.environ["DATABASE_URL"], KnownSecrets(app_secrets=[SECRET.encode(), *others]))
@@ -108,7 +108,7 @@ def main() -> None:
     fresh_services("campaigns_bench_flood")
     import psycopg
 
-    from campaigns.db import libpq_url
+    from campaigns.store.db import libpq_url
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "bench.webhook_flood", "serve", "--port", str(port),

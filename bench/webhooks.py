@@ -1,6 +1,6 @@
 """The webhook receiver on loopback: accepted webhooks per second, latency, nothing lost.
 
-The real receiver (`campaigns.webhooks.create_app`, served by uvicorn as `campaigns webhooks serve` serves
+The real receiver (`campaigns.webhooks.receiver.create_app`, served by uvicorn as `campaigns webhooks serve` serves
 it) runs in its own process; this process is the load generator: N keep-alive connections (aiohttp) post
 signed Meta status webhooks, one status per POST as Meta often sends them (the shape of a real `sent` /
 `delivered` / `read` capture, with pricing and our callback data). Bodies and signatures are made before
@@ -31,7 +31,7 @@ TARGET_P99_MS = 100.0
 
 
 def make_app() -> Any:  # a uvicorn factory: several workers need an import string
-    from campaigns.webhooks import KnownSecrets, create_app
+    from campaigns.webhooks.receiver import KnownSecrets, create_app
 
     return create_app(os.environ["DATABASE_URL"], KnownSecrets(app_secrets=[SECRET.encode()]))
 
@@ -216,7 +216,7 @@ def main() -> None:
     fresh_services("campaigns_bench_wh")
     import psycopg
 
-    from campaigns.db import libpq_url
+    from campaigns.store.db import libpq_url
 
     db_url = libpq_url(os.environ["DATABASE_URL"])
     port = free_port()

@@ -9,9 +9,9 @@ import sqlalchemy as sa
 from pydantic import SecretStr
 
 from blocks.whatsapp import WhatsAppNumberCredentials
-from campaigns.schema import whatsapp_numbers
 from campaigns.settings import get_settings
-from campaigns.webhooks import KnownSecrets, signer_id, well_known
+from campaigns.store.schema import whatsapp_numbers
+from campaigns.webhooks.receiver import KnownSecrets, signer_id, well_known
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def secrets_loader() -> KnownSecrets:
 
     A secret printed in this code base (`webhooks.WELL_KNOWN_SECRETS`: the sandbox's default, the demo's of
     old) is never trusted: anyone could sign with it. The numbers that carry one are named in a warning."""
-    from campaigns.db import get_engine
+    from campaigns.store.db import get_engine
 
     settings = get_settings()
     known = KnownSecrets()

@@ -11,7 +11,7 @@ import time
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from campaigns.providers import Credentials
+from campaigns.sending.providers import Credentials
 
 
 class WhatsAppNumberCredentials(Block):

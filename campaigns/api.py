@@ -1,4 +1,4 @@
-"""The HTTP API the main app (PyTake) uses: the seed's /api/v1/campaigns, over campaigns.services.
+"""The HTTP API the main app (PyTake) uses: the seed's /api/v1/campaigns, over campaigns.control.services.
 
 Handlers are thin: parse, call the domain (services, lifecycle), answer JSON. Every request carries
 `Authorization: Bearer <token>` (issued by `campaigns api token`) and acts for the token's organization
@@ -34,13 +34,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from campaigns import api_tokens, json_input, lifecycle, services, stats
+from campaigns import api_tokens, json_input
 from campaigns.api_tokens import Caller
-from campaigns.launch import SEND_DEPLOYMENT, launch_send_run
-from campaigns.lifecycle import CampaignError
-from campaigns.models import CampaignCreate, field_errors
-from campaigns.schema import API_ROLES
-from campaigns.webhooks import read_limited
+from campaigns.control import lifecycle, services
+from campaigns.control.lifecycle import CampaignError
+from campaigns.control.models import CampaignCreate, field_errors
+from campaigns.reporting import stats
+from campaigns.store.schema import API_ROLES
+from campaigns.webhooks.receiver import read_limited
+from deployments.launch import SEND_DEPLOYMENT, launch_send_run
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +119,7 @@ class PrefectLauncher:
         return launch_send_run(campaign_id, self.deployment)
 
 
-# -- request bodies (the seed's CampaignCreate is in campaigns.models) ------------------------------------
+# -- request bodies (the seed's CampaignCreate is in campaigns.control.models) ------------------------------------
 
 
 class ScheduleBody(BaseModel):
@@ -542,8 +544,8 @@ def create_app(launch: Launch | None = None, *, ready: Ready | None = None, db: 
                max_body_bytes: int | None = None) -> Starlette:
     """The API app. Without `launch`, start and resume create runs of send-campaign/default in Prefect;
     `ready` (by default the launcher's own `ready`, if it has one) is asked first."""
-    from campaigns.db import get_engine
     from campaigns.settings import get_settings
+    from campaigns.store.db import get_engine
 
     launch = launch or PrefectLauncher()
     ready = ready or getattr(launch, "ready", None)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from campaigns.lifecycle import Invalid
-from campaigns.schema import API_ROLES, api_tokens
+from campaigns.control.lifecycle import Invalid
+from campaigns.store.schema import API_ROLES, api_tokens
 
 PREFIX = "pytk_"  # recognisable in a leaked config or a secret scanner, and never a valid hash
 

@@ -16,9 +16,9 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.exc import DataError
 
-from campaigns import lifecycle
-from campaigns.embedded import bootstrap
-from campaigns.schema import API_ROLES
+from campaigns.control import lifecycle
+from campaigns.infra.embedded import bootstrap
+from campaigns.store.schema import API_ROLES
 
 
 def _err(msg: str) -> None:
@@ -29,13 +29,13 @@ def _json(value: Any, indent: int | None = None) -> str:
     """JSON as the HTTP API writes it: times in the seed's form (UTC, Z), ids as strings."""
     from datetime import datetime
 
-    from campaigns.stats import iso_z
+    from campaigns.reporting.stats import iso_z
 
     return json.dumps(value, indent=indent, default=lambda v: iso_z(v) if isinstance(v, datetime) else str(v))
 
 
 def _db() -> Any:
-    from campaigns.db import get_engine
+    from campaigns.store.db import get_engine
 
     return get_engine()
 
@@ -53,7 +53,7 @@ def _org_of(conn: Any, campaign_id: str, org: str | None) -> uuid.UUID:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from campaigns.db import upgrade
+    from campaigns.store.db import upgrade
 
     upgrade()
     _err("database is up to date")
@@ -70,7 +70,7 @@ def cmd_retry_failed(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from campaigns.services import list_campaigns
+    from campaigns.control.services import list_campaigns
 
     with _db().connect() as conn:
         org = lifecycle.org_id_by_name(conn, args.org)
@@ -151,7 +151,7 @@ def cmd_numbers_limits(args: argparse.Namespace) -> int:
 def cmd_schedule(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from campaigns.stats import iso_z
+    from campaigns.reporting.stats import iso_z
 
     with _db().begin() as conn:
         org = _org_of(conn, args.id, args.org)
@@ -161,7 +161,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
             raise lifecycle.Invalid(f"--at: not an ISO date and time: {args.at!r}") from None
         t = lifecycle.schedule(conn, org, uuid.UUID(args.id), at)
         when = lifecycle.get(conn, org, args.id)["scheduled_at"]
-    from campaigns.services import follow_transition
+    from campaigns.control.services import follow_transition
 
     if run_id := follow_transition(_db(), org, uuid.UUID(args.id), t):
         _err(f"campaign {args.id}: {t.previous} -> {t.status}; send-campaign flow run {run_id} starts it at "
@@ -174,7 +174,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
 
 def cmd_contacts_import(args: argparse.Namespace) -> int:
-    from campaigns.contacts import ImportFileError, import_csv
+    from campaigns.audience.contacts import ImportFileError, import_csv
     from campaigns.settings import get_settings
 
     path = Path(args.file)
@@ -200,7 +200,7 @@ def cmd_contacts_import(args: argparse.Namespace) -> int:
 
 def cmd_create(args: argparse.Namespace) -> int:
     from campaigns import json_input
-    from campaigns.models import CampaignCreate, describe_validation_error
+    from campaigns.control.models import CampaignCreate, describe_validation_error
 
     try:
         body = CampaignCreate.model_validate(json_input.parse(Path(args.file).read_bytes(), f"{args.file}"))
@@ -220,7 +220,7 @@ def _launch(org: uuid.UUID, campaign_id: uuid.UUID) -> None:
     """Hand the campaign to the served send-campaign deployment, as the API does, so its run shows in the
     Prefect UI like any other; with nothing serving it, run the flow in a process of its own instead."""
     from campaigns.api import PrefectLauncher, Unavailable
-    from campaigns.services import record_flow_run
+    from campaigns.control.services import record_flow_run
 
     launcher = PrefectLauncher()
     try:
@@ -254,7 +254,7 @@ def _spawn_runner(campaign_id: uuid.UUID) -> None:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    from campaigns.services import start_campaign
+    from campaigns.control.services import start_campaign
 
     with _db().begin() as conn:
         org = _org_of(conn, args.id, args.org)
@@ -268,8 +268,8 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def _wait(campaign_id: uuid.UUID, org: uuid.UUID) -> int:
-    from campaigns.services import progress_of
-    from campaigns.stats import progress_line
+    from campaigns.control.services import progress_of
+    from campaigns.reporting.stats import progress_line
 
     while True:
         with _db().connect() as conn:
@@ -290,7 +290,7 @@ def cmd_transition(args: argparse.Namespace) -> int:
     if t.status == "running":  # resumed; one resumed to "scheduled" is started by the scheduler
         _launch(org, uuid.UUID(args.id))
     else:  # Prefect's Upcoming follows: a scheduled run for a campaign scheduled again, none for a paused one
-        from campaigns.services import follow_transition
+        from campaigns.control.services import follow_transition
 
         follow_transition(_db(), org, uuid.UUID(args.id), t)  # and a cancelled one's suspended run ends
     _err(f"campaign {args.id}: {t.previous} -> {t.status}")
@@ -298,7 +298,7 @@ def cmd_transition(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from campaigns.services import progress_of, retry_stats_of, stats_of
+    from campaigns.control.services import progress_of, retry_stats_of, stats_of
 
     read = {"stats": stats_of, "progress": progress_of, "retry-stats": retry_stats_of}[args.command]
     with _db().connect() as conn:
@@ -313,7 +313,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_recipients(args: argparse.Namespace) -> int:
-    from campaigns.services import recipients_of
+    from campaigns.control.services import recipients_of
 
     if args.csv:
         if args.after is not None or args.page_size is not None:
@@ -340,7 +340,7 @@ def cmd_recipients(args: argparse.Namespace) -> int:
 
 def _export_recipients(args: argparse.Namespace) -> int:
     """CSV to stdout, or to a file that appears only once complete (no half export left behind)."""
-    from campaigns.services import export_recipients as export
+    from campaigns.control.services import export_recipients as export
 
     with _db().connect() as conn:
         org = _org_of(conn, args.id, args.org)
@@ -366,7 +366,7 @@ def _export_recipients(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     if args.supervise:  # the flow in a child process, started again if it dies with the campaign running
-        from campaigns.runner import supervise
+        from campaigns.sending.runner import supervise
 
         command = [sys.executable, "-m", "campaigns.cli", "run", args.id]
         lost = supervise(_db(), uuid.UUID(args.id), lambda: subprocess.run(command, env=os.environ, check=False))
@@ -389,7 +389,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from campaigns.embedded import stop_services
+    from campaigns.infra.embedded import stop_services
     from campaigns.settings import get_settings
 
     home = get_settings().campaigns_home.resolve()
@@ -401,7 +401,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from campaigns.ingest import ingest_pending
+    from campaigns.webhooks.ingest import ingest_pending
 
     r = ingest_pending(_db())
     _err(f"ingested {r.events} events, {r.statuses} statuses ({r.unmatched} not matched yet)")
@@ -435,7 +435,7 @@ def cmd_webhooks_serve(args: argparse.Namespace) -> int:
 
     from blocks.numbers import secrets_loader
     from campaigns.settings import get_settings
-    from campaigns.webhooks import KnownSecrets, create_app
+    from campaigns.webhooks.receiver import KnownSecrets, create_app
 
     settings = get_settings()
     app = create_app(settings.database_url or "", KnownSecrets(loader=secrets_loader), settings.webhook_max_body_bytes)
@@ -650,7 +650,7 @@ def _limit_arguments(a: argparse.ArgumentParser) -> None:
     for name in ("minute", "hour", "day"):
         a.add_argument(f"--per-{name}", type=_cap, default=_UNSET, metavar="N|none",
                        help=f"at most N messages per UTC {name} (none: no cap)")
-    from campaigns.ratelimit import PRESETS
+    from campaigns.sending.ratelimit import PRESETS
 
     a.add_argument("--preset", choices=list(PRESETS),
                    help="meta-conservative: 20/min, 100/h, 500/day (the seed's figures); none: no caps")

@@ -16,17 +16,17 @@ import time
 import uuid
 from pathlib import Path
 
-from campaigns import lifecycle
-from campaigns.asgi_thread import ThreadedServer
-from campaigns.contacts import import_csv
-from campaigns.db import get_engine, upgrade
-from campaigns.ingest import ingest_pending
-from campaigns.models import CampaignCreate
+from campaigns.audience.contacts import import_csv
+from campaigns.control import lifecycle
+from campaigns.control.models import CampaignCreate
+from campaigns.control.services import progress_of, start_campaign, stats_of
+from campaigns.infra.asgi_thread import ThreadedServer
+from campaigns.reporting.stats import progress_line
 from campaigns.sandbox import SandboxConfig, SandboxServer
-from campaigns.services import progress_of, start_campaign, stats_of
 from campaigns.settings import get_settings
-from campaigns.stats import progress_line
-from campaigns.webhooks import KnownSecrets, create_app
+from campaigns.store.db import get_engine, upgrade
+from campaigns.webhooks.ingest import ingest_pending
+from campaigns.webhooks.receiver import KnownSecrets, create_app
 
 NAMES = ["Ana", "Bruno", "Carla", "Diego", "Elisa", "Fábio", "Gabi", "Heitor", "Iara", "João"]
 

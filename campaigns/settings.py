@@ -1,7 +1,7 @@
 """Process-wide settings, read from the environment once.
 
 Per-number credentials are not here: they live in Prefect blocks named on the number's row.
-Unset URLs mean "use the embedded defaults" (see `campaigns.embedded`).
+Unset URLs mean "use the embedded defaults" (see `campaigns.infra.embedded`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ retry-failed (optionally only some error codes), schedule (at a time, in a time 
 
 Requires: DATABASE_URL, REDIS_URL (start's checklist), the send-campaign/default deployment (resume,
 retry-failed, start, schedule). Deployed as `campaign-control/default`. The logic is
-campaigns.operator.control_campaign, over the same domain functions as the HTTP API and the CLI; a refused
+campaigns.control.operator.control_campaign, over the same domain functions as the HTTP API and the CLI; a refused
 transition ends the run Failed with the domain's message ("Cannot resume a completed campaign").
 """
 
@@ -17,10 +17,10 @@ from prefect import flow, get_run_logger
 from prefect.states import State
 from pydantic import Field
 
-from campaigns import operator
-from campaigns.db import get_engine
-from campaigns.lifecycle import CampaignError
-from campaigns.operator import DEFAULT_TIME_ZONE, ControlAction
+from campaigns.control import operator
+from campaigns.control.lifecycle import CampaignError
+from campaigns.control.operator import DEFAULT_TIME_ZONE, ControlAction
+from campaigns.store.db import get_engine
 from flows import console
 
 # The UI offers the two branches of `at` by these titles (by default: "date-time" and "None").

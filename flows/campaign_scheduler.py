@@ -14,10 +14,10 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from campaigns.db import get_engine
-from campaigns.launch import flow_run_state, launch_send_run
-from campaigns.scheduler import due_campaigns
-from campaigns.services import record_flow_run, start_campaign
+from campaigns.control.scheduler import due_campaigns
+from campaigns.control.services import record_flow_run, start_campaign
+from campaigns.store.db import get_engine
+from deployments.launch import flow_run_state, launch_send_run
 from flows.console import ignore_terminal_interrupt
 
 

@@ -1,5 +1,5 @@
 """A send-campaign run as an operator meets it in the Prefect UI: its name and tags, its state and its
-buttons (its artifacts are tasks/artifacts.py). The words come from `campaigns.run_report`; this module
+buttons (its artifacts are tasks/artifacts.py). The words come from `campaigns.reporting.run_report`; this module
 puts them into Prefect.
 
 How a run's state tells its campaign's (README, "Operating from the Prefect UI"):
@@ -27,8 +27,9 @@ from prefect.client.schemas.objects import StateType
 from prefect.exceptions import Abort, Pause
 from prefect.states import Cancelled, Completed, Failed, State, Suspended
 
-from campaigns import lifecycle, operator, run_report
-from campaigns.db import get_engine
+from campaigns.control import lifecycle, operator
+from campaigns.reporting import run_report
+from campaigns.store.db import get_engine
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def on_termination(campaign_id: uuid.UUID, logger: Any) -> None:
     (`serve` stopping) the send engine ends now, so nothing leaves after it and the rows in flight are
     reconciled by the next run, as after a crash. Prefect cannot stop task threads: without this they sent
     on until their batches were done (12 s and more)."""
-    from campaigns.engine_process import close_engine_client
+    from campaigns.sending.engine_process import close_engine_client
 
     try:
         from prefect._internal.control_listener import get_intent

@@ -3,7 +3,7 @@ leaves it a draft, starts it (pre-launch checklist, then a send-campaign run) or
 send-campaign run, under Upcoming).
 
 Requires: DATABASE_URL, REDIS_URL (the checklist of a start), the send-campaign/default deployment (start,
-schedule). Deployed as `create-campaign/default`. The logic is campaigns.operator.create_campaign; the
+schedule). Deployed as `create-campaign/default`. The logic is campaigns.control.operator.create_campaign; the
 form's sections are its pydantic models. A wrong field ends the run Failed with the field named, as the
 HTTP API's 422 names it.
 """
@@ -15,10 +15,10 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.states import State
 
-from campaigns import operator
-from campaigns.db import get_engine
-from campaigns.lifecycle import CampaignError
-from campaigns.operator import AfterCreate, AudienceForm, CampaignDetails, MessageForm, PaceForm
+from campaigns.control import operator
+from campaigns.control.lifecycle import CampaignError
+from campaigns.control.operator import AfterCreate, AudienceForm, CampaignDetails, MessageForm, PaceForm
+from campaigns.store.db import get_engine
 from flows import console
 
 

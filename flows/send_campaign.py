@@ -26,12 +26,14 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from campaigns import lifecycle, run_report, runner, stats
-from campaigns.db import get_engine
-from campaigns.engine import tune_gc
-from campaigns.engine_process import engine_logs_to
-from campaigns.runlock import RunnerLock, campaign_runner_lock
+from campaigns.control import lifecycle
+from campaigns.reporting import run_report, stats
+from campaigns.sending import runner
+from campaigns.sending.engine_process import engine_logs_to
+from campaigns.sending.send_engine import tune_gc
 from campaigns.settings import get_settings
+from campaigns.store.db import get_engine
+from campaigns.store.runlock import RunnerLock, campaign_runner_lock
 from deployments.limits import ensure_send_limit, slots_for_run
 from flows import console
 from tasks.artifacts import publish_summary

@@ -1,12 +1,12 @@
-"""Alembic environment: the URL comes from the caller (campaigns.db.upgrade) or DATABASE_URL."""
+"""Alembic environment: the URL comes from the caller (campaigns.store.db.upgrade) or DATABASE_URL."""
 
 import os
 
 import sqlalchemy as sa
 from alembic import context
 
-from campaigns.db import sqlalchemy_url
-from campaigns.schema import metadata
+from campaigns.store.db import sqlalchemy_url
+from campaigns.store.schema import metadata
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url") or sqlalchemy_url(os.environ["DATABASE_URL"])

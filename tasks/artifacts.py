@@ -13,8 +13,8 @@ from typing import Any
 
 from prefect.client.orchestration import get_client
 
-from campaigns import run_report
-from campaigns.db import get_engine
+from campaigns.reporting import run_report
+from campaigns.store.db import get_engine
 
 
 def summary_key(campaign_id: uuid.UUID) -> str:

@@ -13,14 +13,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import TerminationSignal
 
 from blocks.whatsapp import load_credentials
-from campaigns import runner, sending
-from campaigns.db import get_engine
-from campaigns.engine_process import get_engine_client
-from campaigns.ingest import IngestResult, ingest_for
-from campaigns.providers import OutboundMessage, SendResult
-from campaigns.reconcile import reconcile
-from campaigns.services import limit_usage, ping_redis
+from campaigns.control.services import limit_usage, ping_redis
+from campaigns.sending import batch, runner
+from campaigns.sending.engine_process import get_engine_client
+from campaigns.sending.providers import OutboundMessage, SendResult
+from campaigns.sending.reconcile import reconcile
 from campaigns.settings import get_settings
+from campaigns.store.db import get_engine
+from campaigns.webhooks.ingest import IngestResult, ingest_for
 from tasks.artifacts import publish_summary
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def send_batch(campaign_id: uuid.UUID, batch_no: int) -> dict[str, Any]:
     def deliver(messages: list[OutboundMessage], claimed_at: datetime) -> dict[int, SendResult | None]:
         return engine.deliver(provider, credentials, spec, messages, claimed_at)
 
-    return sending.send_batch(db, deliver, spec, settings.batch_size, settings.rate_headroom).as_dict()
+    return batch.send_batch(db, deliver, spec, settings.batch_size, settings.rate_headroom).as_dict()
 
 
 @task(name="reconcile-unknown", cache_policy=NO_CACHE)

@@ -132,7 +132,7 @@ def _settle_earlier_campaigns() -> None:
     before this session's own campaigns: end them first."""
     import sqlalchemy as sa
 
-    from campaigns.db import get_engine
+    from campaigns.store.db import get_engine
 
     with get_engine().begin() as conn:
         conn.execute(sa.text(

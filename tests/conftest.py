@@ -33,7 +33,7 @@ os.environ["CONTROL_POLL_SECONDS"] = "0.2"
 
 
 def _fresh_database(url: str, name: str) -> str:
-    from campaigns.db import libpq_url
+    from campaigns.store.db import libpq_url
 
     base = libpq_url(url)
     with psycopg.connect(base, autocommit=True) as conn:
@@ -60,7 +60,7 @@ def pytest_configure(config: pytest.Config) -> None:
     test: only its workers start services."""
     if not WORKER and getattr(config.option, "numprocesses", None):
         return
-    from campaigns.embedded import bootstrap
+    from campaigns.infra.embedded import bootstrap
     from campaigns.settings import get_settings
 
     settings = bootstrap(prefect=True)
@@ -70,7 +70,7 @@ def pytest_configure(config: pytest.Config) -> None:
     import redis
 
     redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
-    from campaigns.db import upgrade
+    from campaigns.store.db import upgrade
 
     upgrade(os.environ["DATABASE_URL"])
 
@@ -90,7 +90,7 @@ def services() -> None:
 
 @pytest.fixture
 def db():
-    from campaigns.db import get_engine
+    from campaigns.store.db import get_engine
 
     return get_engine()
 
@@ -105,7 +105,7 @@ def org(db) -> uuid.UUID:
 @pytest.fixture(scope="session")
 def receiver(services) -> Iterator[str]:
     """The real webhook receiver, where every sandbox posts its signed status webhooks."""
-    from campaigns.webhooks import KnownSecrets
+    from campaigns.webhooks.receiver import KnownSecrets
     from tests.helpers import APP_SECRET, webhook_receiver
 
     with webhook_receiver(KnownSecrets(app_secrets=[APP_SECRET.encode()], verify_tokens=["verify-me"])) as url:
@@ -137,7 +137,7 @@ def send_deployment(services) -> Iterator[str]:
     )
     from prefect.client.schemas.objects import StateType
 
-    from campaigns.launch import SEND_DEPLOYMENT, drop_scheduled_run
+    from deployments.launch import SEND_DEPLOYMENT, drop_scheduled_run
     from flows.send_campaign import send_campaign
 
     deployment_id = send_campaign.to_deployment(name="default", tags=["campaigns"]).apply()

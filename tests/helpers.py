@@ -14,8 +14,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from campaigns import lifecycle
-from campaigns.models import CampaignCreate
+from campaigns.control import lifecycle
+from campaigns.control.models import CampaignCreate
 
 APP_SECRET = "sandbox-app-secret"  # the sandbox signs with it; the test numbers and receivers know it
 
@@ -163,8 +163,8 @@ def meta_change(pnid: str, field: str = "messages", **value: Any) -> dict[str, A
 @contextlib.contextmanager
 def webhook_receiver(secrets: Any) -> Iterator[str]:
     """The real receiver on a free port, checking against `secrets` (a KnownSecrets); yields its base URL."""
-    from campaigns.asgi_thread import ThreadedServer
-    from campaigns.webhooks import create_app
+    from campaigns.infra.asgi_thread import ThreadedServer
+    from campaigns.webhooks.receiver import create_app
 
     server = ThreadedServer(create_app(os.environ["DATABASE_URL"], secrets)).start()
     try:
@@ -177,7 +177,7 @@ def run_campaign(campaign_id: uuid.UUID) -> dict[str, Any]:
     """The send-campaign flow in this process, as `campaigns run` does. What it returned, with the campaign's
     status and the run's final state as an operator sees it in the Prefect UI (`state`, `state_name`,
     `message`)."""
-    from campaigns.db import get_engine
+    from campaigns.store.db import get_engine
     from flows.send_campaign import send_campaign
 
     state = send_campaign(campaign_id, return_state=True)

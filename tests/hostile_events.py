@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from campaigns import lifecycle
-from campaigns.models import CampaignCreate
-from campaigns.schema import whatsapp_numbers
-from campaigns.webhooks import signer_id
+from campaigns.control import lifecycle
+from campaigns.control.models import CampaignCreate
+from campaigns.store.schema import whatsapp_numbers
+from campaigns.webhooks.receiver import signer_id
 from tests.helpers import APP_SECRET
 
 SIGNER = signer_id(APP_SECRET)

@@ -20,9 +20,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from campaigns import api_tokens, lifecycle
+from campaigns import api_tokens
 from campaigns.api import PrefectLauncher, create_app
-from campaigns.asgi_thread import ThreadedServer
+from campaigns.control import lifecycle
+from campaigns.infra.asgi_thread import ThreadedServer
 from tests.helpers import add_contacts, add_sandbox_number, campaign_row, cli, new_org, phones, wait_for
 
 SEED_BODY = {  # the seed's "1. Criar Campanha" body

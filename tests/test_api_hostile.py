@@ -13,8 +13,8 @@ import sqlalchemy as sa
 
 from campaigns import api_tokens
 from campaigns.api import create_app
-from campaigns.asgi_thread import ThreadedServer
-from campaigns.schema import INT4_MAX
+from campaigns.infra.asgi_thread import ThreadedServer
+from campaigns.store.schema import INT4_MAX
 from tests.helpers import add_sandbox_number, cli, org_name
 
 BODY = {"name": "Hostile", "message_type": "text", "message_content": {"text": "Olá {{contact.name}}"}}

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
-from campaigns.audience import AudienceRules, classify, load_contacts
-from campaigns.runner import build_audience_once
+from campaigns.audience.build import AudienceRules, classify, load_contacts
+from campaigns.sending.runner import build_audience_once
 from tests.helpers import add_contacts, add_sandbox_number, create_campaign, recipients
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -61,7 +61,7 @@ def test_free_form_text_needs_an_open_24h_window():
 
 
 def test_tags_any_all_and_explicit_lists_are_scoped_by_organization(db, org):
-    from campaigns import lifecycle
+    from campaigns.control import lifecycle
 
     ids = add_contacts(db, org, [
         {"phone": "+5511911111111", "tags": ["vip", "sp"]},

@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 import redis
 import sqlalchemy as sa
 
-from campaigns import lifecycle
-from campaigns.scheduler import due_campaigns
-from campaigns.services import start_campaign
+from campaigns.control import lifecycle
+from campaigns.control.scheduler import due_campaigns
+from campaigns.control.services import start_campaign
 from campaigns.settings import get_settings
 from tests.helpers import (
     add_contacts,
@@ -142,7 +142,7 @@ def test_a_portfolio_limit_counts_unique_recipients_across_its_numbers(db, org, 
 
 
 def test_the_estimate_counts_the_slowest_limit_in_force():
-    from campaigns.stats import limit_rate
+    from campaigns.reporting.stats import limit_rate
 
     campaign = {"messages_per_hour": None, "delay_between_messages_seconds": 0}
     number = {"mps": 80, "provider": "meta_cloud", "per_minute": None, "per_hour": None, "per_day": 500}
@@ -153,7 +153,7 @@ def test_the_estimate_counts_the_slowest_limit_in_force():
 
 
 def test_the_estimate_in_the_first_seconds_uses_the_rate_since_the_start(db, org, sandbox):
-    from campaigns.services import progress_of
+    from campaigns.control.services import progress_of
 
     number = add_sandbox_number(db, org, sandbox, mps=1000)
     cid = create_campaign(db, org, number)

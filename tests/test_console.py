@@ -24,9 +24,9 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import StateType
 from prefect.states import State, Suspended
 
-from campaigns import lifecycle
-from campaigns.launch import launch_send_run
-from campaigns.services import record_flow_run
+from campaigns.control import lifecycle
+from campaigns.control.services import record_flow_run
+from deployments.launch import launch_send_run
 from tests.helpers import add_contacts, add_sandbox_number, campaign_row, create_campaign, phones, sent_counts, wait_for
 
 pytest_plugins = ["tests.browser"]  # the `campaigns_serve` fixture
@@ -92,7 +92,7 @@ def _sending_campaign(db, org, sandbox, n: int = 300, mps: int = 25) -> uuid.UUI
     number = add_sandbox_number(db, org, sandbox, mps=mps)
     add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(n)])
     cid = create_campaign(db, org, number, name=f"Natal {uuid.uuid4().hex[:6]}")
-    from campaigns.services import start_campaign
+    from campaigns.control.services import start_campaign
 
     start_campaign(db, org, cid)
     return cid

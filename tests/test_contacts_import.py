@@ -5,8 +5,8 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from campaigns.contacts import ImportFileError, import_csv
-from campaigns.phones import normalise
+from campaigns.audience.contacts import ImportFileError, import_csv
+from campaigns.audience.phones import normalise
 
 CSV = """phone,name,tags,opted_out,last_inbound_at,city
 +55 (11) 99999-0001,Ana,vip|sp,false,2026-11-25T10:00:00Z,Recife

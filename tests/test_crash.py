@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from campaigns.reconcile import reconcile
+from campaigns.sending.reconcile import reconcile
 from tests.helpers import (
     add_contacts,
     add_sandbox_number,

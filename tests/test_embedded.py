@@ -8,7 +8,7 @@ import httpx
 
 
 def test_the_ui_points_at_its_own_server(services):
-    from campaigns.embedded import ui_api_url
+    from campaigns.infra.embedded import ui_api_url
 
     api_url = os.environ["PREFECT_API_URL"]
     assert not api_url.startswith("http://127.0.0.1:4200")  # the tests' server is on another port than Prefect's

@@ -9,9 +9,9 @@ import httpx
 import sqlalchemy as sa
 
 from blocks.numbers import add_number
-from campaigns.ingest import ingest_pending
-from campaigns.stats import stats
-from campaigns.webhooks import KnownSecrets
+from campaigns.reporting.stats import stats
+from campaigns.webhooks.ingest import ingest_pending
+from campaigns.webhooks.receiver import KnownSecrets
 from tests.helpers import (
     add_contacts,
     campaign_row,

@@ -8,9 +8,9 @@ from datetime import datetime
 import pytest
 import sqlalchemy as sa
 
-from campaigns import lifecycle
-from campaigns.ingest import ingest_pending
-from campaigns.services import retry_stats_of
+from campaigns.control import lifecycle
+from campaigns.control.services import retry_stats_of
+from campaigns.webhooks.ingest import ingest_pending
 from tests.helpers import (
     add_contacts,
     add_sandbox_number,

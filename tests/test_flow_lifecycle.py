@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from campaigns import lifecycle
+from campaigns.control import lifecycle
 from tests.helpers import (
     add_contacts,
     add_sandbox_number,

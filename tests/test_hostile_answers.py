@@ -11,7 +11,7 @@ import os
 import uuid
 
 from blocks.numbers import add_number
-from campaigns.schema import INT4_MAX
+from campaigns.store.schema import INT4_MAX
 from tasks.send import prepare_campaign, send_batch
 from tests.helpers import add_contacts, add_sandbox_number, create_campaign, phones, recipients, run_campaign
 
@@ -24,7 +24,7 @@ def _one_batch(campaign_id: uuid.UUID) -> dict[str, dict]:
 
 
 def recipients_of(campaign_id: uuid.UUID) -> list[dict]:
-    from campaigns.db import get_engine
+    from campaigns.store.db import get_engine
 
     return recipients(get_engine(), campaign_id)
 

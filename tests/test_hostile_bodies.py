@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from campaigns import api_tokens
 from campaigns.api import create_app
-from campaigns.asgi_thread import ThreadedServer
-from campaigns.models import CampaignCreate
-from campaigns.rendering import RenderError, contact_values, render_template, render_text
+from campaigns.control.models import CampaignCreate
+from campaigns.infra.asgi_thread import ThreadedServer
+from campaigns.sending.rendering import RenderError, contact_values, render_template, render_text
 from tasks.send import prepare_campaign, send_batch
 from tests.helpers import add_contacts, add_sandbox_number, create_campaign, phones, recipients
 

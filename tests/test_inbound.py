@@ -11,10 +11,10 @@ import pytest
 import sqlalchemy as sa
 
 from blocks.numbers import add_number
-from campaigns import lifecycle
-from campaigns.ingest import ingest_pending
-from campaigns.services import start_campaign
-from campaigns.webhooks import KnownSecrets
+from campaigns.control import lifecycle
+from campaigns.control.services import start_campaign
+from campaigns.webhooks.ingest import ingest_pending
+from campaigns.webhooks.receiver import KnownSecrets
 from tests.helpers import (
     APP_SECRET,
     add_contacts,
@@ -181,7 +181,7 @@ def test_a_secret_vouches_only_for_its_own_numbers(db, org, sandbox):
 
 
 def test_a_reimport_never_undoes_the_users_own_opt_out(db, org, sandbox, receiver):
-    from campaigns.contacts import import_csv
+    from campaigns.audience.contacts import import_csv
 
     number = add_sandbox_number(db, org, sandbox)
     with db.begin() as conn:

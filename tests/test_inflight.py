@@ -15,13 +15,15 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 
 from blocks.whatsapp import load_credentials
-from campaigns import lifecycle, runner, sending
-from campaigns.engine_process import get_engine_client
-from campaigns.limit_history import LimitHistory
-from campaigns.ratelimit import number_key
-from campaigns.reconcile import reconcile
-from campaigns.scheduler import due_campaigns
-from campaigns.services import start_campaign
+from campaigns.control import lifecycle
+from campaigns.control.scheduler import due_campaigns
+from campaigns.control.services import start_campaign
+from campaigns.sending import batch as sending
+from campaigns.sending import runner
+from campaigns.sending.engine_process import get_engine_client
+from campaigns.sending.limit_history import LimitHistory
+from campaigns.sending.ratelimit import number_key
+from campaigns.sending.reconcile import reconcile
 from tests.helpers import (
     add_contacts,
     add_sandbox_number,

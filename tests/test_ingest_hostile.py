@@ -15,7 +15,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from campaigns.ingest import ingest_once, ingest_pending
+from campaigns.webhooks.ingest import ingest_once, ingest_pending
 from tests.helpers import meta_change, signed
 from tests.hostile_events import AT, Fleet, assert_good_applied, body, events, fleet_fixture, queue, status  # noqa: F401
 

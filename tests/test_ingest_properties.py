@@ -15,9 +15,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from campaigns.ingest import ingest_pending
-from campaigns.schema import INT4_MAX, INT8_MAX
-from campaigns.webhook_parse import MAX_ID, RANK, ParsedEvent, parse_body
+from campaigns.store.schema import INT4_MAX, INT8_MAX
+from campaigns.webhooks.ingest import ingest_pending
+from campaigns.webhooks.parse import MAX_ID, RANK, ParsedEvent, parse_body
 from tests.helpers import meta_change
 from tests.hostile_events import assert_good_applied, events, fleet_fixture, queue, status  # noqa: F401
 

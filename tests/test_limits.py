@@ -26,7 +26,7 @@ def test_two_campaigns_on_one_number_never_exceed_its_rate_together(db, org, mon
     not when it arrived: a headroom of 10% (instead of 4%) keeps that jitter (up to 100 ms) from reading as
     a burst. bench/throughput.py shows zero 130429 at the default headroom on a quiet machine."""
     from bench.common import SandboxProcess
-    from campaigns.engine_process import close_engine_client
+    from campaigns.sending.engine_process import close_engine_client
     from campaigns.settings import get_settings
 
     monkeypatch.setenv("RATE_HEADROOM", "0.1")
@@ -99,7 +99,7 @@ def test_an_unknown_error_code_is_retried_safely_then_recorded(db, org, sandbox)
 
 
 def test_a_slow_campaign_runs_one_batch_at_a_time_and_a_fast_one_is_not_capped(db, org, sandbox):
-    from campaigns.runner import UNLIMITED, wave_plan
+    from campaigns.sending.runner import UNLIMITED, wave_plan
 
     number = add_sandbox_number(db, org, sandbox, mps=80)
     slow = create_campaign(db, org, number, messages_per_hour=100, delay_between_messages_seconds=2)
@@ -150,8 +150,8 @@ def test_130429_slows_the_number_down_and_every_message_still_goes_once(db, org,
 def test_rate_refusals_back_off_without_spending_attempts():
     import random
 
-    from campaigns.providers import SendResult
-    from campaigns.sending import CampaignSpec, Claimed, outcome_for
+    from campaigns.sending.batch import CampaignSpec, Claimed, outcome_for
+    from campaigns.sending.providers import SendResult
 
     spec = CampaignSpec(uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), "text", {"text": "x"}, {}, True, None, 0, 3, 60,
                         3600, 80)

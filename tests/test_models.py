@@ -5,7 +5,7 @@ import uuid
 import pytest
 from pydantic import ValidationError
 
-from campaigns.models import CampaignCreate, describe_validation_error
+from campaigns.control.models import CampaignCreate, describe_validation_error
 
 SEED_BODY = {
     "name": "Black Friday 2024", "description": "Promo especial", "campaign_type": "broadcast",

@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from campaigns import lifecycle, operator
-from campaigns.models import CampaignCreate
+from campaigns.control import lifecycle, operator
+from campaigns.control.models import CampaignCreate
 from flows.campaign_control import campaign_control
 from flows.create_campaign import create_campaign
 from tests.helpers import add_contacts, add_sandbox_number, campaign_row, org_name, phones, prefect_run

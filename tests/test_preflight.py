@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from campaigns import lifecycle
-from campaigns.services import start_campaign
+from campaigns.control import lifecycle
+from campaigns.control.services import start_campaign
 from tests.helpers import add_contacts, add_sandbox_number, campaign_row, create_campaign, phone_number_id
 
 
@@ -69,8 +69,8 @@ def test_the_provider_is_asked_whether_the_token_works_before_anything_starts(db
 
 
 def test_an_unreachable_provider_is_a_warning_and_a_disconnected_evolution_instance_a_failure(sandbox):
-    from campaigns.number_check import check_number
-    from campaigns.providers import Credentials
+    from campaigns.sending.number_check import check_number
+    from campaigns.sending.providers import Credentials
 
     down = check_number("meta_cloud", Credentials("123", token="secret-token", api_base="http://127.0.0.1:9"))
     assert (down.accepted, down.reachable) == (False, False) and "secret-token" not in down.detail
@@ -133,8 +133,8 @@ def _graph_answering(status: int, error: dict):
 
 
 def test_a_refused_token_is_never_quoted_back_and_a_rate_limit_is_not_a_verdict():
-    from campaigns.number_check import check_number
-    from campaigns.providers import Credentials
+    from campaigns.sending.number_check import check_number
+    from campaigns.sending.providers import Credentials
 
     token = "EAAGm0PX4ZCpsBAKZCZAbcdefghijklmnop"
     cut = token[:20]

@@ -11,7 +11,7 @@ import asyncio
 import aiohttp
 from aiohttp import web
 
-from campaigns.providers import Credentials, OutboundMessage, build_provider
+from campaigns.sending.providers import Credentials, OutboundMessage, build_provider
 
 
 async def _send(provider, msg, timeout=5.0):

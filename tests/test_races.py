@@ -9,11 +9,12 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
-from campaigns import lifecycle, sending
-from campaigns.reconcile import reconcile
-from campaigns.runner import build_audience_once
-from campaigns.scheduler import due_campaigns
-from campaigns.services import start_campaign
+from campaigns.control import lifecycle
+from campaigns.control.scheduler import due_campaigns
+from campaigns.control.services import start_campaign
+from campaigns.sending import batch as sending
+from campaigns.sending.reconcile import reconcile
+from campaigns.sending.runner import build_audience_once
 from campaigns.settings import get_settings
 from tests.helpers import add_contacts, add_sandbox_number, create_campaign, new_org, phones, recipients
 

@@ -8,7 +8,7 @@ import time
 
 import redis.asyncio as aredis
 
-from campaigns.ratelimit import Limit, RateLimiter, campaign_limit, chunk_size, number_limit
+from campaigns.sending.ratelimit import Limit, RateLimiter, campaign_limit, chunk_size, number_limit
 
 
 def _run(coro):
@@ -56,7 +56,7 @@ def test_chunks_are_small_for_slow_limits():
 
 
 def test_caps_grant_what_every_window_has_room_for_and_say_when_the_full_one_ends():
-    from campaigns.ratelimit import number_caps
+    from campaigns.sending.ratelimit import number_caps
 
     async def main():
         client = aredis.Redis.from_url(os.environ["REDIS_URL"])
@@ -78,7 +78,7 @@ def test_caps_grant_what_every_window_has_room_for_and_say_when_the_full_one_end
 
 
 def test_evolution_waits_instead_of_pausing_and_is_paced_at_500_ms():
-    from campaigns.ratelimit import number_caps
+    from campaigns.sending.ratelimit import number_caps
 
     [soft] = number_caps("evolution:loja", "evolution", None, None, None)
     assert (soft.limit, soft.window_s, soft.pause) == (1000, 3600, False)

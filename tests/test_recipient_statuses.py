@@ -11,10 +11,10 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from campaigns import lifecycle
-from campaigns.ingest import ingest_pending
-from campaigns.recipient_statuses import CSV_COLUMNS, export_csv, page
-from campaigns.services import export_recipients, recipients_of
+from campaigns.control import lifecycle
+from campaigns.control.services import export_recipients, recipients_of
+from campaigns.reporting.recipient_statuses import CSV_COLUMNS, export_csv, page
+from campaigns.webhooks.ingest import ingest_pending
 from tests.helpers import add_contacts, add_sandbox_number, cli, create_campaign, new_org, phones
 from tests.helpers import run_campaign as run_flow
 

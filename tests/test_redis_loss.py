@@ -7,7 +7,7 @@ import uuid
 
 import redis
 
-from campaigns import lifecycle
+from campaigns.control import lifecycle
 from campaigns.settings import get_settings
 from tests.helpers import (
     add_contacts,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from campaigns.rendering import RenderError, contact_values, render_template, render_text
+from campaigns.sending.rendering import RenderError, contact_values, render_template, render_text
 
 ANA = contact_values({"name": "Ana Souza", "phone": "+5511911111111", "attributes": {"city": "Recife", "coupon": ""}})
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from campaigns.runlock import campaign_runner_lock
+from campaigns.store.runlock import campaign_runner_lock
 
 
 def test_one_runner_per_campaign_and_ids_alike_in_their_first_bytes_do_not_collide(db):
@@ -24,7 +24,7 @@ def _terminate_holder(db, campaign: uuid.UUID) -> list[bool]:
     """What a Postgres restart or an idle-session timeout does to a runner's lock connection."""
     import sqlalchemy as sa
 
-    from campaigns.runlock import _key
+    from campaigns.store.runlock import _key
 
     key = _key(campaign) & 0xFFFFFFFFFFFFFFFF  # pg_locks shows a bigint key as two unsigned 32-bit halves
     with db.begin() as conn:

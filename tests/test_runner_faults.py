@@ -40,7 +40,7 @@ def test_a_runner_that_raises_inside_reconciliation_pauses_its_campaign_with_the
     def hostile_inbox(_db):  # what a signed body nested 5,000 deep did to ingestion
         raise RecursionError("maximum recursion depth exceeded")
 
-    monkeypatch.setattr("campaigns.reconcile.ingest_pending", hostile_inbox)
+    monkeypatch.setattr("campaigns.sending.reconcile.ingest_pending", hostile_inbox)
     result = run_campaign(cid)
 
     assert result["state"] == "FAILED"
@@ -73,7 +73,7 @@ def _terminate_lock_backend(db, cid) -> list[bool]:
     """What a Postgres restart does to a runner: the backend holding its advisory lock is gone."""
     import sqlalchemy as sa
 
-    from campaigns.runlock import _key
+    from campaigns.store.runlock import _key
 
     key = _key(cid) & 0xFFFFFFFFFFFFFFFF  # pg_locks shows a bigint key as two unsigned 32-bit halves
     with db.begin() as conn:

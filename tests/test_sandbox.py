@@ -25,9 +25,9 @@ import httpx
 import pytest
 from aiohttp import web
 
-from campaigns.providers import Credentials, OutboundMessage, build_provider
 from campaigns.sandbox import SandboxConfig, SandboxServer
-from campaigns.webhook_parse import parse_evolution
+from campaigns.sending.providers import Credentials, OutboundMessage, build_provider
+from campaigns.webhooks.parse import parse_evolution
 
 TOKEN = "good-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -12,11 +12,12 @@ import httpx
 import sqlalchemy as sa
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from campaigns import api_tokens, lifecycle, services
+from campaigns import api_tokens
 from campaigns.api import create_app
-from campaigns.asgi_thread import ThreadedServer
-from campaigns.launch import flow_run_state
-from campaigns.scheduler import due_campaigns
+from campaigns.control import lifecycle, services
+from campaigns.control.scheduler import due_campaigns
+from campaigns.infra.asgi_thread import ThreadedServer
+from deployments.launch import flow_run_state
 from flows.send_campaign import send_campaign
 from tests.helpers import add_contacts, add_sandbox_number, campaign_row, cli, phones, prefect_run
 from tests.helpers import create_campaign as new_campaign

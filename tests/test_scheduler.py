@@ -11,10 +11,10 @@ import sqlalchemy as sa
 from prefect.client.orchestration import get_client
 from prefect.states import Cancelled, Failed, Scheduled
 
-from campaigns.launch import flow_run_state
-from campaigns.runlock import campaign_runner_lock
-from campaigns.scheduler import due_campaigns
-from campaigns.services import start_campaign
+from campaigns.control.scheduler import due_campaigns
+from campaigns.control.services import start_campaign
+from campaigns.store.runlock import campaign_runner_lock
+from deployments.launch import flow_run_state
 from tests.helpers import add_contacts, add_sandbox_number, campaign_row, create_campaign, phones
 
 
@@ -111,7 +111,7 @@ def _due_now(db, org, *campaigns_: uuid.UUID) -> None:
     """Scheduled, in this order (one second apart, the first earliest), and all due."""
     from datetime import UTC, datetime, timedelta
 
-    from campaigns import lifecycle
+    from campaigns.control import lifecycle
 
     now = datetime.now(UTC)
     with db.begin() as conn:
@@ -120,7 +120,7 @@ def _due_now(db, org, *campaigns_: uuid.UUID) -> None:
 
 
 def _operator(db, org, action: str, cid: uuid.UUID) -> None:
-    from campaigns import lifecycle
+    from campaigns.control import lifecycle
 
     if action == "start":
         start_campaign(db, org, cid)

@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import sqlalchemy as sa
 
-from campaigns.asgi_thread import ThreadedServer
-from campaigns.webhooks import KnownSecrets, SignatureChecker, create_app
+from campaigns.infra.asgi_thread import ThreadedServer
+from campaigns.webhooks.receiver import KnownSecrets, SignatureChecker, create_app
 from tests.helpers import APP_SECRET, meta_change, signed
 
 FORGED = {"X-Hub-Signature-256": "sha256=" + "0" * 64}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import sqlalchemy as sa
 
-from campaigns.ingest import ingest_pending
-from campaigns.stats import stats
+from campaigns.reporting.stats import stats
+from campaigns.webhooks.ingest import ingest_pending
 from tests.helpers import (
     add_contacts,
     add_sandbox_number,

@@ -1,6 +1,6 @@
 """Statistics of a large campaign without reading all its rows: small partial indexes for the breakdowns.
 
-`campaigns.stats` counts skipped rows by reason, failed rows by code, replied rows and rows with an outcome
+`campaigns.reporting.stats` counts skipped rows by reason, failed rows by code, replied rows and rows with an outcome
 in the last 30 s (progress). On a 1,000,000-recipient campaign each of those read every row of the campaign
 (40-280 ms each, bench/stats.py); with these indexes each is an index-only (or short index) scan of a few
 milliseconds. The first three indexes only hold the rows in those states (2-5% of a campaign), so the

@@ -23,8 +23,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from campaigns import faultpoints
-from campaigns.ingest import ingest_pending
+from campaigns.infra import faultpoints
+from campaigns.webhooks.ingest import ingest_pending
 from tests.helpers import (
     add_contacts,
     add_sandbox_number,
@@ -121,7 +121,7 @@ def pause_env(folder: Path) -> dict[str, str]:
 
 
 def arm(folder: Path, point: str) -> None:
-    """The next process reaching `point` stops there (campaigns/faultpoints.py)."""
+    """The next process reaching `point` stops there (campaigns/infra/faultpoints.py)."""
     (folder / "armed").write_text(point)
 
 
@@ -161,9 +161,9 @@ def runner_pid(cid: uuid.UUID, timeout: float = 60.0) -> int:
 
 
 def engine_pid(runner: int, timeout: float = 60.0) -> int:
-    """The send-engine process (campaigns/engine_process.py) of a runner."""
+    """The send-engine process (campaigns/sending/engine_process.py) of a runner."""
     def first() -> int | None:
-        found = subprocess.run(["pgrep", "-P", str(runner), "-f", "campaigns.engine_process"],
+        found = subprocess.run(["pgrep", "-P", str(runner), "-f", "campaigns.sending.engine_process"],
                                capture_output=True, text=True).stdout.split()
         return int(found[0]) if found else None
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from campaigns import faultpoints as fp
+from campaigns.infra import faultpoints as fp
 from tests.faults.harness import (
     Env,
     arm,

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from campaigns.asgi_thread import ThreadedServer
-from campaigns.engine_process import close_engine_client
+from campaigns.infra.asgi_thread import ThreadedServer
+from campaigns.sending.engine_process import close_engine_client
 from campaigns.settings import get_settings
-from campaigns.webhooks import KnownSecrets, create_app
+from campaigns.webhooks.receiver import KnownSecrets, create_app
 from tests.faults.harness import Env, judge, new_campaign, wait_accepted
 from tests.helpers import APP_SECRET, run_campaign, shrink_retry_delay
 

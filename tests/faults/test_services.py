@@ -13,7 +13,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from campaigns import lifecycle
+from campaigns.control import lifecycle
 from campaigns.settings import get_settings
 from tests.faults.harness import judge, new_campaign, number_of, sent_ids, settle_statuses, wait_accepted
 from tests.helpers import run_campaign

@@ -1,0 +1,322 @@
+"""Campaign lifecycle: draft → scheduled → running ⇄ paused → completed | cancelled | failed.
+
+Every function takes the organization and scopes its queries by it: a campaign of another tenant is
+"Campaign not found", exactly as for a missing one. Transitions are single guarded UPDATEs, so two
+operators acting at once cannot break the state machine.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from campaigns.control.models import CampaignCreate
+from campaigns.sending.error_codes import OPTED_OUT
+from campaigns.sending.ratelimit import PRESETS
+from campaigns.store.schema import INT4_MAX, business_portfolios, campaigns, organizations, whatsapp_numbers
+
+EDITABLE = ("draft", "scheduled", "paused")
+AUDIENCE_FIELDS = frozenset({"audience_type", "audience_filter", "respect_opt_out", "skip_active_conversations"})
+STARTABLE = ("draft", "scheduled")
+TERMINAL = ("completed", "cancelled", "failed")
+
+
+class CampaignError(Exception):
+    """An operation refused, with the HTTP status the API answers."""
+
+    status_code = 400
+
+    def __init__(self, message: str, details: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+
+
+class NotFound(CampaignError):
+    status_code = 404
+
+
+class Conflict(CampaignError):
+    status_code = 409
+
+
+class Invalid(CampaignError):
+    status_code = 422
+
+
+
+
+def org_id_by_name(conn: sa.Connection, name_or_id: str) -> uuid.UUID:
+    try:
+        cond = organizations.c.id == uuid.UUID(name_or_id)
+    except ValueError:
+        cond = organizations.c.name == name_or_id
+    found = conn.execute(sa.select(organizations.c.id).where(cond)).scalar()
+    if found is None:
+        raise NotFound(f"Organization not found: {name_or_id}")
+    return found
+
+
+def add_org(conn: sa.Connection, name: str) -> uuid.UUID:
+    stmt = (
+        sa.dialects.postgresql.insert(organizations)
+        .values(name=name)
+        .on_conflict_do_update(index_elements=["name"], set_={"name": name})
+        .returning(organizations.c.id)
+    )
+    return conn.execute(stmt).scalar_one()
+
+
+def get_number(conn: sa.Connection, org: uuid.UUID, number_id: uuid.UUID) -> dict[str, Any]:
+    """The number's row, with its business portfolio's messaging limit as `portfolio_limit`."""
+    row = conn.execute(
+        sa.select(whatsapp_numbers, business_portfolios.c.unique_recipients_24h.label("portfolio_limit"))
+        .select_from(whatsapp_numbers.outerjoin(
+            business_portfolios, business_portfolios.c.id == whatsapp_numbers.c.portfolio_id))
+        .where(whatsapp_numbers.c.id == number_id, whatsapp_numbers.c.organization_id == org)
+    ).mappings().first()
+    if row is None:
+        raise NotFound("WhatsApp number not found")
+    return dict(row)
+
+
+LIMIT_FIELDS = ("mps", "per_minute", "per_hour", "per_day", "portfolio_id")
+
+
+def add_portfolio(conn: sa.Connection, org: uuid.UUID, name: str, unique_recipients_24h: int | None) -> uuid.UUID:
+    """A business portfolio and its messaging limit (None = unlimited); numbers join it by portfolio_id."""
+    if unique_recipients_24h is not None and unique_recipients_24h < 1:
+        raise Invalid("unique_recipients_24h: a positive number, or none for unlimited")
+    stmt = sa.dialects.postgresql.insert(business_portfolios).values(
+        organization_id=org, name=name, unique_recipients_24h=unique_recipients_24h)
+    stmt = stmt.on_conflict_do_update(index_elements=["organization_id", "name"],
+                                      set_={"unique_recipients_24h": unique_recipients_24h})
+    return conn.execute(stmt.returning(business_portfolios.c.id)).scalar_one()
+
+
+def number_limits(conn: sa.Connection, org: uuid.UUID, number_id: uuid.UUID) -> dict[str, Any]:
+    """A number's rate, caps and business portfolio (with the portfolio's limit) as they are in force."""
+    number = get_number(conn, org, number_id)
+    return {**{name: number[name] for name in LIMIT_FIELDS}, "portfolio_limit": number["portfolio_limit"]}
+
+
+def set_number_limits(conn: sa.Connection, org: uuid.UUID, number_id: uuid.UUID, changes: dict[str, Any],
+                      preset: str | None = None) -> dict[str, Any]:
+    """Change a number's rate (mps), caps (None = no cap) and business portfolio; a preset (ratelimit.PRESETS)
+    applies first and explicit changes win. Returns what is in force."""
+    if preset is not None and preset not in PRESETS:
+        raise Invalid(f"preset: one of {', '.join(PRESETS)} (got {preset!r})")
+    changes = {**(PRESETS[preset] if preset else {}), **changes}
+    get_number(conn, org, number_id)
+    for name, value in changes.items():
+        if name not in LIMIT_FIELDS:
+            raise Invalid(f"{name}: not a number limit (one of {', '.join(LIMIT_FIELDS)})")
+        if name == "portfolio_id":
+            if value is not None and conn.execute(sa.select(business_portfolios.c.id).where(
+                    business_portfolios.c.id == value, business_portfolios.c.organization_id == org)).first() is None:
+                raise Invalid("portfolio_id: no such business portfolio in this organization")
+            continue
+        if name == "mps" and (value is None or not 1 <= value <= 100_000):
+            raise Invalid("mps: messages per second must be between 1 and 100000")
+        if value is not None and not 1 <= value <= INT4_MAX:
+            raise Invalid(f"{name}: must be a number of messages from 1 to {INT4_MAX}, or none for no cap")
+    if changes:
+        conn.execute(sa.update(whatsapp_numbers).where(whatsapp_numbers.c.id == number_id).values(**changes))
+    return number_limits(conn, org, number_id)
+
+
+def _check_number(conn: sa.Connection, org: uuid.UUID, body: CampaignCreate) -> None:
+    """The number must be this organization's, and able to send the message type."""
+    try:
+        number = get_number(conn, org, body.whatsapp_number_id)
+    except NotFound:
+        raise Invalid("whatsapp_number_id: no such WhatsApp number in this organization") from None
+    if body.message_type == "template" and number["provider"] == "evolution":
+        raise Invalid("message_type: Evolution numbers cannot send templates; use a text message")
+
+
+def create(conn: sa.Connection, org: uuid.UUID, body: CampaignCreate) -> uuid.UUID:
+    _check_number(conn, org, body)
+    values = body.model_dump(mode="json")
+    values["whatsapp_number_id"] = body.whatsapp_number_id
+    values["scheduled_at"] = body.scheduled_at
+    values["status"] = "draft"
+    return conn.execute(
+        sa.insert(campaigns).values(organization_id=org, **values).returning(campaigns.c.id)
+    ).scalar_one()
+
+
+def get(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID | str, *, lock: bool = False) -> dict[str, Any]:
+    try:
+        cid = uuid.UUID(str(campaign_id))
+    except ValueError:
+        raise NotFound("Campaign not found") from None
+    stmt = sa.select(campaigns).where(campaigns.c.id == cid, campaigns.c.organization_id == org)
+    if lock:
+        stmt = stmt.with_for_update()
+    row = conn.execute(stmt).mappings().first()
+    if row is None:
+        raise NotFound("Campaign not found")
+    return dict(row)
+
+
+def get_any_org(conn: sa.Connection, campaign_id: uuid.UUID) -> dict[str, Any]:
+    """For the flow, which receives only a campaign id: the row, with its organization's name as `org_name`
+    (the run's name and tag)."""
+    row = conn.execute(sa.select(campaigns, organizations.c.name.label("org_name"))
+                       .join(organizations, organizations.c.id == campaigns.c.organization_id)
+                       .where(campaigns.c.id == campaign_id)).mappings().first()
+    if row is None:
+        raise NotFound("Campaign not found")
+    return dict(row)
+
+
+def _differs(field: str, old: Any, new: Any) -> bool:
+    return (old or {}) != (new or {}) if field == "audience_filter" else old != new
+
+
+def update(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID, changes: dict[str, Any]) -> None:
+    current = get(conn, org, campaign_id, lock=True)
+    if current["status"] not in EDITABLE:
+        raise Conflict("Cannot edit running campaign" if current["status"] == "running" else
+                       f"Cannot edit a {current['status']} campaign")
+    # Values, not keys: a client may PATCH back the whole object it read.
+    fixed = sorted(f for f in AUDIENCE_FIELDS & changes.keys() if _differs(f, current[f], changes[f]))
+    if fixed and current["audience_frozen_at"] is not None:  # a silent no-op would mislead the operator
+        raise Conflict(f"Cannot change {', '.join(fixed)}: the audience was built when the campaign started")
+    merged = {k: v for k, v in current.items() if k in CampaignCreate.model_fields}
+    merged["audience_filter"] = merged.get("audience_filter") or {}
+    merged.update(changes)
+    body = CampaignCreate.model_validate(merged)
+    _check_number(conn, org, body)  # a PATCH must not point a campaign at another organization's number
+    values = body.model_dump(mode="json", include=set(changes))
+    conn.execute(sa.update(campaigns).where(campaigns.c.id == current["id"]).values(**values, updated_at=sa.func.now()))
+
+
+@dataclass(frozen=True)
+class Transition:
+    status: str
+    previous: str
+
+
+def _transition(
+    conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID, allowed: tuple[str, ...],
+    values: dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any]], refusal: str,
+) -> Transition:
+    """One guarded UPDATE; `values` may be worked out from the locked row."""
+    current = get(conn, org, campaign_id, lock=True)
+    if current["status"] not in allowed:
+        raise Conflict(refusal.format(status=current["status"]))
+    if callable(values):
+        values = values(current)
+    conn.execute(
+        sa.update(campaigns).where(campaigns.c.id == current["id"]).values(**values, updated_at=sa.func.now())
+    )
+    return Transition(values.get("status", current["status"]), current["status"])
+
+
+def mark_running(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID) -> Transition:
+    return _transition(
+        conn, org, campaign_id, STARTABLE,
+        {"status": "running", "started_at": sa.func.coalesce(campaigns.c.started_at, sa.func.now()),
+         "paused_reason": None, "resume_at": None},
+        "Cannot start a {status} campaign",
+    )
+
+
+def pause(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID, reason: str = "operator",
+          message: str | None = None) -> Transition:
+    values: dict[str, Any] = {"status": "paused", "paused_reason": reason}
+    if message:
+        values["last_error_message"] = message
+    return _transition(conn, org, campaign_id, ("running", "scheduled"), values, "Cannot pause a {status} campaign")
+
+
+def schedule(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID, at: datetime | None = None) -> Transition:
+    """Start by itself at `at` (or at the scheduled_at it was created with); the scheduler flow starts it."""
+    current = get(conn, org, campaign_id)
+    when = at or current["scheduled_at"]
+    if when is None:
+        raise Invalid("scheduled_at: give the time the campaign should start")
+    if when.tzinfo is None:
+        raise Invalid("scheduled_at: include the time zone (e.g. 2026-12-01T09:00:00-03:00)")
+    return _transition(conn, org, campaign_id, ("draft", "scheduled"), {"status": "scheduled", "scheduled_at": when},
+                       "Cannot schedule a {status} campaign")
+
+
+def resume(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID) -> Transition:
+    """A paused campaign runs again. One held before it ever started (paused while scheduled, or refused
+    by the checklist at its time) goes back to scheduled instead: its start still passes the pre-launch
+    checklist, and the scheduler starts it at once if its time has come."""
+    return _transition(
+        conn, org, campaign_id, ("paused",),
+        lambda current: {"status": "running" if current["started_at"] else "scheduled", "paused_reason": None,
+                         "resume_at": None},
+        "Cannot resume a {status} campaign",
+    )
+
+
+def retry_failed(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID,
+                 codes: list[int] | None = None) -> tuple[Transition, int]:
+    """Send again to the campaign's failed recipients (those with `codes`, or all but opted-out ones):
+    they go back to pending with a fresh retry budget, and the campaign runs again. Their history stays in
+    the attempt log; opt-outs are checked again when each batch claims its rows."""
+    if any(not -INT4_MAX - 1 <= code <= INT4_MAX for code in codes or ()):
+        raise Invalid(f"codes: error codes are between {-INT4_MAX - 1} and {INT4_MAX}")
+    current = get(conn, org, campaign_id, lock=True)
+    if current["status"] not in ("running", "paused", "completed"):
+        raise Conflict(f"Cannot retry the failures of a {current['status']} campaign")
+    requeued = conn.execute(sa.text("""
+        update campaign_recipients set status = 'pending', attempts = 0, rate_tries = 0, next_attempt_at = null,
+               wamid = null, failed_at = null,
+               attempt_log = attempt_log || jsonb_build_array(jsonb_build_object(
+                   'note', 'failure retried by an operator', 'timestamp', now()))
+        where campaign_id = :c and organization_id = :o and status = 'failed'
+          and (cast(:codes as int[]) is null or error_code = any(cast(:codes as int[])))
+          and error_code is distinct from :opted_out
+    """), {"c": campaign_id, "o": org, "codes": codes or None, "opted_out": OPTED_OUT}).rowcount
+    if not requeued:
+        raise Conflict("No failed recipient to retry" + (f" with code {', '.join(map(str, codes))}" if codes else ""))
+    values: dict[str, Any] = {"status": "running", "completed_at": None, "paused_reason": None, "resume_at": None}
+    conn.execute(sa.update(campaigns).where(campaigns.c.id == current["id"]).values(**values,
+                                                                                   updated_at=sa.func.now()))
+    return Transition("running", current["status"]), requeued
+
+
+def cancel(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID) -> Transition:
+    """Final. Pending rows become cancelled at once; rows in flight are cancelled by their batch."""
+    t = _transition(
+        conn, org, campaign_id, ("draft", "scheduled", "running", "paused"),
+        {"status": "cancelled", "completed_at": sa.func.now()}, "Cannot cancel a {status} campaign",
+    )
+    conn.execute(
+        sa.text("update campaign_recipients set status = 'cancelled' where campaign_id = :c and status = 'pending'"),
+        {"c": campaign_id},
+    )
+    return t
+
+
+def pause_for_error(conn: sa.Connection, campaign_id: uuid.UUID, reason: str, message: str,
+                    resume_at: datetime | None = None) -> bool:
+    """Pause a running campaign from inside the send path (auth_error, template_paused, payment, quality,
+    rate_limit with the time it may resume: the scheduler resumes it then)."""
+    return bool(conn.execute(
+        sa.update(campaigns)
+        .where(campaigns.c.id == campaign_id, campaigns.c.status == "running")
+        .values(status="paused", paused_reason=reason, last_error_message=message, resume_at=resume_at,
+                updated_at=sa.func.now())
+    ).rowcount)
+
+
+def complete_if_done(conn: sa.Connection, campaign_id: uuid.UUID) -> bool:
+    """Completed is a query: nothing pending and nothing in flight."""
+    return bool(conn.execute(sa.text("""
+        update campaigns set status = 'completed', completed_at = now(), updated_at = now()
+        where id = :c and status = 'running' and not exists (
+            select 1 from campaign_recipients where campaign_id = :c and status in ('pending', 'sending'))
+    """), {"c": campaign_id}).rowcount)

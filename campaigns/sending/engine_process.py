@@ -1,0 +1,202 @@
+"""The send engine in a process of its own, one per worker; batches reach it through a pipe.
+
+Why a process: pacing at 1,000 msg/s needs the event loop to wake within a few milliseconds of each
+reserved slot. In the worker process, Prefect's task threads and their garbage hold the GIL for tens of
+milliseconds at a time; sends then woke late and bunched (bench: 130429 answers from the sandbox and
+~750 msg/s at a cap of 1,000). Alone in its process the same loop paces at the cap with no 130429.
+
+The child watches its pipe: when the worker dies (even by SIGKILL) the pipe closes and the child exits
+at once, so no orphan keeps sending rows whose outcome the next runner will reconcile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from datetime import datetime
+from multiprocessing.connection import Connection
+from typing import Any
+
+from campaigns.infra.faultpoints import ENGINE_ANSWERED, pause_point
+from campaigns.sending.providers import Credentials, OutboundMessage, SendResult
+
+log = logging.getLogger(__name__)
+
+Results = dict[int, SendResult | None]
+LOG_RECORD = -1  # a request id no batch has: the child's warnings travelling to the worker (see _ForwardLogs)
+
+
+class EngineClient:
+    """Used by task threads; any number of batches may be in flight at once."""
+
+    def __init__(self) -> None:
+        # A plain subprocess on a socketpair rather than multiprocessing's spawn, which would re-run the
+        # caller's __main__ script in the child.
+        parent_sock, child_sock = socket.socketpair()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "campaigns.sending.engine_process", str(child_sock.fileno())],
+            pass_fds=[child_sock.fileno()], stdin=subprocess.DEVNULL,
+        )
+        child_sock.close()
+        self._conn = Connection(parent_sock.detach())
+        self._send_lock = threading.Lock()
+        self._pending: dict[int, Future[Results]] = {}
+        self._ids = itertools.count()
+        self._reader = threading.Thread(target=self._read_loop, name="send-engine-reader", daemon=True)
+        self._reader.start()
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None and self._reader.is_alive()
+
+    def deliver(
+        self, provider: str, credentials: Credentials, spec: Any, messages: list[OutboundMessage], claimed_at: datetime
+    ) -> Results:
+        """Send a batch's messages; `claimed_at` is its claim's token (sending.deliver marks rows in flight
+        with it, from this process, before they leave)."""
+        fut: Future[Results] = Future()
+        with self._send_lock:
+            request_id = next(self._ids)
+            self._pending[request_id] = fut
+            try:
+                self._conn.send((request_id, provider, credentials, spec, messages, claimed_at))
+            except OSError:
+                self._pending.pop(request_id, None)
+                raise
+        return fut.result()
+
+    def _read_loop(self) -> None:
+        while True:
+            try:
+                request_id, ok, payload = self._conn.recv()
+            except (EOFError, OSError):
+                with self._send_lock:
+                    orphans = list(self._pending.values())
+                    self._pending.clear()
+                for fut in orphans:
+                    if not fut.done():
+                        fut.set_exception(RuntimeError("the send engine process exited"))
+                return
+            if request_id == LOG_RECORD:
+                self._relog(*payload)
+                continue
+            with self._send_lock:
+                fut = self._pending.pop(request_id)
+            if ok:
+                fut.set_result(payload)
+            else:
+                fut.set_exception(RuntimeError(f"send engine: {payload}"))
+
+    def _relog(self, level: int, name: str, message: str) -> None:
+        logger = logging.getLogger(name)
+        for run_id in list(_log_runs) or [None]:
+            logger.log(level, "send engine: %s", message,
+                       extra={"flow_run_id": run_id} if run_id else {"send_to_api": False})
+
+    def close(self) -> None:
+        self._conn.close()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+class _ForwardLogs(logging.Handler):
+    """In the engine process: warnings go to the worker over the pipe (and stay on stderr), so the flow
+    run that is sending shows them in the Prefect UI."""
+
+    def __init__(self, send: Any) -> None:
+        super().__init__(logging.WARNING)
+        self.send = send
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            self.send((LOG_RECORD, True, (record.levelno, record.name, record.getMessage())))
+
+
+def _child_main(conn: Connection) -> None:
+    from campaigns.sending.batch import deliver
+    from campaigns.sending.providers import build_provider
+    from campaigns.sending.send_engine import SendEngine
+    from campaigns.settings import get_settings
+
+    engine = SendEngine(get_settings())
+    providers: dict[tuple[str, Credentials], Any] = {}
+    reply_lock = threading.Lock()
+
+    def send_locked(message: Any) -> None:
+        with reply_lock:
+            conn.send(message)
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().addHandler(_ForwardLogs(send_locked))
+
+    def reply(request_id: int, fut: Future[Results]) -> None:
+        exc: BaseException | None = asyncio.CancelledError() if fut.cancelled() else fut.exception()
+        message = (request_id, False, f"{type(exc).__name__}: {exc}") if exc else (request_id, True, fut.result())
+        pause_point(ENGINE_ANSWERED)
+        with reply_lock:
+            try:
+                conn.send(message)
+            except (BrokenPipeError, OSError):
+                os._exit(0)
+
+    while True:
+        try:
+            request_id, provider_name, credentials, spec, messages, claimed_at = conn.recv()
+        except (EOFError, OSError):
+            os._exit(0)  # the worker is gone: stop now, send nothing more
+        key = (provider_name, credentials)
+        if key not in providers:
+            providers[key] = build_provider(provider_name, credentials)
+        coro = deliver(engine, providers[key], spec, messages, claimed_at)
+        future = asyncio.run_coroutine_threadsafe(coro, engine.loop)
+        future.add_done_callback(lambda f, rid=request_id: reply(rid, f))
+
+
+_client: EngineClient | None = None
+_lock = threading.Lock()
+_log_runs: set[str] = set()  # flow runs sending through this process's engine: its warnings go to their logs
+
+
+@contextlib.contextmanager
+def engine_logs_to(flow_run_id: str) -> Iterator[None]:
+    """While a flow run sends, the send engine's warnings (a 130429 slowdown, the rate limiter unreachable)
+    are written to that run's log too, not only to the worker's stderr."""
+    _log_runs.add(flow_run_id)
+    try:
+        yield
+    finally:
+        _log_runs.discard(flow_run_id)
+
+
+def get_engine_client() -> EngineClient:
+    global _client
+    with _lock:
+        if _client is None or not _client.alive:
+            if _client is not None:
+                _client.close()
+            _client = EngineClient()
+        return _client
+
+
+def close_engine_client() -> None:
+    """End the send-engine process; the next batch starts a new one, which reads the settings afresh."""
+    global _client
+    with _lock:
+        if _client is not None:
+            _client.close()
+            _client = None
+
+
+if __name__ == "__main__":
+    _child_main(Connection(int(sys.argv[1])))

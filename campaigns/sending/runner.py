@@ -1,0 +1,212 @@
+"""What a campaign run does between batches (plain functions; the flow only wires them to Prefect)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from campaigns.audience import build as audience
+from campaigns.control import lifecycle
+from campaigns.control.preflight import WINDOWED_PROVIDERS, run_preflight
+from campaigns.control.scheduler import RELAUNCH_LIMIT
+from campaigns.infra.faultpoints import AUDIENCE_WRITTEN, pause_point
+from campaigns.reporting import stats
+from campaigns.reporting.stats import iso_z
+from campaigns.sending.batch import CampaignSpec
+from campaigns.sending.providers import Credentials
+from campaigns.sending.ratelimit import LimitUsage
+from campaigns.store.runlock import runner_alive
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    status: str
+    refused: list[str] = field(default_factory=list)
+    audience: dict[str, int] = field(default_factory=dict)
+    total_recipients: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def load_spec(
+    db: sa.Engine, campaign_id: uuid.UUID, credentials: Callable[[str], Credentials]
+) -> tuple[CampaignSpec, str, Credentials]:
+    """The campaign as the send path needs it, its provider's name and the number's credentials."""
+    with db.connect() as conn:
+        campaign = lifecycle.get_any_org(conn, campaign_id)
+        number = lifecycle.get_number(conn, campaign["organization_id"], campaign["whatsapp_number_id"])
+    return CampaignSpec.from_rows(campaign, number), number["provider"], credentials(number["block_name"])
+
+
+def build_audience_once(db: sa.Engine, campaign_id: uuid.UUID, provider: str) -> dict[str, int]:
+    """Freeze the audience the first time the campaign runs; later runs (resume, restart) reuse it.
+
+    `audience_frozen_at` is set only after every row is written, so a build that crashed halfway is
+    cleaned up and redone; no batch claims rows before the audience is frozen.
+    """
+    with db.begin() as conn:
+        campaign = lifecycle.get_any_org(conn, campaign_id)
+        if campaign["audience_frozen_at"] is not None:
+            return {}
+        conn.execute(sa.text("delete from campaign_recipients where campaign_id = :c"), {"c": campaign_id})
+        rules = audience.AudienceRules(
+            respect_opt_out=campaign["respect_opt_out"],
+            skip_active_conversations=campaign["skip_active_conversations"],
+            require_window=campaign["message_type"] == "text" and provider in WINDOWED_PROVIDERS,
+        )
+        frame = audience.load_contacts(conn, campaign["organization_id"], campaign["audience_type"],
+                                       campaign["audience_filter"] or {})
+    classified = audience.classify(frame, rules, datetime.now(UTC))
+    total = audience.write_recipients(db, campaign_id, campaign["organization_id"], classified)
+    pause_point(AUDIENCE_WRITTEN)
+    with db.begin() as conn:
+        conn.execute(sa.text("""
+            update campaigns set total_recipients = :n, audience_frozen_at = now(), updated_at = now()
+            where id = :c and audience_frozen_at is null
+        """), {"n": total, "c": campaign_id})
+    return audience.counts(classified)
+
+
+EARLY_START_SECONDS = 5  # Prefect may start a scheduled run a moment early (its clock, rounding to the second)
+
+
+def record_runner(db: sa.Engine, campaign_id: uuid.UUID, flow_run_id: str | None) -> None:
+    """The runner that took the campaign: its flow run (for the Prefect UI and the scheduler), and the
+    scheduler's count of relaunches starts again. A run that came before the campaign's time (prepare lets
+    it do nothing) leaves the recorded id alone: that is the campaign's scheduled run, under Upcoming."""
+    with db.begin() as conn:
+        conn.execute(sa.text("""
+            update campaigns set flow_run_id = coalesce(:r, flow_run_id), relaunches = 0
+            where id = :c and not (status = 'scheduled' and scheduled_at > now() + make_interval(secs => :early))
+        """), {"r": flow_run_id, "c": campaign_id, "early": EARLY_START_SECONDS})
+
+
+def prepare(
+    db: sa.Engine,
+    campaign_id: uuid.UUID,
+    credentials: Callable[[str], Credentials],
+    ping_redis: Callable[[], Any],
+    ping_prefect: Callable[[], Any] | None = None,
+    usage: LimitUsage | None = None,
+) -> Prepared:
+    """Preflight (for a campaign not yet running), mark it running, build its audience once. A scheduled
+    campaign whose time has not come is left as it is (a run of an older schedule, or one started early by
+    hand): its status then says when it is due."""
+    warnings: list[str] = []
+    with db.begin() as conn:
+        campaign = lifecycle.get_any_org(conn, campaign_id)
+        if not_yet := _not_due(campaign):
+            return Prepared(not_yet)
+        org = campaign["organization_id"]
+        number = lifecycle.get_number(conn, org, campaign["whatsapp_number_id"])
+        if campaign["status"] in lifecycle.STARTABLE:
+            pf = run_preflight(conn, campaign, number, lambda: credentials(number["block_name"]), ping_redis,
+                               ping_prefect, usage=usage)
+            if not pf.ok:
+                return Prepared(campaign["status"], refused=pf.failures())
+            warnings = pf.warnings()
+            lifecycle.mark_running(conn, org, campaign_id)
+        elif campaign["status"] != "running":
+            return Prepared(campaign["status"])
+        else:  # resumed, or a rerun: read the credentials now, so a token fixed while paused is used
+            credentials(number["block_name"])
+    counts = build_audience_once(db, campaign_id, number["provider"])
+    with db.connect() as conn:
+        total = conn.execute(sa.text("select total_recipients from campaigns where id = :c"),
+                             {"c": campaign_id}).scalar_one()
+    return Prepared("running", audience=counts, total_recipients=total, warnings=warnings)
+
+
+def _not_due(campaign: dict[str, Any]) -> str | None:
+    at = campaign["scheduled_at"]
+    if campaign["status"] == "scheduled" and at and at > datetime.now(UTC) + timedelta(seconds=EARLY_START_SECONDS):
+        return f"scheduled for {iso_z(at)}"
+    return None
+
+
+@dataclass
+class Remaining:
+    status: str
+    due: int  # pending rows that may be sent now
+    waiting_retry: int  # pending rows with a future next_attempt_at
+    unknown: int  # rows in `sending` (unknown outcome)
+    next_retry_in: float | None
+
+
+def remaining(db: sa.Engine, campaign_id: uuid.UUID) -> Remaining:
+    with db.connect() as conn:
+        row = conn.execute(sa.text("""
+            select c.status,
+                   count(r.id) filter (where r.status = 'pending' and (r.next_attempt_at is null
+                                        or r.next_attempt_at <= now())) as due,
+                   count(r.id) filter (where r.status = 'pending' and r.next_attempt_at > now()) as waiting,
+                   count(r.id) filter (where r.status = 'sending') as unknown,
+                   extract(epoch from min(r.next_attempt_at) filter (where r.status = 'pending'
+                                          and r.next_attempt_at > now()) - now()) as next_in
+            from campaigns c left join campaign_recipients r
+                 on r.campaign_id = c.id and r.status in ('pending', 'sending')
+            where c.id = :c group by c.status
+        """), {"c": campaign_id}).one()
+    return Remaining(row.status, row.due, row.waiting, row.unknown,
+                     float(row.next_in) if row.next_in is not None else None)
+
+
+def wave_plan(db: sa.Engine, campaign_id: uuid.UUID, batch_size: int, headroom: float, parallel: int
+              ) -> tuple[int, float]:
+    """How many batches to start at once, and the messages per second the limits allow (for the run's log).
+
+    A slow campaign (say 100 messages an hour) starts one batch a wave: parallel batches would only queue
+    behind its pace, their claimed rows waiting minutes in `sending` (a crash then puts them back to
+    pending at once, as they were never marked in flight, but nothing is gained by claiming them early)."""
+    with db.connect() as conn:
+        campaign = lifecycle.get_any_org(conn, campaign_id)
+        number = lifecycle.get_number(conn, campaign["organization_id"], campaign["whatsapp_number_id"])
+    spec = CampaignSpec.from_rows(campaign, number)
+    step = max(limit.interval_us for limit in spec.limits(headroom)) / 1_000_000
+    seconds_per_batch = spec.claim_size(batch_size, headroom) * step
+    fits = int(30 // seconds_per_batch) if seconds_per_batch else UNLIMITED
+    # Enough room for every parallel batch: no cap (capping waves would idle the number between them).
+    return (UNLIMITED if fits >= parallel else max(1, fits)), stats.limit_rate(campaign, number, headroom)
+
+
+UNLIMITED = 1_000_000
+
+
+def supervise(db: sa.Engine, campaign_id: uuid.UUID, run_once: Callable[[], object]) -> int:
+    """Run the campaign's runner (`run_once`, a process of its own) again whenever it ends while the campaign
+    is still `running` and no runner holds it: killed, crashed, its lock lost. What `campaigns serve`'s
+    scheduler does for served runs, for a campaign started from the CLI with nothing serving. Runners lost
+    RELAUNCH_LIMIT times in a row without progress pause the campaign (`runner_failed`). Returns how many
+    runners were lost."""
+    lost = in_a_row = 0
+    left = _left(remaining(db, campaign_id))
+    while True:
+        run_once()
+        now = remaining(db, campaign_id)
+        with db.connect() as conn:
+            alive = runner_alive(conn, campaign_id)
+            conn.commit()
+        if now.status != "running" or alive:  # finished, paused, cancelled; or another runner has it
+            return lost
+        lost += 1
+        in_a_row = 0 if _left(now) < left else in_a_row + 1
+        left = _left(now)
+        if in_a_row >= RELAUNCH_LIMIT:
+            with db.begin() as conn:
+                lifecycle.pause_for_error(conn, campaign_id, "runner_failed",
+                                          f"its runner was lost {in_a_row} times in a row; resume to try again")
+            return lost
+        log.warning("campaign %s: its runner ended with the campaign running and nobody sending; starting it again",
+                    campaign_id)
+
+
+def _left(r: Remaining) -> int:
+    """Rows not yet settled: progress is this number going down."""
+    return r.due + r.waiting_retry + r.unknown

@@ -1,0 +1,1 @@
+"""Postgres: the tables, the engine, the runner lock."""

@@ -1,0 +1,48 @@
+"""Database engine and the small helpers every repository uses."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from campaigns.settings import get_settings
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Use psycopg 3 whatever scheme the environment gives (postgres://, postgresql://)."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def libpq_url(url: str) -> str:
+    """The plain libpq form of a URL (for psycopg.connect and COPY)."""
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+@lru_cache(maxsize=4)
+def _engine_for(url: str, pool_size: int) -> Engine:
+    return sa.create_engine(sqlalchemy_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def get_engine() -> Engine:
+    settings = get_settings()
+    if not settings.database_url:
+        raise RuntimeError("DATABASE_URL is not set; call campaigns.infra.embedded.bootstrap() first")
+    return _engine_for(settings.database_url, max(5, settings.parallel_batches + 4))
+
+
+def upgrade(url: str | None = None) -> None:
+    """Apply the Alembic migrations (idempotent)."""
+    from alembic import command
+    from alembic.config import Config
+
+    root = Path(__file__).resolve().parents[2]  # the repository: campaigns/store/db.py
+    cfg = Config()
+    cfg.set_main_option("script_location", str(root / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(url or get_settings().database_url or ""))
+    command.upgrade(cfg, "head")

@@ -1,0 +1,1 @@
+"""Webhooks in: the receiver, the parser, ingestion into statuses, replies and opt-outs."""
