@@ -114,7 +114,7 @@ def receiver(services) -> Iterator[str]:
 
 @pytest.fixture
 def sandbox(receiver) -> Iterator:
-    from campaigns.sandbox import SandboxConfig, SandboxServer
+    from sandbox import SandboxConfig, SandboxServer
     from tests.helpers import APP_SECRET
 
     server = SandboxServer(SandboxConfig(webhook_url=receiver, app_secret=APP_SECRET, sent_delay_ms=10,

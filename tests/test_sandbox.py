@@ -25,9 +25,9 @@ import httpx
 import pytest
 from aiohttp import web
 
-from campaigns.sandbox import SandboxConfig, SandboxServer
 from campaigns.sending.providers import Credentials, OutboundMessage, build_provider
 from campaigns.webhooks.parse import parse_evolution
+from sandbox import SandboxConfig, SandboxServer
 
 TOKEN = "good-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
