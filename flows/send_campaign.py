@@ -29,7 +29,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from campaigns.control import lifecycle
 from campaigns.reporting import run_report, stats
 from campaigns.sending import runner
-from campaigns.sending.engine_process import engine_logs_to
+from campaigns.sending.engine_process import engine_logs_to, get_engine_client
 from campaigns.sending.send_engine import tune_gc
 from campaigns.settings import get_settings
 from campaigns.store.db import get_engine
@@ -147,6 +147,9 @@ def _send(campaign_id: uuid.UUID, log: Any, buttons: console.ButtonWatcher, held
     the campaign has nothing left to do here, else {"status": why this run sent nothing more}."""
     settings = get_settings()
     db = get_engine()
+    # The send engine's process imports for seconds (SQLAlchemy, aiohttp, redis): started now, it does so while
+    # the audience is built, not after (bench/start.py: the first message 8.1 s -> see BENCHMARKS.md).
+    get_engine_client()
     prepared = prepare_campaign(campaign_id)
     if prepared.refused:
         raise RuntimeError("preflight failed:\n- " + "\n- ".join(prepared.refused))
