@@ -260,7 +260,7 @@ def test_a_provider_outage_is_waited_out_without_spending_attempts_or_tripping_t
             run = pool.submit(run_campaign, cid)
             # 10 refusals in a row: the provider is down; one message tries it again 1 s later, 2 s later...
             wait_for(lambda: sandbox.stats()["errors_by_code"].get(2, 0) >= 10, timeout=60)
-            time.sleep(3)  # the outage lasts a little longer (the old code sent all 30 meanwhile, and paused)
+            time.sleep(3)  # a little longer: long enough for all 30 to be refused, had the sending not stopped
             waiting = campaign_row(db, cid)
             sandbox.configure(rules=[])  # the provider is back
             result = run.result(timeout=120)
