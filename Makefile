@@ -21,9 +21,11 @@ demo: sync
 lint: sync
 	$(UV) run --locked ruff check .
 
-# The fault suite (tests/faults) runs in `make faults`: with it `make test` took 22 min, over its 20.
+# Two workers (pytest-xdist), each with its own database, Redis db and Prefect server (tests/conftest.py): most
+# tests wait on flows, sandboxes and timers rather than on the two cores. Each `campaigns serve` module stays on
+# one worker, after that worker's other tests (--dist loadgroup). The fault suite's fast variants run here too.
 test: lint
-	$(UV) run --locked pytest --ignore=tests/faults
+	$(UV) run --locked pytest -n 2 --dist loadgroup
 
 # The fault suite, fast and heavy variants (marker `heavy`): bigger campaigns, the machine's Postgres cluster
 # restarted (other databases on it see it too, for a second), the Prefect server restarted. One line per scenario:

@@ -64,7 +64,7 @@ def status_body(i: int) -> bytes:
 
 
 def signed_bodies(start: int, n: int) -> list[tuple[bytes, dict[str, str]]]:
-    from campaigns.sandbox import sign_body
+    from sandbox import sign_body
 
     out = []
     for i in range(start, start + n):

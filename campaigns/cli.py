@@ -417,7 +417,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_sandbox_serve(args: argparse.Namespace) -> int:
     import secrets
 
-    from campaigns.sandbox import SandboxConfig, serve
+    from sandbox import SandboxConfig, serve
 
     app_secret = args.app_secret or secrets.token_urlsafe(24)
     if not args.app_secret:  # never a constant: a number registered with it would let anyone sign its webhooks

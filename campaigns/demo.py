@@ -22,7 +22,6 @@ from campaigns.contacts import import_csv
 from campaigns.db import get_engine, upgrade
 from campaigns.ingest import ingest_pending
 from campaigns.models import CampaignCreate
-from campaigns.sandbox import SandboxConfig, SandboxServer
 from campaigns.services import progress_of, start_campaign, stats_of
 from campaigns.settings import get_settings
 from campaigns.stats import progress_line
@@ -61,6 +60,7 @@ def _progress_bar(org: uuid.UUID, campaign_id: uuid.UUID, stop: threading.Event)
 def run_demo(n_contacts: int = 10_000, latency_ms: int = 100) -> int:
     from blocks.numbers import add_number
     from flows.send_campaign import send_campaign
+    from sandbox import SandboxConfig, SandboxServer  # started here only: the product never imports the sandbox
     from tasks.artifacts import publish_summary
 
     settings = get_settings()

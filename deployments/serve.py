@@ -42,7 +42,7 @@ INGEST_INTERVAL = 600  # fewer, longer runs: housekeeping must not bury the camp
 SCHEDULER_RUN = 600  # a pass every 30 s, in runs of ten minutes (one at a time)
 HOUSEKEEPING = ["campaigns", "housekeeping"]
 OPERATOR_TAGS = ["campaigns", "operator"]
-POLL_SECONDS = 1  # a started campaign is picked up within a second (Prefect's default poll is every 10 s)
+POLL_SECONDS = 0.5  # a started campaign is picked up within half a second (Prefect's default poll is every 10 s)
 FIRST_RUN_SECONDS = 15  # housekeeping's first run after start-up: Prefect's scheduler adds a new schedule's runs
 # within 5 s and never schedules one in the past, so the first run is due a little after that
 

@@ -3,7 +3,8 @@
 With DATABASE_URL / REDIS_URL set (CI points them at the machine's servers) the tests use a fresh
 database `campaigns_test` on that server and Redis db 15; unset, the embedded servers start by themselves.
 TEST_SLOT=N (1-9) gives a second test session its own database, Redis db, Prefect server and folder, so
-two sessions can run side by side on one machine.
+two sessions can run side by side on one machine. Under pytest-xdist (`make test` runs two workers) worker
+gwK takes slot TEST_SLOT+K: each worker has its own services, and a second session needs TEST_SLOT=2 or more.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import psycopg
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SLOT = int(os.environ.get("TEST_SLOT", "0"))
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1"... in an xdist worker, else ""
+SLOT = int(os.environ.get("TEST_SLOT", "0")) + (int(WORKER[2:]) if WORKER else 0)
 SUFFIX = f"_{SLOT}" if SLOT else ""
 os.environ.setdefault("CAMPAIGNS_HOME", str(ROOT / ".campaigns" / f"test{SUFFIX}"))
 os.environ.setdefault("CAMPAIGNS_PREFECT_PORT", str(4278 + 10 * SLOT))
@@ -54,7 +56,10 @@ def _redis_db(url: str, number: int) -> str:
 def pytest_configure(config: pytest.Config) -> None:
     """Start the services before test modules are collected: Prefect reads PREFECT_API_URL when it is
     first imported, and test modules import it. A test process and the workers it spawns must talk to
-    the same Prefect server (they share the number's credentials block)."""
+    the same Prefect server (they share the number's credentials block). Under xdist the controller runs no
+    test: only its workers start services."""
+    if not WORKER and getattr(config.option, "numprocesses", None):
+        return
     from campaigns.embedded import bootstrap
     from campaigns.settings import get_settings
 
@@ -109,7 +114,7 @@ def receiver(services) -> Iterator[str]:
 
 @pytest.fixture
 def sandbox(receiver) -> Iterator:
-    from campaigns.sandbox import SandboxConfig, SandboxServer
+    from sandbox import SandboxConfig, SandboxServer
     from tests.helpers import APP_SECRET
 
     server = SandboxServer(SandboxConfig(webhook_url=receiver, app_secret=APP_SECRET, sent_delay_ms=10,

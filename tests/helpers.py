@@ -141,7 +141,7 @@ def phone_number_id(db: sa.Engine, number_id: uuid.UUID) -> str:
 
 def signed(body: bytes, secret: str = APP_SECRET) -> dict[str, str]:
     """The X-Hub-Signature-256 header Meta would send with `body`."""
-    from campaigns.sandbox import sign_body
+    from sandbox import sign_body
 
     return {"X-Hub-Signature-256": sign_body(body, secret)}
 

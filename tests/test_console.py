@@ -9,6 +9,7 @@ import time
 import uuid
 from datetime import datetime, timedelta
 
+import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
@@ -29,6 +30,7 @@ from campaigns.services import record_flow_run
 from tests.helpers import add_contacts, add_sandbox_number, campaign_row, create_campaign, phones, sent_counts, wait_for
 
 pytest_plugins = ["tests.browser"]  # the `campaigns_serve` fixture
+pytestmark = pytest.mark.xdist_group("serve-console")  # one worker: one serve for the module
 
 
 def _run(run_id: str):

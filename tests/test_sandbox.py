@@ -26,8 +26,8 @@ import pytest
 from aiohttp import web
 
 from campaigns.providers import Credentials, OutboundMessage, build_provider
-from campaigns.sandbox import SandboxConfig, SandboxServer
 from campaigns.webhook_parse import parse_evolution
+from sandbox import SandboxConfig, SandboxServer
 
 TOKEN = "good-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -10,7 +11,8 @@ from tests.faults.harness import Verdict, report_path
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    report_path().unlink(missing_ok=True)
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # the session's start, not each worker's
+        report_path().unlink(missing_ok=True)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -25,7 +25,6 @@ import sqlalchemy as sa
 
 from campaigns import faultpoints
 from campaigns.ingest import ingest_pending
-from campaigns.settings import get_settings
 from tests.helpers import (
     add_contacts,
     add_sandbox_number,
@@ -43,7 +42,9 @@ SENT_LIKE = {"sent", "delivered", "read"}
 
 
 def report_path() -> Path:
-    return get_settings().campaigns_home.resolve() / REPORT_NAME
+    """One report per test session, shared by its xdist workers (their own folders are per worker)."""
+    root = Path(__file__).resolve().parents[2] / ".campaigns"
+    return root / f"{os.environ.get('TEST_SLOT', '0')}-{REPORT_NAME}"
 
 
 @dataclass
@@ -233,9 +234,10 @@ def judge(db: sa.Engine, sandbox: Any, cid: uuid.UUID, scenario: str, faults: li
     return record(Verdict(
         scenario=scenario, eligible=len(eligible), accepted=len(counts),
         duplicates=sum(n - 1 for n in counts.values()), missing=len({f"pytake:{i}" for i in eligible} - set(counts)),
-        stats_exact=stats_match(rows, records), status=row["status"],
+        stats_exact=not (wrong := stats_mismatches(rows, records)), status=row["status"],
         resumed_after_s=resumed_after(records, faults),
-        completed_after_s=completed - faults[-1] if completed and faults else None, extra=extra))
+        completed_after_s=completed - faults[-1] if completed and faults else None,
+        extra={**extra, **({"rows_differing": f"{len(wrong)} ({'; '.join(wrong[:3])})"} if wrong else {})}))
 
 
 def resumed_after(records: list[dict[str, Any]], faults: list[float]) -> float | None:
@@ -251,16 +253,15 @@ def resumed_after(records: list[dict[str, Any]], faults: list[float]) -> float |
     return max(pauses, default=None)
 
 
-def stats_match(rows: list[Any], records: list[dict[str, Any]]) -> bool:
-    """Each row's status (and reply) is the last status the sandbox reported for its message, and a row the
-    sandbox never accepted is not counted as sent."""
+def stats_mismatches(rows: list[Any], records: list[dict[str, Any]]) -> list[str]:
+    """Rows whose status (or reply) is not the last status the sandbox reported for their message, or counted
+    as sent although the sandbox never accepted them: `row id: ours != the sandbox's`."""
     truth = {m["biz_opaque_callback_data"]: m for m in records}
+    wrong = []
     for r in rows:
         m = truth.get(f"pytake:{r.id}")
-        if m is None:
-            if r.status in SENT_LIKE:
-                return False
-            continue
-        if r.status != m.get("final_status", "sent") or r.replied != m.get("replied", False):
-            return False
-    return True
+        theirs = (m.get("final_status", "sent"), m.get("replied", False)) if m else ("never accepted", False)
+        if (m is None and r.status in SENT_LIKE) or (m is not None and (r.status, r.replied) != theirs):
+            wrong.append(f"{r.id}: {r.status}{' replied' if r.replied else ''} != {theirs[0]}"
+                         f"{' replied' if theirs[1] else ''}")
+    return wrong

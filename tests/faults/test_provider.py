@@ -9,10 +9,12 @@ import time
 
 import pytest
 
+from campaigns.asgi_thread import ThreadedServer
 from campaigns.engine_process import close_engine_client
 from campaigns.settings import get_settings
+from campaigns.webhooks import KnownSecrets, create_app
 from tests.faults.harness import Env, judge, new_campaign, wait_accepted
-from tests.helpers import recipients, run_campaign, shrink_retry_delay
+from tests.helpers import APP_SECRET, recipients, run_campaign, shrink_retry_delay
 
 OUTAGE = {"match": ".*", "code": 2, "http_status": 503}  # Graph's "Service temporarily unavailable"
 
@@ -83,23 +85,59 @@ def test_a_provider_answering_after_the_timeout(db, org, sandbox):
     slow_provider(db, org, sandbox, total=300, mps=100, start=64_000)
 
 
+def _receiver_restarted(sandbox, receiver: ThreadedServer, accepted: int, down_seconds: float,
+                        ) -> tuple[threading.Thread, list[float], list[ThreadedServer]]:
+    """Stop `receiver` once the sandbox accepted `accepted` messages and start a new one on its port
+    `down_seconds` later; meanwhile the sandbox's POSTs fail and are retried, as Meta's are."""
+    when: list[float] = []
+    servers = [receiver]
+
+    def go() -> None:
+        wait_accepted(sandbox, accepted)
+        when.append(time.time())
+        receiver.stop()
+        time.sleep(down_seconds)
+        servers.append(ThreadedServer(create_app(os.environ["DATABASE_URL"], _secrets()), port=receiver.port).start())
+
+    thread = threading.Thread(target=go, daemon=True)
+    thread.start()
+    return thread, when, servers
+
+
+def _secrets() -> KnownSecrets:
+    return KnownSecrets(app_secrets=[APP_SECRET.encode()], verify_tokens=["verify-me"])
+
+
 def storm(db, org, sandbox, total: int, mps: int, start: int) -> None:
-    """Every status three times, shuffled, the first ones before their batch is recorded, replies too."""
+    """Every status three times, shuffled, the first ones before their batch is recorded, replies too; the
+    receiver restarted halfway (down for 2 s) while the sandbox retries what it could not post."""
+    receiver = ThreadedServer(create_app(os.environ["DATABASE_URL"], _secrets())).start()
     sandbox.configure(latency_ms=20, sent_delay_ms=0, delivered_delay_ms=0, read_delay_ms=0, reply_delay_ms=0,
                       read_rate=0.6, reply_rate=0.3, duplicate_rate=1.0, duplicate_copies=2, duplicate_delay_ms=500,
-                      shuffle=True, shuffle_window_ms=500)
+                      shuffle=True, shuffle_window_ms=500, webhook_url=f"{receiver.url}/webhooks/whatsapp",
+                      webhook_max_retries=8)  # backoff 0.1 s doubling, up to 5 s: ~15 s of retries
     cid = new_campaign(db, org, sandbox, total, mps, start=start)
-    result = run_campaign(cid)
-    verdict = judge(db, sandbox, cid, "webhook storm: x3, shuffled, early", [],
-                    events_posted=sum(sandbox.stats()["webhook_events_posted"].values()))
+    thread, when, servers = _receiver_restarted(sandbox, receiver, total // 2, 2.0)
+    try:
+        result = run_campaign(cid)
+        thread.join()
+        sandbox.drain_webhooks(timeout=60)  # every webhook posted (or dropped) while a receiver listens
+        stats = sandbox.stats()
+        verdict = judge(db, sandbox, cid, "webhook storm, receiver restarted", when,
+                        events_posted=sum(stats["webhook_events_posted"].values()),
+                        posts_refused_while_down=stats["webhook_posts_failed"])
+    finally:
+        for server in servers:
+            server.stop()
+    assert stats["webhook_posts_failed"] > 0 and stats["webhook_events_dropped"] == 0, stats  # down, then retried
     assert result["status"] == "completed", (result, verdict.line())
     assert (verdict.duplicates, verdict.missing, verdict.stats_exact) == (0, 0, True), verdict.line()
 
 
-def test_a_webhook_storm_leaves_the_statistics_exact(db, org, sandbox):
+def test_a_webhook_storm_and_a_receiver_restart_leave_the_statistics_exact(db, org, sandbox):
     storm(db, org, sandbox, total=400, mps=200, start=66_000)
 
 
 @pytest.mark.heavy
-def test_heavy_a_webhook_storm_leaves_the_statistics_exact(db, org, sandbox):
+def test_heavy_a_webhook_storm_and_a_receiver_restart_leave_the_statistics_exact(db, org, sandbox):
     storm(db, org, sandbox, total=3000, mps=300, start=67_000)
