@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     circuit_breaker_failures: int = Field(
         50, ge=0, description="pause a campaign after this many failed sends in a row (0: never)"
     )
+    provider_outage_failures: int = Field(
+        10, ge=1, description="a campaign's sends in a row the provider could not take that mean it is down"
+    )
+    provider_probe_max_seconds: float = Field(
+        60.0, gt=0, description="the longest wait between two tries of a provider that is down"
+    )
     default_country_code: str = Field("55", description="prepended to imported phones without one")
 
     # Webhooks.

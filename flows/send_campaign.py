@@ -15,6 +15,7 @@ import logging
 import math
 import time
 import uuid
+from contextlib import nullcontext
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -169,6 +170,7 @@ def _send(campaign_id: uuid.UUID, log: Any, buttons: console.ButtonWatcher, held
                                          settings.parallel_batches)
     figures = SendingLog(log, allowed)
     waiting_said = None
+    provider_said = False  # the wait for the provider is in the log (once per outage)
     while True:
         retaken = held.retaken
         if not held.still_held():  # its connection died and another runner has the campaign, or Postgres is away
@@ -180,11 +182,23 @@ def _send(campaign_id: uuid.UUID, log: Any, buttons: console.ButtonWatcher, held
         left = runner.remaining(db, campaign_id)
         if left.status != "running":
             break
+        if left.due and left.probe_in is not None and left.probe_in > 0:  # the provider is down (sending/outage.py)
+            if not provider_said:
+                figures.flush(force=True)
+                log.warning("the provider is unavailable: waiting for it, one message tries it again in %.0f s, "
+                            "then at growing intervals; %d recipients wait to be sent", left.probe_in, left.due)
+                provider_said = True
+            buttons.wait(min(MAX_IDLE_SLEEP, left.probe_in))
+            continue
+        provider_said = provider_said and left.probe_in is not None
         if left.due:
-            n = min(math.ceil(left.due / settings.batch_size), wave_cap)
-            # Leases are renewed while held; a crashed worker's slots come back within 60 s.
-            with concurrency(limit_name, occupy=slots_for_run(), lease_duration=60):
-                futures = send_batch.map(campaign_id, range(batch_no, batch_no + n))
+            probe = left.probe_in is not None  # one row tries the provider the campaign waits for
+            n = 1 if probe else min(math.ceil(left.due / settings.batch_size), wave_cap)
+            # Leases are renewed while held; a crashed worker's slots come back within 60 s. A probe, one
+            # message, takes no slot: waiting for one (seconds at times) would only delay the recovery.
+            slots = nullcontext() if probe else concurrency(limit_name, occupy=slots_for_run(), lease_duration=60)
+            with slots:
+                futures = send_batch.map(campaign_id, range(batch_no, batch_no + n), probe=probe)
                 batch_no += n
                 for future in as_completed(futures):
                     update_progress_artifact(artifact, _progress(campaign_id)[0])

@@ -35,8 +35,9 @@ def prepare_campaign(campaign_id: uuid.UUID) -> runner.Prepared:
 
 
 @task(name="send-batch", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, task_run_name="send-batch-{batch_no}")
-def send_batch(campaign_id: uuid.UUID, batch_no: int) -> dict[str, Any]:
-    """Claim, send and record one batch. A retry claims only rows still pending: never a double send."""
+def send_batch(campaign_id: uuid.UUID, batch_no: int, probe: bool = False) -> dict[str, Any]:
+    """Claim, send and record one batch (`probe`: one row, to a provider the campaign waits for). A retry
+    claims only rows still pending: never a double send."""
     db = get_engine()
     settings = get_settings()
     spec, provider, credentials = runner.load_spec(db, campaign_id, load_credentials)
@@ -45,7 +46,7 @@ def send_batch(campaign_id: uuid.UUID, batch_no: int) -> dict[str, Any]:
     def deliver(messages: list[OutboundMessage], claimed_at: datetime) -> dict[int, SendResult | None]:
         return engine.deliver(provider, credentials, spec, messages, claimed_at)
 
-    return batch.send_batch(db, deliver, spec, settings.batch_size, settings.rate_headroom).as_dict()
+    return batch.send_batch(db, deliver, spec, settings.batch_size, settings.rate_headroom, probe).as_dict()
 
 
 @task(name="reconcile-unknown", cache_policy=NO_CACHE)

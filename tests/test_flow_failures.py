@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
@@ -241,6 +242,48 @@ def test_a_circuit_breaker_pauses_after_too_many_failures_in_a_row(db, org, sand
     assert "in a row" in campaign["last_error_message"] and "131026" in campaign["last_error_message"]
     statuses = [r["status"] for r in recipients(db, cid)]
     assert statuses.count("failed") >= 10 and statuses.count("pending") > 0  # the rest of the list is kept
+
+
+def test_a_provider_outage_is_waited_out_without_spending_attempts_or_tripping_the_breaker(
+        db, org, sandbox, monkeypatch):
+    from campaigns.settings import get_settings
+
+    monkeypatch.setenv("CIRCUIT_BREAKER_FAILURES", "10")  # the outage's refusals alone pass it
+    get_settings.cache_clear()
+    try:
+        sandbox.configure(rules=[{"match": ".*", "code": 2, "http_status": 503}])  # "Service temporarily unavailable"
+        number = add_sandbox_number(db, org, sandbox, mps=20)
+        add_contacts(db, org, [{"phone": f"+55119000005{i:02d}", "name": "Ana"} for i in range(30)])
+        cid = create_campaign(db, org, number, retry_max_attempts=1)  # two refusals would fail a recipient
+        shrink_retry_delay(db, cid)
+        with ThreadPoolExecutor(1) as pool:
+            run = pool.submit(run_campaign, cid)
+            # 10 refusals in a row: the provider is down; one message tries it again 1 s later, 2 s later...
+            wait_for(lambda: sandbox.stats()["errors_by_code"].get(2, 0) >= 10, timeout=60)
+            time.sleep(3)  # a little longer: long enough for all 30 to be refused, had the sending not stopped
+            waiting = campaign_row(db, cid)
+            sandbox.configure(rules=[])  # the provider is back
+            result = run.result(timeout=120)
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+
+    assert result["status"] == "completed"  # by itself: the breaker did not pause it
+    # Meanwhile it was running, not paused, and said why it was not sending.
+    assert (waiting["status"], waiting["paused_reason"]) == ("running", None)
+    assert waiting["provider_down_since"] is not None
+    assert waiting["last_error_message"].startswith("provider unavailable since")
+    assert "(2)" in waiting["last_error_message"] and "goes on by itself" in waiting["last_error_message"]
+    counts = sent_counts(sandbox)
+    assert len(counts) == 30 and set(counts.values()) == {1}
+    rows = recipients(db, cid)
+    assert {r["status"] for r in rows} <= {"sent", "delivered", "read"}
+    # No recipient spent an attempt on the outage; every refusal is still in its recipient's attempt log.
+    assert {r["attempts"] for r in rows} == {1}
+    refusals = [e for r in rows for e in r["attempt_log"] if e.get("error_code") == 2]
+    assert len(refusals) == sandbox.stats()["errors_by_code"][2] and not any(e["success"] for e in refusals)
+    campaign = campaign_row(db, cid)
+    assert (campaign["provider_down_since"], campaign["provider_probe_at"]) == (None, None)
 
 
 def test_a_template_error_fails_one_recipient_but_pauses_when_every_recipient_fails_alike(db, org, sandbox):

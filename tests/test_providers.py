@@ -21,7 +21,7 @@ async def _send(provider, msg, timeout=5.0):
 
 def test_meta_text_and_template_bodies_and_graph_errors(sandbox):
     sandbox.set_token("777", "t")
-    sandbox.configure(rules=[{"match": "9$", "code": 131056}])
+    sandbox.configure(rules=[{"match": "9$", "code": 131056}, {"match": "8$", "code": 2, "http_status": 503}])
     provider = build_provider("meta_cloud", Credentials("777", "t", sandbox.url))
     ok = asyncio.run(_send(provider, OutboundMessage(41, "+5511900000001", "text", text="Olá")))
     assert ok.ok and ok.message_id.startswith("wamid.")
@@ -33,22 +33,27 @@ def test_meta_text_and_template_bodies_and_graph_errors(sandbox):
     assert sent["pytake:42"]["template"]["name"] == "promo"
 
     pair = asyncio.run(_send(provider, OutboundMessage(43, "+5511900000009", "text", text="x")))
-    assert (pair.ok, pair.error_code, pair.ambiguous) == (False, 131056, False)
+    assert (pair.ok, pair.error_code, pair.ambiguous, pair.unavailable) == (False, 131056, False, False)
     assert pair.error_message
+    # Graph's "service temporarily unavailable": the provider's state, not the recipient's; never accepted.
+    down = asyncio.run(_send(provider, OutboundMessage(47, "+5511900000008", "text", text="x")))
+    assert (down.ok, down.error_code, down.http_status) == (False, 2, 503)
+    assert (down.ambiguous, down.unavailable) == (False, True)
 
     wrong = build_provider("meta_cloud", Credentials("777", "expired", sandbox.url))
     auth = asyncio.run(_send(wrong, OutboundMessage(44, "+5511900000004", "text", text="x")))
-    assert (auth.ok, auth.error_code, auth.http_status) == (False, 190, 401)
+    assert (auth.ok, auth.error_code, auth.http_status, auth.unavailable) == (False, 190, 401, False)
 
 
 def test_a_timeout_after_the_request_left_is_ambiguous(sandbox):
     sandbox.configure(latency_ms=1500)
     provider = build_provider("sandbox", Credentials("778", "t", sandbox.url))
     result = asyncio.run(_send(provider, OutboundMessage(45, "+5511900000005", "text", text="x"), timeout=0.3))
-    assert not result.ok and result.ambiguous
+    assert not result.ok and result.ambiguous and result.unavailable
     refused = build_provider("sandbox", Credentials("778", "t", "http://127.0.0.1:9"))
     down = asyncio.run(_send(refused, OutboundMessage(46, "+5511900000006", "text", text="x")))
     assert not down.ok and not down.ambiguous and "connection failed" in down.error_message
+    assert down.unavailable  # unreachable: an outage when every send finds it so
 
 
 def test_evolution_send_text_with_apikey_and_its_errors():
@@ -59,6 +64,8 @@ def test_evolution_send_text_with_apikey_and_its_errors():
             return web.json_response({"status": 401, "error": "Unauthorized"}, status=401)
         body = await request.json()
         seen.append({"instance": request.match_info["instance"], **body})
+        if body["number"].endswith("5"):  # the gateway down
+            return web.json_response({"status": 503, "error": "Service Unavailable"}, status=503)
         if body["number"].endswith("0"):
             return web.json_response({"status": 400, "error": "Bad Request", "response": {"message": [
                 {"exists": False, "jid": f"{body['number']}@s.whatsapp.net", "number": body["number"]}]}},
@@ -80,14 +87,17 @@ def test_evolution_send_text_with_apikey_and_its_errors():
             await _send(good, OutboundMessage(1, "+5511900000001", "text", text="Olá")),
             await _send(good, OutboundMessage(2, "+5511900000000", "text", text="Olá")),
             await _send(bad_key, OutboundMessage(3, "+5511900000003", "text", text="Olá")),
+            await _send(good, OutboundMessage(4, "+5511900000005", "text", text="Olá")),
         ]
         await runner.cleanup()
         return results
 
-    ok, not_on_whatsapp, unauthorized = asyncio.run(main())
+    ok, not_on_whatsapp, unauthorized, gateway_down = asyncio.run(main())
     assert ok.ok and ok.message_id == "3EB0ABC"
     assert seen[0] == {"instance": "loja1", "number": "5511900000001", "text": "Olá"}
     assert (not_on_whatsapp.ok, not_on_whatsapp.error_code) == (False, 131026)
     assert "exists" in not_on_whatsapp.error_message
     assert unauthorized.error_code == 190
+    assert not_on_whatsapp.unavailable is unauthorized.unavailable is False
+    assert (gateway_down.error_code, gateway_down.ambiguous, gateway_down.unavailable) == (None, True, True)
     assert not build_provider("evolution", Credentials("x", "k", "http://e")).supports("template")

@@ -314,9 +314,11 @@ def pause_for_error(conn: sa.Connection, campaign_id: uuid.UUID, reason: str, me
 
 
 def complete_if_done(conn: sa.Connection, campaign_id: uuid.UUID) -> bool:
-    """Completed is a query: nothing pending and nothing in flight."""
+    """Completed is a query: nothing pending and nothing in flight. A wait for the provider ends with it (its
+    last sends may have been settled by their status webhooks while the provider was down)."""
     return bool(conn.execute(sa.text("""
-        update campaigns set status = 'completed', completed_at = now(), updated_at = now()
+        update campaigns set status = 'completed', completed_at = now(), updated_at = now(),
+               provider_down_since = null, provider_probe_at = null
         where id = :c and status = 'running' and not exists (
             select 1 from campaign_recipients where campaign_id = :c and status in ('pending', 'sending'))
     """), {"c": campaign_id}).rowcount)

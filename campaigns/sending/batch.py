@@ -34,6 +34,7 @@ import sqlalchemy as sa
 from campaigns.control.lifecycle import pause_for_error
 from campaigns.infra.faultpoints import ANSWERED, CLAIMED, RECORDED, pause_point
 from campaigns.sending.error_codes import PAIR_LIMIT, THROUGHPUT_CODES, FailureClass, classify, escalated, pause_reason
+from campaigns.sending.outage import provider_verdict, record_verdict
 from campaigns.sending.providers import OutboundMessage, Provider, SendResult
 from campaigns.sending.providers.base import clean_result
 from campaigns.sending.ratelimit import (
@@ -70,7 +71,7 @@ CLAIM = sa.text("""
         where r.campaign_id = :campaign and r.status = 'pending'
           and (r.next_attempt_at is null or r.next_attempt_at <= now())
           and exists (select 1 from campaigns c where c.id = :campaign and c.status = 'running'
-                      and c.audience_frozen_at is not null)
+                      and c.audience_frozen_at is not null and (c.provider_probe_at is null or :probe))
         order by r.id
         limit :limit
         for update of r skip locked
@@ -215,8 +216,9 @@ class CampaignSpec:
         return max(1, min(batch_size, math.ceil(30 / step)))
 
 
-def claim(conn: sa.Connection, campaign_id: uuid.UUID, limit: int) -> list[Claimed]:
-    rows = conn.execute(CLAIM, {"campaign": campaign_id, "limit": limit}).all()
+def claim(conn: sa.Connection, campaign_id: uuid.UUID, limit: int, probe: bool = False) -> list[Claimed]:
+    """Claim up to `limit` due rows. While the campaign waits for its provider only a probe claims."""
+    rows = conn.execute(CLAIM, {"campaign": campaign_id, "limit": limit, "probe": probe}).all()
     return [
         Claimed(r.id, r.phone, r.attempts, r.name, r.attributes or {}, r.opted_out_at is not None,
                 contact_deleted=r.contact_exists is None, rate_tries=r.rate_tries, claimed_at=r.claimed_at)
@@ -349,6 +351,9 @@ async def deliver(
             result = SendResult(msg.recipient_id, False, error_message=f"{type(exc).__name__}: {exc}",
                                 ambiguous=True)
         results[msg.recipient_id] = result
+        if control.answered(spec.id, result):
+            log.warning("campaign %s: %d sends in a row found the provider unavailable (last: %s); sending stops "
+                        "until it answers again", spec.id, control.outage_failures, result.error_message)
         if not result.ok and not result.ambiguous and classify(result.error_code) is FailureClass.CAMPAIGN:
             control.stop(spec.id, "paused")  # stop this process's other sends now; the batch records it
         elif result.error_code in THROUGHPUT_CODES:
@@ -410,6 +415,9 @@ async def deliver(
                 await engine.limiter.refund(caps, credit)
             except Exception:  # the cap then counts a few unsent messages: fewer sent, never more
                 log.exception("could not give back %d unsent messages to the caps", credit)
+    if control.provider_down(spec.id):  # down when the batch ended: its unavailable answers are the outage's
+        return {rid: replace(res, outage=True) if res is not None and res.unavailable else res
+                for rid, res in results.items()}
     return results
 
 
@@ -440,10 +448,11 @@ def backoff(spec: CampaignSpec, attempt: int, rng: random.Random) -> timedelta:
 
 def outcome_for(
     spec: CampaignSpec, row: Claimed, result: SendResult | None, status_now: str, rng: random.Random,
-    escalate: frozenset[int] = frozenset(),
+    escalate: frozenset[int] = frozenset(), provider_down: bool = False,
 ) -> Outcome:
     """Pure decision for one recipient: the failure classes of errors.py turned into row changes
-    (`escalate`: codes this batch showed to be campaign-level, see errors.escalated)."""
+    (`escalate`: codes this batch showed to be campaign-level, see errors.escalated; `provider_down`: the
+    batch found its provider down, see provider_verdict)."""
     now = datetime.now(UTC)
     if result is None:  # never attempted: the campaign was paused or cancelled meanwhile
         return Outcome(row.id, "cancelled" if status_now == "cancelled" else "pending", attempts_delta=-1)
@@ -456,6 +465,11 @@ def outcome_for(
     if result.ambiguous:
         # It may have been accepted: leave it in `sending` for reconciliation; never resend blindly.
         return Outcome(row.id, "sending", code=result.error_code, message=result.error_message, entry=entry)
+    if provider_down and result.unavailable:
+        # The provider's outage, not the recipient's: due again as soon as the provider answers (the runner
+        # probes it meanwhile), and no attempt spent on it.
+        return Outcome(row.id, "pending", code=result.error_code, message=result.error_message, entry=entry,
+                       attempts_delta=-1)
     cls = classify(result.error_code, escalate)
     if cls is FailureClass.RECIPIENT:
         return Outcome(row.id, "failed", code=result.error_code, message=result.error_message, entry=entry, at=now)
@@ -563,11 +577,13 @@ def tally(outcomes: list[Outcome]) -> BatchCounts:
 Deliver = Callable[[list[OutboundMessage], datetime], dict[int, SendResult | None]]  # (messages, the claim's token)
 
 
-def send_batch(db: sa.Engine, deliver_fn: Deliver, spec: CampaignSpec, batch_size: int, headroom: float) -> BatchCounts:
-    """Claim up to `batch_size` pending rows of the campaign, send them, record the outcomes."""
+def send_batch(db: sa.Engine, deliver_fn: Deliver, spec: CampaignSpec, batch_size: int, headroom: float,
+               probe: bool = False) -> BatchCounts:
+    """Claim up to `batch_size` pending rows of the campaign, send them, record the outcomes. A `probe` sends
+    one row, to a provider the campaign waits for (campaigns/sending/outage.py)."""
     started = time.monotonic()
     with db.begin() as conn:
-        rows = claim(conn, spec.id, spec.claim_size(batch_size, headroom))
+        rows = claim(conn, spec.id, 1 if probe else spec.claim_size(batch_size, headroom), probe)
     if not rows:
         return BatchCounts()
     claimed_at = time.monotonic()
@@ -579,12 +595,15 @@ def send_batch(db: sa.Engine, deliver_fn: Deliver, spec: CampaignSpec, batch_siz
     pause_point(ANSWERED)
     delivered_at = time.monotonic()
     with db.connect() as conn:
-        status_now = conn.execute(sa.text("select status from campaigns where id = :c"), {"c": spec.id}).scalar_one()
+        status_now, waiting = conn.execute(sa.text("""
+            select status, provider_probe_at is not null from campaigns where id = :c
+        """), {"c": spec.id}).one()
     rng = random.Random()
     by_id = {r.id: r for r in rows}
     sent = [res for res in results.values() if res is not None and not res.cap_until]
     escalate = escalated([None if res.ok else res.error_code for res in sent])
-    outcomes = settled + [outcome_for(spec, by_id[rid], res, status_now, rng, escalate)
+    down = provider_verdict(sent, waiting)
+    outcomes = settled + [outcome_for(spec, by_id[rid], res, status_now, rng, escalate, bool(down))
                           for rid, res in results.items()]
     if status_now == "cancelled":  # cancel is final: what would wait for a retry is cancelled instead
         for o in outcomes:
@@ -597,12 +616,14 @@ def send_batch(db: sa.Engine, deliver_fn: Deliver, spec: CampaignSpec, batch_siz
         and classify(res.error_code, escalate) is FailureClass.CAMPAIGN
     ]
     capped = [res for res in results.values() if res is not None and res.cap_until and res.cap_pause]
-    tried = [res for res in sent if res.error_code not in THROUGHPUT_CODES | {PAIR_LIMIT}]
+    # The breaker counts neither rate refusals nor a provider that could not take the request (outage.py).
+    tried = [res for res in sent if res.error_code not in THROUGHPUT_CODES | {PAIR_LIMIT} and not res.unavailable]
     breaker = (sum(not res.ok for res in tried), any(res.ok for res in tried))
     for attempt in range(3):  # a deadlock with a concurrent ingest is retried; RECORD is idempotent
         try:
             with db.begin() as conn:
                 _record_and_pause(conn, spec, token, outcomes, campaign_errors, counts, capped)
+                record_verdict(conn, spec.id, down, sent, get_settings().provider_probe_max_seconds)
                 if not counts.paused_reason:
                     _circuit_breaker(conn, spec, outcomes, *breaker, counts)
             break
@@ -620,8 +641,9 @@ def _circuit_breaker(conn: sa.Connection, spec: CampaignSpec, outcomes: list[Out
                      any_ok: bool, counts: BatchCounts) -> None:
     """Count failed sends in a row (a success resets it); at the threshold, pause the campaign.
 
-    Rate refusals are not failures here (they slow down and retry). A batch is counted as a whole: a
-    success anywhere in it resets the count.
+    Rate refusals are not failures here (they slow down and retry), nor is a provider that could not take
+    the request (an outage is waited out: outage.py). A batch is counted as a whole: a success anywhere in
+    it resets the count.
     """
     threshold = get_settings().circuit_breaker_failures
     if not threshold or (not failed and not any_ok):

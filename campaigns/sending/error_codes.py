@@ -19,6 +19,9 @@ class FailureClass(StrEnum):
 
 
 TRANSIENT_CODES = frozenset({1, 2, 131000, 131016, 131057, 133004})
+# The provider itself could not take the request (downtime, overload, maintenance): for one recipient a
+# transient failure like any other, for every send of a campaign in a row an outage (sending.deliver).
+UNAVAILABLE_CODES = frozenset({2, 131016, 131057, 133004})
 OPTED_OUT = 131050  # the user stopped marketing messages: record the opt-out, never resend
 PAIR_LIMIT = 131056  # too many messages to this one recipient: only it waits
 THROUGHPUT_CODES = frozenset({130429, 80007, 4})  # the number's, the account's or the app's rate: slow down

@@ -138,6 +138,7 @@ class Remaining:
     waiting_retry: int  # pending rows with a future next_attempt_at
     unknown: int  # rows in `sending` (unknown outcome)
     next_retry_in: float | None
+    probe_in: float | None = None  # waiting for its provider: seconds to the next try (<= 0: now); None: not
 
 
 def remaining(db: sa.Engine, campaign_id: uuid.UUID) -> Remaining:
@@ -149,13 +150,15 @@ def remaining(db: sa.Engine, campaign_id: uuid.UUID) -> Remaining:
                    count(r.id) filter (where r.status = 'pending' and r.next_attempt_at > now()) as waiting,
                    count(r.id) filter (where r.status = 'sending') as unknown,
                    extract(epoch from min(r.next_attempt_at) filter (where r.status = 'pending'
-                                          and r.next_attempt_at > now()) - now()) as next_in
+                                          and r.next_attempt_at > now()) - now()) as next_in,
+                   extract(epoch from c.provider_probe_at - now()) as probe_in
             from campaigns c left join campaign_recipients r
                  on r.campaign_id = c.id and r.status in ('pending', 'sending')
-            where c.id = :c group by c.status
+            where c.id = :c group by c.status, c.provider_probe_at
         """), {"c": campaign_id}).one()
     return Remaining(row.status, row.due, row.waiting, row.unknown,
-                     float(row.next_in) if row.next_in is not None else None)
+                     float(row.next_in) if row.next_in is not None else None,
+                     float(row.probe_in) if row.probe_in is not None else None)
 
 
 def wave_plan(db: sa.Engine, campaign_id: uuid.UUID, batch_size: int, headroom: float, parallel: int

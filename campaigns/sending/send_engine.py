@@ -21,6 +21,7 @@ import redis.asyncio as aredis
 import sqlalchemy as sa
 
 from campaigns.sending.limit_history import LimitHistory
+from campaigns.sending.providers import SendResult
 from campaigns.sending.ratelimit import RateLimiter
 from campaigns.settings import Settings
 from campaigns.store.db import get_engine
@@ -33,13 +34,19 @@ class CampaignControl:
 
     In-flight sends consult it before each message, so a pause or cancel takes effect within about
     one poll interval, also for batches that already claimed their rows.
+
+    It also judges whether a campaign's provider is down: `outage_failures` answers in a row that found it
+    unavailable. All of a campaign's batches send through its runner's one engine, so the count sees every
+    send in the order the answers came, across parallel batches, and stops them all at once.
     """
 
-    def __init__(self, poll_seconds: float) -> None:
+    def __init__(self, poll_seconds: float, outage_failures: int) -> None:
         self.poll_seconds = poll_seconds
+        self.outage_failures = outage_failures
         self._status: dict[uuid.UUID, str] = {}
         self._stopped: dict[uuid.UUID, str] = {}  # local stops the database has not confirmed yet
         self._users: dict[uuid.UUID, int] = {}
+        self._unavailable: dict[uuid.UUID, int] = {}  # answers in a row that found the provider unavailable
 
     def register(self, campaign_id: uuid.UUID, status: str) -> None:
         self._users[campaign_id] = self._users.get(campaign_id, 0) + 1
@@ -61,6 +68,22 @@ class CampaignControl:
 
     def running(self, campaign_id: uuid.UUID) -> bool:
         return self.status(campaign_id) == "running"
+
+    def answered(self, campaign_id: uuid.UUID, result: SendResult) -> bool:
+        """Count a send's answer: one that found the provider unavailable adds to the campaign's run of them,
+        any other (a success, any other error: the provider took the request) ends it. From
+        `outage_failures` in a row the provider is down and the campaign's sends here stop (kept across
+        batches, so the runner's probe after a wait is judged at once). True when this answer made it so."""
+        if not result.unavailable:
+            self._unavailable.pop(campaign_id, None)
+            return False
+        n = self._unavailable[campaign_id] = self._unavailable.get(campaign_id, 0) + 1
+        if n >= self.outage_failures:
+            self.stop(campaign_id, "provider down")
+        return n == self.outage_failures
+
+    def provider_down(self, campaign_id: uuid.UUID) -> bool:
+        return self._unavailable.get(campaign_id, 0) >= self.outage_failures
 
     async def sleep_until(self, campaign_id: uuid.UUID, when: float, step: float = 0.25) -> bool:
         """Sleep until wall-clock `when`, waking at least every `step` seconds to notice a pause or
@@ -116,7 +139,7 @@ class SendEngine:
         pool = aredis.BlockingConnectionPool.from_url(settings.redis_url or "", max_connections=128, timeout=30)
         self.redis = aredis.Redis(connection_pool=pool)
         self.limiter = RateLimiter(self.redis, LimitHistory())
-        self.control = CampaignControl(settings.control_poll_seconds)
+        self.control = CampaignControl(settings.control_poll_seconds, settings.provider_outage_failures)
         self._poller: Future[None] = asyncio.run_coroutine_threadsafe(self.control.poll_forever(), self.loop)
 
     async def _make_session(self) -> aiohttp.ClientSession:

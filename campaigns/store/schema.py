@@ -113,6 +113,8 @@ campaigns = sa.Table(
     sa.Column("last_error_message", sa.Text),
     sa.Column("error_count", sa.Integer, nullable=False, server_default="0"),
     sa.Column("consecutive_failures", sa.Integer, nullable=False, server_default="0"),  # circuit breaker
+    sa.Column("provider_down_since", sa.DateTime(timezone=True)),  # waiting for its provider (outage.py)
+    sa.Column("provider_probe_at", sa.DateTime(timezone=True)),  # ...until then, then one message tries it
     sa.Column("relaunches", sa.SmallInteger, nullable=False, server_default="0"),  # runner lost, in a row
     sa.Column("flow_run_id", sa.Text),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),

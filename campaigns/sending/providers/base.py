@@ -51,6 +51,8 @@ class SendResult:
     retry_after: float | None = None
     cap_until: float | None = None  # not attempted: a cap of the number is full until then (Unix seconds)
     cap_pause: bool = False  # ...and it is one that pauses the campaign (Meta hour/day) rather than waits
+    unavailable: bool = False  # the provider could not take it (5xx, a Graph "service unavailable", unreachable)
+    outage: bool = False  # ...and the provider was judged down when the batch ended (sending.deliver)
 
 
 def redact(text: str, secret: str) -> str:
@@ -140,7 +142,7 @@ async def post_json(
     """POST a JSON body; a transport failure comes back as a failed SendResult with its class.
 
     A timeout or a broken connection after the request left is ambiguous (the provider may have
-    accepted it); a connection that never opened is not.
+    accepted it); a connection that never opened is not. Each of them says the provider is unavailable.
     """
     data = json.dumps(body, ensure_ascii=False).encode()
     try:
@@ -149,11 +151,13 @@ async def post_json(
             status = resp.status
             retry_after = resp.headers.get("Retry-After")
     except TimeoutError:
-        return SendResult(recipient_id, False, error_message="timeout waiting for the provider", ambiguous=True)
+        return SendResult(recipient_id, False, error_message="timeout waiting for the provider", ambiguous=True,
+                          unavailable=True)
     except aiohttp.ClientConnectorError as exc:
-        return SendResult(recipient_id, False, error_message=f"connection failed: {exc.os_error}")
+        return SendResult(recipient_id, False, error_message=f"connection failed: {exc.os_error}", unavailable=True)
     except aiohttp.ClientError as exc:
-        return SendResult(recipient_id, False, error_message=f"transport error: {exc}", ambiguous=True)
+        return SendResult(recipient_id, False, error_message=f"transport error: {exc}", ambiguous=True,
+                          unavailable=True)
     try:
         payload: Any = json.loads(raw)
     except ValueError:

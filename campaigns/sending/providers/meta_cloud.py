@@ -6,7 +6,7 @@ from typing import Any
 
 import aiohttp
 
-from campaigns.sending.error_codes import AMBIGUOUS_CODES
+from campaigns.sending.error_codes import AMBIGUOUS_CODES, UNAVAILABLE_CODES
 from campaigns.sending.providers.base import Credentials, OutboundMessage, SendResult, graph_code, post_json, redact
 
 
@@ -65,7 +65,8 @@ class MetaCloudProvider:
         code, message = graph_error(payload)
         ambiguous = code in AMBIGUOUS_CODES or (code is None and status >= 500)
         return SendResult(msg.recipient_id, False, None, code, redact(message, self.token) or f"HTTP {status}", status,
-                          ambiguous, reply.retry_after)
+                          ambiguous, reply.retry_after,
+                          unavailable=code in UNAVAILABLE_CODES or (code is None and status >= 500))
 
 
 class SandboxProvider(MetaCloudProvider):
