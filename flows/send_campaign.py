@@ -12,7 +12,6 @@ campaign's outcome (flows/console.py): a paused campaign suspends the run, and R
 from __future__ import annotations
 
 import logging
-import math
 import time
 import uuid
 from contextlib import nullcontext
@@ -40,8 +39,6 @@ from flows import console
 from tasks.artifacts import publish_summary
 from tasks.send import prepare_campaign, reconcile_unknown, send_batch
 
-MAX_IDLE_SLEEP = 5.0
-MAX_FAILED_WAVES = 3
 LOG_EVERY_SECONDS = 10.0  # one line of sending figures at most this often (a slow campaign's waves are many)
 
 
@@ -180,26 +177,25 @@ def _send(campaign_id: uuid.UUID, log: Any, buttons: console.ButtonWatcher, held
             log.warning("the runner lock's connection to Postgres died; the lock was taken again and sending goes on")
         reconcile_unknown(campaign_id)
         left = runner.remaining(db, campaign_id)
-        if left.status != "running":
+        step = runner.next_step(left, wave_cap, settings.batch_size, settings.reconcile_grace_seconds)
+        provider_said = provider_said and left.probe_in is not None
+        if step.action == "finish":
             break
-        if left.due and left.probe_in is not None and left.probe_in > 0:  # the provider is down (sending/outage.py)
+        if step.action == "wait_for_provider":
             if not provider_said:
                 figures.flush(force=True)
                 log.warning("the provider is unavailable: waiting for it, one message tries it again in %.0f s, "
                             "then at growing intervals; %d recipients wait to be sent", left.probe_in, left.due)
                 provider_said = True
-            buttons.wait(min(MAX_IDLE_SLEEP, left.probe_in))
+            buttons.wait(step.seconds)
             continue
-        provider_said = provider_said and left.probe_in is not None
-        if left.due:
-            probe = left.probe_in is not None  # one row tries the provider the campaign waits for
-            n = 1 if probe else min(math.ceil(left.due / settings.batch_size), wave_cap)
+        if step.action == "send":
             # Leases are renewed while held; a crashed worker's slots come back within 60 s. A probe, one
             # message, takes no slot: waiting for one (seconds at times) would only delay the recovery.
-            slots = nullcontext() if probe else concurrency(limit_name, occupy=slots_for_run(), lease_duration=60)
+            slots = nullcontext() if step.probe else concurrency(limit_name, occupy=slots_for_run(), lease_duration=60)
             with slots:
-                futures = send_batch.map(campaign_id, range(batch_no, batch_no + n), probe=probe)
-                batch_no += n
+                futures = send_batch.map(campaign_id, range(batch_no, batch_no + step.batches), probe=step.probe)
+                batch_no += step.batches
                 for future in as_completed(futures):
                     update_progress_artifact(artifact, _progress(campaign_id)[0])
                     counts = future.result(raise_on_failure=False)  # its state as read back may lag
@@ -207,21 +203,17 @@ def _send(campaign_id: uuid.UUID, log: Any, buttons: console.ButtonWatcher, held
                         figures.add(counts)
             figures.flush()
             failed = [f for f in futures if f.state.is_failed()]
-            failed_waves = failed_waves + 1 if len(failed) == len(futures) else 0
-            if failed_waves >= MAX_FAILED_WAVES:  # e.g. the credentials block is gone: stop, don't spin
+            failed_waves = runner.failed_waves_after(failed_waves, len(failed), len(futures))
+            if failed_waves >= runner.MAX_FAILED_WAVES:  # e.g. the credentials block is gone: stop, don't spin
                 failed[0].result()  # raises the batches' own error
             continue
-        if not left.waiting_retry and not left.unknown:
-            break
-        # Only future retries or unknown outcomes inside their grace period: wait for the nearest.
-        said = (left.waiting_retry, left.unknown)
+        said = (left.waiting_retry, left.unknown)  # only future retries or unknown outcomes: wait for the nearest
         if said != waiting_said:
             figures.flush(force=True)
             log.info("waiting: %d recipients for a retry (next in %.0f s), %d sends of unknown outcome for their "
                      "status webhook", left.waiting_retry, left.next_retry_in or 0, left.unknown)
             waiting_said = said
-        waits = [w for w in (left.next_retry_in, settings.reconcile_grace_seconds if left.unknown else None) if w]
-        buttons.wait(min([MAX_IDLE_SLEEP, *waits]))
+        buttons.wait(step.seconds)
     figures.flush(force=True)
     with db.begin() as conn:
         lifecycle.complete_if_done(conn, campaign_id)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 
@@ -159,6 +160,46 @@ def remaining(db: sa.Engine, campaign_id: uuid.UUID) -> Remaining:
     return Remaining(row.status, row.due, row.waiting, row.unknown,
                      float(row.next_in) if row.next_in is not None else None,
                      float(row.probe_in) if row.probe_in is not None else None)
+
+
+MAX_IDLE_SLEEP = 5.0  # a waiting run looks again at least this often (a resume, a new due row)
+MAX_FAILED_WAVES = 3  # waves in a row whose every batch failed (e.g. the credentials block is gone): stop
+
+
+@dataclass(frozen=True)
+class Step:
+    """What the run does next: `send` `batches` batches at once, `wait` `seconds`, or `finish`."""
+
+    action: Literal["send", "wait", "wait_for_provider", "finish"]
+    batches: int = 0
+    seconds: float = 0.0
+    probe: bool = False  # the one message that tries a provider the campaign waits for (sending/outage.py)
+
+
+def next_step(left: Remaining, wave_cap: int, batch_size: int, grace_seconds: float) -> Step:
+    """The run's decision after each wave, from what is left: due rows are sent in as many batches as they
+    fill (at most `wave_cap`); while the provider is down, one message tries it when its probe is due and
+    the run waits for it otherwise; with only future retries or sends of unknown outcome it waits for the
+    nearest (a retry's time, or the reconcile grace); no wait is longer than MAX_IDLE_SLEEP. Otherwise it is
+    done (the campaign is no longer running, or nothing is left)."""
+    if left.status != "running":
+        return Step("finish")
+    if left.due and left.probe_in is not None:
+        if left.probe_in > 0:
+            return Step("wait_for_provider", seconds=min(MAX_IDLE_SLEEP, left.probe_in))
+        return Step("send", batches=1, probe=True)
+    if left.due:
+        return Step("send", batches=min(math.ceil(left.due / batch_size), wave_cap))
+    if not left.waiting_retry and not left.unknown:
+        return Step("finish")
+    waits = [w for w in (left.next_retry_in, grace_seconds if left.unknown else None) if w]
+    return Step("wait", seconds=min([MAX_IDLE_SLEEP, *waits]))
+
+
+def failed_waves_after(failed_waves: int, failed_batches: int, batches: int) -> int:
+    """Waves in a row whose every batch failed: a wave with one good batch starts the count again. The run
+    stops (raising the batches' own error) at MAX_FAILED_WAVES rather than spin on a broken number."""
+    return failed_waves + 1 if batches and failed_batches == batches else 0
 
 
 def wave_plan(db: sa.Engine, campaign_id: uuid.UUID, batch_size: int, headroom: float, parallel: int
