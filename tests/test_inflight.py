@@ -144,7 +144,7 @@ def test_caps_rebuilt_after_a_redis_loss_count_rows_in_flight_but_not_rows_never
 
     history = LimitHistory(db)
 
-    assert history.cap_used(number_key("sandbox", phone_number_id(db, number)), since) == 3  # was 0
+    assert history.caps_used(number_key("sandbox", phone_number_id(db, number)), [since]) == [3]  # was 0
     assert sorted(history.portfolio_used(str(portfolio), since)) == sorted(r.phone for r in in_flight)  # was none
 
 
