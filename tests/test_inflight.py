@@ -8,10 +8,13 @@ records them; the caps rebuilt after a Redis loss count marked rows. tests/test_
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+import redis
+import redis.asyncio as aredis
 import sqlalchemy as sa
 
 from blocks.whatsapp import load_credentials
@@ -22,8 +25,9 @@ from campaigns.sending import batch as sending
 from campaigns.sending import runner
 from campaigns.sending.engine_process import get_engine_client
 from campaigns.sending.limit_history import LimitHistory
-from campaigns.sending.ratelimit import number_key
+from campaigns.sending.ratelimit import Cap, LimitUsage, RateLimiter, number_key
 from campaigns.sending.reconcile import reconcile
+from campaigns.settings import get_settings
 from tests.helpers import (
     add_contacts,
     add_sandbox_number,
@@ -146,8 +150,47 @@ def test_caps_rebuilt_after_a_redis_loss_count_rows_in_flight_but_not_rows_never
 
     history = LimitHistory(db)
 
-    assert history.cap_used(number_key("sandbox", phone_number_id(db, number)), since) == 3  # was 0
+    assert history.caps_used(number_key("sandbox", phone_number_id(db, number)), [since]) == [3]  # was 0
     assert sorted(history.portfolio_used(str(portfolio), since)) == sorted(r.phone for r in in_flight)  # was none
+
+
+def test_a_cap_lost_while_a_batch_waits_for_its_slots_still_counts_what_the_batch_sends(db, org, sandbox):
+    """A batch takes from the number's caps just before it marks its rows, not while it queues for its slots:
+    a counter Redis lost meanwhile, rebuilt from Postgres by another campaign's take, then counts them."""
+    cid, number, rows = _claimed(db, org, sandbox, 6, start=8160)
+    with db.begin() as conn:
+        lifecycle.set_number_limits(conn, org, number, {"per_hour": 100})
+    spec, provider, credentials = runner.load_spec(db, cid, load_credentials)
+    messages, _ = sending.prepare(spec, rows)
+    [hour] = spec.caps()
+    client = redis.Redis.from_url(get_settings().redis_url or "")
+    number_rate = spec.limits(get_settings().rate_headroom)[0].key
+    engine = get_engine_client()
+    assert engine.deliver(provider, credentials, spec, [], rows[0].claimed_at) == {}  # its process is up
+    seconds, micros = client.time()
+    busy_until = (seconds + 3) * 1_000_000 + micros  # the number's next 3 s are another campaign's
+    client.set(number_rate, busy_until, px=60_000)
+
+    with ThreadPoolExecutor(1) as pool:
+        batch = pool.submit(engine.deliver, provider, credentials, spec, messages, rows[0].claimed_at)
+        wait_for(lambda: int(client.get(number_rate) or 0) > busy_until, message="the batch never reserved its slots")
+        client.delete(f"{hour.key}:{client.time()[0] // hour.window_s}")  # Redis lost the hour's counter
+        assert _take_one(db, hour).count == 1  # another campaign on the number rebuilds the hour from Postgres
+        results = batch.result(timeout=60)
+
+    assert all(result is not None and result.ok for result in results.values())
+    assert LimitUsage(client).caps([hour])[0][0] == 7  # was 1: the batch's 6, taken before the loss, uncounted
+
+
+def _take_one(db, cap: Cap):
+    async def take():
+        client = aredis.Redis.from_url(get_settings().redis_url or "")
+        try:
+            return await RateLimiter(client, LimitHistory(db)).take([cap], 1)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(take())
 
 
 def test_the_scheduler_cancels_a_cancelled_campaigns_never_sent_rows_at_once(db, org, sandbox):

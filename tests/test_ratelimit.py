@@ -49,6 +49,24 @@ def test_a_campaign_cap_and_a_number_rate_hold_together():
     assert b.slots()[0] >= a.slots()[-1] + 0.001 - 1e-6
 
 
+def test_a_key_redis_lost_goes_on_after_the_slots_already_reserved_on_it():
+    """Redis restarted without its data (or flushed) while slots reserved on the key are still being sent:
+    the next reservation comes after them, so the number is never asked for more than its rate."""
+
+    async def main():
+        client = aredis.Redis.from_url(os.environ["REDIS_URL"])
+        limiter = RateLimiter(client)
+        limit = Limit(f"rl:test:lost:{os.getpid()}", 100_000.0)  # 10 per second
+        before = await limiter.reserve([limit], 20)  # two seconds of sending
+        await client.delete(limit.key)  # all Redis knew of it, lost
+        after = await limiter.reserve([limit], 5)
+        await client.aclose()
+        return before, after
+
+    before, after = _run(main())
+    assert after.start >= before.slots()[-1] + 0.1 - 1e-6  # was at once: 20 messages in flight at twice the rate
+
+
 def test_chunks_are_small_for_slow_limits():
     assert chunk_size([Limit("k", 2_000_000)], 100) == 1
     assert chunk_size([Limit("k", 1_000)], 100) == 100

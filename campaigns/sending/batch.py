@@ -278,9 +278,9 @@ def clean_results(results: dict[int, SendResult | None]) -> dict[int, SendResult
     return cleaned
 
 
-# A chunk is marked in flight this long before its first slot, so the commit (a few ms) is done when the slot
-# comes and costs no slot; a kill then leaves at most about a chunk (CHUNK_SECONDS of sending) per batch
-# marked without having been sent, waiting the grace period.
+# A chunk takes its caps and is marked in flight this long before its first slot, so the commit (a few ms) is
+# done when the slot comes and costs no slot; a kill then leaves at most about a chunk (CHUNK_SECONDS of
+# sending) per batch marked without having been sent, waiting the grace period.
 MARK_LEAD_SECONDS = 0.1
 
 
@@ -295,15 +295,13 @@ class InFlightMarks:
     """The batch's rows marked in flight. Nothing is sent before its mark has committed: a request written
     to the socket first would look never-sent to recovery, and be sent twice."""
 
-    def __init__(self, engine: SendEngine, campaign_id: uuid.UUID, claimed_at: datetime) -> None:
-        self.engine, self.campaign_id, self.claimed_at = engine, campaign_id, claimed_at
+    def __init__(self, claimed_at: datetime) -> None:
+        self.claimed_at = claimed_at
         self.marked: set[int] = set()
 
-    async def mark_next(self, queue: deque[OutboundMessage], n: int, first_slot: float) -> bool:
-        """Mark the next `n` messages of the queue just before `first_slot`; messages whose rows this claim
-        lost leave the queue unsent. False when sending must stop (the campaign stopped, Postgres away)."""
-        if not await self.engine.control.sleep_until(self.campaign_id, first_slot - MARK_LEAD_SECONDS):
-            return False
+    async def mark_next(self, queue: deque[OutboundMessage], n: int) -> bool:
+        """Mark the next `n` messages of the queue; messages whose rows this claim lost leave the queue
+        unsent. False when sending must stop (Postgres away)."""
         ids = [m.recipient_id for m in itertools.islice(queue, n) if m.recipient_id not in self.marked]
         if not ids:
             return True
@@ -334,9 +332,15 @@ async def deliver(
     concurrently. A slot the loop woke too late for is skipped (sending then would bunch with the next
     slots and overshoot the number's rate): its message takes the next slot instead. Each chunk's rows are
     marked in flight, committed, before its first request (InFlightMarks; `claimed_at` is the claim's token).
+
+    A chunk takes what it sends from the number's caps and its portfolio's window just before its rows are
+    marked, and gives back what it did not send when it ends. A counter Redis lost is rebuilt from the rows
+    sent and marked (limit_history), so no take is unmarked longer than a mark's commit, and a batch waiting
+    for its slots holds none (taken earlier, a dozen batches' chunks were uncounted after a Redis loss, and
+    at a pausing cap they were given back after the campaign had paused, leaving the window under-used).
     """
     control = engine.control
-    marks = InFlightMarks(engine, spec.id, claimed_at)
+    marks = InFlightMarks(claimed_at)
     control.register(spec.id, "running")
     limits = spec.limits(engine.settings.rate_headroom)
     results: dict[int, SendResult | None] = {m.recipient_id: None for m in messages}
@@ -367,32 +371,39 @@ async def deliver(
 
     caps = spec.caps()
     portfolio = spec.portfolio()
-    credit = 0  # taken from the caps' windows and not yet spent on a send
+    credit = 0  # taken from the caps' windows for this chunk and not yet spent on a send
+
+    async def give_back() -> None:
+        nonlocal credit
+        if caps and credit > 0:
+            try:
+                await engine.limiter.refund(caps, credit)
+            except Exception:  # the cap then counts a few unsent messages: fewer sent, never more
+                log.exception("could not give back %d unsent messages to the caps", credit)
+        credit = 0
+
     try:
         while queue and control.running(spec.id):
             n = chunk_size(limits, len(queue))
             try:
-                if caps:
-                    if credit < n:
-                        grant = await engine.limiter.take(caps, n - credit)
-                        credit += grant.count
-                        if credit == 0:
-                            _cap_reached(results, queue, grant)
-                            break
-                    n = min(n, credit)
-                if portfolio:
-                    grant = await engine.limiter.admit(portfolio, [m.to for m in itertools.islice(queue, n)])
-                    if grant.count == 0:
-                        _cap_reached(results, queue, grant)
-                        break
-                    n = grant.count
                 reservation = await engine.limiter.reserve(limits, n)
+                if not await control.sleep_until(spec.id, reservation.start - MARK_LEAD_SECONDS):
+                    break
+                grant = Grant(n)
+                if caps:
+                    grant = await engine.limiter.take(caps, n)
+                    credit = grant.count
+                if portfolio and grant.count:
+                    grant = await engine.limiter.admit(portfolio, [m.to for m in itertools.islice(queue, grant.count)])
             except Exception:  # Redis unreachable: stop starting sends; the rest go back to pending
                 log.exception("rate limiter unavailable; %d messages not sent in this batch", len(queue))
                 break
-            if not await marks.mark_next(queue, n, reservation.start):
+            if grant.count == 0:
+                _cap_reached(results, queue, grant)
                 break
-            for when in reservation.slots():
+            if not await marks.mark_next(queue, grant.count):
+                break
+            for when in reservation.slots()[:grant.count]:
                 # Sleep only when the slot is ahead: timer wake-ups cost ~1 ms, as much as a slot at
                 # 1,000 msg/s, so slots already due are sent back to back rather than slept for.
                 if when > time.time() and not await control.sleep_until(spec.id, when):
@@ -407,14 +418,11 @@ async def deliver(
                 credit -= 1
                 if not queue:
                     break
+            await give_back()  # slots woken too late, rows lost: the next chunk takes what it sends
     finally:
         await asyncio.gather(*inflight, return_exceptions=True)
         control.unregister(spec.id)
-        if caps and credit > 0:
-            try:
-                await engine.limiter.refund(caps, credit)
-            except Exception:  # the cap then counts a few unsent messages: fewer sent, never more
-                log.exception("could not give back %d unsent messages to the caps", credit)
+        await give_back()
     if control.provider_down(spec.id):  # down when the batch ended: its unavailable answers are the outage's
         return {rid: replace(res, outage=True) if res is not None and res.unavailable else res
                 for rid, res in results.items()}

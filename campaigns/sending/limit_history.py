@@ -6,6 +6,8 @@ exceed its tier. The recipients' rows are the durable truth: a message reached t
 sent_at or failed_at, and may have when it is in `sending` and marked in flight (`in_flight_at`, written
 before its request can leave): those count from their mark. So when the limiter finds a window's counter
 missing, it is seeded from them. Rows in `sending` not marked were claimed and never sent: not counted.
+A chunk takes from the caps just before it marks its rows (sending.deliver), so every message the lost
+counter held is in these rows, but for the milliseconds of a mark's commit.
 """
 
 from __future__ import annotations
@@ -29,8 +31,12 @@ _SENDS = """
     where {number} and r.status = 'sending' and r.in_flight_at >= :since
 """
 
-CAP_USED = sa.text("select count(*) from ("
-                   + _SENDS.format(number="n.provider = :provider and n.phone_number_id = :pnid") + ") s")
+# Counted for several windows at once (a number's minute, hour and day), each from its start.
+CAPS_USED = sa.text("""
+    select count(s.at) from unnest(cast(:starts as timestamptz[])) with ordinality as w(since, i)
+    left join (""" + _SENDS.format(number="n.provider = :provider and n.phone_number_id = :pnid") + """) s
+    on s.at >= w.since group by w.i order by w.i
+""")
 
 PORTFOLIO_USED = sa.text("select s.phone, extract(epoch from max(s.at)) from ("
                          + _SENDS.format(number="n.portfolio_id = :pf") + ") s group by s.phone")
@@ -46,12 +52,13 @@ class LimitHistory:
     def db(self) -> sa.Engine:
         return self._db or get_engine()
 
-    def cap_used(self, number_key: str, since: float) -> int:
-        """Messages of the physical number (`provider:phone_number_id`) sent since `since` (Unix s)."""
+    def caps_used(self, number_key: str, since: list[float]) -> list[int]:
+        """Messages of the physical number (`provider:phone_number_id`) sent since each of `since` (Unix s)."""
         provider, pnid = number_key.split(":", 1)
+        starts = [datetime.fromtimestamp(s, UTC) for s in since]
+        params = {"provider": provider, "pnid": pnid, "starts": starts, "since": min(starts)}
         with self.db.connect() as conn:
-            return int(conn.execute(CAP_USED, {"provider": provider, "pnid": pnid,
-                                               "since": datetime.fromtimestamp(since, UTC)}).scalar_one())
+            return [int(count) for count in conn.execute(CAPS_USED, params).scalars()]
 
     def portfolio_used(self, portfolio_id: str, since: float) -> dict[str, float]:
         """Each recipient of the portfolio's numbers since `since`, with the time of its last message."""

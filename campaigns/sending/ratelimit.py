@@ -13,6 +13,12 @@ a few milliseconds). Two campaigns on one number interleave their slots; none ca
 more than the number's rate, and there is no burst at a window edge because there are no windows.
 A chunk is at most ~50 ms of sending, so a pause never strands many reserved slots.
 
+Redis restarted without its data (or flushed) loses every TAT while the slots already reserved are still
+being sent: starting a key again from "now" would ask the number for twice its rate until they are done
+(Meta answers 130429). So each limiter remembers the TAT it last saw on each key and passes it along: a key
+Redis no longer has goes on from there. One process knows only its own reservations and those made before
+its last one; what another process on the same number reserved after that is not known.
+
 Caps (a number's messages per minute, hour or day; Evolution's soft 1,000 an hour) are counters in fixed
 UTC windows, taken atomically for a whole chunk by a second script (`TAKE`): it grants as many as every
 window still has room for and says when the tightest full window ends. What a chunk took but did not send
@@ -47,15 +53,18 @@ for i = 1, #KEYS do
 end
 local start = now
 for i = 1, #KEYS do
-  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  -- a key Redis lost (restarted without its data, flushed) goes on from the TAT the caller last saw on it
+  local tat = tonumber(redis.call('GET', KEYS[i]) or ARGV[#KEYS + i + 1])
   if tat > start then start = tat end
 end
+local tats = {string.format('%.0f', start), string.format('%.0f', step)}
 for i = 1, #KEYS do
   local tat = start + (n - 1) * step + iv[i]
   local ttl = math.ceil((tat - now) / 1000) + 60000
-  redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', ttl)
+  tats[i + 2] = string.format('%.0f', tat)
+  redis.call('SET', KEYS[i], tats[i + 2], 'PX', ttl)
 end
-return {string.format('%.0f', start), string.format('%.0f', step)}
+return tats
 """
 
 TAKE = """
@@ -66,12 +75,18 @@ local grant = want
 local until_ = 0
 local which = 0
 local keys = {}
+-- windows Redis has no counter for (new, or its state was lost): -1, then each one's index and start; the
+-- caller seeds them all from Postgres first
+local missing = {-1}
 for i = 1, #KEYS do
   local window = tonumber(ARGV[2 * i + 1])
   local bucket = math.floor(now / window)
-  -- a window Redis has no counter for (new, or its state was lost): the caller seeds it from Postgres first
-  if redis.call('EXISTS', KEYS[i] .. ':' .. bucket) == 0 then return {-1, bucket * window, i} end
+  if redis.call('EXISTS', KEYS[i] .. ':' .. bucket) == 0 then
+    missing[#missing + 1] = i
+    missing[#missing + 1] = bucket * window
+  end
 end
+if #missing > 1 then return missing end
 for i = 1, #KEYS do
   local limit = tonumber(ARGV[2 * i])
   local window = tonumber(ARGV[2 * i + 1])
@@ -282,7 +297,7 @@ def chunk_size(limits: list[Limit], remaining: int) -> int:
 class History(Protocol):
     """Where the caps and the portfolio window are rebuilt from when Redis has lost them (limit_history)."""
 
-    def cap_used(self, number_key: str, since: float) -> int: ...
+    def caps_used(self, number_key: str, since: list[float]) -> list[int]: ...
     def portfolio_used(self, portfolio_id: str, since: float) -> dict[str, float]: ...
 
 
@@ -294,14 +309,24 @@ class RateLimiter:
         self._slow = client.register_script(SLOW_DOWN)
         self._admit = client.register_script(ADMIT)
         self._refund = client.register_script(REFUND)
+        self._tats: dict[str, int] = {}  # the TAT (Redis' clock, µs) last seen on each key: see the module doc
 
     async def reserve(self, limits: list[Limit], n: int) -> Reservation:
         if not limits or n <= 0:
             return Reservation(time.time(), 0.0, max(n, 0))
-        start_us, step_us = await self._script(
-            keys=[limit.key for limit in limits], args=[n, *(f"{limit.interval_us:.3f}" for limit in limits)]
-        )
+        keys = [limit.key for limit in limits]
+        intervals = [f"{limit.interval_us:.3f}" for limit in limits]
+        last_seen = [self._tats.get(key, 0) for key in keys]
+        start_us, step_us, *tats = await self._script(keys=keys, args=[n, *intervals, *last_seen])
+        self._remember(dict(zip(keys, map(int, tats), strict=True)))
         return Reservation(int(start_us) / 1_000_000, int(step_us) / 1_000_000, n)
+
+    def _remember(self, tats: dict[str, int]) -> None:
+        """Keep each key's latest TAT (replies of concurrent calls may come back out of order) while it is
+        ahead: one already past adds nothing to "now" if Redis loses the key."""
+        now_us = time.time() * 1_000_000
+        latest = {key: max(tat, self._tats.get(key, 0)) for key, tat in tats.items()}
+        self._tats = {key: tat for key, tat in {**self._tats, **latest}.items() if tat > now_us}
 
     async def slow_down(self, limit: Limit) -> tuple[bool, float]:
         """Meta said 130429 (throughput): slow this number down by SLOW_FACTOR, down to SLOW_FLOOR; it
@@ -324,29 +349,35 @@ class RateLimiter:
         return Grant(int(count), float(until), portfolio.cap if int(count) < len(phones) else None)
 
     async def take(self, caps: list[Cap], n: int) -> Grant:
-        """Take up to `n` messages from every cap's current window at once."""
+        """Take up to `n` messages from every cap's current window at once (the caps of one number)."""
         if not caps or n <= 0:
             return Grant(max(n, 0))
         args: list[int] = [n]
         for cap in caps:
             args += [cap.limit, cap.window_s]
         while True:
-            count, until, which = await self._take(keys=[cap.key for cap in caps], args=args)
-            if int(count) >= 0:
+            answer = await self._take(keys=[cap.key for cap in caps], args=args)
+            if int(answer[0]) >= 0:
                 break
-            await self._seed_cap(caps[int(which) - 1], int(until))
-        return Grant(int(count), float(until), caps[int(which) - 1] if int(which) else None)
+            missing = zip(answer[1::2], answer[2::2], strict=True)
+            await self._seed_caps({caps[int(i) - 1]: int(start) for i, start in missing})
+        count, until, which = map(int, answer)
+        return Grant(count, float(until), caps[which - 1] if which else None)
 
     async def refund(self, caps: list[Cap], n: int) -> None:
         """Give back what was taken but not sent (a pause, a late slot), if its window is still current."""
         if caps and n > 0:
             await self._refund(keys=[cap.key for cap in caps], args=[n, *(cap.window_s for cap in caps)])
 
-    async def _seed_cap(self, cap: Cap, window_start: int) -> None:
-        """A cap's window has no counter: start it at what Postgres says the number sent in it (NX: a
-        concurrent seeder or taker that came first wins)."""
-        used = await asyncio.to_thread(self._history.cap_used, cap.number, window_start) if self._history else 0
-        await self._client.set(f"{cap.key}:{window_start // cap.window_s}", used, nx=True, ex=cap.window_s * 2)
+    async def _seed_caps(self, windows: dict[Cap, int]) -> None:
+        """Caps' windows (and when each started) with no counter: start each at what Postgres says the number
+        sent in it, read in one query (NX: a concurrent seeder or taker that came first wins)."""
+        used = [0] * len(windows)
+        if self._history:
+            number = next(iter(windows)).number
+            used = await asyncio.to_thread(self._history.caps_used, number, [float(s) for s in windows.values()])
+        for (cap, start), count in zip(windows.items(), used, strict=True):
+            await self._client.set(f"{cap.key}:{start // cap.window_s}", count, nx=True, ex=cap.window_s * 2)
 
     async def _rebuild_portfolio(self, portfolio: PortfolioLimit, since: float) -> None:
         """The portfolio's 24 h window is gone from Redis: put back each recipient messaged in it, at the time
