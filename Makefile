@@ -18,8 +18,10 @@ sync: .venv/.synced
 demo: sync
 	$(UV) run --locked campaigns demo
 
+# The import contract (tests/test_layout.py: the README's layout table) runs alone, without the test services.
 lint: sync
 	$(UV) run --locked ruff check .
+	$(UV) run --locked pytest --noconftest -p no:cacheprovider -q tests/test_layout.py
 
 # Two workers (pytest-xdist), each with its own database, Redis db and Prefect server (tests/conftest.py): most
 # tests wait on flows, sandboxes and timers rather than on the two cores. Each `campaigns serve` module stays on

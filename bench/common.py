@@ -37,11 +37,11 @@ def fresh_services(db_name: str = "campaigns_bench") -> None:
 
 
 def new_org(name: str = "bench") -> uuid.UUID:
-    from campaigns.control import lifecycle
+    from campaigns.control import tenancy
     from campaigns.store.db import get_engine
 
     with get_engine().begin() as conn:
-        return lifecycle.add_org(conn, f"{name}-{uuid.uuid4().hex[:8]}")
+        return tenancy.add_org(conn, f"{name}-{uuid.uuid4().hex[:8]}")
 
 
 def bulk_contacts(org: uuid.UUID, n: int) -> None:

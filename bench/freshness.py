@@ -51,7 +51,8 @@ def run(mps: int, recipients: int) -> dict[str, float]:
 
     from campaigns.infra.asgi_thread import ThreadedServer
     from campaigns.store.db import get_engine
-    from campaigns.webhooks.receiver import KnownSecrets, create_app
+    from campaigns.webhook_app import create_app
+    from campaigns.webhooks.receiver import KnownSecrets
     from flows.send_campaign import send_campaign
 
     db = get_engine()

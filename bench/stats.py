@@ -107,7 +107,7 @@ def build(db: sa.Engine, org: uuid.UUID, n: int, other: int) -> uuid.UUID:
 
 def measure(db: sa.Engine, timer: StatementTimer, org: uuid.UUID, cid: uuid.UUID, label: str,
             repeats: int) -> None:
-    from campaigns.control import lifecycle
+    from campaigns.control import lifecycle, tenancy
     from campaigns.reporting import stats
     from campaigns.settings import get_settings
 
@@ -115,7 +115,7 @@ def measure(db: sa.Engine, timer: StatementTimer, org: uuid.UUID, cid: uuid.UUID
     breakdown: dict[str, list[tuple[str, float]]] = {}
     with db.connect() as conn:
         campaign = lifecycle.get(conn, org, cid)
-        number = lifecycle.get_number(conn, org, campaign["whatsapp_number_id"])
+        number = tenancy.get_number(conn, org, campaign["whatsapp_number_id"])
         for _ in range(repeats):
             for name in ("stats", "progress"):
                 timer.times.clear()

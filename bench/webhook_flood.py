@@ -25,7 +25,8 @@ from bench.webhooks import SECRET, cpu_seconds, free_port, load, signed_bodies, 
 
 
 def make_app(n_secrets: int) -> Any:
-    from campaigns.webhooks.receiver import KnownSecrets, create_app
+    from campaigns.webhook_app import create_app
+    from campaigns.webhooks.receiver import KnownSecrets
 
     others = [f"other-app-secret-{i}".encode() for i in range(n_secrets - 1)]
     return create_app(os.environ["DATABASE_URL"], KnownSecrets(app_secrets=[SECRET.encode(), *others]))

@@ -1,6 +1,6 @@
 """The webhook receiver on loopback: accepted webhooks per second, latency, nothing lost.
 
-The real receiver (`campaigns.webhooks.receiver.create_app`, served by uvicorn as `campaigns webhooks serve` serves
+The real receiver (`campaigns.webhook_app.create_app`, served by uvicorn as `campaigns webhooks serve` serves
 it) runs in its own process; this process is the load generator: N keep-alive connections (aiohttp) post
 signed Meta status webhooks, one status per POST as Meta often sends them (the shape of a real `sent` /
 `delivered` / `read` capture, with pricing and our callback data). Bodies and signatures are made before
@@ -31,7 +31,8 @@ TARGET_P99_MS = 100.0
 
 
 def make_app() -> Any:  # a uvicorn factory: several workers need an import string
-    from campaigns.webhooks.receiver import KnownSecrets, create_app
+    from campaigns.webhook_app import create_app
+    from campaigns.webhooks.receiver import KnownSecrets
 
     return create_app(os.environ["DATABASE_URL"], KnownSecrets(app_secrets=[SECRET.encode()]))
 

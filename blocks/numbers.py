@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from pydantic import SecretStr
 
 from blocks.whatsapp import WhatsAppNumberCredentials
+from campaigns.control import tenancy
 from campaigns.settings import get_settings
 from campaigns.store.schema import whatsapp_numbers
 from campaigns.webhooks.receiver import KnownSecrets, signer_id, well_known
@@ -36,16 +37,9 @@ def add_number(
     ).save(name, overwrite=True)
     signing_secret = token if provider == "evolution" else app_secret
     signer = signer_id(signing_secret) if signing_secret else None  # None: signed by the platform's app
-    stmt = sa.dialects.postgresql.insert(whatsapp_numbers).values(
-        organization_id=organization_id, provider=provider, phone_number_id=phone_number_id,
-        display_phone_number=display_phone_number, block_name=name, mps=mps, webhook_signer=signer,
-    )
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["organization_id", "phone_number_id"],
-        set_={"provider": provider, "block_name": name, "mps": mps, "active": True,
-              "display_phone_number": display_phone_number, "webhook_signer": signer},
-    ).returning(whatsapp_numbers.c.id)
-    return conn.execute(stmt).scalar_one()
+    return tenancy.add_number(conn, organization_id, provider=provider, phone_number_id=phone_number_id,
+                              block_name=name, mps=mps, webhook_signer=signer,
+                              display_phone_number=display_phone_number)
 
 
 def secrets_loader() -> KnownSecrets:

@@ -52,3 +52,8 @@ def load_credentials(block_name: str, *, fresh: bool = False) -> Credentials:
     creds = WhatsAppNumberCredentials.load(block_name).to_credentials()
     _cache[block_name] = (time.monotonic(), creds)
     return creds
+
+
+def fresh_credentials(block_name: str) -> Credentials:
+    """Read now, past the cache: what a start's checklist asks the provider about (campaigns.control.runs)."""
+    return load_credentials(block_name, fresh=True)

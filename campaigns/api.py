@@ -3,11 +3,13 @@
 Handlers are thin: parse, call the domain (services, lifecycle), answer JSON. Every request carries
 `Authorization: Bearer <token>` (issued by `campaigns api token`) and acts for the token's organization
 only: another organization's campaign is "Campaign not found", exactly as a missing one. Roles follow the
-seed's permissions table. Errors are `{"detail": message, "errors": [details]}` with the status code the
-domain's CampaignError carries (404, 409, 422) or 401 / 403 / 413 / 503 from here.
+seed's permissions table. Errors are `{"detail": message, "errors": [details]}` with the status code
+chosen here for each refusal's class (`STATUS`): the domain's (404, 409, 422) and this face's own (401,
+403, 413, 429, 503).
 
 `start` and `resume` hand the campaign to Prefect: a run of the send-campaign/default deployment that
-`campaigns serve` (or a worker) executes. The launcher is injected, so tests can run the flow in a thread.
+`campaigns serve` (or a worker) executes. The launcher is injected, so tests can run the flow in a thread;
+so are Prefect's other runs (schedule, drop, wake) and the numbers' credentials, which the domain asks for.
 """
 
 from __future__ import annotations
@@ -36,13 +38,14 @@ from starlette.routing import Route
 
 from campaigns import api_tokens, json_input
 from campaigns.api_tokens import Caller
-from campaigns.control import lifecycle, services
-from campaigns.control.lifecycle import CampaignError
+from campaigns.control import lifecycle, services, tenancy
 from campaigns.control.models import CampaignCreate, field_errors
+from campaigns.control.runs import LoadCredentials, Runs
+from campaigns.errors import CampaignError, Conflict, Invalid, NotFound
 from campaigns.reporting import stats
 from campaigns.store.schema import API_ROLES
-from campaigns.webhooks.receiver import read_limited
-from deployments.launch import SEND_DEPLOYMENT, launch_send_run
+from campaigns.webhook_app import read_limited
+from deployments.launch import SEND_DEPLOYMENT, PrefectRuns, launch_send_run
 
 log = logging.getLogger(__name__)
 
@@ -56,24 +59,34 @@ ADMIN = ("org_admin",)  # DELETE, number limits
 
 
 class Unauthorized(CampaignError):
-    status_code = 401
+    pass
 
 
 class Forbidden(CampaignError):
-    status_code = 403
+    pass
 
 
 class TooLarge(CampaignError):
-    status_code = 413
+    pass
 
 
 class Unavailable(CampaignError):
-    status_code = 503
+    pass
 
 
 class TooMany(CampaignError):
-    status_code = 429
     retry_after = 5  # seconds; said in Retry-After
+
+
+# Each refusal's status; a class not named answers as its nearest named ancestor.
+STATUS: dict[type[CampaignError], int] = {
+    CampaignError: 400, NotFound: 404, Conflict: 409, Invalid: 422,
+    Unauthorized: 401, Forbidden: 403, TooLarge: 413, TooMany: 429, Unavailable: 503,
+}
+
+
+def status_of(exc: CampaignError) -> int:
+    return next(STATUS[cls] for cls in type(exc).__mro__ if cls in STATUS)
 
 
 Launch = Callable[[uuid.UUID], str]  # starts a send-campaign run for the campaign; returns the run's id
@@ -166,17 +179,17 @@ class Json(JSONResponse):
 
 
 def _error(exc: CampaignError) -> Response:
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
     if isinstance(exc, TooMany):
         headers = {"Retry-After": str(exc.retry_after)}
-    return Json({"detail": exc.message, "errors": exc.details}, status_code=exc.status_code, headers=headers)
+    return Json({"detail": exc.message, "errors": exc.details}, status_code=status_of(exc), headers=headers)
 
 
 def _uuid(value: str, not_found: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except ValueError:
-        raise lifecycle.NotFound(not_found) from None
+        raise NotFound(not_found) from None
 
 
 def _int(query: QueryParams, name: str, default: int) -> int:
@@ -186,7 +199,7 @@ def _int(query: QueryParams, name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise lifecycle.Invalid(f"{name} must be a whole number (got {raw!r})") from None
+        raise Invalid(f"{name} must be a whole number (got {raw!r})") from None
 
 
 @dataclass(frozen=True)
@@ -214,7 +227,7 @@ class Call:
         """The body, which must be a JSON object; `empty` stands for no body where one is optional."""
         body = empty if self.body is None and empty is not None else self.body
         if not isinstance(body, dict):
-            raise lifecycle.Invalid("The request body must be a JSON object")
+            raise Invalid("The request body must be a JSON object")
         return body
 
 
@@ -277,11 +290,13 @@ class _CsvPipe:
 
 
 class CampaignsApi:
-    def __init__(self, db: sa.Engine, launch: Launch, ready: Ready | None, max_body_bytes: int,
-                 max_csv_exports: int = 4) -> None:
+    def __init__(self, db: sa.Engine, launch: Launch, ready: Ready | None, runs: Runs, credentials: LoadCredentials,
+                 max_body_bytes: int, max_csv_exports: int = 4) -> None:
         self.db = db
         self.launch = launch
         self.ready = ready or (lambda: None)
+        self.runs = runs  # a scheduled campaign's run under Upcoming, a cancelled one's suspended run woken
+        self.credentials = credentials  # for a start's checklist
         self.max_body_bytes = max_body_bytes
         # A CSV export holds a pooled connection for as long as its client takes to read: without a bound,
         # ~32 slow clients took the whole pool and every other request waited for one, then failed.
@@ -393,18 +408,19 @@ class CampaignsApi:
         with self.db.begin() as conn:
             campaign = services.update_campaign(conn, call.org, call.campaign_id, changes)
         if campaign["status"] == "scheduled" and "scheduled_at" in changes:  # its run in Prefect moves too
-            services.schedule_run(self.db, call.org, call.campaign_id)
+            services.schedule_run(self.db, call.org, call.campaign_id, self.runs)
         return campaign
 
     def delete(self, call: Call) -> dict[str, Any]:
         with self.db.begin() as conn:
             t = services.delete_campaign(conn, call.org, call.campaign_id)
-        services.follow_transition(self.db, call.org, call.campaign_id, t)
+        services.follow_transition(self.db, call.org, call.campaign_id, t, self.runs)
         return _moved(call, t, message="Campaign cancelled: campaigns are kept with their history, never erased")
 
     def start(self, call: Call) -> dict[str, Any]:
         self.ready()
-        result = services.start_campaign(self.db, call.org, call.campaign_id)
+        result = services.start_campaign(self.db, call.org, call.campaign_id, credentials=self.credentials,
+                                         runs=self.runs)
         run_id = self.hand_to_prefect(call.org, call.campaign_id)
         return {**result, "flow_run_id": run_id, "message": f"Campaign started. Flow run ID: {run_id}"}
 
@@ -413,7 +429,7 @@ class CampaignsApi:
         with self.db.begin() as conn:
             t = lifecycle.resume(conn, call.org, call.campaign_id)
         if t.status == "scheduled":
-            services.follow_transition(self.db, call.org, call.campaign_id, t)
+            services.follow_transition(self.db, call.org, call.campaign_id, t, self.runs)
             return _moved(call, t, message="Campaign scheduled again: it starts at its time, after the checklist")
         run_id = self.hand_to_prefect(call.org, call.campaign_id)
         return _moved(call, t, flow_run_id=run_id, message=f"Campaign resumed. Flow run ID: {run_id}")
@@ -422,7 +438,7 @@ class CampaignsApi:
         """Body (optional): {"codes": [131000, ...]}; without codes, every failure but opted-out users."""
         codes = call.json_object(empty={}).get("codes")
         if codes is not None and (not isinstance(codes, list) or not all(type(c) is int for c in codes)):
-            raise lifecycle.Invalid("codes: a list of error codes (whole numbers)")
+            raise Invalid("codes: a list of error codes (whole numbers)")
         self.ready()
         with self.db.begin() as conn:
             t, n = lifecycle.retry_failed(conn, call.org, call.campaign_id, codes)
@@ -437,7 +453,7 @@ class CampaignsApi:
         except Exception as exc:
             log.exception("launching a send-campaign run for %s failed", campaign_id)
             cause = f"{type(exc).__name__}: {exc}"[:300]
-            with self.db.begin() as conn, contextlib.suppress(lifecycle.Conflict):
+            with self.db.begin() as conn, contextlib.suppress(Conflict):
                 lifecycle.pause(conn, org, campaign_id, "launch_failed", f"no send-campaign run: {cause}")
             raise Unavailable("The campaign could not be handed to Prefect and was paused; with `campaigns "
                               "serve` running, resume it", [cause]) from None
@@ -449,7 +465,7 @@ class CampaignsApi:
         def handler(call: Call) -> dict[str, Any]:
             with self.db.begin() as conn:
                 t = fn(conn, call.org, call.campaign_id)
-            services.follow_transition(self.db, call.org, call.campaign_id, t)  # a scheduled run leaves Upcoming
+            services.follow_transition(self.db, call.org, call.campaign_id, t, self.runs)  # it leaves Upcoming
             return _moved(call, t)
 
         return handler
@@ -459,7 +475,7 @@ class CampaignsApi:
         with self.db.begin() as conn:
             t = lifecycle.schedule(conn, call.org, call.campaign_id, body.scheduled_at)
             campaign = lifecycle.get(conn, call.org, call.campaign_id)
-        run_id = services.follow_transition(self.db, call.org, call.campaign_id, t)  # Upcoming in Prefect
+        run_id = services.follow_transition(self.db, call.org, call.campaign_id, t, self.runs)  # Upcoming
         return _moved(call, t, scheduled_at=campaign["scheduled_at"], flow_run_id=run_id)
 
     def read(self, fn: Callable[[sa.Connection, uuid.UUID, uuid.UUID], dict[str, Any]]) -> Handler:
@@ -532,26 +548,30 @@ class CampaignsApi:
 
     def number_limits(self, call: Call) -> dict[str, Any]:
         with self.db.connect() as conn:
-            return lifecycle.number_limits(conn, call.org, call.number_id)
+            return tenancy.number_limits(conn, call.org, call.number_id)
 
     def set_number_limits(self, call: Call) -> dict[str, Any]:
         body = NumberLimitsBody.model_validate(call.json_object())
         with self.db.begin() as conn:
-            return lifecycle.set_number_limits(conn, call.org, call.number_id, body.changes(), body.preset)
+            return tenancy.set_number_limits(conn, call.org, call.number_id, body.changes(), body.preset)
 
 
-def create_app(launch: Launch | None = None, *, ready: Ready | None = None, db: sa.Engine | None = None,
+def create_app(launch: Launch | None = None, *, ready: Ready | None = None, runs: Runs | None = None,
+               credentials: LoadCredentials | None = None, db: sa.Engine | None = None,
                max_body_bytes: int | None = None) -> Starlette:
     """The API app. Without `launch`, start and resume create runs of send-campaign/default in Prefect;
-    `ready` (by default the launcher's own `ready`, if it has one) is asked first."""
+    `ready` (by default the launcher's own `ready`, if it has one) is asked first. `runs` (by default
+    Prefect's) keeps Upcoming in step; `credentials` (by default from the number's Prefect block) reads a
+    number's for a start's checklist."""
+    from blocks.whatsapp import fresh_credentials
     from campaigns.settings import get_settings
     from campaigns.store.db import get_engine
 
     launch = launch or PrefectLauncher()
     ready = ready or getattr(launch, "ready", None)
     settings = get_settings()
-    api = CampaignsApi(db or get_engine(), launch, ready, max_body_bytes or settings.api_max_body_bytes,
-                       settings.api_max_csv_exports)
+    api = CampaignsApi(db or get_engine(), launch, ready, runs or PrefectRuns(), credentials or fresh_credentials,
+                       max_body_bytes or settings.api_max_body_bytes, settings.api_max_csv_exports)
 
     async def health(_: Request) -> Response:
         return PlainTextResponse("ok")

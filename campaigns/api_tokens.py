@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from campaigns.control.lifecycle import Invalid
+from campaigns.errors import Invalid
 from campaigns.store.schema import API_ROLES, api_tokens
 
 PREFIX = "pytk_"  # recognisable in a leaked config or a secret scanner, and never a valid hash

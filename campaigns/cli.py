@@ -16,7 +16,8 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.exc import DataError
 
-from campaigns.control import lifecycle
+from campaigns.control import lifecycle, tenancy
+from campaigns.errors import CampaignError, Invalid, NotFound
 from campaigns.infra.embedded import bootstrap
 from campaigns.store.schema import API_ROLES
 
@@ -42,11 +43,11 @@ def _db() -> Any:
 
 def _org_of(conn: Any, campaign_id: str, org: str | None) -> uuid.UUID:
     if org:
-        return lifecycle.org_id_by_name(conn, org)
+        return tenancy.org_id_by_name(conn, org)
     try:
         return lifecycle.get_any_org(conn, uuid.UUID(campaign_id))["organization_id"]
     except ValueError:
-        raise lifecycle.NotFound("Campaign not found") from None
+        raise NotFound("Campaign not found") from None
 
 
 # -- commands ---------------------------------------------------------------------------------------------
@@ -73,7 +74,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from campaigns.control.services import list_campaigns
 
     with _db().connect() as conn:
-        org = lifecycle.org_id_by_name(conn, args.org)
+        org = tenancy.org_id_by_name(conn, args.org)
         body = list_campaigns(conn, org, args.status, args.skip, args.limit)
     if args.json:
         print(_json(body, indent=2))
@@ -87,7 +88,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_orgs_add(args: argparse.Namespace) -> int:
     with _db().begin() as conn:
-        print(lifecycle.add_org(conn, args.name))
+        print(tenancy.add_org(conn, args.name))
     return 0
 
 
@@ -95,13 +96,13 @@ def cmd_numbers_add(args: argparse.Namespace) -> int:
     from blocks.numbers import add_number
 
     with _db().begin() as conn:
-        org = lifecycle.org_id_by_name(conn, args.org)
+        org = tenancy.org_id_by_name(conn, args.org)
         number_id = add_number(
             conn, org, provider=args.provider, phone_number_id=args.phone_number_id, token=args.token,
             app_secret=args.app_secret, verify_token=args.verify_token, api_base=args.api_base, mps=args.mps,
             display_phone_number=args.display_phone_number, graph_version=args.graph_version,
         )
-        lifecycle.set_number_limits(conn, org, number_id, _limit_changes(args), args.preset)
+        tenancy.set_number_limits(conn, org, number_id, _limit_changes(args), args.preset)
     print(number_id)
     return 0
 
@@ -120,7 +121,7 @@ def _cap(value: str) -> int | None:
 
 
 def _limit_changes(args: argparse.Namespace) -> dict[str, Any]:
-    """The limits given on the command line (the preset is applied by lifecycle.set_number_limits)."""
+    """The limits given on the command line (the preset is applied by tenancy.set_number_limits)."""
     changes: dict[str, Any] = {}
     for name in ("per_minute", "per_hour", "per_day"):
         if getattr(args, name) is not _UNSET:
@@ -134,15 +135,15 @@ def _limit_changes(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_portfolios_add(args: argparse.Namespace) -> int:
     with _db().begin() as conn:
-        org = lifecycle.org_id_by_name(conn, args.org)
-        print(lifecycle.add_portfolio(conn, org, args.name, None if args.limit == "unlimited" else int(args.limit)))
+        org = tenancy.org_id_by_name(conn, args.org)
+        print(tenancy.add_portfolio(conn, org, args.name, None if args.limit == "unlimited" else int(args.limit)))
     return 0
 
 
 def cmd_numbers_limits(args: argparse.Namespace) -> int:
     with _db().begin() as conn:
-        org = lifecycle.org_id_by_name(conn, args.org)
-        limits = lifecycle.set_number_limits(conn, org, uuid.UUID(args.number_id), _limit_changes(args),
+        org = tenancy.org_id_by_name(conn, args.org)
+        limits = tenancy.set_number_limits(conn, org, uuid.UUID(args.number_id), _limit_changes(args),
                                              args.preset)
     print(_json(limits))
     return 0
@@ -158,12 +159,13 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         try:
             at = datetime.fromisoformat(args.at) if args.at else None
         except ValueError:
-            raise lifecycle.Invalid(f"--at: not an ISO date and time: {args.at!r}") from None
+            raise Invalid(f"--at: not an ISO date and time: {args.at!r}") from None
         t = lifecycle.schedule(conn, org, uuid.UUID(args.id), at)
         when = lifecycle.get(conn, org, args.id)["scheduled_at"]
     from campaigns.control.services import follow_transition
+    from deployments.launch import PrefectRuns
 
-    if run_id := follow_transition(_db(), org, uuid.UUID(args.id), t):
+    if run_id := follow_transition(_db(), org, uuid.UUID(args.id), t, PrefectRuns()):
         _err(f"campaign {args.id}: {t.previous} -> {t.status}; send-campaign flow run {run_id} starts it at "
              f"{iso_z(when)} (Upcoming in Prefect)")
         return 0
@@ -183,7 +185,7 @@ def cmd_contacts_import(args: argparse.Namespace) -> int:
         return 2
     try:
         with _db().begin() as conn:
-            org = lifecycle.org_id_by_name(conn, args.org)
+            org = tenancy.org_id_by_name(conn, args.org)
             report = import_csv(conn, org, path, get_settings().default_country_code)
     except ImportFileError as exc:
         _err(f"import refused: {exc}")
@@ -204,14 +206,14 @@ def cmd_create(args: argparse.Namespace) -> int:
 
     try:
         body = CampaignCreate.model_validate(json_input.parse(Path(args.file).read_bytes(), f"{args.file}"))
-    except lifecycle.Invalid as exc:
+    except Invalid as exc:
         _err(f"invalid campaign: {exc.message}")
         return 2
     except ValidationError as exc:
         _err(f"invalid campaign: {describe_validation_error(exc)}")
         return 2
     with _db().begin() as conn:
-        org = lifecycle.org_id_by_name(conn, args.org)
+        org = tenancy.org_id_by_name(conn, args.org)
         print(lifecycle.create(conn, org, body))
     return 0
 
@@ -254,11 +256,13 @@ def _spawn_runner(campaign_id: uuid.UUID) -> None:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
+    from blocks.whatsapp import fresh_credentials
     from campaigns.control.services import start_campaign
+    from deployments.launch import PrefectRuns
 
     with _db().begin() as conn:
         org = _org_of(conn, args.id, args.org)
-    result = start_campaign(_db(), org, uuid.UUID(args.id))
+    result = start_campaign(_db(), org, uuid.UUID(args.id), credentials=fresh_credentials, runs=PrefectRuns())
     _launch(org, uuid.UUID(args.id))
     _err(_json(result))
     print(args.id)
@@ -291,8 +295,9 @@ def cmd_transition(args: argparse.Namespace) -> int:
         _launch(org, uuid.UUID(args.id))
     else:  # Prefect's Upcoming follows: a scheduled run for a campaign scheduled again, none for a paused one
         from campaigns.control.services import follow_transition
+        from deployments.launch import PrefectRuns
 
-        follow_transition(_db(), org, uuid.UUID(args.id), t)  # and a cancelled one's suspended run ends
+        follow_transition(_db(), org, uuid.UUID(args.id), t, PrefectRuns())  # a cancelled one's suspended run ends
     _err(f"campaign {args.id}: {t.previous} -> {t.status}")
     return 0
 
@@ -435,7 +440,8 @@ def cmd_webhooks_serve(args: argparse.Namespace) -> int:
 
     from blocks.numbers import secrets_loader
     from campaigns.settings import get_settings
-    from campaigns.webhooks.receiver import KnownSecrets, create_app
+    from campaigns.webhook_app import create_app
+    from campaigns.webhooks.receiver import KnownSecrets
 
     settings = get_settings()
     app = create_app(settings.database_url or "", KnownSecrets(loader=secrets_loader), settings.webhook_max_body_bytes)
@@ -459,7 +465,7 @@ def cmd_api_token(args: argparse.Namespace) -> int:
     from campaigns import api_tokens
 
     with _db().begin() as conn:
-        org = lifecycle.org_id_by_name(conn, args.org)
+        org = tenancy.org_id_by_name(conn, args.org)
         token_id, token = api_tokens.issue(conn, org, args.role)
     print(token)
     _err(f"token {token_id} ({args.role}) for {args.org}: shown once, store it now; "
@@ -473,10 +479,10 @@ def cmd_api_revoke(args: argparse.Namespace) -> int:
     try:
         token_id = uuid.UUID(args.token_id)
     except ValueError:
-        raise lifecycle.NotFound(f"Token not found: {args.token_id}") from None
+        raise NotFound(f"Token not found: {args.token_id}") from None
     with _db().begin() as conn:
         if not api_tokens.revoke(conn, token_id):
-            raise lifecycle.NotFound(f"No live token with id {token_id}")
+            raise NotFound(f"No live token with id {token_id}")
     _err(f"token {token_id} revoked")
     return 0
 
@@ -690,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
         bootstrap(prefect=args.prefect)
     try:
         return args.fn(args)
-    except lifecycle.CampaignError as exc:
+    except CampaignError as exc:  # refused, whichever kind (not found, conflict, invalid): exit 1
         _err(f"error: {exc.message}")
         for detail in exc.details:
             _err(f"  - {detail}")

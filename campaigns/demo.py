@@ -17,15 +17,16 @@ import uuid
 from pathlib import Path
 
 from campaigns.audience.contacts import import_csv
-from campaigns.control import lifecycle
+from campaigns.control import lifecycle, tenancy
 from campaigns.control.models import CampaignCreate
 from campaigns.control.services import progress_of, start_campaign, stats_of
 from campaigns.infra.asgi_thread import ThreadedServer
 from campaigns.reporting.stats import progress_line
 from campaigns.settings import get_settings
 from campaigns.store.db import get_engine, upgrade
+from campaigns.webhook_app import create_app
 from campaigns.webhooks.ingest import ingest_pending
-from campaigns.webhooks.receiver import KnownSecrets, create_app
+from campaigns.webhooks.receiver import KnownSecrets
 
 NAMES = ["Ana", "Bruno", "Carla", "Diego", "Elisa", "Fábio", "Gabi", "Heitor", "Iara", "João"]
 
@@ -59,6 +60,8 @@ def _progress_bar(org: uuid.UUID, campaign_id: uuid.UUID, stop: threading.Event)
 
 def run_demo(n_contacts: int = 10_000, latency_ms: int = 100) -> int:
     from blocks.numbers import add_number
+    from blocks.whatsapp import fresh_credentials
+    from deployments.launch import PrefectRuns
     from flows.send_campaign import send_campaign
     from sandbox import SandboxConfig, SandboxServer  # started here only: the product never imports the sandbox
     from tasks.artifacts import publish_summary
@@ -84,7 +87,7 @@ def run_demo(n_contacts: int = 10_000, latency_ms: int = 100) -> int:
     try:
         with db.begin() as conn:
             # An organization per run: a second demo must not send to the first one's contacts too.
-            org = lifecycle.add_org(conn, f"demo {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            org = tenancy.add_org(conn, f"demo {time.strftime('%Y-%m-%d %H:%M:%S')}")
             number = add_number(conn, org, provider="sandbox", phone_number_id="100000000000042",
                                 token="demo-token", app_secret=app_secret, verify_token=secrets.token_urlsafe(16),
                                 api_base=sandbox.url, mps=1000)
@@ -105,7 +108,7 @@ def run_demo(n_contacts: int = 10_000, latency_ms: int = 100) -> int:
         )
         with db.begin() as conn:
             campaign_id = lifecycle.create(conn, org, body)
-        started = start_campaign(db, org, campaign_id)
+        started = start_campaign(db, org, campaign_id, credentials=fresh_credentials, runs=PrefectRuns())
         _say(f"campaign {campaign_id} started: audience of {started['total_recipients']} contacts")
         stop = threading.Event()
         bar = threading.Thread(target=_progress_bar, args=(org, campaign_id, stop), daemon=True)

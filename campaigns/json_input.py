@@ -12,8 +12,8 @@ import json
 import math
 from typing import Any
 
-from campaigns.control.lifecycle import Invalid
 from campaigns.control.models import shown
+from campaigns.errors import Invalid
 
 MAX_DEPTH = 32  # a campaign body needs about 6 (template components); nothing legitimate comes near
 

@@ -1,4 +1,7 @@
-"""Handing a campaign to Prefect: a run of the send-campaign deployment, as the API and the scheduler do."""
+"""Handing a campaign to Prefect: a run of the send-campaign deployment, as the API and the scheduler do.
+
+`PrefectRuns` is what the control asks for (campaigns.control.runs.Runs); the faces and flows pass it in.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,31 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from campaigns.control.runs import RunState
+
 SEND_DEPLOYMENT = "send-campaign/default"
+
+
+@dataclass(frozen=True)
+class PrefectRuns:
+    """campaigns.control.runs.Runs in Prefect: runs of the send-campaign deployment `deployment`."""
+
+    deployment: str = SEND_DEPLOYMENT
+
+    def launch(self, campaign_id: uuid.UUID) -> str:
+        return launch_send_run(campaign_id, self.deployment)
+
+    def schedule(self, campaign_id: uuid.UUID, at: datetime) -> str:
+        return schedule_send_run(campaign_id, at, self.deployment)
+
+    def drop_scheduled(self, flow_run_id: str | None, why: str) -> bool:
+        return drop_scheduled_run(flow_run_id, why)
+
+    def wake_suspended(self, campaign_id: uuid.UUID) -> str | None:
+        return wake_suspended_run(campaign_id)
+
+    def state(self, flow_run_id: str | None) -> RunState | None:
+        return flow_run_state(flow_run_id)
 
 
 def launch_send_run(campaign_id: uuid.UUID, deployment: str = SEND_DEPLOYMENT) -> str:
@@ -41,12 +68,6 @@ def wake_suspended_run(campaign_id: uuid.UUID) -> str | None:
     except Exception:  # timed out or resumed by someone else meanwhile: a new run will do
         return None
     return run_id
-
-
-@dataclass(frozen=True)
-class RunState:
-    type: str  # CANCELLED, FAILED, CRASHED, RUNNING, SCHEDULED, PENDING…
-    message: str = ""
 
 
 def flow_run_state(flow_run_id: str | None) -> RunState | None:

@@ -17,10 +17,12 @@ from prefect import flow, get_run_logger
 from prefect.states import State
 from pydantic import Field
 
+from blocks.whatsapp import fresh_credentials
 from campaigns.control import operator
-from campaigns.control.lifecycle import CampaignError
 from campaigns.control.operator import DEFAULT_TIME_ZONE, ControlAction
+from campaigns.errors import CampaignError
 from campaigns.store.db import get_engine
+from deployments.launch import PrefectRuns
 from flows import console
 
 # The UI offers the two branches of `at` by these titles (by default: "date-time" and "None").
@@ -51,6 +53,6 @@ def campaign_control(
     log = get_run_logger()
     try:
         return operator.control_campaign(get_engine(), organization, campaign, action, error_codes, at, time_zone,
-                                         logger=log).as_dict()
+                                         runs=PrefectRuns(), credentials=fresh_credentials, logger=log).as_dict()
     except CampaignError as exc:
         return console.refused(exc, log)

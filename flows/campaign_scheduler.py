@@ -10,14 +10,16 @@ Requires: DATABASE_URL (or the embedded default) and the send-campaign/default d
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 
 from prefect import flow, get_run_logger
 
+from blocks.whatsapp import fresh_credentials
 from campaigns.control.scheduler import due_campaigns
 from campaigns.control.services import record_flow_run, start_campaign
 from campaigns.store.db import get_engine
-from deployments.launch import flow_run_state, launch_send_run
+from deployments.launch import PrefectRuns
 from flows.console import ignore_terminal_interrupt
 
 
@@ -42,9 +44,10 @@ def campaign_scheduler(run_for_seconds: float = 0.0, every_seconds: float = 30.0
 def _pass() -> dict[str, Any]:
     log = get_run_logger()
     db = get_engine()
-    due = due_campaigns(db, start_campaign, flow_run_state)
+    runs = PrefectRuns()
+    due = due_campaigns(db, partial(start_campaign, credentials=fresh_credentials, runs=runs), runs.state)
     for cid in due.to_launch:
-        run_id = launch_send_run(cid)
+        run_id = runs.launch(cid)
         with db.begin() as conn:  # the scheduler's next pass sees this run waiting, not a lost runner
             record_flow_run(conn, due.orgs[cid], cid, run_id)
         log.info("campaign %s: launched flow run %s", cid, run_id)

@@ -28,6 +28,7 @@ from prefect.exceptions import Abort, Pause
 from prefect.states import Cancelled, Completed, Failed, State, Suspended
 
 from campaigns.control import lifecycle, operator
+from campaigns.errors import CampaignError
 from campaigns.reporting import run_report
 from campaigns.store.db import get_engine
 
@@ -38,7 +39,7 @@ CANCEL_PRESSED = ("Cancel was pressed on its run in the Prefect UI: the campaign
 SUSPEND_PRESSED = "Suspend was pressed on its run in the Prefect UI: press Resume on that run to send the rest"
 
 
-def refused(exc: lifecycle.CampaignError, logger: Any) -> State:
+def refused(exc: CampaignError, logger: Any) -> State:
     """An operator form's refused action (create-campaign, campaign-control): the domain's message, naming
     the field or the transition, in the run's log and as its Failed state's message."""
     message = operator.describe(exc)

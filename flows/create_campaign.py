@@ -15,10 +15,12 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.states import State
 
+from blocks.whatsapp import fresh_credentials
 from campaigns.control import operator
-from campaigns.control.lifecycle import CampaignError
 from campaigns.control.operator import AfterCreate, AudienceForm, CampaignDetails, MessageForm, PaceForm
+from campaigns.errors import CampaignError
 from campaigns.store.db import get_engine
+from deployments.launch import PrefectRuns
 from flows import console
 
 
@@ -48,6 +50,6 @@ def create_campaign(
     log = get_run_logger()
     try:
         return operator.create_campaign(get_engine(), organization, campaign, message, audience, pace, then,
-                                        logger=log).as_dict()
+                                        runs=PrefectRuns(), credentials=fresh_credentials, logger=log).as_dict()
     except CampaignError as exc:
         return console.refused(exc, log)

@@ -12,7 +12,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import TerminationSignal
 
-from blocks.whatsapp import load_credentials
+from blocks.whatsapp import fresh_credentials, load_credentials
 from campaigns.control.services import limit_usage, ping_redis
 from campaigns.sending import batch, runner
 from campaigns.sending.engine_process import get_engine_client
@@ -30,8 +30,7 @@ SUMMARY_EVERY_SECONDS = 5.0
 @task(name="prepare-campaign", cache_policy=NO_CACHE)
 def prepare_campaign(campaign_id: uuid.UUID) -> runner.Prepared:
     """Preflight, mark running, build the audience once; credentials are read afresh (a fixed token)."""
-    return runner.prepare(get_engine(), campaign_id, lambda name: load_credentials(name, fresh=True), ping_redis,
-                          usage=limit_usage())
+    return runner.prepare(get_engine(), campaign_id, fresh_credentials, ping_redis, usage=limit_usage())
 
 
 @task(name="send-batch", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, task_run_name="send-batch-{batch_no}")

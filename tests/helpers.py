@@ -14,7 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from campaigns.control import lifecycle
+from campaigns.control import lifecycle, services, tenancy
 from campaigns.control.models import CampaignCreate
 
 APP_SECRET = "sandbox-app-secret"  # the sandbox signs with it; the test numbers and receivers know it
@@ -71,6 +71,14 @@ def create_campaign(db: sa.Engine, org: uuid.UUID, number_id: uuid.UUID, **field
     body.update(fields)
     with db.begin() as conn:
         return lifecycle.create(conn, org, CampaignCreate.model_validate(body))
+
+
+def start_campaign(db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID) -> dict[str, Any]:
+    """Start as the faces do: the number's credentials from its Prefect block, the runs in Prefect."""
+    from blocks.whatsapp import fresh_credentials
+    from deployments.launch import PrefectRuns
+
+    return services.start_campaign(db, org, campaign_id, credentials=fresh_credentials, runs=PrefectRuns())
 
 
 def recipients(db: sa.Engine, campaign_id: uuid.UUID) -> list[dict[str, Any]]:
@@ -130,7 +138,7 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 def new_org(db: sa.Engine, prefix: str = "org") -> uuid.UUID:
     with db.begin() as conn:
-        return lifecycle.add_org(conn, f"{prefix}-{uuid.uuid4().hex[:10]}")
+        return tenancy.add_org(conn, f"{prefix}-{uuid.uuid4().hex[:10]}")
 
 
 def phone_number_id(db: sa.Engine, number_id: uuid.UUID) -> str:
@@ -164,7 +172,7 @@ def meta_change(pnid: str, field: str = "messages", **value: Any) -> dict[str, A
 def webhook_receiver(secrets: Any) -> Iterator[str]:
     """The real receiver on a free port, checking against `secrets` (a KnownSecrets); yields its base URL."""
     from campaigns.infra.asgi_thread import ThreadedServer
-    from campaigns.webhooks.receiver import create_app
+    from campaigns.webhook_app import create_app
 
     server = ThreadedServer(create_app(os.environ["DATABASE_URL"], secrets)).start()
     try:

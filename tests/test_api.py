@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from campaigns import api_tokens
 from campaigns.api import PrefectLauncher, create_app
-from campaigns.control import lifecycle
+from campaigns.control import tenancy
 from campaigns.infra.asgi_thread import ThreadedServer
 from tests.helpers import add_contacts, add_sandbox_number, campaign_row, cli, new_org, phones, wait_for
 
@@ -321,7 +321,7 @@ def test_number_limits_round_trip_with_the_preset(db, org, sandbox, serve):
     r = http.put(path, json={"per_day": None, "mps": 1000})
     assert r.json() == {**none, "mps": 1000, "per_minute": 20, "per_hour": 100}
     with db.begin() as conn:
-        portfolio = lifecycle.add_portfolio(conn, org, "main", 2000)
+        portfolio = tenancy.add_portfolio(conn, org, "main", 2000)
     r = http.put(path, json={"preset": "none", "per_minute": 30, "portfolio_id": str(portfolio)})
     assert r.json() == {**none, "mps": 1000, "per_minute": 30, "portfolio_id": str(portfolio), "portfolio_limit": 2000}
 

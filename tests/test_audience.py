@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 
 from campaigns.audience.build import AudienceRules, classify, load_contacts
+from campaigns.control import tenancy
 from campaigns.sending.runner import build_audience_once
 from tests.helpers import add_contacts, add_sandbox_number, create_campaign, recipients
 
@@ -61,7 +62,6 @@ def test_free_form_text_needs_an_open_24h_window():
 
 
 def test_tags_any_all_and_explicit_lists_are_scoped_by_organization(db, org):
-    from campaigns.control import lifecycle
 
     ids = add_contacts(db, org, [
         {"phone": "+5511911111111", "tags": ["vip", "sp"]},
@@ -69,7 +69,7 @@ def test_tags_any_all_and_explicit_lists_are_scoped_by_organization(db, org):
         {"phone": "+5511933333333", "tags": ["rj"]},
     ])
     with db.begin() as conn:
-        other = lifecycle.add_org(conn, "another-tenant-" + str(org)[:8])
+        other = tenancy.add_org(conn, "another-tenant-" + str(org)[:8])
     foreign = add_contacts(db, other, [{"phone": "+5511944444444", "tags": ["vip"]}])
     with db.connect() as conn:
         assert load_contacts(conn, org, "tags", {"tags": ["vip"]}).height == 2

@@ -9,9 +9,8 @@ from datetime import UTC, datetime
 import redis
 import sqlalchemy as sa
 
-from campaigns.control import lifecycle
+from campaigns.control import lifecycle, tenancy
 from campaigns.control.scheduler import due_campaigns
-from campaigns.control.services import start_campaign
 from campaigns.settings import get_settings
 from tests.helpers import (
     add_contacts,
@@ -22,12 +21,13 @@ from tests.helpers import (
     phones,
     run_campaign,
     sent_counts,
+    start_campaign,
 )
 
 
 def _set_limits(db, org, number, **limits) -> None:
     with db.begin() as conn:
-        lifecycle.set_number_limits(conn, org, number, limits)
+        tenancy.set_number_limits(conn, org, number, limits)
 
 
 def _new_day(db, pnid: str) -> None:
@@ -119,7 +119,7 @@ def test_a_scheduled_campaign_starts_when_its_time_comes_and_a_failing_preflight
 
 def test_a_portfolio_limit_counts_unique_recipients_across_its_numbers(db, org, sandbox):
     with db.begin() as conn:
-        portfolio = lifecycle.add_portfolio(conn, org, "main-" + uuid.uuid4().hex[:6], 5)
+        portfolio = tenancy.add_portfolio(conn, org, "main-" + uuid.uuid4().hex[:6], 5)
     first, second = add_sandbox_number(db, org, sandbox), add_sandbox_number(db, org, sandbox)
     for number in (first, second):
         _set_limits(db, org, number, portfolio_id=portfolio)

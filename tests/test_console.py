@@ -92,7 +92,7 @@ def _sending_campaign(db, org, sandbox, n: int = 300, mps: int = 25) -> uuid.UUI
     number = add_sandbox_number(db, org, sandbox, mps=mps)
     add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(n)])
     cid = create_campaign(db, org, number, name=f"Natal {uuid.uuid4().hex[:6]}")
-    from campaigns.control.services import start_campaign
+    from tests.helpers import start_campaign
 
     start_campaign(db, org, cid)
     return cid

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from campaigns.control import lifecycle
 from campaigns.control.services import retry_stats_of
+from campaigns.errors import Conflict
 from campaigns.webhooks.ingest import ingest_pending
 from tests.helpers import (
     add_contacts,
@@ -321,5 +322,5 @@ def test_failures_can_be_retried_by_an_operator_but_never_to_opted_out_users(db,
     assert rows["+5511900000901"]["status"] in ("sent", "delivered", "read")
     assert rows["+5511900000902"]["error_code"] == 131050 and rows["+5511900000902"]["status"] == "failed"
     assert [m["to"] for m in sandbox.messages()].count("5511900000901") == 1
-    with db.begin() as conn, pytest.raises(lifecycle.Conflict, match="No failed recipient"):
+    with db.begin() as conn, pytest.raises(Conflict, match="No failed recipient"):
         lifecycle.retry_failed(conn, org, cid, [131026])

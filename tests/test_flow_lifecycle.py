@@ -8,6 +8,7 @@ import time
 import pytest
 
 from campaigns.control import lifecycle
+from campaigns.errors import Conflict
 from tests.helpers import (
     add_contacts,
     add_sandbox_number,
@@ -54,7 +55,7 @@ def test_pause_stops_sending_within_two_seconds_and_resume_sends_only_what_is_le
 
     # Paused, the message may be edited; the audience was built at the start and cannot change silently.
     with db.begin() as conn:
-        with pytest.raises(lifecycle.Conflict, match="Cannot change audience_filter, respect_opt_out: the audience"):
+        with pytest.raises(Conflict, match="Cannot change audience_filter, respect_opt_out: the audience"):
             lifecycle.update(conn, org, cid, {"audience_filter": {"tags": ["vip"]}, "respect_opt_out": False})
         lifecycle.update(conn, org, cid, {"template_variables": {"body": ["Edited for {{contact.name}}"]},
                                           "audience_type": "all_contacts", "respect_opt_out": True})  # unchanged
@@ -85,7 +86,7 @@ def test_cancel_is_final_and_marks_what_was_not_sent(db, org, sandbox):
         try:
             lifecycle.resume(conn, org, cid)
             raise AssertionError("resume of a cancelled campaign was accepted")
-        except lifecycle.Conflict as exc:
+        except Conflict as exc:
             assert "cancelled" in exc.message
     assert run_campaign(cid)["status"] == "cancelled"
     assert len(sandbox.messages()) == sent

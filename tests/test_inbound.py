@@ -11,8 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from blocks.numbers import add_number
-from campaigns.control import lifecycle
-from campaigns.control.services import start_campaign
+from campaigns.errors import Invalid
 from campaigns.webhooks.ingest import ingest_pending
 from campaigns.webhooks.receiver import KnownSecrets
 from tests.helpers import (
@@ -26,6 +25,7 @@ from tests.helpers import (
     post_signed,
     recipients,
     run_campaign,
+    start_campaign,
     webhook_receiver,
 )
 
@@ -129,7 +129,7 @@ def test_an_inbound_message_opens_the_24h_window_for_free_form_text(db, org, san
                            {"phone": "+5511900000503", "name": "Cida", "inbound_hours_ago": 1, "opted_out": True}])
     text = {"message_type": "text", "message_content": {"text": "Oi {{contact.name}}"}, "template_variables": {}}
     before = create_campaign(db, org, number, **text)
-    with pytest.raises(lifecycle.Invalid) as refused:  # it would send nothing: the checklist says why
+    with pytest.raises(Invalid) as refused:  # it would send nothing: the checklist says why
         start_campaign(db, org, before)
     assert refused.value.details == [
         '24 h window: free-form text reaches only contacts who wrote in the last 24 h, and none of the audience '

@@ -18,9 +18,8 @@ import redis.asyncio as aredis
 import sqlalchemy as sa
 
 from blocks.whatsapp import load_credentials
-from campaigns.control import lifecycle
+from campaigns.control import lifecycle, tenancy
 from campaigns.control.scheduler import due_campaigns
-from campaigns.control.services import start_campaign
 from campaigns.sending import batch as sending
 from campaigns.sending import runner
 from campaigns.sending.engine_process import get_engine_client
@@ -35,6 +34,7 @@ from tests.helpers import (
     phone_number_id,
     phones,
     recipients,
+    start_campaign,
     wait_for,
 )
 
@@ -142,8 +142,8 @@ def _blocked_on_a_lock(db) -> bool:
 def test_caps_rebuilt_after_a_redis_loss_count_rows_in_flight_but_not_rows_never_sent(db, org, sandbox):
     cid, number, rows = _claimed(db, org, sandbox, 5, start=8130)
     with db.begin() as conn:
-        portfolio = lifecycle.add_portfolio(conn, org, "main-" + uuid.uuid4().hex[:6], 1000)
-        lifecycle.set_number_limits(conn, org, number, {"portfolio_id": portfolio})
+        portfolio = tenancy.add_portfolio(conn, org, "main-" + uuid.uuid4().hex[:6], 1000)
+        tenancy.set_number_limits(conn, org, number, {"portfolio_id": portfolio})
     in_flight = rows[:3]
     sending.mark_in_flight(db, [r.id for r in in_flight], rows[0].claimed_at)
     since = (datetime.now(UTC) - timedelta(hours=1)).timestamp()

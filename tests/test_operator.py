@@ -13,8 +13,10 @@ import sqlalchemy as sa
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from blocks.whatsapp import fresh_credentials
 from campaigns.control import lifecycle, operator
 from campaigns.control.models import CampaignCreate
+from deployments.launch import PrefectRuns
 from flows.campaign_control import campaign_control
 from flows.create_campaign import create_campaign
 from tests.helpers import add_contacts, add_sandbox_number, campaign_row, org_name, phones, prefect_run
@@ -92,7 +94,8 @@ def test_create_campaign_finds_the_number_by_phone_number_id_display_number_or_i
     name = org_name(db, org)
     for ref in ("100000000000077", "5511912340077", "+55 (11) 91234-0077", str(number)):
         out = operator.create_campaign(db, name, {"name": f"by {ref}", "whatsapp_number": ref}, TEMPLATE,
-                                       {"audience_type": "tags", "tags": ["vip"], "match": "all"}, FAST)
+                                       {"audience_type": "tags", "tags": ["vip"], "match": "all"}, FAST,
+                                       runs=PrefectRuns(), credentials=fresh_credentials)
         row = campaign_row(db, out.campaign_id)
         assert (row["whatsapp_number_id"], row["status"], out.status) == (number, "draft", "draft")
     assert row["message_content"] == {"template_name": "black_friday", "language": "pt_BR"}
@@ -176,7 +179,8 @@ def test_create_and_schedule_puts_a_scheduled_run_under_upcoming(db, org, sandbo
         result["done"])
 
     with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):  # Prefect down: the schedule holds
-        offline = operator.control_campaign(db, org_name(db, org), str(row["id"]), "schedule", at="2031-12-02T09:00Z")
+        offline = operator.control_campaign(db, org_name(db, org), str(row["id"]), "schedule", at="2031-12-02T09:00Z",
+                                            runs=PrefectRuns(), credentials=fresh_credentials)
     assert (offline.status, offline.flow_run_id) == ("scheduled", None)
     assert offline.done[-1] == "no Prefect run for it: campaign-scheduler starts it at its time"
 

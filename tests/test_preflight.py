@@ -1,23 +1,58 @@
-"""Start refuses with every failed check of the seed's checklist, not just the first."""
+"""Start refuses with every failed check of the seed's checklist, not just the first.
+
+No Prefect here: the numbers have no credentials block (the checklist is handed their credentials, as the
+faces hand it those of the block) and nothing is asked of Prefect's runs.
+"""
 
 from __future__ import annotations
+
+import uuid
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from campaigns.control import lifecycle
-from campaigns.control.services import start_campaign
-from tests.helpers import add_contacts, add_sandbox_number, campaign_row, create_campaign, phone_number_id
+from campaigns.control import lifecycle, services, tenancy
+from campaigns.errors import Conflict, Invalid, NotFound
+from campaigns.sending.providers import Credentials
+from tests.helpers import add_contacts, campaign_row, create_campaign, phone_number_id
 
 
-def test_every_failed_check_is_listed_and_nothing_starts(db, org, sandbox):
-    number = add_sandbox_number(db, org, sandbox)
+class NoPrefect:
+    """The runs of campaigns never scheduled: there is nothing to ask Prefect, so any question fails the test."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"Prefect was asked to {name}")
+
+
+def sandbox_number(db, org, sandbox) -> uuid.UUID:
+    """The number's row only; `start` gives the checklist its credentials."""
+    pnid = str(uuid.uuid4().int)[:15]
+    sandbox.set_token(pnid, "tok")
+    with db.begin() as conn:
+        return tenancy.add_number(conn, org, provider="sandbox", phone_number_id=pnid, block_name=f"sandbox-{pnid}",
+                                  mps=1000)
+
+
+@pytest.fixture
+def start(sandbox):
+    def credentials(block_name: str) -> Credentials:
+        return Credentials(block_name.removeprefix("sandbox-"), token="tok", api_base=sandbox.url)
+
+    def start(db, org, campaign_id) -> dict[str, Any]:
+        return services.start_campaign(db, org, campaign_id, credentials=credentials, runs=NoPrefect())
+
+    return start
+
+
+def test_every_failed_check_is_listed_and_nothing_starts(db, org, sandbox, start):
+    number = sandbox_number(db, org, sandbox)
     cid = create_campaign(db, org, number, audience_type="tags", audience_filter={"tags": ["nobody"]})
     with db.begin() as conn:
         conn.execute(sa.text("update whatsapp_numbers set active = false where id = :n"), {"n": number})
 
-    with pytest.raises(lifecycle.Invalid) as exc:
-        start_campaign(db, org, cid)
+    with pytest.raises(Invalid) as exc:
+        start(db, org, cid)
 
     details = " | ".join(exc.value.details)
     assert "audience: the audience has no contacts" in details
@@ -25,44 +60,44 @@ def test_every_failed_check_is_listed_and_nothing_starts(db, org, sandbox):
     assert campaign_row(db, cid)["status"] == "draft"
 
 
-def test_a_ready_campaign_starts_with_the_seed_response(db, org, sandbox):
-    number = add_sandbox_number(db, org, sandbox)
+def test_a_ready_campaign_starts_with_the_seed_response(db, org, sandbox, start):
+    number = sandbox_number(db, org, sandbox)
     add_contacts(db, org, [{"phone": "+5511900000001", "name": "Ana"}, {"phone": "+5511900000002", "name": "Bia"}])
     cid = create_campaign(db, org, number)
-    body = start_campaign(db, org, cid)
+    body = start(db, org, cid)
     assert body["status"] == "running" and body["total_recipients"] == 2 and body["started_at"]
-    with db.begin() as conn, pytest.raises(lifecycle.Conflict, match="Cannot start a running campaign"):
+    with db.begin() as conn, pytest.raises(Conflict, match="Cannot start a running campaign"):
         lifecycle.mark_running(conn, org, cid)
-    with db.begin() as conn, pytest.raises(lifecycle.Conflict, match="Cannot edit running campaign"):
+    with db.begin() as conn, pytest.raises(Conflict, match="Cannot edit running campaign"):
         lifecycle.update(conn, org, cid, {"name": "changed"})
 
 
-def test_another_organization_sees_campaign_not_found(db, org, sandbox):
-    number = add_sandbox_number(db, org, sandbox)
+def test_another_organization_sees_campaign_not_found(db, org, sandbox, start):
+    number = sandbox_number(db, org, sandbox)
     cid = create_campaign(db, org, number)
     with db.begin() as conn:
-        other = lifecycle.add_org(conn, "other-" + str(cid)[:8])
-    with db.begin() as conn, pytest.raises(lifecycle.NotFound, match="Campaign not found"):
+        other = tenancy.add_org(conn, "other-" + str(cid)[:8])
+    with db.begin() as conn, pytest.raises(NotFound, match="Campaign not found"):
         lifecycle.pause(conn, other, cid)
-    with pytest.raises(lifecycle.NotFound):
-        start_campaign(db, other, cid)
+    with pytest.raises(NotFound):
+        start(db, other, cid)
 
 
-def test_the_provider_is_asked_whether_the_token_works_before_anything_starts(db, org, sandbox):
-    number = add_sandbox_number(db, org, sandbox)
+def test_the_provider_is_asked_whether_the_token_works_before_anything_starts(db, org, sandbox, start):
+    number = sandbox_number(db, org, sandbox)
     add_contacts(db, org, [{"phone": "+5511900000001", "name": "Ana"}])
     cid = create_campaign(db, org, number)
     sandbox.set_token(phone_number_id(db, number), "a-newer-token")  # the stored one has expired
 
-    with pytest.raises(lifecycle.Invalid) as exc:
-        start_campaign(db, org, cid)
+    with pytest.raises(Invalid) as exc:
+        start(db, org, cid)
     assert exc.value.details == ["whatsapp credentials: the provider refused the credentials (190): Error validating "
                                  "access token: Session has expired: The access token is invalid or has expired."]
     assert campaign_row(db, cid)["status"] == "draft"
 
     sandbox.set_token(phone_number_id(db, number), "tok")
     sandbox.configure(quality_ratings={phone_number_id(db, number): "RED"})
-    body = start_campaign(db, org, cid)  # a low quality rating is said, not refused
+    body = start(db, org, cid)  # a low quality rating is said, not refused
     assert body["status"] == "running"
     assert body["warnings"] == ["number quality: Meta rates this number's quality RED: more blocks and reports may "
                                 "lower its limits"]
@@ -85,11 +120,11 @@ def test_an_unreachable_provider_is_a_warning_and_a_disconnected_evolution_insta
     assert check_number("evolution", Credentials("loja", token="k", api_base=sandbox.url)).accepted
 
 
-def test_the_checklist_says_when_status_webhooks_never_came_back_and_when_everyone_opted_out(db, org, sandbox):
-    number = add_sandbox_number(db, org, sandbox)
+def test_the_checklist_says_when_status_webhooks_never_came_back_and_when_everyone_opted_out(db, org, sandbox, start):
+    number = sandbox_number(db, org, sandbox)
     add_contacts(db, org, [{"phone": "+5511900000001", "name": "Ana"}, {"phone": "+5511900000002", "name": "Bia"}])
     first = create_campaign(db, org, number)
-    assert start_campaign(db, org, first)["warnings"] == []  # a number that never sent cannot tell yet
+    assert start(db, org, first)["warnings"] == []  # a number that never sent cannot tell yet
     with db.begin() as conn:  # it sent 20 minutes ago; no webhook moved any message past "sent"
         conn.execute(sa.text("update campaigns set audience_frozen_at = now() where id = :c"), {"c": first})
         conn.execute(sa.text("""
@@ -98,15 +133,15 @@ def test_the_checklist_says_when_status_webhooks_never_came_back_and_when_everyo
             where organization_id = :o"""), {"c": first, "o": org})
 
     second = create_campaign(db, org, number)
-    assert [w.split(":")[0] for w in start_campaign(db, org, second)["warnings"]] == ["webhooks"]
+    assert [w.split(":")[0] for w in start(db, org, second)["warnings"]] == ["webhooks"]
 
     with db.begin() as conn:
         conn.execute(sa.text("update contacts set opted_out_at = now() where organization_id = :o"), {"o": org})
     third = create_campaign(db, org, number)
-    with pytest.raises(lifecycle.Invalid) as exc:
-        start_campaign(db, org, third)
+    with pytest.raises(Invalid) as exc:
+        start(db, org, third)
     assert exc.value.details == ["audience: every contact of the audience opted out"]
-    assert start_campaign(db, org, create_campaign(db, org, number, respect_opt_out=False))["status"] == "running"
+    assert start(db, org, create_campaign(db, org, number, respect_opt_out=False))["status"] == "running"
 
 
 def _graph_answering(status: int, error: dict):

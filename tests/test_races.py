@@ -11,12 +11,11 @@ import sqlalchemy as sa
 
 from campaigns.control import lifecycle
 from campaigns.control.scheduler import due_campaigns
-from campaigns.control.services import start_campaign
 from campaigns.sending import batch as sending
 from campaigns.sending.reconcile import reconcile
 from campaigns.sending.runner import build_audience_once
 from campaigns.settings import get_settings
-from tests.helpers import add_contacts, add_sandbox_number, create_campaign, new_org, phones, recipients
+from tests.helpers import add_contacts, add_sandbox_number, create_campaign, new_org, phones, recipients, start_campaign
 
 
 def _left_in_sending(db, org, sandbox, n: int, start: int, claimed_ago: str) -> uuid.UUID:

@@ -11,8 +11,8 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from campaigns.control import lifecycle
 from campaigns.control.services import export_recipients, recipients_of
+from campaigns.errors import Invalid, NotFound
 from campaigns.reporting.recipient_statuses import CSV_COLUMNS, export_csv, page
 from campaigns.webhooks.ingest import ingest_pending
 from tests.helpers import add_contacts, add_sandbox_number, cli, create_campaign, new_org, phones
@@ -149,13 +149,13 @@ def test_the_csv_export_has_a_header_and_one_line_per_matching_recipient(db, org
 def test_a_wrong_status_or_cursor_names_the_field(db, org, sandbox):
     cid, _ = run_campaign(db, org, sandbox, n=2)
     with db.connect() as conn:
-        with pytest.raises(lifecycle.Invalid, match=r"status must be one of: pending, .*, replied \(got 'failures'\)"):
+        with pytest.raises(Invalid, match=r"status must be one of: pending, .*, replied \(got 'failures'\)"):
             page(conn, org, cid, "failures")
-        with pytest.raises(lifecycle.Invalid, match="status must be one of"):
+        with pytest.raises(Invalid, match="status must be one of"):
             export_csv(conn, org, cid, "FAILED", io.BytesIO())
-        with pytest.raises(lifecycle.Invalid, match="page_size must be between 1 and 1000"):
+        with pytest.raises(Invalid, match="page_size must be between 1 and 1000"):
             page(conn, org, cid, page_size=0)
-        with pytest.raises(lifecycle.Invalid, match="after must be a cursor"):
+        with pytest.raises(Invalid, match="after must be a cursor"):
             page(conn, org, cid, after="abc")
 
 
@@ -169,9 +169,9 @@ def test_another_organization_sees_nothing(db, org, sandbox):
         assert page(conn, other, cid, "replied")["recipients"] == {}
         assert page(conn, other, cid, "failed")["total"] == 0
         assert export_csv(conn, other, cid, None, out) == 0
-        with pytest.raises(lifecycle.NotFound, match="Campaign not found"):
+        with pytest.raises(NotFound, match="Campaign not found"):
             recipients_of(conn, other, cid)
-        with pytest.raises(lifecycle.NotFound, match="Campaign not found"):
+        with pytest.raises(NotFound, match="Campaign not found"):
             export_recipients(conn, other, cid, "failed", io.BytesIO())
         assert page(conn, org, cid)["total"] == 5
     assert body["total"] == 0 and body["recipients"] == {} and body["next_cursor"] is None

@@ -7,7 +7,7 @@ import uuid
 
 import redis
 
-from campaigns.control import lifecycle
+from campaigns.control import lifecycle, tenancy
 from campaigns.settings import get_settings
 from tests.helpers import (
     add_contacts,
@@ -40,7 +40,7 @@ def _send_part_lose_redis_and_go_on(db, org, cid) -> None:
 def test_a_daily_cap_still_holds_after_redis_lost_its_counters(db, org, sandbox):
     number = add_sandbox_number(db, org, sandbox)
     with db.begin() as conn:
-        lifecycle.set_number_limits(conn, org, number, {"per_day": 5})
+        tenancy.set_number_limits(conn, org, number, {"per_day": 5})
     add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(8, start=9960)])
     cid = create_campaign(db, org, number)
 
@@ -53,10 +53,10 @@ def test_a_daily_cap_still_holds_after_redis_lost_its_counters(db, org, sandbox)
 
 def test_a_portfolio_window_still_holds_after_redis_lost_it(db, org, sandbox):
     with db.begin() as conn:
-        portfolio = lifecycle.add_portfolio(conn, org, "main-" + uuid.uuid4().hex[:6], 5)
+        portfolio = tenancy.add_portfolio(conn, org, "main-" + uuid.uuid4().hex[:6], 5)
     number = add_sandbox_number(db, org, sandbox)
     with db.begin() as conn:
-        lifecycle.set_number_limits(conn, org, number, {"portfolio_id": portfolio})
+        tenancy.set_number_limits(conn, org, number, {"portfolio_id": portfolio})
     add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(8, start=9970)])
     cid = create_campaign(db, org, number)
 

@@ -17,9 +17,9 @@ from campaigns.api import create_app
 from campaigns.control import lifecycle, services
 from campaigns.control.scheduler import due_campaigns
 from campaigns.infra.asgi_thread import ThreadedServer
-from deployments.launch import flow_run_state
+from deployments.launch import PrefectRuns, flow_run_state
 from flows.send_campaign import send_campaign
-from tests.helpers import add_contacts, add_sandbox_number, campaign_row, cli, phones, prefect_run
+from tests.helpers import add_contacts, add_sandbox_number, campaign_row, cli, phones, prefect_run, start_campaign
 from tests.helpers import create_campaign as new_campaign
 
 
@@ -51,16 +51,16 @@ def test_campaign_scheduler_leaves_a_due_campaign_to_its_own_run_then_takes_over
     cid = new_campaign(db, org, number)
     with db.begin() as conn:
         t = lifecycle.schedule(conn, org, cid, datetime.now(UTC) - timedelta(seconds=1))
-    run_id = services.follow_transition(db, org, cid, t)
+    run_id = services.follow_transition(db, org, cid, t, PrefectRuns())
     assert prefect_run(run_id).state.type.value == "SCHEDULED"
 
-    due = due_campaigns(db, services.start_campaign, flow_run_state)
+    due = due_campaigns(db, start_campaign, flow_run_state)
     assert cid not in due.started and campaign_row(db, cid)["status"] == "scheduled"  # its run starts it
 
     with db.begin() as conn:  # a minute later its run has still not come (nothing served it)
         conn.execute(sa.text("update campaigns set scheduled_at = now() - interval '2 minutes', "
                              "updated_at = now() - interval '2 minutes' where id = :c"), {"c": cid})
-    due = due_campaigns(db, services.start_campaign, flow_run_state)
+    due = due_campaigns(db, start_campaign, flow_run_state)
     assert cid in due.started and campaign_row(db, cid)["status"] == "running"
     cancelled = prefect_run(run_id).state
     assert cancelled.type.value == "CANCELLED" and "its scheduled run is not needed" in cancelled.message
@@ -75,7 +75,7 @@ def test_scheduling_without_prefect_still_schedules_in_the_database_with_a_warni
     with db.begin() as conn:
         t = lifecycle.schedule(conn, org, cid, datetime(2031, 12, 1, 9, tzinfo=UTC))
     with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
-        assert services.follow_transition(db, org, cid, t) is None
+        assert services.follow_transition(db, org, cid, t, PrefectRuns()) is None
     row = campaign_row(db, cid)
     assert (row["status"], row["scheduled_at"], row["flow_run_id"]) == (
         "scheduled", datetime(2031, 12, 1, 9, tzinfo=UTC), None)

@@ -12,10 +12,9 @@ from prefect.client.orchestration import get_client
 from prefect.states import Cancelled, Failed, Scheduled
 
 from campaigns.control.scheduler import due_campaigns
-from campaigns.control.services import start_campaign
 from campaigns.store.runlock import campaign_runner_lock
 from deployments.launch import flow_run_state
-from tests.helpers import add_contacts, add_sandbox_number, campaign_row, create_campaign, phones
+from tests.helpers import add_contacts, add_sandbox_number, campaign_row, create_campaign, phones, start_campaign
 
 
 def _running_since_two_minutes(db, org, number, flow_run_id: str | None = None) -> uuid.UUID:

@@ -11,7 +11,8 @@ import httpx
 import sqlalchemy as sa
 
 from campaigns.infra.asgi_thread import ThreadedServer
-from campaigns.webhooks.receiver import KnownSecrets, SignatureChecker, create_app
+from campaigns.webhook_app import create_app
+from campaigns.webhooks.receiver import KnownSecrets, SignatureChecker
 from tests.helpers import APP_SECRET, meta_change, signed
 
 FORGED = {"X-Hub-Signature-256": "sha256=" + "0" * 64}

@@ -4,8 +4,8 @@ The forms are pydantic models: the Prefect UI renders their JSON schema (titles,
 bounds, dropdowns for Literal fields, `position` for the order). They only describe the form: the values
 are checked by the seed's CampaignCreate, so a wrong field gets the same field-named error as from the HTTP
 API or the command line. Everything else goes through the same domain functions as the API and the CLI
-(lifecycle, services, launch); each step is logged in plain words, and a refusal is a CampaignError with
-the domain's message.
+(lifecycle, services, and Prefect's runs and credentials, passed in); each step is logged in plain words, and a
+refusal is a CampaignError with the domain's message.
 """
 
 from __future__ import annotations
@@ -25,14 +25,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from campaigns.control import lifecycle, services
 from campaigns.control.models import MAX_TEXT, CampaignCreate, field_errors
+from campaigns.control.runs import LoadCredentials, Runs
+from campaigns.control.tenancy import org_id_by_name
+from campaigns.errors import CampaignError, Conflict, Invalid, NotFound
 from campaigns.reporting.stats import iso_z
 from campaigns.store.schema import campaigns, whatsapp_numbers
-from deployments.launch import launch_send_run
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIME_ZONE = "America/Sao_Paulo"
-Launch = Callable[[uuid.UUID], str]
 
 
 def _extra(position: int, choices: tuple[str, ...] = ()) -> Callable[[dict[str, Any]], None]:
@@ -177,7 +178,7 @@ class Outcome:
                 "flow_run_id": self.flow_run_id, "total_recipients": self.total_recipients, "done": self.done}
 
 
-def describe(exc: lifecycle.CampaignError) -> str:
+def describe(exc: CampaignError) -> str:
     """A refusal on one line: the message, then each detail (every failed check, every wrong field)."""
     return "; ".join([exc.message, *(d for d in exc.details if d not in exc.message)])
 
@@ -187,9 +188,9 @@ def describe(exc: lifecycle.CampaignError) -> str:
 
 def find_org(conn: sa.Connection, organization: str) -> uuid.UUID:
     try:
-        return lifecycle.org_id_by_name(conn, (organization or "").strip())
-    except lifecycle.NotFound:
-        raise lifecycle.Invalid(f"organization: no organization named {organization!r}") from None
+        return org_id_by_name(conn, (organization or "").strip())
+    except NotFound:
+        raise Invalid(f"organization: no organization named {organization!r}") from None
 
 
 def find_number(conn: sa.Connection, org: uuid.UUID, ref: str) -> uuid.UUID:
@@ -205,13 +206,13 @@ def find_number(conn: sa.Connection, org: uuid.UUID, ref: str) -> uuid.UUID:
     if len(found) == 1:
         return found[0]
     if found:
-        raise lifecycle.Invalid(f"whatsapp_number: {ref!r} matches {len(found)} numbers; give the id of one: "
-                                + ", ".join(map(str, found)))
+        raise Invalid(f"whatsapp_number: {ref!r} matches {len(found)} numbers; give the id of one: "
+                      + ", ".join(map(str, found)))
     known = conn.execute(sa.select(n.phone_number_id, n.display_phone_number).where(n.organization_id == org)
                          .order_by(n.created_at).limit(10)).all()
     listed = ", ".join(f"{p} ({d})" if d else p for p, d in known) or "none yet"
-    raise lifecycle.Invalid(f"whatsapp_number: no WhatsApp number {ref!r} in this organization (its numbers: "
-                            f"{listed})")
+    raise Invalid(f"whatsapp_number: no WhatsApp number {ref!r} in this organization (its numbers: "
+                  f"{listed})")
 
 
 def find_campaign(conn: sa.Connection, org: uuid.UUID, ref: str) -> dict[str, Any]:
@@ -224,10 +225,10 @@ def find_campaign(conn: sa.Connection, org: uuid.UUID, ref: str) -> dict[str, An
     rows = conn.execute(sa.select(campaigns).where(campaigns.c.organization_id == org, campaigns.c.name == ref)
                         .order_by(campaigns.c.created_at.desc())).mappings().all()
     if not rows:
-        raise lifecycle.NotFound(f"Campaign not found: no campaign named {ref!r} in this organization")
+        raise NotFound(f"Campaign not found: no campaign named {ref!r} in this organization")
     if len(rows) > 1:
-        raise lifecycle.Invalid(f"campaign: {len(rows)} campaigns are named {ref!r}; give the id of the one you mean",
-                                [f"{r['id']} ({r['status']}, created {iso_z(r['created_at'])})" for r in rows])
+        raise Invalid(f"campaign: {len(rows)} campaigns are named {ref!r}; give the id of the one you mean",
+                      [f"{r['id']} ({r['status']}, created {iso_z(r['created_at'])})" for r in rows])
     return dict(rows[0])
 
 
@@ -236,15 +237,15 @@ def start_time(at: datetime | str | None, time_zone: str) -> tuple[datetime, str
     try:
         zone = ZoneInfo((time_zone or "").strip() or DEFAULT_TIME_ZONE)
     except (ZoneInfoNotFoundError, ValueError):
-        raise lifecycle.Invalid(f"time_zone: unknown time zone {time_zone!r} (an IANA name such as "
-                                f"{DEFAULT_TIME_ZONE} or UTC)") from None
+        raise Invalid(f"time_zone: unknown time zone {time_zone!r} (an IANA name such as "
+                      f"{DEFAULT_TIME_ZONE} or UTC)") from None
     if at is None or at == "":
-        raise lifecycle.Invalid("at: give the date and time the campaign should start")
+        raise Invalid("at: give the date and time the campaign should start")
     if isinstance(at, str):
         try:
             at = datetime.fromisoformat(at.strip())
         except ValueError:
-            raise lifecycle.Invalid(f"at: not a date and time: {at!r} (e.g. 2026-12-01T09:00)") from None
+            raise Invalid(f"at: not a date and time: {at!r} (e.g. 2026-12-01T09:00)") from None
     if at.tzinfo is None:
         at = at.replace(tzinfo=zone)
     return at, f"{iso_z(at)} ({at.astimezone(zone):%Y-%m-%d %H:%M} {zone.key})"
@@ -269,7 +270,7 @@ def campaign_body(conn: sa.Connection, org: uuid.UUID, campaign: dict[str, Any],
     campaign, message, audience = dict(campaign), dict(message), dict(audience)
     try:
         number_id: Any = find_number(conn, org, str(campaign.pop("whatsapp_number", "") or ""))
-    except lifecycle.Invalid as exc:
+    except Invalid as exc:
         errors.append(exc.message)
         number_id = uuid.UUID(int=0)  # stands in, so the other fields are checked too
     kind = message.pop("message_type")
@@ -287,7 +288,7 @@ def campaign_body(conn: sa.Connection, org: uuid.UUID, campaign: dict[str, Any],
     except ValidationError as exc:
         errors.extend(field_errors(exc))
     if errors:
-        raise lifecycle.Invalid("; ".join(errors), errors)
+        raise Invalid("; ".join(errors), errors)
     return valid
 
 
@@ -295,16 +296,16 @@ def create_campaign(
     db: sa.Engine, organization: str, campaign: CampaignDetails | dict[str, Any],
     message: MessageForm | dict[str, Any] | None = None, audience: AudienceForm | dict[str, Any] | None = None,
     pace: PaceForm | dict[str, Any] | None = None, then: AfterCreate | dict[str, Any] | None = None, *,
-    launch: Launch = launch_send_run, logger: Any = log,
+    runs: Runs, credentials: LoadCredentials, logger: Any = log,
 ) -> Outcome:
     """Create the campaign, then leave it a draft, start it (checklist, then a send-campaign run) or schedule
     it (a Scheduled send-campaign run, under Upcoming). Raises CampaignError with every wrong field."""
     after = _values(then, AfterCreate)
     if unknown := sorted(after.keys() - AfterCreate.model_fields.keys()):
-        raise lifecycle.Invalid("; ".join(f"then.{k}: not a field of the form" for k in unknown))
+        raise Invalid("; ".join(f"then.{k}: not a field of the form" for k in unknown))
     action = after["action"]
     if action not in ("draft", "start", "schedule"):
-        raise lifecycle.Invalid(f"then.action: one of draft, start, schedule (got {action!r})")
+        raise Invalid(f"then.action: one of draft, start, schedule (got {action!r})")
     at, said_at = start_time(after["at"], after["time_zone"]) if action == "schedule" else (None, "")
     with db.begin() as conn:
         org = find_org(conn, organization)
@@ -315,9 +316,9 @@ def create_campaign(
     out.say(logger, f"created campaign {campaign_id} {body.name!r} ({body.message_type}, audience "
                     f"{body.audience_type}) as a draft")
     if action == "start":
-        _start(db, org, out, launch, logger)
+        _start(db, org, out, runs, credentials, logger)
     elif action == "schedule":
-        _schedule(db, org, out, at, said_at, logger)
+        _schedule(db, org, out, at, said_at, runs, logger)
     return out
 
 
@@ -326,13 +327,13 @@ def create_campaign(
 
 def control_campaign(
     db: sa.Engine, organization: str, campaign: str, action: str, error_codes: Sequence[int] | None = None,
-    at: datetime | str | None = None, time_zone: str = DEFAULT_TIME_ZONE, *, launch: Launch = launch_send_run,
+    at: datetime | str | None = None, time_zone: str = DEFAULT_TIME_ZONE, *, runs: Runs, credentials: LoadCredentials,
     logger: Any = log,
 ) -> Outcome:
     """Pause, resume, cancel, retry the failures of, schedule or start one campaign of the organization, as
     the API and the CLI do; a refused transition raises the domain's CampaignError."""
     if action not in get_args(ControlAction):
-        raise lifecycle.Invalid(f"action: one of {', '.join(get_args(ControlAction))} (got {action!r})")
+        raise Invalid(f"action: one of {', '.join(get_args(ControlAction))} (got {action!r})")
     when = start_time(at, time_zone) if action == "schedule" else None
     with db.connect() as conn:
         org = find_org(conn, organization)
@@ -341,10 +342,10 @@ def control_campaign(
     out = Outcome(cid, row["name"], row["status"])
     logger.info("campaign %s %r is %s: %s", cid, row["name"], row["status"], action)
     if action == "start":
-        _start(db, org, out, launch, logger)
+        _start(db, org, out, runs, credentials, logger)
     elif action == "schedule":
         assert when is not None
-        _schedule(db, org, out, *when, logger)
+        _schedule(db, org, out, *when, runs, logger)
     elif action == "retry-failed":
         codes = [int(c) for c in error_codes or []]
         with db.begin() as conn:
@@ -352,7 +353,7 @@ def control_campaign(
         out.status = t.status
         only = f" with code {', '.join(map(str, codes))}" if codes else ""
         out.say(logger, f"retry-failed: {t.previous} -> {t.status}; {requeued} failed recipients{only} back to pending")
-        _hand_to_prefect(db, org, out, launch, logger)
+        _hand_to_prefect(db, org, out, runs, logger)
     else:
         verb = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}[action]
         fn = {"pause": lifecycle.pause, "resume": lifecycle.resume, "cancel": lifecycle.cancel}[action]
@@ -361,57 +362,58 @@ def control_campaign(
         out.status = t.status
         out.say(logger, f"{verb}: {t.previous} -> {t.status}")
         if t.status == "running":
-            _hand_to_prefect(db, org, out, launch, logger)
+            _hand_to_prefect(db, org, out, runs, logger)
         else:
-            _follow(db, org, out, t, logger)
+            _follow(db, org, out, t, runs, logger)
     return out
 
 
 # -- steps -------------------------------------------------------------------------------------------------
 
 
-def _start(db: sa.Engine, org: uuid.UUID, out: Outcome, launch: Launch, logger: Any) -> None:
+def _start(db: sa.Engine, org: uuid.UUID, out: Outcome, runs: Runs, credentials: LoadCredentials,
+           logger: Any) -> None:
     try:
-        started = services.start_campaign(db, org, out.campaign_id)
-    except lifecycle.CampaignError as exc:  # the campaign stays as it was (a draft, when just created)
+        started = services.start_campaign(db, org, out.campaign_id, credentials=credentials, runs=runs)
+    except CampaignError as exc:  # the campaign stays as it was (a draft, when just created)
         raise type(exc)(f"campaign {out.campaign_id} not started: {exc.message}", exc.details) from None
     out.status, out.total_recipients = started["status"], started["total_recipients"]
     for warning in started["warnings"]:
         logger.warning("preflight: %s", warning)
     out.say(logger, f"started campaign {out.campaign_id} {out.name!r}: audience of {out.total_recipients} contacts "
                     f"(opt-outs, duplicates and invalid numbers are skipped when its run builds it)")
-    _hand_to_prefect(db, org, out, launch, logger)
+    _hand_to_prefect(db, org, out, runs, logger)
 
 
-def _hand_to_prefect(db: sa.Engine, org: uuid.UUID, out: Outcome, launch: Launch, logger: Any) -> None:
+def _hand_to_prefect(db: sa.Engine, org: uuid.UUID, out: Outcome, runs: Runs, logger: Any) -> None:
     """A send-campaign run for the running campaign, recorded on it (as the API does); if Prefect cannot
     take it, the campaign is paused (launch_failed) rather than left running with nobody sending."""
     try:
-        run_id = launch(out.campaign_id)
+        run_id = runs.launch(out.campaign_id)
     except Exception as exc:
         cause = f"{type(exc).__name__}: {exc}"[:300]
-        with db.begin() as conn, contextlib.suppress(lifecycle.Conflict):  # an operator may have acted meanwhile
+        with db.begin() as conn, contextlib.suppress(Conflict):  # an operator may have acted meanwhile
             lifecycle.pause(conn, org, out.campaign_id, "launch_failed", f"no send-campaign run: {cause}")
-        raise lifecycle.CampaignError(f"campaign {out.campaign_id} could not be handed to Prefect and was paused "
-                                      f"(launch_failed); resume it once send-campaign/default is served",
-                                      [cause]) from None
+        raise CampaignError(f"campaign {out.campaign_id} could not be handed to Prefect and was paused "
+                            f"(launch_failed); resume it once send-campaign/default is served", [cause]) from None
     with db.begin() as conn:
         services.record_flow_run(conn, org, out.campaign_id, run_id)
     out.flow_run_id = run_id
     out.say(logger, f"send-campaign flow run {run_id} will send it")
 
 
-def _schedule(db: sa.Engine, org: uuid.UUID, out: Outcome, at: datetime | None, said_at: str, logger: Any) -> None:
+def _schedule(db: sa.Engine, org: uuid.UUID, out: Outcome, at: datetime | None, said_at: str, runs: Runs,
+              logger: Any) -> None:
     with db.begin() as conn:
         t = lifecycle.schedule(conn, org, out.campaign_id, at)
     out.status = t.status
     out.say(logger, f"scheduled: {t.previous} -> {t.status}, to start at {said_at}")
-    _follow(db, org, out, t, logger)
+    _follow(db, org, out, t, runs, logger)
 
 
-def _follow(db: sa.Engine, org: uuid.UUID, out: Outcome, t: lifecycle.Transition, logger: Any) -> None:
+def _follow(db: sa.Engine, org: uuid.UUID, out: Outcome, t: lifecycle.Transition, runs: Runs, logger: Any) -> None:
     """Prefect's Upcoming follows the transition (services.follow_transition); say what it shows now."""
-    run_id = services.follow_transition(db, org, out.campaign_id, t, logger)
+    run_id = services.follow_transition(db, org, out.campaign_id, t, runs, logger)
     if run_id:
         out.flow_run_id = run_id
         out.say(logger, f"send-campaign flow run {run_id} is scheduled for then (Upcoming in Prefect)")

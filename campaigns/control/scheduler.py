@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from campaigns.control import lifecycle
+from campaigns.control.runs import RunState
+from campaigns.errors import Conflict, Invalid
 from campaigns.sending.reconcile import cancelled_with_unknown, settle_cancelled
 from campaigns.settings import get_settings
 from campaigns.store.runlock import runner_alive
 from campaigns.webhooks.ingest import ingest_pending
-from deployments.launch import RunState
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +91,9 @@ def due_campaigns(db: sa.Engine, start: Callable[[sa.Engine, uuid.UUID, uuid.UUI
             start(db, org, cid)
             due.started.append(cid)
             due.orgs[cid] = org
-        except lifecycle.Conflict:  # started, paused or cancelled meanwhile: the operator's act stands
+        except Conflict:  # started, paused or cancelled meanwhile: the operator's act stands
             continue
-        except lifecycle.Invalid as exc:  # the preflight's refusal
+        except Invalid as exc:  # the preflight's refusal
             _refuse(db, due, org, cid, "; ".join([exc.message, *exc.details]))
         except Exception:  # one campaign's trouble must not keep the others (and those resumed) waiting
             log.exception("scheduled campaign %s could not be started; the next pass tries again", cid)
@@ -162,6 +163,6 @@ def _settle_cancelled(db: sa.Engine) -> None:
 
 
 def _stop(db: sa.Engine, due: Due, org: uuid.UUID, cid: uuid.UUID, reason: str, why: str) -> None:
-    with db.begin() as conn, contextlib.suppress(lifecycle.Conflict):  # an operator may have acted meanwhile
+    with db.begin() as conn, contextlib.suppress(Conflict):  # an operator may have acted meanwhile
         lifecycle.pause(conn, org, cid, reason, why)
         due.stopped[cid] = why

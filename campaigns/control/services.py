@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
-from datetime import datetime
 from typing import IO, Any
 
 import redis
@@ -13,12 +11,14 @@ import sqlalchemy as sa
 
 from campaigns.control import lifecycle
 from campaigns.control.preflight import run_preflight
+from campaigns.control.runs import LoadCredentials, Runs
+from campaigns.control.tenancy import get_number
+from campaigns.errors import Conflict, Invalid
 from campaigns.reporting import recipient_statuses, retry_stats, stats
 from campaigns.sending.ratelimit import LimitUsage
 from campaigns.settings import get_settings
 from campaigns.store.runlock import runner_alive
 from campaigns.store.schema import CAMPAIGN_STATUSES, campaigns
-from deployments.launch import drop_scheduled_run, schedule_send_run, wake_suspended_run
 
 log = logging.getLogger(__name__)
 Logger = logging.Logger | logging.LoggerAdapter  # a run logger in flows, the module's elsewhere
@@ -32,25 +32,25 @@ def limit_usage() -> LimitUsage:
     return LimitUsage(redis.Redis.from_url(get_settings().redis_url or ""))
 
 
-def start_campaign(db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID) -> dict[str, Any]:
-    """Preflight now (so the caller sees every failed check), then mark running; the flow does the rest."""
-    from blocks.whatsapp import load_credentials
-
+def start_campaign(db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID, *, credentials: LoadCredentials,
+                   runs: Runs) -> dict[str, Any]:
+    """Preflight now (so the caller sees every failed check; `credentials` reads the number's, to ask its
+    provider), then mark running; the flow does the rest. A scheduled campaign's waiting run is dropped
+    from `runs`: it is not needed any more."""
     with db.begin() as conn:
         campaign = lifecycle.get(conn, org, campaign_id, lock=True)
         if campaign["status"] not in lifecycle.STARTABLE:  # a state conflict, not a failed check
-            raise lifecycle.Conflict(f"Cannot start a {campaign['status']} campaign")
-        number = lifecycle.get_number(conn, org, campaign["whatsapp_number_id"])
-        pf = run_preflight(
-            conn, campaign, number, lambda: load_credentials(number["block_name"], fresh=True),
-            ping_redis, usage=limit_usage(),
-        )
+            raise Conflict(f"Cannot start a {campaign['status']} campaign")
+        number = get_number(conn, org, campaign["whatsapp_number_id"])
+        pf = run_preflight(conn, campaign, number, lambda: credentials(number["block_name"]), ping_redis,
+                           usage=limit_usage())
         if not pf.ok:
-            raise lifecycle.Invalid("Preflight failed", pf.failures())
+            raise Invalid("Preflight failed", pf.failures())
         lifecycle.mark_running(conn, org, campaign_id)
         started = lifecycle.get(conn, org, campaign_id)
     if campaign["status"] == "scheduled":  # started now (by hand, or by campaign-scheduler at its time)
-        _drop(campaign["flow_run_id"], f"campaign {campaign_id} was started; its scheduled run is not needed", log)
+        _drop(runs, campaign["flow_run_id"], f"campaign {campaign_id} was started; its scheduled run is not needed",
+              log)
     return {
         "campaign_id": str(campaign_id),
         "status": started["status"],
@@ -71,7 +71,7 @@ def retry_stats_of(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID) 
 
 def progress_of(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID) -> dict[str, Any]:
     campaign = lifecycle.get(conn, org, campaign_id)
-    number = lifecycle.get_number(conn, org, campaign["whatsapp_number_id"])
+    number = get_number(conn, org, campaign["whatsapp_number_id"])
     return stats.progress(conn, campaign, number, get_settings().rate_headroom)
 
 
@@ -100,11 +100,11 @@ def list_campaigns(conn: sa.Connection, org: uuid.UUID, status: str | None = Non
                    limit: int = 50) -> dict[str, Any]:
     """The organization's campaigns, newest first; offset paging (an organization has hundreds, not millions)."""
     if status is not None and status not in CAMPAIGN_STATUSES:
-        raise lifecycle.Invalid(f"status must be one of: {', '.join(CAMPAIGN_STATUSES)} (got {status!r})")
+        raise Invalid(f"status must be one of: {', '.join(CAMPAIGN_STATUSES)} (got {status!r})")
     if not 0 <= skip <= MAX_LIST_SKIP:
-        raise lifecycle.Invalid(f"skip must be between 0 and {MAX_LIST_SKIP} (got {skip})")
+        raise Invalid(f"skip must be between 0 and {MAX_LIST_SKIP} (got {skip})")
     if not 1 <= limit <= MAX_LIST_LIMIT:
-        raise lifecycle.Invalid(f"limit must be between 1 and {MAX_LIST_LIMIT} (got {limit})")
+        raise Invalid(f"limit must be between 1 and {MAX_LIST_LIMIT} (got {limit})")
     where = [campaigns.c.organization_id == org]
     if status is not None:
         where.append(campaigns.c.status == status)
@@ -128,7 +128,7 @@ def delete_campaign(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID)
     if current["status"] not in lifecycle.STARTABLE:
         hint = (f"; cancel it with POST /api/v1/campaigns/{campaign_id}/cancel" if current["status"] in
                 ("running", "paused") else "; it is kept with its statistics")
-        raise lifecycle.Conflict(f"Cannot delete a {current['status']} campaign{hint}")
+        raise Conflict(f"Cannot delete a {current['status']} campaign{hint}")
     return lifecycle.cancel(conn, org, campaign_id)
 
 
@@ -145,9 +145,7 @@ def record_flow_run(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID,
 # -- scheduled campaigns in Prefect: Upcoming shows one send-campaign run per scheduled campaign ------------
 
 
-def schedule_run(db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID,
-                 schedule: Callable[[uuid.UUID, datetime], str] = schedule_send_run,
-                 logger: Logger = log) -> str | None:
+def schedule_run(db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID, runs: Runs, logger: Logger = log) -> str | None:
     """Give a scheduled campaign its send-campaign run in Prefect, Scheduled at its scheduled_at (so it shows
     under Upcoming and starts then), recorded on the campaign; the run it had before (a reschedule) is
     cancelled if it is still waiting. When Prefect cannot take it, the campaign stays scheduled in the
@@ -157,9 +155,9 @@ def schedule_run(db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID,
     if campaign["status"] != "scheduled":
         return None
     when = stats.iso_z(campaign["scheduled_at"])
-    _drop(campaign["flow_run_id"], f"campaign {campaign_id} was rescheduled to {when}", logger)
+    _drop(runs, campaign["flow_run_id"], f"campaign {campaign_id} was rescheduled to {when}", logger)
     try:
-        run_id = schedule(campaign_id, campaign["scheduled_at"])
+        run_id = runs.schedule(campaign_id, campaign["scheduled_at"])
     except Exception as exc:  # Prefect down, or no send-campaign deployment: the database is the truth
         logger.warning("campaign %s is scheduled for %s, but Prefect has no run for it (%s); campaign-scheduler "
                        "starts it at its time", campaign_id, when, f"{type(exc).__name__}: {exc}"[:300])
@@ -169,35 +167,36 @@ def schedule_run(db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID,
     return run_id
 
 
-def drop_schedule(db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID, why: str, logger: Logger = log) -> bool:
+def drop_schedule(db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID, why: str, runs: Runs,
+                  logger: Logger = log) -> bool:
     """Cancel the campaign's scheduled send-campaign run if it is still waiting (it was paused or cancelled
     before its time), so Upcoming stays true. True when one was cancelled."""
     with db.connect() as conn:
         flow_run_id = lifecycle.get(conn, org, campaign_id)["flow_run_id"]
-    return _drop(flow_run_id, why, logger)
+    return _drop(runs, flow_run_id, why, logger)
 
 
-def follow_transition(db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID, t: lifecycle.Transition,
+def follow_transition(db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID, t: lifecycle.Transition, runs: Runs,
                       logger: Logger = log) -> str | None:
     """Keep Prefect in step after a lifecycle transition: a campaign that is now scheduled (schedule,
     reschedule, resumed before it ever started) gets its scheduled run under Upcoming; one that left
     `scheduled` (paused, cancelled) loses it; a cancelled one's suspended run ends. Returns the new
     scheduled run's id, if any."""
     if t.status == "scheduled":
-        return schedule_run(db, org, campaign_id, logger=logger)
+        return schedule_run(db, org, campaign_id, runs, logger)
     if t.status == "cancelled":  # a run suspended by an earlier pause wakes, to end Cancelled too
         try:
-            wake_suspended_run(campaign_id)
+            runs.wake_suspended(campaign_id)
         except Exception as exc:  # Prefect down: the campaign is cancelled all the same
             logger.warning("could not wake the suspended run of campaign %s: %s", campaign_id, exc)
     if t.previous == "scheduled":
-        drop_schedule(db, org, campaign_id, f"campaign {campaign_id} was {t.status} before its time", logger)
+        drop_schedule(db, org, campaign_id, f"campaign {campaign_id} was {t.status} before its time", runs, logger)
     return None
 
 
-def _drop(flow_run_id: str | None, why: str, logger: Logger) -> bool:
+def _drop(runs: Runs, flow_run_id: str | None, why: str, logger: Logger) -> bool:
     try:
-        return drop_scheduled_run(flow_run_id, why)
+        return runs.drop_scheduled(flow_run_id, why)
     except Exception as exc:  # Prefect down: the run starts at its time, finds the campaign not due, does nothing
         logger.warning("could not cancel the scheduled flow run %s (%s); if it starts it will do nothing",
                        flow_run_id, f"{type(exc).__name__}: {exc}"[:300])

@@ -17,7 +17,7 @@ from typing import IO, Any
 
 import sqlalchemy as sa
 
-from campaigns.control.lifecycle import Invalid
+from campaigns.errors import Invalid
 from campaigns.store.schema import INT8_MAX, RECIPIENT_STATUSES
 
 # "replied" is not a recipient status but what operators ask for next to "failed": replied_at is set.

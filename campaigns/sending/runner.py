@@ -16,6 +16,7 @@ from campaigns.audience import build as audience
 from campaigns.control import lifecycle
 from campaigns.control.preflight import WINDOWED_PROVIDERS, run_preflight
 from campaigns.control.scheduler import RELAUNCH_LIMIT
+from campaigns.control.tenancy import get_number
 from campaigns.infra.faultpoints import AUDIENCE_WRITTEN, pause_point
 from campaigns.reporting import stats
 from campaigns.reporting.stats import iso_z
@@ -42,7 +43,7 @@ def load_spec(
     """The campaign as the send path needs it, its provider's name and the number's credentials."""
     with db.connect() as conn:
         campaign = lifecycle.get_any_org(conn, campaign_id)
-        number = lifecycle.get_number(conn, campaign["organization_id"], campaign["whatsapp_number_id"])
+        number = get_number(conn, campaign["organization_id"], campaign["whatsapp_number_id"])
     return CampaignSpec.from_rows(campaign, number), number["provider"], credentials(number["block_name"])
 
 
@@ -106,7 +107,7 @@ def prepare(
         if not_yet := _not_due(campaign):
             return Prepared(not_yet)
         org = campaign["organization_id"]
-        number = lifecycle.get_number(conn, org, campaign["whatsapp_number_id"])
+        number = get_number(conn, org, campaign["whatsapp_number_id"])
         if campaign["status"] in lifecycle.STARTABLE:
             pf = run_preflight(conn, campaign, number, lambda: credentials(number["block_name"]), ping_redis,
                                ping_prefect, usage=usage)
@@ -211,7 +212,7 @@ def wave_plan(db: sa.Engine, campaign_id: uuid.UUID, batch_size: int, headroom: 
     pending at once, as they were never marked in flight, but nothing is gained by claiming them early)."""
     with db.connect() as conn:
         campaign = lifecycle.get_any_org(conn, campaign_id)
-        number = lifecycle.get_number(conn, campaign["organization_id"], campaign["whatsapp_number_id"])
+        number = get_number(conn, campaign["organization_id"], campaign["whatsapp_number_id"])
     spec = CampaignSpec.from_rows(campaign, number)
     step = max(limit.interval_us for limit in spec.limits(headroom)) / 1_000_000
     seconds_per_batch = spec.claim_size(batch_size, headroom) * step

@@ -12,12 +12,12 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 from prefect.states import State
 
-from campaigns.control.services import record_flow_run, start_campaign
+from campaigns.control.services import record_flow_run
 from campaigns.infra.embedded import _home, _stop_prefect, ensure_prefect
 from campaigns.settings import get_settings
 from deployments.launch import launch_send_run
 from tests.faults.harness import judge, new_campaign, sent_ids, settle_statuses, wait_accepted
-from tests.helpers import campaign_row, wait_for
+from tests.helpers import campaign_row, start_campaign, wait_for
 
 pytest_plugins = ["tests.browser"]  # the `campaigns_serve` fixture
 

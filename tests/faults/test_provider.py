@@ -12,7 +12,8 @@ import pytest
 from campaigns.infra.asgi_thread import ThreadedServer
 from campaigns.sending.engine_process import close_engine_client
 from campaigns.settings import get_settings
-from campaigns.webhooks.receiver import KnownSecrets, create_app
+from campaigns.webhook_app import create_app
+from campaigns.webhooks.receiver import KnownSecrets
 from tests.faults.harness import Env, judge, new_campaign, wait_accepted
 from tests.helpers import APP_SECRET, recipients, run_campaign, shrink_retry_delay
 

@@ -13,7 +13,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from campaigns.control import lifecycle
+from campaigns.control import lifecycle, tenancy
 from campaigns.settings import get_settings
 from tests.faults.harness import judge, new_campaign, number_of, sent_ids, settle_statuses, wait_accepted
 from tests.helpers import run_campaign
@@ -79,7 +79,7 @@ def redis_lost(db, org, sandbox, scenario: str, total: int, mps: int, per_hour: 
     sandbox.configure(latency_ms=50, mps_cap=mps)  # a peer that refuses more than the number's rate
     cid = new_campaign(db, org, sandbox, total, mps, start=start)
     with db.begin() as conn:
-        lifecycle.set_number_limits(conn, org, number_of(db, cid), {"per_hour": per_hour})
+        tenancy.set_number_limits(conn, org, number_of(db, cid), {"per_hour": per_hour})
     flush = redis.Redis.from_url(get_settings().redis_url or "").flushdb
     thread, when = _during(sandbox, per_hour // 3, flush)
     result = run_campaign(cid)

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from campaigns.store.schema import INT4_MAX
+MAX_ERROR_CODE = 2**31 - 1  # a code is recorded as a 32-bit integer; Graph's are far below (providers see no SQL)
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def clean_result(result: SendResult) -> SendResult:
     """
     code = graph_code(result.error_code)
     message = None if result.error_message is None else clean_text(result.error_message)
-    if result.error_code is not None and (code is None or not 0 <= code <= INT4_MAX):
+    if result.error_code is not None and (code is None or not 0 <= code <= MAX_ERROR_CODE):
         shown = clean_text(result.error_code, 40)
         message, code = (f"{message} (code {shown})" if message else f"code {shown}"), None
     retry_after = result.retry_after
