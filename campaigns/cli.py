@@ -30,7 +30,7 @@ def _json(value: Any, indent: int | None = None) -> str:
     """JSON as the HTTP API writes it: times in the seed's form (UTC, Z), ids as strings."""
     from datetime import datetime
 
-    from campaigns.reporting.stats import iso_z
+    from campaigns.store.db import iso_z
 
     return json.dumps(value, indent=indent, default=lambda v: iso_z(v) if isinstance(v, datetime) else str(v))
 
@@ -152,7 +152,7 @@ def cmd_numbers_limits(args: argparse.Namespace) -> int:
 def cmd_schedule(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from campaigns.reporting.stats import iso_z
+    from campaigns.store.db import iso_z
 
     with _db().begin() as conn:
         org = _org_of(conn, args.id, args.org)

@@ -28,7 +28,7 @@ from campaigns.control.models import MAX_TEXT, CampaignCreate, field_errors
 from campaigns.control.runs import LoadCredentials, Runs
 from campaigns.control.tenancy import org_id_by_name
 from campaigns.errors import CampaignError, Conflict, Invalid, NotFound
-from campaigns.reporting.stats import iso_z
+from campaigns.store.db import iso_z
 from campaigns.store.schema import campaigns, whatsapp_numbers
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from campaigns.reporting.stats import failures_by_code, iso_z
+from campaigns.reporting.stats import failures_by_code
+from campaigns.store.db import iso_z
 
 
 def retry_stats(conn: sa.Connection, campaign: dict[str, Any]) -> dict[str, Any]:

@@ -9,11 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from campaigns.sending.ratelimit import campaign_limit, number_caps, number_limit
-
-
-def iso_z(value: datetime | None) -> str | None:
-    """The seed's timestamp form, 2024-12-14T10:00:00Z: UTC, to the second."""
-    return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z") if value else None
+from campaigns.store.db import iso_z
 
 
 def _pct(num: int, den: int) -> float:

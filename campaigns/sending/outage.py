@@ -47,8 +47,8 @@ import uuid
 
 import sqlalchemy as sa
 
-from campaigns.reporting.stats import iso_z
 from campaigns.sending.providers import SendResult
+from campaigns.store.db import iso_z
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from campaigns.control.scheduler import RELAUNCH_LIMIT
 from campaigns.control.tenancy import get_number
 from campaigns.infra.faultpoints import AUDIENCE_WRITTEN, pause_point
 from campaigns.reporting import stats
-from campaigns.reporting.stats import iso_z
 from campaigns.sending.batch import CampaignSpec
 from campaigns.sending.providers import Credentials
 from campaigns.sending.ratelimit import LimitUsage
+from campaigns.store.db import iso_z
 from campaigns.store.runlock import runner_alive
 
 log = logging.getLogger(__name__)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 
@@ -9,6 +10,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from campaigns.settings import get_settings
+
+
+def iso_z(value: datetime | None) -> str | None:
+    """The seed's timestamp form, 2024-12-14T10:00:00Z: UTC, to the second (how every face writes a row's time)."""
+    return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z") if value else None
 
 
 def sqlalchemy_url(url: str) -> str:
