@@ -6,6 +6,7 @@ import logging
 import uuid
 
 import sqlalchemy as sa
+from prefect.exceptions import ObjectAlreadyExists
 from pydantic import SecretStr
 
 from blocks.whatsapp import WhatsAppNumberCredentials
@@ -30,11 +31,15 @@ def add_number(
 ) -> uuid.UUID:
     """Create or update the number; the block is saved first so the row never names a missing block."""
     name = block_name_for(organization_id, phone_number_id)
-    WhatsAppNumberCredentials(
+    block = WhatsAppNumberCredentials(
         provider=provider, phone_number_id=phone_number_id, access_token=SecretStr(token),
         app_secret=SecretStr(app_secret), verify_token=SecretStr(verify_token), api_base=api_base,
         graph_version=graph_version,
-    ).save(name, overwrite=True)
+    )
+    try:
+        block.save(name, overwrite=True)
+    except ObjectAlreadyExists:  # the block type, registered at the same moment by another process: now it is
+        block.save(name, overwrite=True)
     signing_secret = token if provider == "evolution" else app_secret
     signer = signer_id(signing_secret) if signing_secret else None  # None: signed by the platform's app
     return tenancy.add_number(conn, organization_id, provider=provider, phone_number_id=phone_number_id,

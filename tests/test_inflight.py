@@ -159,7 +159,7 @@ def test_a_cap_lost_while_a_batch_waits_for_its_slots_still_counts_what_the_batc
     a counter Redis lost meanwhile, rebuilt from Postgres by another campaign's take, then counts them."""
     cid, number, rows = _claimed(db, org, sandbox, 6, start=8160)
     with db.begin() as conn:
-        lifecycle.set_number_limits(conn, org, number, {"per_hour": 100})
+        tenancy.set_number_limits(conn, org, number, {"per_hour": 100})
     spec, provider, credentials = runner.load_spec(db, cid, load_credentials)
     messages, _ = sending.prepare(spec, rows)
     [hour] = spec.caps()
