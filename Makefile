@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 export XDG_RUNTIME_DIR ?= /tmp/campaigns-runtime-$(shell id -u)
 
-.PHONY: sync demo test faults lint screenshots bench stop clean
+.PHONY: sync demo test test-fast faults lint screenshots bench stop clean
 
 .tools/bin/uv:
 	python3 -m venv .tools && .tools/bin/pip install --quiet --disable-pip-version-check uv
@@ -28,6 +28,11 @@ lint: sync
 # one worker, after that worker's other tests (--dist loadgroup). The fault suite's fast variants run here too.
 test: lint
 	$(UV) run --locked pytest -n 2 --dist loadgroup
+
+# The unit tests alone (tests/unit: pure functions and models): no Postgres, Redis or Prefect server is started
+# for them (tests/conftest.py), so they take seconds. `make test` runs them too, with everything else.
+test-fast: sync
+	$(UV) run --locked pytest tests/unit -q -p no:cacheprovider
 
 # The fault suite, fast and heavy variants (marker `heavy`): bigger campaigns, the machine's Postgres cluster
 # restarted (other databases on it see it too, for a second), the Prefect server restarted. One line per scenario:

@@ -5,6 +5,12 @@ database `campaigns_test` on that server and Redis db 15; unset, the embedded se
 TEST_SLOT=N (1-9) gives a second test session its own database, Redis db, Prefect server and folder, so
 two sessions can run side by side on one machine. Under pytest-xdist (`make test` runs two workers) worker
 gwK takes slot TEST_SLOT+K: each worker has its own services, and a second session needs TEST_SLOT=2 or more.
+
+The unit tests (tests/unit, `make test-fast`) need none of this. When every path on the command line is
+under tests/unit, no service starts and DATABASE_URL, REDIS_URL and PREFECT_API_URL are removed from the
+environment, so a unit test that reaches for a service fails at once (the `services` fixture, and so `db`,
+`org`, `sandbox`..., says why) instead of touching a developer's database. Any other selection, including
+none (testpaths: all of tests/), starts the services first.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import psycopg
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+UNIT = ROOT / "tests" / "unit"
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1"... in an xdist worker, else ""
 SLOT = int(os.environ.get("TEST_SLOT", "0")) + (int(WORKER[2:]) if WORKER else 0)
 SUFFIX = f"_{SLOT}" if SLOT else ""
@@ -53,12 +60,27 @@ def _redis_db(url: str, number: int) -> str:
     return f"{scheme}://{rest.split('/', 1)[0]}/{number}"
 
 
+def only_unit_tests(config: pytest.Config) -> bool:
+    """Every path given (`tests/unit`, `tests/unit/test_x.py::test_y`...) is under tests/unit. No path means
+    testpaths, the whole of tests/."""
+    paths = [Path(config.invocation_params.dir, arg.split("::", 1)[0]).resolve() for arg in config.args]
+    return bool(paths) and all(path.is_relative_to(UNIT) for path in paths)
+
+
+SERVICES_STARTED = pytest.StashKey[bool]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Start the services before test modules are collected: Prefect reads PREFECT_API_URL when it is
     first imported, and test modules import it. A test process and the workers it spawns must talk to
     the same Prefect server (they share the number's credentials block). Under xdist the controller runs no
-    test: only its workers start services."""
+    test: only its workers start services. A session of unit tests only starts none (see the docstring)."""
+    config.stash[SERVICES_STARTED] = False
     if not WORKER and getattr(config.option, "numprocesses", None):
+        return
+    if only_unit_tests(config):
+        for name in ("DATABASE_URL", "REDIS_URL", "PREFECT_API_URL"):
+            os.environ.pop(name, None)
         return
     from campaigns.infra.embedded import bootstrap
     from campaigns.settings import get_settings
@@ -73,6 +95,7 @@ def pytest_configure(config: pytest.Config) -> None:
     from campaigns.store.db import upgrade
 
     upgrade(os.environ["DATABASE_URL"])
+    config.stash[SERVICES_STARTED] = True
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -84,12 +107,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def services() -> None:
-    """Started by pytest_configure; a fixture other fixtures can depend on."""
+def services(pytestconfig: pytest.Config) -> None:
+    """Started by pytest_configure; every fixture that needs Postgres, Redis or Prefect depends on it."""
+    if not pytestconfig.stash[SERVICES_STARTED]:
+        pytest.fail("this session started no services: it collected only tests/unit, whose tests use none "
+                    "(a test that needs Postgres, Redis or Prefect belongs in tests/, not tests/unit)")
 
 
 @pytest.fixture
-def db():
+def db(services):
     from campaigns.store.db import get_engine
 
     return get_engine()

@@ -216,3 +216,37 @@ def prefect_run(flow_run_id: str) -> Any:
 
     with get_client(sync_client=True) as client:
         return client.read_flow_run(uuid.UUID(flow_run_id))
+
+
+@contextlib.contextmanager
+def environ(**values: str) -> Iterator[None]:
+    """Environment variables for the block, and for the processes started in it; then as they were. The settings
+    are read from the environment once (get_settings is cached): the cache is cleared on the way in and out."""
+    from campaigns.settings import get_settings
+
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        get_settings.cache_clear()
+
+
+@contextlib.contextmanager
+def use_settings(**overrides: Any) -> Iterator[Any]:
+    """The process's settings with `overrides` (campaigns.settings.Settings field names: a typo is refused) for
+    the block; yields them. Something that read a setting once (the send engine's client) must be started again
+    inside the block to see it."""
+    from campaigns.settings import Settings, get_settings
+
+    unknown = sorted(set(overrides) - set(Settings.model_fields))
+    if unknown:
+        raise TypeError(f"not a setting: {', '.join(unknown)}")
+    with environ(**{name.upper(): str(value) for name, value in overrides.items()}):
+        yield get_settings()

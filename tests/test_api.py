@@ -24,7 +24,7 @@ from campaigns import api_tokens
 from campaigns.api import PrefectLauncher, create_app
 from campaigns.control import tenancy
 from campaigns.infra.asgi_thread import ThreadedServer
-from tests.helpers import add_contacts, add_sandbox_number, campaign_row, cli, new_org, phones, wait_for
+from tests.helpers import add_contacts, add_sandbox_number, campaign_row, cli, new_org, phones, use_settings, wait_for
 
 SEED_BODY = {  # the seed's "1. Criar Campanha" body
     "name": "Black Friday 2024",
@@ -144,6 +144,7 @@ def test_create_names_each_wrong_field_then_list_update_and_delete(db, org, sand
     assert again.status_code == 409 and again.json()["detail"].startswith("Cannot delete a cancelled campaign")
 
 
+@pytest.mark.flow
 def test_start_runs_the_flow_then_stats_progress_and_recipients_answer_in_the_seed_shape(db, org, sandbox, serve):
     launcher = FlowInThread()
     http = client(serve(launcher), db, org, "agent")
@@ -352,12 +353,11 @@ def test_start_answers_503_and_changes_nothing_when_nothing_serves_the_send_depl
     assert (row["status"], row["paused_reason"]) == ("paused", "launch_failed")
 
 
-def test_start_answers_503_soon_after_serve_stops_polling(monkeypatch):
+def test_start_answers_503_soon_after_serve_stops_polling():
     """Prefect marks a deployment not ready a minute or more after its last poll; the API does not wait."""
     from prefect.client.orchestration import get_client
 
     from campaigns.api import Unavailable
-    from campaigns.settings import get_settings
 
     name = f"polled-{uuid.uuid4().hex[:8]}"
     with get_client(sync_client=True) as prefect:
@@ -375,15 +375,10 @@ def test_start_answers_503_soon_after_serve_stops_polling(monkeypatch):
 
     wait_for(ready, timeout=15)  # the server marks a polled deployment ready in the background
 
-    monkeypatch.setenv("SERVE_POLL_STALE_SECONDS", "1")
-    get_settings.cache_clear()
-    try:
-        time.sleep(1.5)
-        with pytest.raises(Unavailable, match=f"Nothing has polled send-campaign/{name} for \\d+ s"):
-            launcher.ready()
-    finally:
-        monkeypatch.undo()
-        get_settings.cache_clear()
+    # Its last poll is older than any positive threshold by now: a millisecond stands for the 15 s default.
+    with use_settings(serve_poll_stale_seconds=0.001), pytest.raises(
+            Unavailable, match=f"Nothing has polled send-campaign/{name} for \\d+ s"):
+        launcher.ready()
 
 
 def _free_port() -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
+import pytest
 import redis
 import sqlalchemy as sa
 
@@ -44,6 +45,7 @@ def _new_day(db, pnid: str) -> None:
         """), {"p": pnid})
 
 
+@pytest.mark.flow
 def test_a_daily_cap_pauses_until_midnight_and_the_scheduler_resumes_after_it(db, org, sandbox):
     pnid = str(uuid.uuid4().int)[:15]
     number = add_sandbox_number(db, org, sandbox, phone_number_id=pnid)
@@ -83,6 +85,7 @@ def test_a_daily_cap_pauses_until_midnight_and_the_scheduler_resumes_after_it(db
     assert len(counts) == 8 and set(counts.values()) == {1}  # each recipient exactly once
 
 
+@pytest.mark.flow
 def test_one_physical_number_has_one_budget_across_organizations(db, org, sandbox):
     pnid = str(uuid.uuid4().int)[:15]
     mine = add_sandbox_number(db, org, sandbox, phone_number_id=pnid)
@@ -97,6 +100,7 @@ def test_one_physical_number_has_one_budget_across_organizations(db, org, sandbo
     assert len(sent_counts(sandbox)) == 3
 
 
+@pytest.mark.flow
 def test_a_scheduled_campaign_starts_when_its_time_comes_and_a_failing_preflight_pauses_it(db, org, sandbox):
     number = add_sandbox_number(db, org, sandbox)
     add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(2, start=8400)])
@@ -117,6 +121,7 @@ def test_a_scheduled_campaign_starts_when_its_time_comes_and_a_failing_preflight
     assert "inactive" in refused["last_error_message"]
 
 
+@pytest.mark.flow
 def test_a_portfolio_limit_counts_unique_recipients_across_its_numbers(db, org, sandbox):
     with db.begin() as conn:
         portfolio = tenancy.add_portfolio(conn, org, "main-" + uuid.uuid4().hex[:6], 5)
@@ -141,17 +146,6 @@ def test_a_portfolio_limit_counts_unique_recipients_across_its_numbers(db, org, 
     assert sent == {x.lstrip("+") for x in p[:5]}
 
 
-def test_the_estimate_counts_the_slowest_limit_in_force():
-    from campaigns.reporting.stats import limit_rate
-
-    campaign = {"messages_per_hour": None, "delay_between_messages_seconds": 0}
-    number = {"mps": 80, "provider": "meta_cloud", "per_minute": None, "per_hour": None, "per_day": 500}
-    assert limit_rate(campaign, number, 0.04) == 500 / 86400  # the daily cap, not 76.8 msg/s
-    assert limit_rate(campaign, {**number, "per_day": None}, 0.04) == 80 * 0.96
-    assert limit_rate({**campaign, "messages_per_hour": 100}, {**number, "per_day": None}, 0) == 100 / 3600
-    assert limit_rate(campaign, {**number, "provider": "evolution", "per_day": None}, 0) == 1000 / 3600
-
-
 def test_the_estimate_in_the_first_seconds_uses_the_rate_since_the_start(db, org, sandbox):
     from campaigns.control.services import progress_of
 
@@ -171,6 +165,7 @@ def test_the_estimate_in_the_first_seconds_uses_the_rate_since_the_start(db, org
     assert eta == "00:00:10"  # not 00:01:00 (500 in a 30 s window)
 
 
+@pytest.mark.flow
 def test_the_scheduler_flow_launches_a_send_campaign_run_for_what_is_due(db, org, sandbox):
     import asyncio
 

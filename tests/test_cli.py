@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import uuid
 
+import pytest
+
 from tests.helpers import cli
 
 
+@pytest.mark.flow
 def test_a_campaign_from_the_command_line(tmp_path, sandbox):
     assert cli("db", "upgrade").stdout == ""
     org = f"cli-{uuid.uuid4().hex[:8]}"

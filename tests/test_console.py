@@ -30,7 +30,8 @@ from deployments.launch import launch_send_run
 from tests.helpers import add_contacts, add_sandbox_number, campaign_row, create_campaign, phones, sent_counts, wait_for
 
 pytest_plugins = ["tests.browser"]  # the `campaigns_serve` fixture
-pytestmark = pytest.mark.xdist_group("serve-console")  # one worker: one serve for the module
+# Every test runs `campaigns serve` (the flows run under it); one worker: one serve for the module.
+pytestmark = [pytest.mark.flow, pytest.mark.xdist_group("serve-console")]
 
 
 def _run(run_id: str):

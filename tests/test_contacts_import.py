@@ -6,7 +6,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from campaigns.audience.contacts import ImportFileError, import_csv
-from campaigns.audience.phones import normalise
 
 CSV = """phone,name,tags,opted_out,last_inbound_at,city
 +55 (11) 99999-0001,Ana,vip|sp,false,2026-11-25T10:00:00Z,Recife
@@ -17,18 +16,6 @@ CSV = """phone,name,tags,opted_out,last_inbound_at,city
 5511999990004,Dani,,maybe,,
 5511999990005,Edu,,,yesterday,
 """
-
-
-def test_normalise_to_e164():
-    assert normalise("+55 (11) 99999-0001") == "+5511999990001"
-    assert normalise("11999990002") == "+5511999990002"
-    assert normalise("5511999990002") == "+5511999990002"
-    assert normalise("0044 20 7946 0958") == "+442079460958"
-    assert normalise("12") is None
-    assert normalise("129399") is None  # +55 129399: too short for a Brazilian number (area code + 8-9 digits)
-    assert normalise("+55 11 99999-00011") is None  # one digit too many
-    assert normalise("+1 415 555 0100") == "+14155550100" and normalise("+1 555 0100") is None
-    assert normalise("abc") is None
 
 
 def test_good_rows_are_kept_and_bad_rows_reported_by_line(db, org):

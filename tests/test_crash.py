@@ -13,6 +13,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from campaigns.sending.reconcile import reconcile
 from tests.helpers import (
     add_contacts,
@@ -24,6 +26,8 @@ from tests.helpers import (
     sent_counts,
     wait_for,
 )
+
+pytestmark = pytest.mark.flow  # every test runs a campaign through the send-campaign flow
 
 TOTAL = 1200
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import httpx
+import pytest
 import sqlalchemy as sa
 
 from blocks.numbers import add_number
@@ -21,6 +22,8 @@ from tests.helpers import (
     run_campaign,
     webhook_receiver,
 )
+
+pytestmark = pytest.mark.flow  # every test runs a campaign through the send-campaign flow
 
 KEY = "evo-instance-key"
 

@@ -23,8 +23,11 @@ from tests.helpers import (
     run_campaign,
     sent_counts,
     shrink_retry_delay,
+    use_settings,
     wait_for,
 )
+
+pytestmark = pytest.mark.flow  # every test runs a campaign through the send-campaign flow
 
 
 def by_phone(db, cid):
@@ -223,21 +226,13 @@ def test_a_contact_deleted_after_the_audience_froze_is_skipped_not_stuck(db, org
     assert rows["+5511900000002"]["status"] in ("sent", "delivered", "read")
 
 
-def test_a_circuit_breaker_pauses_after_too_many_failures_in_a_row(db, org, sandbox, monkeypatch):
-    from campaigns.settings import get_settings
-
-    monkeypatch.setenv("CIRCUIT_BREAKER_FAILURES", "10")
-    monkeypatch.setenv("BATCH_SIZE", "5")
-    get_settings.cache_clear()
-    try:
+def test_a_circuit_breaker_pauses_after_too_many_failures_in_a_row(db, org, sandbox):
+    with use_settings(circuit_breaker_failures=10, batch_size=5):
         sandbox.configure(rules=[{"match": ".*", "code": 131026}])  # e.g. a list of numbers not on WhatsApp
         number = add_sandbox_number(db, org, sandbox, mps=20)
         add_contacts(db, org, [{"phone": f"+55119000003{i:02d}", "name": "Ana"} for i in range(40)])
         cid = create_campaign(db, org, number)
         assert run_campaign(cid)["status"] == "paused"
-    finally:
-        monkeypatch.undo()
-        get_settings.cache_clear()
     campaign = campaign_row(db, cid)
     assert campaign["paused_reason"] == "circuit_breaker"
     assert "in a row" in campaign["last_error_message"] and "131026" in campaign["last_error_message"]

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from prefect import get_client
 
 from flows.ingest_statuses import ingest_statuses
 from tests.helpers import add_contacts, add_sandbox_number, create_campaign, phones, recipients, run_campaign
+
+pytestmark = pytest.mark.flow  # every test runs the send-campaign and ingest-statuses flows
 
 
 def test_the_flow_applies_statuses_and_refreshes_the_campaigns_summary_in_place(db, org, sandbox):

@@ -29,6 +29,7 @@ def _start_in_thread(cid):
     return thread, out
 
 
+@pytest.mark.flow
 def test_pause_stops_sending_within_two_seconds_and_resume_sends_only_what_is_left(db, org, sandbox):
     number = add_sandbox_number(db, org, sandbox, mps=50)
     add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(400)])
@@ -67,6 +68,7 @@ def test_pause_stops_sending_within_two_seconds_and_resume_sends_only_what_is_le
     assert len(edited) == pending_before  # what was still pending went out with the edited variables
 
 
+@pytest.mark.flow
 def test_cancel_is_final_and_marks_what_was_not_sent(db, org, sandbox):
     number = add_sandbox_number(db, org, sandbox, mps=50)
     add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(300)])
@@ -92,6 +94,7 @@ def test_cancel_is_final_and_marks_what_was_not_sent(db, org, sandbox):
     assert len(sandbox.messages()) == sent
 
 
+@pytest.mark.flow
 def test_two_runs_of_one_campaign_send_each_row_once(db, org, sandbox):
     number = add_sandbox_number(db, org, sandbox, mps=400)
     add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(600)])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.helpers import (
     add_contacts,
     add_sandbox_number,
@@ -12,6 +14,8 @@ from tests.helpers import (
     run_campaign,
     sent_counts,
 )
+
+pytestmark = pytest.mark.flow  # every test runs a campaign through the send-campaign flow
 
 
 def test_every_eligible_contact_gets_the_message_exactly_once(db, org, sandbox):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import uuid
 
+import pytest
+
 from blocks.numbers import add_number
 from campaigns.store.schema import INT4_MAX
 from tasks.send import prepare_campaign, send_batch
@@ -82,6 +84,7 @@ def test_non_string_duplicate_and_taken_message_ids_still_record_every_send(db, 
     assert rows[numbers[5]]["wamid"] == clean["wamid"]
 
 
+@pytest.mark.flow
 def test_an_evolution_answer_with_a_bad_id_sends_each_recipient_once(db, org, sandbox):
     instance = "loja-" + os.urandom(3).hex()
     numbers = phones(4, start=8300)

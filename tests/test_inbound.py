@@ -51,6 +51,7 @@ def _contact(db, org, phone: str) -> Any:
             "where organization_id = :o and phone = :p"), {"o": org, "p": phone}).one_or_none()
 
 
+@pytest.mark.flow
 def test_keyword_replies_opt_out_and_mark_the_recipient_replied(db, org, sandbox):
     sandbox.configure(reply_rate=1.0, reply_text="  Parar! ", read_rate=0.0)
     number = add_sandbox_number(db, org, sandbox)
@@ -106,6 +107,7 @@ def test_user_preferences_latest_choice_wins_in_any_order(db, org, sandbox, rece
     assert _contact(db, org, "+5511900000399").opted_out_at is not None
 
 
+@pytest.mark.flow
 def test_131050_opts_the_contact_out(db, org, sandbox):
     sandbox.configure(rules=[{"match": "1$", "code": 131050, "where": "webhook"}])
     number = add_sandbox_number(db, org, sandbox)
@@ -120,6 +122,7 @@ def test_131050_opts_the_contact_out(db, org, sandbox):
     assert _contact(db, org, "+5511900000402").opted_out_at is None
 
 
+@pytest.mark.flow
 def test_an_inbound_message_opens_the_24h_window_for_free_form_text(db, org, sandbox, receiver):
     number = add_sandbox_number(db, org, sandbox)
     pnid = phone_number_id(db, number)
@@ -148,6 +151,7 @@ def test_an_inbound_message_opens_the_24h_window_for_free_form_text(db, org, san
     assert outcome["+5511900000501"][0] in ("sent", "delivered", "read")
 
 
+@pytest.mark.flow
 def test_a_secret_vouches_only_for_its_own_numbers(db, org, sandbox):
     """Another organization bringing its own Meta app cannot forge statuses or opt-outs for ours."""
     number = add_sandbox_number(db, org, sandbox)

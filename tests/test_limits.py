@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import uuid
 
+import pytest
+
 from tests.helpers import (
     add_contacts,
     add_sandbox_number,
@@ -15,11 +17,13 @@ from tests.helpers import (
     run_logs,
     sent_counts,
     shrink_retry_delay,
+    use_settings,
     wait_for,
 )
 
 
-def test_two_campaigns_on_one_number_never_exceed_its_rate_together(db, org, monkeypatch):
+@pytest.mark.flow
+def test_two_campaigns_on_one_number_never_exceed_its_rate_together(db, org):
     """The sandbox runs in its own process here, as Meta does: in the test's process its clock would be
     slowed by the test's own threads and it would see bunching that never left the engine. It still shares
     two cores with two flows, their engine and the test, and it stamps a request when it gets to read it,
@@ -27,18 +31,14 @@ def test_two_campaigns_on_one_number_never_exceed_its_rate_together(db, org, mon
     a burst. bench/throughput.py shows zero 130429 at the default headroom on a quiet machine."""
     from bench.common import SandboxProcess
     from campaigns.sending.engine_process import close_engine_client
-    from campaigns.settings import get_settings
 
-    monkeypatch.setenv("RATE_HEADROOM", "0.1")
-    get_settings.cache_clear()
-    close_engine_client()  # the send engine paces: a new one reads the headroom
-    try:
-        with SandboxProcess(latency_ms=50, mps_cap=100) as sandbox:
-            _two_campaigns(db, org, sandbox)
-    finally:
-        monkeypatch.undo()
-        get_settings.cache_clear()
-        close_engine_client()
+    with use_settings(rate_headroom=0.1):
+        close_engine_client()  # the send engine paces: a new one reads the headroom
+        try:
+            with SandboxProcess(latency_ms=50, mps_cap=100) as sandbox:
+                _two_campaigns(db, org, sandbox)
+        finally:
+            close_engine_client()
 
 
 def _two_campaigns(db, org, sandbox):
@@ -64,6 +64,7 @@ def _two_campaigns(db, org, sandbox):
     assert sandbox.stats()["max_window_per_second"] <= 95  # paced at 90/s: the headroom reached the engine
 
 
+@pytest.mark.flow
 def test_a_pair_rate_limit_delays_only_that_recipient(db, org, sandbox):
     sandbox.configure(rules=[{"match": "3$", "code": 131056, "times": 1}])
     number = add_sandbox_number(db, org, sandbox)
@@ -82,6 +83,7 @@ def test_a_pair_rate_limit_delays_only_that_recipient(db, org, sandbox):
     assert max(r["sent_at"] for r in others) < delayed["sent_at"]
 
 
+@pytest.mark.flow
 def test_an_unknown_error_code_is_retried_safely_then_recorded(db, org, sandbox):
     sandbox.configure(rules=[{"match": "1$", "code": 987654, "http_status": 400}])
     number = add_sandbox_number(db, org, sandbox)
@@ -108,6 +110,7 @@ def test_a_slow_campaign_runs_one_batch_at_a_time_and_a_fast_one_is_not_capped(d
     assert wave_plan(db, fast, 100, 0.04, 12)[0] == UNLIMITED
 
 
+@pytest.mark.flow
 def test_130429_slows_the_number_down_and_every_message_still_goes_once(db, org, sandbox):
     import threading
 

@@ -104,6 +104,7 @@ def test_create_campaign_finds_the_number_by_phone_number_id_display_number_or_i
     assert out.done == [f"created campaign {out.campaign_id} 'by {number}' (template, audience tags) as a draft"]
 
 
+@pytest.mark.flow
 def test_an_invalid_body_fails_the_run_naming_each_field_as_the_api_does(db, org, sandbox, flow_logs):
     number = add_sandbox_number(db, org, sandbox)
     state = create_campaign(
@@ -129,6 +130,7 @@ def test_an_invalid_body_fails_the_run_naming_each_field_as_the_api_does(db, org
     assert unknown.is_failed() and unknown.message == "organization: no organization named 'no-such-org'"
 
 
+@pytest.mark.flow
 def test_create_and_start_hands_the_campaign_to_a_send_campaign_run(db, org, sandbox, send_deployment, flow_logs):
     number = add_sandbox_number(db, org, sandbox)
     add_contacts(db, org, [{"phone": p, "name": "Ana", "tags": ["vip"]} for p in phones(4, start=7100)]
@@ -161,6 +163,7 @@ def test_create_and_start_hands_the_campaign_to_a_send_campaign_run(db, org, san
                             {"o": org}).scalar_one() == "draft"
 
 
+@pytest.mark.flow
 def test_create_and_schedule_puts_a_scheduled_run_under_upcoming(db, org, sandbox, send_deployment):
     number = add_sandbox_number(db, org, sandbox)
     state = create_campaign(org_name(db, org), {"name": "Later", "whatsapp_number": str(number)}, TEMPLATE,
@@ -196,6 +199,7 @@ def control(db, org, campaign: str, action: str, **kwargs):
     return campaign_control(org_name(db, org), campaign, action, return_state=True, **kwargs)
 
 
+@pytest.mark.flow
 def test_campaign_control_schedules_reschedules_pauses_resumes_and_cancels_a_scheduled_campaign(
         db, org, sandbox, send_deployment):
     number = add_sandbox_number(db, org, sandbox)
@@ -235,6 +239,7 @@ def test_campaign_control_schedules_reschedules_pauses_resumes_and_cancels_a_sch
     assert no_time.is_failed() and no_time.message == "at: give the date and time the campaign should start"
 
 
+@pytest.mark.flow
 def test_campaign_control_starts_pauses_resumes_and_retries_failures_through_send_campaign_runs(
         db, org, sandbox, send_deployment):
     number = add_sandbox_number(db, org, sandbox)

@@ -178,6 +178,7 @@ def test_a_refused_token_is_never_quoted_back_and_a_rate_limit_is_not_a_verdict(
         refused = check_number("meta_cloud", Credentials("123", token=token, api_base=f"http://127.0.0.1:{server.server_port}"))
     finally:
         server.shutdown()
+        server.server_close()
     assert (refused.accepted, refused.reachable) == (False, True)
     assert refused.detail.startswith("the provider refused the credentials (190): Malformed access token [token]")
     assert token[:12] not in refused.detail
@@ -187,5 +188,6 @@ def test_a_refused_token_is_never_quoted_back_and_a_rate_limit_is_not_a_verdict(
         limited = check_number("meta_cloud", Credentials("123", token=token, api_base=f"http://127.0.0.1:{server.server_port}"))
     finally:
         server.shutdown()
+        server.server_close()
     assert (limited.accepted, limited.reachable) == (False, False)  # a warning, not a refusal
     assert limited.detail == "the provider answered HTTP 429 (4): Application request limit reached"

@@ -14,8 +14,16 @@ from campaigns.control.scheduler import due_campaigns
 from campaigns.sending import batch as sending
 from campaigns.sending.reconcile import reconcile
 from campaigns.sending.runner import build_audience_once
-from campaigns.settings import get_settings
-from tests.helpers import add_contacts, add_sandbox_number, create_campaign, new_org, phones, recipients, start_campaign
+from tests.helpers import (
+    add_contacts,
+    add_sandbox_number,
+    create_campaign,
+    new_org,
+    phones,
+    recipients,
+    start_campaign,
+    use_settings,
+)
 
 
 def _left_in_sending(db, org, sandbox, n: int, start: int, claimed_ago: str) -> uuid.UUID:
@@ -34,13 +42,10 @@ def _left_in_sending(db, org, sandbox, n: int, start: int, claimed_ago: str) -> 
 
 
 @pytest.fixture
-def grace(monkeypatch) -> Iterator[float]:
+def grace() -> Iterator[float]:
     """The production grace period (tests run with 2 s): rows claimed during the test stay inside it."""
-    monkeypatch.setenv("RECONCILE_GRACE_SECONDS", "120")
-    get_settings.cache_clear()
-    yield get_settings().reconcile_grace_seconds
-    monkeypatch.undo()
-    get_settings.cache_clear()
+    with use_settings(reconcile_grace_seconds=120) as settings:
+        yield settings.reconcile_grace_seconds
 
 
 def _cancel(db, org, cid: uuid.UUID) -> None:

@@ -8,7 +8,7 @@ import time
 
 import redis.asyncio as aredis
 
-from campaigns.sending.ratelimit import Limit, RateLimiter, campaign_limit, chunk_size, number_limit
+from campaigns.sending.ratelimit import Limit, RateLimiter, campaign_limit, number_limit
 
 
 def _run(coro):
@@ -67,12 +67,6 @@ def test_a_key_redis_lost_goes_on_after_the_slots_already_reserved_on_it():
     assert after.start >= before.slots()[-1] + 0.1 - 1e-6  # was at once: 20 messages in flight at twice the rate
 
 
-def test_chunks_are_small_for_slow_limits():
-    assert chunk_size([Limit("k", 2_000_000)], 100) == 1
-    assert chunk_size([Limit("k", 1_000)], 100) == 100
-    assert campaign_limit("c", None, 0) is None
-
-
 def test_caps_grant_what_every_window_has_room_for_and_say_when_the_full_one_ends():
     from campaigns.sending.ratelimit import number_caps
 
@@ -94,12 +88,3 @@ def test_caps_grant_what_every_window_has_room_for_and_say_when_the_full_one_end
     assert day_end % 86400 == 0 and 0 < day_end - time.time() <= 86400
     assert after_refund.count == 1  # one given back, one taken again
 
-
-def test_evolution_waits_instead_of_pausing_and_is_paced_at_500_ms():
-    from campaigns.sending.ratelimit import number_caps
-
-    [soft] = number_caps("evolution:loja", "evolution", None, None, None)
-    assert (soft.limit, soft.window_s, soft.pause) == (1000, 3600, False)
-    assert number_limit("evolution:loja", 80, 0.04, "evolution").interval_us == 500_000
-    minute, hour = number_caps("meta_cloud:1", "meta_cloud", 20, 100, None)
-    assert (minute.pause, hour.pause) == (False, True)

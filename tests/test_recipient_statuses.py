@@ -18,6 +18,8 @@ from campaigns.webhooks.ingest import ingest_pending
 from tests.helpers import add_contacts, add_sandbox_number, cli, create_campaign, new_org, phones
 from tests.helpers import run_campaign as run_flow
 
+pytestmark = pytest.mark.flow  # every test runs a campaign through the send-campaign flow
+
 SEED_KEYS = {"contact_name", "contact_phone", "status", "message_id", "attempts"}
 SEED_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 

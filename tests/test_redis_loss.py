@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 import redis
 
 from campaigns.control import lifecycle, tenancy
@@ -18,6 +19,8 @@ from tests.helpers import (
     run_campaign,
     sent_counts,
 )
+
+pytestmark = pytest.mark.flow  # every test runs a campaign through the send-campaign flow
 
 
 def _redis_loses_everything() -> None:

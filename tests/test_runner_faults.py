@@ -23,6 +23,8 @@ from tests.helpers import (
     wait_for,
 )
 
+pytestmark = pytest.mark.flow  # every test runs the send-campaign flow, in this process or under `campaigns start`
+
 
 def _exactly_once(db, sandbox, cid) -> None:
     rows = recipients(db, cid)

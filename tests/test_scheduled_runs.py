@@ -9,6 +9,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import pytest
 import sqlalchemy as sa
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -23,6 +24,7 @@ from tests.helpers import add_contacts, add_sandbox_number, campaign_row, cli, p
 from tests.helpers import create_campaign as new_campaign
 
 
+@pytest.mark.flow
 def test_a_run_that_comes_before_the_campaigns_time_does_nothing_and_one_on_time_starts_it(db, org, sandbox):
     number = add_sandbox_number(db, org, sandbox)
     add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(3, start=7500)])

@@ -62,6 +62,7 @@ def open_deployments(page: Page) -> None:
     expect(page).to_have_url(re.compile(r"/v2/deployments\b"))
 
 
+@pytest.mark.flow
 def test_the_root_url_opens_the_v2_dashboard_and_it_reaches_this_servers_api(page: Page, campaigns_serve):
     settings = httpx.get(ui_url("/ui-settings"), timeout=5.0).json()
     assert (settings["default_ui"], settings["v2_base_url"], settings["api_url"]) == ("v2", "/v2", api_url())
@@ -91,6 +92,7 @@ def test_a_ui_pointed_at_an_unreachable_api_says_it_cannot_connect(page: Page):
     expect(page.get_by_text(f"{CANT_CONNECT} at {closed}")).to_be_visible()
 
 
+@pytest.mark.flow
 def test_the_deployments_page_lists_the_three_served_deployments_ready(page: Page, campaigns_serve):
     open_deployments(page)
     for flow in SERVED:
@@ -103,6 +105,7 @@ def test_the_deployments_page_lists_the_three_served_deployments_ready(page: Pag
     screenshot(page, "02-deployments")
 
 
+@pytest.mark.flow
 def test_the_send_campaign_deployment_page_and_its_run_form(page: Page, campaigns_serve):
     deployment = httpx.get(f"{api_url()}/deployments/name/send-campaign/default", timeout=5.0).json()
     open_deployments(page)
@@ -257,6 +260,7 @@ def state_badge(page: Page, state: str):
     return page.locator("main").get_by_text(state, exact=True).first
 
 
+@pytest.mark.flow
 def test_an_operator_creates_and_starts_a_campaign_from_its_form_and_reads_its_run(page: Page, db, sandbox,
                                                                                    campaigns_serve):
     # What the operator has before opening the UI: an organization, its WhatsApp number, its contacts.
@@ -335,6 +339,7 @@ def test_an_operator_creates_and_starts_a_campaign_from_its_form_and_reads_its_r
     screenshot(page, "08-campaign-summary-artifact")
 
 
+@pytest.mark.flow
 def test_campaign_control_pauses_a_sending_campaign_resume_and_cancel_on_its_run_page_do_what_they_say(
         page: Page, db, sandbox, campaigns_serve):
     # A slow campaign: 150 contacts on a number allowed 2 messages a second, a draft until the operator starts it.

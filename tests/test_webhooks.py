@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 import sqlalchemy as sa
 
 from campaigns.reporting.stats import stats
@@ -60,6 +61,7 @@ def test_signature_bad_json_oversize_and_verification(db, receiver):
     assert httpx.get(receiver, params={**q, "hub.verify_token": "nope"}).status_code == 403
 
 
+@pytest.mark.flow
 def test_shuffled_duplicated_statuses_give_exact_stats(db, org, sandbox):
     sandbox.configure(duplicate_rate=0.5, shuffle=True, read_rate=0.5, delivered_rate=0.9, reply_rate=0.2)
     number = add_sandbox_number(db, org, sandbox)
@@ -85,6 +87,7 @@ def test_shuffled_duplicated_statuses_give_exact_stats(db, org, sandbox):
     assert sandbox.stats()["webhook_duplicates_scheduled"] > 0
 
 
+@pytest.mark.flow
 def test_a_signed_but_malformed_event_never_blocks_the_others(db, org, sandbox, receiver):
     number = add_sandbox_number(db, org, sandbox)
     add_contacts(db, org, [{"phone": "+5511900000001", "name": "Ana"}])
@@ -109,6 +112,7 @@ def test_a_signed_but_malformed_event_never_blocks_the_others(db, org, sandbox, 
     assert recipients(db, cid)[0]["status"] in ("delivered", "read")
 
 
+@pytest.mark.flow
 def test_a_status_before_its_send_is_recorded_waits_then_applies_and_the_unknown_is_orphaned(db, org, sandbox,
                                                                                             receiver):
     number = add_sandbox_number(db, org, sandbox)

@@ -94,27 +94,6 @@ def number_of(db: sa.Engine, cid: uuid.UUID) -> uuid.UUID:
     return campaign_row(db, cid)["whatsapp_number_id"]
 
 
-class Env:
-    """Environment variables for the processes a scenario starts (they inherit os.environ)."""
-
-    def __init__(self, **values: str) -> None:
-        self.values = values
-        self.saved: dict[str, str | None] = {}
-
-    def __enter__(self) -> Env:
-        for key, value in self.values.items():
-            self.saved[key] = os.environ.get(key)
-            os.environ[key] = value
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for key, value in self.saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def pause_env(folder: Path) -> dict[str, str]:
     """The environment that lets the processes of a scenario stop at the points it arms."""
     return {faultpoints.ENV: str(folder)}

@@ -8,7 +8,6 @@ import pytest
 
 from campaigns.infra import faultpoints as fp
 from tests.faults.harness import (
-    Env,
     arm,
     engine_pid,
     judge,
@@ -22,6 +21,9 @@ from tests.faults.harness import (
     wait_accepted,
     wait_until_settled,
 )
+from tests.helpers import environ
+
+pytestmark = pytest.mark.flow  # every scenario runs the send-campaign flow under `campaigns start`
 
 # moment -> (pause point, or None to kill while requests are in flight; whose process dies)
 MOMENTS = {
@@ -43,7 +45,7 @@ def kill_in_turn(db, org, sandbox, pause_dir, moments: list[str], total: int, mp
     faults: list[float] = []
     try:
         arm(pause_dir, MOMENTS[moments[0]][0] or "")
-        with Env(**pause_env(pause_dir)):
+        with environ(**pause_env(pause_dir)):
             start_from_cli(db, org, cid)
         for moment in moments:
             point, whose = MOMENTS[moment]

@@ -19,6 +19,8 @@ from deployments.launch import launch_send_run
 from tests.faults.harness import judge, new_campaign, sent_ids, settle_statuses, wait_accepted
 from tests.helpers import campaign_row, start_campaign, wait_for
 
+pytestmark = pytest.mark.flow  # every scenario runs `campaigns serve`
+
 pytest_plugins = ["tests.browser"]  # the `campaigns_serve` fixture
 
 DOWN_SECONDS = 15

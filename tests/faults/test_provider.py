@@ -11,11 +11,12 @@ import pytest
 
 from campaigns.infra.asgi_thread import ThreadedServer
 from campaigns.sending.engine_process import close_engine_client
-from campaigns.settings import get_settings
 from campaigns.webhook_app import create_app
 from campaigns.webhooks.receiver import KnownSecrets
-from tests.faults.harness import Env, judge, new_campaign, wait_accepted
-from tests.helpers import APP_SECRET, recipients, run_campaign, shrink_retry_delay
+from tests.faults.harness import judge, new_campaign, wait_accepted
+from tests.helpers import APP_SECRET, recipients, run_campaign, shrink_retry_delay, use_settings
+
+pytestmark = pytest.mark.flow  # every scenario runs a campaign through the send-campaign flow
 
 OUTAGE = {"match": ".*", "code": 2, "http_status": 503}  # Graph's "Service temporarily unavailable"
 
@@ -66,15 +67,13 @@ def slow_provider(db, org, sandbox, total: int, mps: int, start: int) -> None:
     cid = new_campaign(db, org, sandbox, total, mps, start=start)
     # A 1 s client timeout (the send engine is started again to read it); the status webhook then comes well
     # inside the grace period, as Meta's do against the default 30 s timeout and 120 s grace.
-    with Env(HTTP_TIMEOUT_SECONDS="1", RECONCILE_GRACE_SECONDS="10"):
-        get_settings.cache_clear()
+    with use_settings(http_timeout_seconds=1, reconcile_grace_seconds=10):
         close_engine_client()
         try:
             thread, when = _after(sandbox, total // 3, 3, {"latency_ms": 1500}, {"latency_ms": 20})
             result = run_campaign(cid)
             thread.join()
         finally:
-            get_settings.cache_clear()
             close_engine_client()
     assert os.environ["RECONCILE_GRACE_SECONDS"] == "2"
     verdict = judge(db, sandbox, cid, "provider: answers after the timeout", when)

@@ -18,6 +18,8 @@ from campaigns.settings import get_settings
 from tests.faults.harness import judge, new_campaign, number_of, sent_ids, settle_statuses, wait_accepted
 from tests.helpers import run_campaign
 
+pytestmark = pytest.mark.flow  # every scenario runs a campaign through the send-campaign flow
+
 
 def _during(sandbox, accepted: int, fault) -> tuple[threading.Thread, list[float]]:
     """Run `fault` in a thread once the sandbox has accepted `accepted` messages; the list gets its time."""

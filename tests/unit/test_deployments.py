@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from prefect import Flow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_deployment_entrypoint_is_a_flow():
