@@ -25,9 +25,11 @@ lint: sync
 
 # Two workers (pytest-xdist), each with its own database, Redis db and Prefect server (tests/conftest.py): most
 # tests wait on flows, sandboxes and timers rather than on the two cores. Each `campaigns serve` module stays on
-# one worker, after that worker's other tests (--dist loadgroup). The fault suite's fast variants run here too.
+# one worker, after that worker's other tests (--dist loadgroup, and --no-loadscope-reorder: xdist would otherwise
+# hand out the biggest groups first, and a serve started first would run the scheduler under every later test).
+# The fault suite's fast variants run here too.
 test: lint
-	$(UV) run --locked pytest -n 2 --dist loadgroup
+	$(UV) run --locked pytest -n 2 --dist loadgroup --no-loadscope-reorder
 
 # The unit tests alone (tests/unit: pure functions and models): no Postgres, Redis or Prefect server is started
 # for them (tests/conftest.py), so they take seconds. `make test` runs them too, with everything else.
