@@ -24,8 +24,9 @@ lint: sync
 	$(UV) run --locked pytest --noconftest -p no:cacheprovider -q tests/test_layout.py
 
 # Two workers (pytest-xdist), each with its own database, Redis db and Prefect server (tests/conftest.py): most
-# tests wait on flows, sandboxes and timers rather than on the two cores. Each `campaigns serve` module stays on
-# one worker, after that worker's other tests (--dist loadgroup, and --no-loadscope-reorder: xdist would otherwise
+# tests wait on flows, sandboxes and timers rather than on the two cores. The `campaigns serve` modules (console,
+# browser) share one group: one worker, one serve, after that worker's other tests (two serves at once failed
+# their timing) (--dist loadgroup, and --no-loadscope-reorder: xdist would otherwise
 # hand out the biggest groups first, and a serve started first would run the scheduler under every later test).
 # The fault suite's fast variants run here too.
 test: lint

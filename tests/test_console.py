@@ -31,7 +31,7 @@ from tests.helpers import add_contacts, add_sandbox_number, campaign_row, create
 
 pytest_plugins = ["tests.browser"]  # the `campaigns_serve` fixture
 # Every test runs `campaigns serve` (the flows run under it); one worker: one serve for the module.
-pytestmark = [pytest.mark.flow, pytest.mark.xdist_group("serve-console")]
+pytestmark = [pytest.mark.flow, pytest.mark.xdist_group("serve")]  # one worker, one serve (see Makefile)
 
 
 def _run(run_id: str):

@@ -43,7 +43,7 @@ from tests.helpers import (
 )
 
 pytest_plugins = ["tests.browser"]  # its fixtures: campaigns_serve, browser, page
-pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("serve-browser")]  # one worker: one serve, one browser
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("serve")]  # one worker, one serve (see Makefile)
 
 CANT_CONNECT = "Can't connect to Server API"
 SERVED = ("send-campaign", "ingest-statuses", "campaign-scheduler")
