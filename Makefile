@@ -24,16 +24,14 @@ lint: sync
 	$(UV) run --locked pytest --noconftest -p no:cacheprovider -q tests/test_layout.py
 
 # Two workers (pytest-xdist), each with its own database, Redis db and Prefect server (tests/conftest.py): most
-# tests wait on flows, sandboxes and timers rather than on the two cores. The `campaigns serve` modules (console,
-# browser) share one group: one worker, one serve, after that worker's other tests (two serves at once failed
-# their timing) (--dist loadgroup, and --no-loadscope-reorder: xdist would otherwise
-# hand out the biggest groups first, and a serve started first would run the scheduler under every later test).
-# The fault suite's fast variants run here too.
+# tests wait on flows, sandboxes and timers rather than on the two cores. The fault suite's fast variants run
+# here too. The `campaigns serve` modules (console, browser) then run alone in one process: under xdist, beside
+# the other worker, they missed their timings in CI.
+SERVE_TESTS := tests/test_console.py tests/test_ui_browser.py
 test: lint
-	$(UV) run --locked pytest -n 2 --dist loadgroup --no-loadscope-reorder
+	$(UV) run --locked pytest -n 2 --dist loadgroup --no-loadscope-reorder $(addprefix --ignore=,$(SERVE_TESTS))
+	$(UV) run --locked pytest $(SERVE_TESTS)
 
-# The unit tests alone (tests/unit: pure functions and models): no Postgres, Redis or Prefect server is started
-# for them (tests/conftest.py), so they take seconds. `make test` runs them too, with everything else.
 test-fast: sync
 	$(UV) run --locked pytest tests/unit -q -p no:cacheprovider
 
