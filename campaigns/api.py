@@ -43,9 +43,10 @@ from campaigns.control.models import CampaignCreate, field_errors
 from campaigns.control.runs import LoadCredentials, Runs
 from campaigns.errors import CampaignError, Conflict, Invalid, NotFound
 from campaigns.reporting import stats
+from campaigns.store.db import iso_z
 from campaigns.store.schema import API_ROLES
 from campaigns.webhook_app import read_limited
-from deployments.launch import SEND_DEPLOYMENT, PrefectRuns, launch_send_run
+from deployments.launch import SEND_DEPLOYMENT, PrefectRuns
 
 log = logging.getLogger(__name__)
 
@@ -123,13 +124,13 @@ class PrefectLauncher:
         if deployment.status == DeploymentStatus.NOT_READY:
             raise Unavailable(f"Nothing is serving {self.deployment} (Prefect marks it not ready): {serve}")
         # Prefect marks a deployment not ready only a minute or more after its last poll; `serve` polls
-        # every 2 s, so a longer silence already means nobody would pick the run up.
+        # every 0.5 s (deployments/serve.py POLL_SECONDS), so a longer silence means nobody would pick the run up.
         age = (datetime.now(UTC) - deployment.last_polled).total_seconds() if deployment.last_polled else None
         if age is not None and age > get_settings().serve_poll_stale_seconds:
             raise Unavailable(f"Nothing has polled {self.deployment} for {age:.0f} s: {serve}")
 
     def __call__(self, campaign_id: uuid.UUID) -> str:
-        return launch_send_run(campaign_id, self.deployment)
+        return PrefectRuns(self.deployment).launch(campaign_id)
 
 
 # -- request bodies (the seed's CampaignCreate is in campaigns.control.models) ------------------------------------
@@ -167,7 +168,7 @@ def _moved(call: Call, t: lifecycle.Transition, **extra: Any) -> dict[str, Any]:
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
-        return stats.iso_z(value)
+        return iso_z(value)
     if isinstance(value, uuid.UUID):
         return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")

@@ -17,6 +17,7 @@ from campaigns.errors import Conflict, Invalid
 from campaigns.reporting import recipient_statuses, retry_stats, stats
 from campaigns.sending.ratelimit import LimitUsage
 from campaigns.settings import get_settings
+from campaigns.store.db import iso_z
 from campaigns.store.runlock import runner_alive
 from campaigns.store.schema import CAMPAIGN_STATUSES, campaigns
 
@@ -154,7 +155,7 @@ def schedule_run(db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID, runs: Ru
         campaign = lifecycle.get(conn, org, campaign_id)
     if campaign["status"] != "scheduled":
         return None
-    when = stats.iso_z(campaign["scheduled_at"])
+    when = iso_z(campaign["scheduled_at"])
     _drop(runs, campaign["flow_run_id"], f"campaign {campaign_id} was rescheduled to {when}", logger)
     try:
         run_id = runs.schedule(campaign_id, campaign["scheduled_at"])

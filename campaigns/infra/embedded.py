@@ -154,15 +154,15 @@ def ensure_prefect(settings: Settings) -> str:
             "PREFECT_SERVER_API_HOST": "127.0.0.1",
         }
         env.pop("PREFECT_API_URL", None)
-        logf = (home / "prefect-server.log").open("ab")
-        server = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        with (home / "prefect-server.log").open("ab") as logf:  # the server writes to its own copy of the file
+            server = subprocess.Popen(
+                [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                env=env,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         (home / "prefect.pid").write_text(str(server.pid))  # its own process group: `campaigns stop` ends it
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from campaigns.control import lifecycle
 from campaigns.reporting import stats
+from campaigns.store.db import iso_z
 
 # What the operator should do about each pause reason (campaigns.sending.error_codes.PAUSE_REASONS and the send path).
 ADVICE: dict[str, str] = {
@@ -62,7 +63,7 @@ def pause_explanation(campaign: dict[str, Any]) -> str:
     if detail and reason != "operator":  # an operator's pause may leave an older error's message behind
         text += f": {detail}"
     if resume_at and reason == "rate_limit":
-        text += f"; resumes at {stats.iso_z(resume_at)}"
+        text += f"; resumes at {iso_z(resume_at)}"
     return f"{text}. {ADVICE.get(reason, ADVICE['provider_error'])}"
 
 

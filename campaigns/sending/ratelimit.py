@@ -376,8 +376,10 @@ class RateLimiter:
         if self._history:
             number = next(iter(windows)).number
             used = await asyncio.to_thread(self._history.caps_used, number, [float(s) for s in windows.values()])
-        for (cap, start), count in zip(windows.items(), used, strict=True):
-            await self._client.set(f"{cap.key}:{start // cap.window_s}", count, nx=True, ex=cap.window_s * 2)
+        async with self._client.pipeline(transaction=False) as pipe:  # one round trip for all the windows
+            for (cap, start), count in zip(windows.items(), used, strict=True):
+                pipe.set(f"{cap.key}:{start // cap.window_s}", count, nx=True, ex=cap.window_s * 2)
+            await pipe.execute()
 
     async def _rebuild_portfolio(self, portfolio: PortfolioLimit, since: float) -> None:
         """The portfolio's 24 h window is gone from Redis: put back each recipient messaged in it, at the time
