@@ -77,10 +77,11 @@ def test_transient_failures_succeed_on_a_later_attempt(db, org, sandbox):
     assert [e["success"] for e in log] == [False, False, False, True]
     assert [e.get("error_code") for e in log] == [133004, 133004, 133004, None]
     assert sent_counts(sandbox)[f"pytake:{row['id']}"] == 1
-    # The seed's schedule (60 s, 120 s, 240 s), base·2^(n-1) with ±20% jitter, on a base shrunk to 1 s.
+    # The seed's schedule (60 s, 120 s, 240 s), base·2^(n-1) with ±20% jitter, on a base shrunk to 1 s: never
+    # early. (How late is the machine's: a CI run under load once waited 29 s for a Prefect slot; bench/ times it.)
     at = [datetime.fromisoformat(e["timestamp"]) for e in log]
     first, second, third = ((b - a).total_seconds() for a, b in zip(at, at[1:], strict=False))
-    assert 0.8 <= first < 6 and 1.6 <= second < 8 and 3.2 <= third < 10  # never early; late by a wave at most
+    assert first >= 0.8 and second >= 1.6 and third >= 3.2
 
     with db.connect() as conn:
         rs = retry_stats_of(conn, org, cid)
