@@ -21,6 +21,7 @@ demo: sync
 # The import contract (tests/test_layout.py: the README's layout table) runs alone, without the test services.
 lint: sync
 	$(UV) run --locked ruff check .
+	$(UV) run --locked ruff format --check .
 	$(UV) run --locked pytest --noconftest -p no:cacheprovider -q tests/test_layout.py
 
 # Two workers (pytest-xdist), each with its own database, Redis db and Prefect server (tests/conftest.py): most

@@ -32,7 +32,8 @@ def main() -> None:
     n = args.contacts
     with db.begin() as conn:
         # 1% invalid phones, 2% opted out, 1% duplicates: every rule does real work.
-        conn.execute(sa.text("""
+        conn.execute(
+            sa.text("""
             insert into contacts (organization_id, phone, name, opted_out_at, created_at)
             select :org,
                    case when g % 100 = 0 then 'invalid-' || g
@@ -40,14 +41,22 @@ def main() -> None:
                         else '+55' || (11900000000 + g)::text end,
                    'Contato ' || g, case when g % 50 = 7 then now() end, now() + g * interval '1 microsecond'
             from generate_series(1, :n) g
-        """), {"org": org, "n": n})
+        """),
+            {"org": org, "n": n},
+        )
         conn.execute(sa.text("analyze contacts"))
-        number = conn.execute(sa.insert(whatsapp_numbers).values(
-            organization_id=org, provider="sandbox", phone_number_id="1", block_name="none", mps=80
-        ).returning(whatsapp_numbers.c.id)).scalar_one()
-        cid = lifecycle.create(conn, org, CampaignCreate(
-            name="bench", whatsapp_number_id=number, message_type="template",
-            message_content={"template_name": "t"}))
+        number = conn.execute(
+            sa.insert(whatsapp_numbers)
+            .values(organization_id=org, provider="sandbox", phone_number_id="1", block_name="none", mps=80)
+            .returning(whatsapp_numbers.c.id)
+        ).scalar_one()
+        cid = lifecycle.create(
+            conn,
+            org,
+            CampaignCreate(
+                name="bench", whatsapp_number_id=number, message_type="template", message_content={"template_name": "t"}
+            ),
+        )
     rules = AudienceRules()
     t0 = time.perf_counter()
     with db.begin() as conn:
@@ -59,9 +68,11 @@ def main() -> None:
     t3 = time.perf_counter()
     total = t3 - t0
     skipped = classified.filter(classified["status"] == "skipped").height
-    print(f"audience of {n:,} contacts -> {written:,} recipient rows ({skipped:,} skipped) in {total:.2f} s "
-          f"(load {t1 - t0:.2f} s, classify {t2 - t1:.2f} s, write {t3 - t2:.2f} s, committed); "
-          f"target 5 s: ratio {total / 5:.2f}; {n / total:,.0f} contacts/s")
+    print(
+        f"audience of {n:,} contacts -> {written:,} recipient rows ({skipped:,} skipped) in {total:.2f} s "
+        f"(load {t1 - t0:.2f} s, classify {t2 - t1:.2f} s, write {t3 - t2:.2f} s, committed); "
+        f"target 5 s: ratio {total / 5:.2f}; {n / total:,.0f} contacts/s"
+    )
 
 
 if __name__ == "__main__":

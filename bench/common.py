@@ -51,11 +51,14 @@ def bulk_contacts(org: uuid.UUID, n: int) -> None:
     from campaigns.store.db import get_engine
 
     with get_engine().begin() as conn:
-        conn.execute(sa.text("""
+        conn.execute(
+            sa.text("""
             insert into contacts (organization_id, phone, name, created_at)
             select :org, '+55' || (11900000000 + g)::text, 'Contato ' || g, now() + g * interval '1 microsecond'
             from generate_series(1, :n) g
-        """), {"org": org, "n": n})
+        """),
+            {"org": org, "n": n},
+        )
 
 
 class SandboxProcess:
@@ -80,8 +83,9 @@ class SandboxProcess:
 
         import httpx
 
-        self.proc = subprocess.Popen([sys.executable, "-m", "campaigns.cli", "sandbox", "serve", *self.args],
-                                     stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "campaigns.cli", "sandbox", "serve", *self.args], stdin=subprocess.DEVNULL
+        )
         for _ in range(200):
             try:
                 httpx.get(self.url + "/_sandbox/stats", timeout=0.5)
@@ -107,12 +111,12 @@ class SandboxProcess:
     def set_token(self, phone_number_id: str, token: str | None) -> None:
         import httpx
 
-        httpx.post(self.url + "/_sandbox/tokens", json={"phone_number_id": phone_number_id, "token": token},
-                   timeout=10).raise_for_status()
+        httpx.post(
+            self.url + "/_sandbox/tokens", json={"phone_number_id": phone_number_id, "token": token}, timeout=10
+        ).raise_for_status()
 
 
-def sandbox_campaign(org: uuid.UUID, api_base: str, mps: int, phone_number_id: str, app_secret: str = "s"
-                     ) -> uuid.UUID:
+def sandbox_campaign(org: uuid.UUID, api_base: str, mps: int, phone_number_id: str, app_secret: str = "s") -> uuid.UUID:
     """A sandbox number and a template campaign to every contact of `org`, paced only by the number."""
     from blocks.numbers import add_number
     from campaigns.control import lifecycle
@@ -120,14 +124,30 @@ def sandbox_campaign(org: uuid.UUID, api_base: str, mps: int, phone_number_id: s
     from campaigns.store.db import get_engine
 
     with get_engine().begin() as conn:
-        number = add_number(conn, org, provider="sandbox", phone_number_id=phone_number_id, token="t",
-                            app_secret=app_secret, verify_token="v", api_base=api_base, mps=mps)
-        return lifecycle.create(conn, org, CampaignCreate(
-            name="bench", whatsapp_number_id=number, message_type="template",
-            message_content={"template_name": "bench", "language": "pt_BR"},
-            template_variables={"body": ["{{contact.name}}"]}, messages_per_hour=None,
-            delay_between_messages_seconds=0,
-        ))
+        number = add_number(
+            conn,
+            org,
+            provider="sandbox",
+            phone_number_id=phone_number_id,
+            token="t",
+            app_secret=app_secret,
+            verify_token="v",
+            api_base=api_base,
+            mps=mps,
+        )
+        return lifecycle.create(
+            conn,
+            org,
+            CampaignCreate(
+                name="bench",
+                whatsapp_number_id=number,
+                message_type="template",
+                message_content={"template_name": "bench", "language": "pt_BR"},
+                template_variables={"body": ["{{contact.name}}"]},
+                messages_per_hour=None,
+                delay_between_messages_seconds=0,
+            ),
+        )
 
 
 class StatementTimer:
@@ -145,4 +165,4 @@ class StatementTimer:
         conn.info["t0"] = time.perf_counter()
 
     def after(self, conn, cursor, statement, *_):
-        self.times.append((" ".join(statement.split())[:self.width], time.perf_counter() - conn.info.pop("t0")))
+        self.times.append((" ".join(statement.split())[: self.width], time.perf_counter() - conn.info.pop("t0")))

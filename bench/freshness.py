@@ -56,8 +56,12 @@ def run(mps: int, recipients: int) -> dict[str, float]:
     from flows.send_campaign import send_campaign
 
     db = get_engine()
-    serve = subprocess.Popen([sys.executable, "-m", "campaigns.cli", "serve"], stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, start_new_session=True)
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "campaigns.cli", "serve"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     receiver = ThreadedServer(create_app(os.environ["DATABASE_URL"], KnownSecrets(app_secrets=[SECRET.encode()])))
     receiver.start()
     try:
@@ -73,22 +77,34 @@ def run(mps: int, recipients: int) -> dict[str, float]:
             sent_for = time.time() - t0
         deadline = time.monotonic() + 180
         with db.connect() as conn:
-            while time.monotonic() < deadline and conn.execute(sa.text(
-                    "select count(*) from webhook_events where state = 'pending'")).scalar_one():
+            while (
+                time.monotonic() < deadline
+                and conn.execute(sa.text("select count(*) from webhook_events where state = 'pending'")).scalar_one()
+            ):
                 time.sleep(1)
                 conn.commit()
-            lat = conn.execute(sa.text("""
+            lat = conn.execute(
+                sa.text("""
                 select count(*), percentile_cont(array[0.5, 0.95, 0.99]) within group (order by s), max(s)
                 from (select extract(epoch from processed_at - received_at) as s
                       from webhook_events where state = 'processed') t
-            """)).one()
+            """)
+            ).one()
             left = conn.execute(sa.text("select count(*) from webhook_events where state <> 'processed'")).scalar_one()
     finally:
         receiver.stop()
         os.killpg(serve.pid, signal.SIGTERM)
         serve.wait(30)
-    return {"status": result["status"], "seconds": sent_for, "events": lat[0], "p50": lat[1][0],
-            "p95": lat[1][1], "p99": lat[1][2], "max": lat[2], "not_processed": left}
+    return {
+        "status": result["status"],
+        "seconds": sent_for,
+        "events": lat[0],
+        "p50": lat[1][0],
+        "p95": lat[1][1],
+        "p99": lat[1][2],
+        "max": lat[2],
+        "not_processed": left,
+    }
 
 
 def main() -> None:
@@ -98,10 +114,12 @@ def main() -> None:
     args = p.parse_args()
     fresh_services("campaigns_bench_fresh")
     r = run(args.mps, args.recipients)
-    print(f"{args.recipients} recipients at {args.mps} msg/s ({r['seconds']:.0f} s of webhooks, {r['status']}): "
-          f"{r['events']} webhook events, receipt → statistics p50 {r['p50']:.2f} s, p95 {r['p95']:.2f} s "
-          f"(target 30 s: ratio {r['p95'] / 30:.2f}), p99 {r['p99']:.2f} s, max {r['max']:.2f} s; "
-          f"not processed: {r['not_processed']}")
+    print(
+        f"{args.recipients} recipients at {args.mps} msg/s ({r['seconds']:.0f} s of webhooks, {r['status']}): "
+        f"{r['events']} webhook events, receipt → statistics p50 {r['p50']:.2f} s, p95 {r['p95']:.2f} s "
+        f"(target 30 s: ratio {r['p95'] / 30:.2f}), p99 {r['p99']:.2f} s, max {r['max']:.2f} s; "
+        f"not processed: {r['not_processed']}"
+    )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,13 @@ def plan(n_statuses: int) -> int:
 
 def status(rid: int, kind: str) -> dict:
     at = T0 + rid % 3600 + (30 if kind == "read" else 0)
-    st = {"id": f"wamid.X{rid}", "status": kind, "timestamp": str(at), "recipient_id": f"55119{rid:08d}",
-          "biz_opaque_callback_data": f"pytake:{rid}"}
+    st = {
+        "id": f"wamid.X{rid}",
+        "status": kind,
+        "timestamp": str(at),
+        "recipient_id": f"55119{rid:08d}",
+        "biz_opaque_callback_data": f"pytake:{rid}",
+    }
     if kind == "delivered":
         st["pricing"] = {"billable": True, "pricing_model": "PMP", "type": "regular", "category": "marketing"}
     return st
@@ -51,10 +56,14 @@ def status(rid: int, kind: str) -> dict:
 def envelope(statuses: list[dict]) -> bytes:
     """Meta's envelope, as the sandbox builds it: 10 statuses per change, 3 changes per entry."""
     meta = {"display_phone_number": "5511900000000", "phone_number_id": PHONE_NUMBER_ID}
-    changes = [{"field": "messages", "value": {"messaging_product": "whatsapp", "metadata": meta,
-                                               "statuses": statuses[i:i + 10]}}
-               for i in range(0, len(statuses), 10)]
-    entries = [{"id": "1147896940776789", "changes": changes[i:i + 3]} for i in range(0, len(changes), 3)]
+    changes = [
+        {
+            "field": "messages",
+            "value": {"messaging_product": "whatsapp", "metadata": meta, "statuses": statuses[i : i + 10]},
+        }
+        for i in range(0, len(statuses), 10)
+    ]
+    entries = [{"id": "1147896940776789", "changes": changes[i : i + 3]} for i in range(0, len(changes), 3)]
     return json.dumps({"object": "whatsapp_business_account", "entry": entries}, separators=(",", ":")).encode()
 
 
@@ -96,47 +105,75 @@ def main() -> None:
     signer = signer_id(SECRET)
     n_recipients = plan(args.statuses)
     with db.begin() as conn:
-        number = conn.execute(sa.insert(whatsapp_numbers).values(
-            organization_id=org, provider="meta_cloud", phone_number_id=PHONE_NUMBER_ID, block_name="none",
-            mps=1000, webhook_signer=signer,
-        ).returning(whatsapp_numbers.c.id)).scalar_one()
-        cid = lifecycle.create(conn, org, CampaignCreate(
-            name="bench", whatsapp_number_id=number, message_type="template",
-            message_content={"template_name": "t"}))
-        ids = conn.execute(sa.text("""
+        number = conn.execute(
+            sa.insert(whatsapp_numbers)
+            .values(
+                organization_id=org,
+                provider="meta_cloud",
+                phone_number_id=PHONE_NUMBER_ID,
+                block_name="none",
+                mps=1000,
+                webhook_signer=signer,
+            )
+            .returning(whatsapp_numbers.c.id)
+        ).scalar_one()
+        cid = lifecycle.create(
+            conn,
+            org,
+            CampaignCreate(
+                name="bench", whatsapp_number_id=number, message_type="template", message_content={"template_name": "t"}
+            ),
+        )
+        ids = (
+            conn.execute(
+                sa.text("""
             insert into campaign_recipients (campaign_id, organization_id, contact_id, phone, status, attempts,
                                              sent_at)
             select :c, :org, gen_random_uuid(), '+55' || (11900000000 + g)::text, 'sent', 1,
                    to_timestamp(:t0) - interval '5 seconds'
             from generate_series(1, :n) g
             returning id
-        """), {"c": cid, "org": org, "n": n_recipients, "t0": T0}).scalars().all()
-        conn.execute(sa.text("update campaign_recipients set wamid = 'wamid.X' || id where campaign_id = :c"),
-                     {"c": cid})
-        thieves = conn.execute(sa.text("""
+        """),
+                {"c": cid, "org": org, "n": n_recipients, "t0": T0},
+            )
+            .scalars()
+            .all()
+        )
+        conn.execute(
+            sa.text("update campaign_recipients set wamid = 'wamid.X' || id where campaign_id = :c"), {"c": cid}
+        )
+        thieves = (
+            conn.execute(
+                sa.text("""
             insert into campaign_recipients (campaign_id, organization_id, contact_id, phone, status, attempts)
             select :c, :org, gen_random_uuid(), '+55' || (21900000000 + g)::text, 'sending', 1
             from generate_series(1, :n) g returning id
-        """), {"c": cid, "org": org, "n": args.bad}).scalars().all()
+        """),
+                {"c": cid, "org": org, "n": args.bad},
+            )
+            .scalars()
+            .all()
+        )
         conn.execute(sa.text("update campaigns set status = 'running' where id = :c"), {"c": cid})
     rng = random.Random(42)
     events, read = stream(sorted(ids), args.statuses, rng)
-    bad_at = {i * len(events) // args.bad // args.per_event * args.per_event: thief
-              for i, thief in enumerate(thieves)}
+    bad_at = {i * len(events) // args.bad // args.per_event * args.per_event: thief for i, thief in enumerate(thieves)}
     t = time.perf_counter()
     with psycopg.connect(libpq_url(get_settings().database_url or "")) as conn:
         with conn.cursor() as cur, cur.copy("copy webhook_events (provider, body, signers) from stdin") as copy:
             for i in range(0, len(events), args.per_event):
-                body = envelope([status(rid, kind) for rid, kind in events[i:i + args.per_event]])
+                body = envelope([status(rid, kind) for rid, kind in events[i : i + args.per_event]])
                 copy.write_row(("meta_cloud", body, [signer]))
                 if i in bad_at:  # a known wamid (this stream's first) on a row that has none: refused
                     theft = status(bad_at[i], "delivered") | {"id": f"wamid.X{events[0][0]}"}
                     copy.write_row(("meta_cloud", envelope([theft]), [signer]))
         conn.commit()
     rows = -(-len(events) // args.per_event)
-    print(f"ingestion of {len(events):,} status events ({n_recipients:,} recipients, {len(read):,} read, "
-          f"{len(events) - n_recipients - len(read):,} duplicates, ~{SHUFFLED_SHARE:.0%} shuffled) in {rows:,} "
-          f"stored webhooks of {args.per_event} status(es), written in {time.perf_counter() - t:.1f} s")
+    print(
+        f"ingestion of {len(events):,} status events ({n_recipients:,} recipients, {len(read):,} read, "
+        f"{len(events) - n_recipients - len(read):,} duplicates, ~{SHUFFLED_SHARE:.0%} shuffled) in {rows:,} "
+        f"stored webhooks of {args.per_event} status(es), written in {time.perf_counter() - t:.1f} s"
+    )
 
     kwargs = {"limit": args.limit} if args.limit else {}
     timer = StatementTimer(db, width=60) if args.trace else None
@@ -160,26 +197,46 @@ def main() -> None:
         profiler.disable()
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
     with db.connect() as conn:
-        by = dict(conn.execute(sa.text("select status, count(*) from campaign_recipients where campaign_id = :c "
-                                       "and status <> 'sending' group by status"), {"c": cid}).all())
+        by = dict(
+            conn.execute(
+                sa.text(
+                    "select status, count(*) from campaign_recipients where campaign_id = :c "
+                    "and status <> 'sending' group by status"
+                ),
+                {"c": cid},
+            ).all()
+        )
         states = dict(conn.execute(sa.text("select state, count(*) from webhook_events group by state")).all())
-        wrong_times = conn.execute(sa.text("""
+        wrong_times = conn.execute(
+            sa.text("""
             select count(*) from campaign_recipients where campaign_id = :c and status <> 'sending' and (
                 delivered_at is distinct from to_timestamp(:t0 + id % 3600)
                 or read_at is distinct from case when status = 'read' then to_timestamp(:t0 + id % 3600 + 30) end
                 or sent_at is distinct from to_timestamp(:t0) - interval '5 seconds')
-        """), {"c": cid, "t0": T0}).scalar_one()
+        """),
+            {"c": cid, "t0": T0},
+        ).scalar_one()
     want = {"delivered": n_recipients - len(read), "read": len(read)}
     want_states = {"processed": rows, **({"quarantined": args.bad} if args.bad else {})}
-    exact = (by == want and states == want_states and result.statuses == len(events)
-             and result.unmatched == 0 and result.rejected == 0 and result.quarantined == args.bad
-             and wrong_times == 0)
-    print(f"  ingest_pending: {elapsed:.2f} s = {len(events) / elapsed:,.0f} statuses/s "
-          f"(target {TARGET_S:.0f} s: ratio {elapsed / TARGET_S:.2f}); events {result.events:,}, statuses "
-          f"{result.statuses:,}, unmatched {result.unmatched}, rejected {result.rejected}, "
-          f"quarantined {result.quarantined}")
-    print(f"  result: {by} (want {want}); events {states}; wrong timestamps {wrong_times}: "
-          f"{'exact' if exact else 'NOT EXACT'}")
+    exact = (
+        by == want
+        and states == want_states
+        and result.statuses == len(events)
+        and result.unmatched == 0
+        and result.rejected == 0
+        and result.quarantined == args.bad
+        and wrong_times == 0
+    )
+    print(
+        f"  ingest_pending: {elapsed:.2f} s = {len(events) / elapsed:,.0f} statuses/s "
+        f"(target {TARGET_S:.0f} s: ratio {elapsed / TARGET_S:.2f}); events {result.events:,}, statuses "
+        f"{result.statuses:,}, unmatched {result.unmatched}, rejected {result.rejected}, "
+        f"quarantined {result.quarantined}"
+    )
+    print(
+        f"  result: {by} (want {want}); events {states}; wrong timestamps {wrong_times}: "
+        f"{'exact' if exact else 'NOT EXACT'}"
+    )
 
 
 if __name__ == "__main__":

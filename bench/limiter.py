@@ -107,19 +107,27 @@ async def main() -> None:
     limiter = RateLimiter(client)
     one = await cost(limiter, 1)
     chunked = await cost(limiter, 48)
-    print(f"limiter cost, {SENDERS} concurrent callers: {one:.1f} µs per message reserving one slot per call; "
-          f"{chunked:.2f} µs per message in chunks of 48 (what a 1,000 msg/s number uses)")
+    print(
+        f"limiter cost, {SENDERS} concurrent callers: {one:.1f} µs per message reserving one slot per call; "
+        f"{chunked:.2f} µs per message in chunks of 48 (what a 1,000 msg/s number uses)"
+    )
     rate = 1000.0
     n, reserved, actual = await accuracy(limiter, rate, 10.0)
-    print(f"accuracy, {SENDERS} senders sharing {rate:.0f} msg/s for 10 s: {n} slots; largest 1-s window "
-          f"{reserved} reserved (limit {rate:.0f}, overshoot {max(0, reserved - rate):.0f}), "
-          f"{actual} by actual wake-up time (overshoot {max(0, actual - rate):.0f})")
+    print(
+        f"accuracy, {SENDERS} senders sharing {rate:.0f} msg/s for 10 s: {n} slots; largest 1-s window "
+        f"{reserved} reserved (limit {rate:.0f}, overshoot {max(0, reserved - rate):.0f}), "
+        f"{actual} by actual wake-up time (overshoot {max(0, actual - rate):.0f})"
+    )
     per_msg, granted = await caps(limiter)
-    print(f"caps (minute + hour + day windows), {SENDERS} concurrent takers in chunks of 48: {per_msg:.2f} µs per "
-          f"message; granted {granted} against a daily cap of 5000 (overshoot {max(0, granted - 5000)})")
+    print(
+        f"caps (minute + hour + day windows), {SENDERS} concurrent takers in chunks of 48: {per_msg:.2f} µs per "
+        f"message; granted {granted} against a daily cap of 5000 (overshoot {max(0, granted - 5000)})"
+    )
     per_phone, admitted = await portfolio(limiter)
-    print(f"portfolio window, {SENDERS} concurrent senders in chunks of 48 new phones: {per_phone:.2f} µs per "
-          f"recipient; admitted {admitted} against a limit of 10000 (overshoot {max(0, admitted - 10000)})")
+    print(
+        f"portfolio window, {SENDERS} concurrent senders in chunks of 48 new phones: {per_phone:.2f} µs per "
+        f"recipient; admitted {admitted} against a limit of 10000 (overshoot {max(0, admitted - 10000)})"
+    )
     await client.aclose()
 
 

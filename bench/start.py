@@ -30,10 +30,21 @@ def run(campaigns: int) -> dict[str, list[float]]:
     from campaigns.infra.asgi_thread import ThreadedServer
     from campaigns.store.db import get_engine
 
-    serve = subprocess.Popen([sys.executable, "-m", "campaigns.cli", "serve"], env=os.environ.copy(),
-                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
-    figures: dict[str, list[float]] = {"answer": [], "picked_up": [], "running": [], "first_message": [],
-                                       "poll": [], "process": []}
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "campaigns.cli", "serve"],
+        env=os.environ.copy(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    figures: dict[str, list[float]] = {
+        "answer": [],
+        "picked_up": [],
+        "running": [],
+        "first_message": [],
+        "poll": [],
+        "process": [],
+    }
     try:
         launcher = PrefectLauncher()
         while True:
@@ -52,8 +63,9 @@ def run(campaigns: int) -> dict[str, list[float]]:
                     _, token = api_tokens.issue(conn, org, "agent")
                 before = len(sandbox.messages())
                 t0, t0_wall = time.perf_counter(), time.time()
-                answer = httpx.post(f"{api.url}/api/v1/campaigns/{cid}/start", timeout=60,
-                                    headers={"Authorization": f"Bearer {token}"})
+                answer = httpx.post(
+                    f"{api.url}/api/v1/campaigns/{cid}/start", timeout=60, headers={"Authorization": f"Bearer {token}"}
+                )
                 figures["answer"].append(time.perf_counter() - t0)
                 assert answer.status_code == 200, answer.text
                 run_id = uuid.UUID(answer.json()["flow_run_id"])
@@ -87,11 +99,16 @@ def main() -> None:
     args = parser.parse_args()
     fresh_services("campaigns_bench_start")
     figures = run(args.campaigns)
-    for name, target in (("answer", 1.0), ("picked_up", 2.0), ("running", 2.0), ("first_message", None),
-                         ("poll", None), ("process", None)):
+    for name, target in (
+        ("answer", 1.0),
+        ("picked_up", 2.0),
+        ("running", 2.0),
+        ("first_message", None),
+        ("poll", None),
+        ("process", None),
+    ):
         values = figures[name]
-        line = (f"{name:14} median {statistics.median(values):.2f} s, max {max(values):.2f} s "
-                f"over {len(values)} starts")
+        line = f"{name:14} median {statistics.median(values):.2f} s, max {max(values):.2f} s over {len(values)} starts"
         if target:
             line += f"; target {target:.0f} s, ratio {max(values) / target:.2f}"
         print(line)

@@ -30,8 +30,12 @@ TARGET_MS = 200.0
 
 # Migration 0008's indexes and expression statistics (migrations/versions/0008_stats_indexes.py), dropped by
 # --without-stats-indexes to measure the "before".
-STATS_INDEXES = ("ix_recipients_campaign_skipped", "ix_recipients_campaign_failed",
-                 "ix_recipients_campaign_replied", "ix_recipients_campaign_recent")
+STATS_INDEXES = (
+    "ix_recipients_campaign_skipped",
+    "ix_recipients_campaign_failed",
+    "ix_recipients_campaign_replied",
+    "ix_recipients_campaign_recent",
+)
 
 FILL = sa.text("""
     insert into campaign_recipients (campaign_id, organization_id, contact_id, phone, status, attempts)
@@ -84,14 +88,28 @@ def build(db: sa.Engine, org: uuid.UUID, n: int, other: int) -> uuid.UUID:
     from campaigns.store.schema import whatsapp_numbers
 
     with db.begin() as conn:
-        number = conn.execute(sa.insert(whatsapp_numbers).values(
-            organization_id=org, provider="sandbox", phone_number_id="1", block_name="none", mps=1000
-        ).returning(whatsapp_numbers.c.id)).scalar_one()
-        ids = [lifecycle.create(conn, org, CampaignCreate(
-            name=name, whatsapp_number_id=number, message_type="template",
-            message_content={"template_name": "t"})) for name in ("bench", "other")]
-        conn.execute(sa.text("update campaigns set status = 'running', total_recipients = :n where id = :c"),
-                     {"n": n, "c": ids[0]})
+        number = conn.execute(
+            sa.insert(whatsapp_numbers)
+            .values(organization_id=org, provider="sandbox", phone_number_id="1", block_name="none", mps=1000)
+            .returning(whatsapp_numbers.c.id)
+        ).scalar_one()
+        ids = [
+            lifecycle.create(
+                conn,
+                org,
+                CampaignCreate(
+                    name=name,
+                    whatsapp_number_id=number,
+                    message_type="template",
+                    message_content={"template_name": "t"},
+                ),
+            )
+            for name in ("bench", "other")
+        ]
+        conn.execute(
+            sa.text("update campaigns set status = 'running', total_recipients = :n where id = :c"),
+            {"n": n, "c": ids[0]},
+        )
     for cid, size in ((ids[1], other), (ids[0], n)):
         if not size:
             continue
@@ -105,8 +123,7 @@ def build(db: sa.Engine, org: uuid.UUID, n: int, other: int) -> uuid.UUID:
     return ids[0]
 
 
-def measure(db: sa.Engine, timer: StatementTimer, org: uuid.UUID, cid: uuid.UUID, label: str,
-            repeats: int) -> None:
+def measure(db: sa.Engine, timer: StatementTimer, org: uuid.UUID, cid: uuid.UUID, label: str, repeats: int) -> None:
     from campaigns.control import lifecycle, tenancy
     from campaigns.reporting import stats
     from campaigns.settings import get_settings
@@ -130,8 +147,10 @@ def measure(db: sa.Engine, timer: StatementTimer, org: uuid.UUID, cid: uuid.UUID
     for name, ms in out.items():
         first, rest = ms[0], ms[1:]
         warm = f"; then {min(rest):.0f}–{max(rest):.0f} ms (median {statistics.median(rest):.0f})" if rest else ""
-        print(f"  {label:<28} {name:<8} first call {first:6.0f} ms{warm}; target {TARGET_MS:.0f} ms: "
-              f"ratio {statistics.median(ms) / TARGET_MS:.2f}")
+        print(
+            f"  {label:<28} {name:<8} first call {first:6.0f} ms{warm}; target {TARGET_MS:.0f} ms: "
+            f"ratio {statistics.median(ms) / TARGET_MS:.2f}"
+        )
         for stmt, secs in breakdown[name]:
             print(f"      {secs * 1000:7.1f} ms  {stmt}")
 
@@ -158,8 +177,10 @@ def main() -> None:
         for ddl in args.ddl:
             conn.execute(sa.text(ddl))
     org = new_org()
-    print(f"stats of a {args.recipients:,}-recipient campaign ({args.other:,} rows of another campaign beside it)"
-          + (", without the stats indexes" if args.without_stats_indexes else ""))
+    print(
+        f"stats of a {args.recipients:,}-recipient campaign ({args.other:,} rows of another campaign beside it)"
+        + (", without the stats indexes" if args.without_stats_indexes else "")
+    )
     cid = build(db, org, args.recipients, args.other)
     timer = StatementTimer(db)
     measure(db, timer, org, cid, "cold (after the write)", args.repeats)
@@ -171,18 +192,23 @@ def main() -> None:
     # A live campaign keeps moving on after a vacuum: the last quarter of the rows (the latest sends) get read
     # receipts, which clears the visibility map of their pages and leaves dead row versions there.
     with db.begin() as conn:
-        moved = conn.execute(sa.text("""
+        moved = conn.execute(
+            sa.text("""
             update campaign_recipients set status = 'read', read_at = delivered_at + interval '40 seconds'
             where campaign_id = :c and status = 'delivered'
               and id > (select max(id) - :n / 4 from campaign_recipients where campaign_id = :c)
-        """), {"c": cid, "n": args.recipients}).rowcount
+        """),
+            {"c": cid, "n": args.recipients},
+        ).rowcount
     measure(db, timer, org, cid, f"{moved:,} read since VACUUM", args.repeats)
     with db.connect() as conn:
         s = stats.stats(conn, lifecycle.get(conn, org, cid))
-    print(f"  result: {s['total_recipients']:,} recipients, sent {s['messages_sent']:,}, delivered "
-          f"{s['messages_delivered']:,}, read {s['messages_read']:,}, failed {s['messages_failed']:,}, "
-          f"skipped {s['messages_skipped']:,}, pending {s['messages_pending']:,}, reply rate {s['reply_rate']}%; "
-          f"skipped {s['skipped_by_reason']}; failed {s['failures_by_code']}")
+    print(
+        f"  result: {s['total_recipients']:,} recipients, sent {s['messages_sent']:,}, delivered "
+        f"{s['messages_delivered']:,}, read {s['messages_read']:,}, failed {s['messages_failed']:,}, "
+        f"skipped {s['messages_skipped']:,}, pending {s['messages_pending']:,}, reply rate {s['reply_rate']}%; "
+        f"skipped {s['skipped_by_reason']}; failed {s['failures_by_code']}"
+    )
 
 
 if __name__ == "__main__":

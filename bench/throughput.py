@@ -16,8 +16,7 @@ import time
 from bench.common import SandboxProcess, bulk_contacts, fresh_services, new_org, sandbox_campaign
 
 
-def run(cap: int, recipients: int, latency_ms: float, timeline: bool = False, campaigns: int = 1
-        ) -> dict[str, float]:
+def run(cap: int, recipients: int, latency_ms: float, timeline: bool = False, campaigns: int = 1) -> dict[str, float]:
     """`campaigns` > 1: that many campaigns on the one number at once, sharing `recipients` between them."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -43,10 +42,17 @@ def run(cap: int, recipients: int, latency_ms: float, timeline: bool = False, ca
     lo, hi = accepted[n // 10], accepted[n * 9 // 10]
     steady = (n * 8 // 10) / (hi - lo) if hi > lo else 0.0
     return {
-        "cap": cap, "recipients": recipients, "status": result["status"], "accepted": n,
-        "sustained_mps": sustained, "steady_mps": steady, "end_to_end_mps": n / (t1 - t0),
-        "ratio_sustained": sustained / cap, "ratio_steady": steady / cap,
-        "throttled_130429": stats["throttled_130429"], "max_window": stats["max_window_per_second"],
+        "cap": cap,
+        "recipients": recipients,
+        "status": result["status"],
+        "accepted": n,
+        "sustained_mps": sustained,
+        "steady_mps": steady,
+        "end_to_end_mps": n / (t1 - t0),
+        "ratio_sustained": sustained / cap,
+        "ratio_steady": steady / cap,
+        "throttled_130429": stats["throttled_130429"],
+        "max_window": stats["max_window_per_second"],
         "seconds": t1 - t0,
     }
 

@@ -79,10 +79,12 @@ def measure(name: str, url: str, bodies: list, rate: float, pid: int, flood_cmd:
         f = json.loads(out)
         total = sum(f["answers"].values())
         flooded = f"; flood: {total:,} forged requests ({total / f['seconds']:,.0f}/s) answered {f['answers']}"
-    print(f"  {name}: genuine {r['ok']:,} of {len(bodies):,} accepted = {r['ok'] / r['elapsed']:,.0f}/s "
-          f"(asked {rate:,.0f}/s); p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, max {r['max']:.0f} ms; "
-          f"answers {r['statuses']}; receiver CPU {cpu / r['elapsed']:.0%} of a core, generator "
-          f"{generator / r['elapsed']:.0%} (at worst {r['lag']:.0f} ms behind schedule){flooded}")
+    print(
+        f"  {name}: genuine {r['ok']:,} of {len(bodies):,} accepted = {r['ok'] / r['elapsed']:,.0f}/s "
+        f"(asked {rate:,.0f}/s); p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, max {r['max']:.0f} ms; "
+        f"answers {r['statuses']}; receiver CPU {cpu / r['elapsed']:.0%} of a core, generator "
+        f"{generator / r['elapsed']:.0%} (at worst {r['lag']:.0f} ms behind schedule){flooded}"
+    )
     return r["ok"]
 
 
@@ -112,20 +114,35 @@ def main() -> None:
     from campaigns.store.db import libpq_url
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.webhook_flood", "serve", "--port", str(port),
-                             "--secrets", str(args.secrets)], stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.webhook_flood", "serve", "--port", str(port), "--secrets", str(args.secrets)],
+        stdin=subprocess.DEVNULL,
+    )
     n = int(args.rate * args.seconds)
     bodies = signed_bodies(0, 2 * n)
-    print(f"receiver knows {args.secrets} app secrets; genuine webhooks paced at {args.rate:,.0f}/s for "
-          f"{args.seconds:.0f} s; flood: {args.flood_connections} connections of {args.flood_bytes:,}-byte "
-          f"forged bodies")
+    print(
+        f"receiver knows {args.secrets} app secrets; genuine webhooks paced at {args.rate:,.0f}/s for "
+        f"{args.seconds:.0f} s; flood: {args.flood_connections} connections of {args.flood_bytes:,}-byte "
+        f"forged bodies"
+    )
     accepted = 0
     try:
         wait_up(port, proc)
         url = f"http://127.0.0.1:{port}/webhooks/whatsapp"
-        flood_cmd = [sys.executable, "-m", "bench.webhook_flood", "flood", "--url", url,
-                     "--seconds", str(args.seconds + 2), "--flood-connections", str(args.flood_connections),
-                     "--flood-bytes", str(args.flood_bytes)]
+        flood_cmd = [
+            sys.executable,
+            "-m",
+            "bench.webhook_flood",
+            "flood",
+            "--url",
+            url,
+            "--seconds",
+            str(args.seconds + 2),
+            "--flood-connections",
+            str(args.flood_connections),
+            "--flood-bytes",
+            str(args.flood_bytes),
+        ]
         accepted += measure("without flood", url, bodies[:n], args.rate, proc.pid, None)
         accepted += measure("under flood", url, bodies[n:], args.rate, proc.pid, flood_cmd)
     finally:
@@ -133,8 +150,10 @@ def main() -> None:
         proc.wait(30)
     with psycopg.connect(libpq_url(os.environ["DATABASE_URL"])) as conn:
         rows = conn.execute("select count(*) from webhook_events").fetchone()[0]
-    print(f"  stored: {rows:,} rows for {accepted:,} genuine answers 200: "
-          f"{'nothing lost, nothing forged stored' if rows == accepted else 'MISMATCH'}")
+    print(
+        f"  stored: {rows:,} rows for {accepted:,} genuine answers 200: "
+        f"{'nothing lost, nothing forged stored' if rows == accepted else 'MISMATCH'}"
+    )
 
 
 if __name__ == "__main__":

@@ -51,16 +51,33 @@ def serve(args: argparse.Namespace) -> None:
 def status_body(i: int) -> bytes:
     """One status per POST (reference §4.2 Example B), as Meta sends them when traffic is light or spread."""
     status = ("sent", "delivered", "read")[i % 3]
-    st = {"id": f"wamid.HBgMNTUxMTkwMDAwMDAwFQIAERgS{i:020d}AA==", "status": status,
-          "timestamp": str(1771854964 + i // 1000), "recipient_id": f"55119{i:08d}",
-          "biz_opaque_callback_data": f"pytake:{i // 3 + 1}"}
+    st = {
+        "id": f"wamid.HBgMNTUxMTkwMDAwMDAwFQIAERgS{i:020d}AA==",
+        "status": status,
+        "timestamp": str(1771854964 + i // 1000),
+        "recipient_id": f"55119{i:08d}",
+        "biz_opaque_callback_data": f"pytake:{i // 3 + 1}",
+    }
     if status != "read":
         st["pricing"] = {"billable": True, "pricing_model": "PMP", "category": "marketing", "type": "regular"}
-    payload = {"object": "whatsapp_business_account", "entry": [{"id": "1147896940776789", "changes": [
-        {"field": "messages", "value": {"messaging_product": "whatsapp",
-                                        "metadata": {"display_phone_number": "5511900000000",
-                                                     "phone_number_id": PHONE_NUMBER_ID},
-                                        "statuses": [st]}}]}]}
+    payload = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "1147896940776789",
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {"display_phone_number": "5511900000000", "phone_number_id": PHONE_NUMBER_ID},
+                            "statuses": [st],
+                        },
+                    }
+                ],
+            }
+        ],
+    }
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
@@ -70,13 +87,22 @@ def signed_bodies(start: int, n: int) -> list[tuple[bytes, dict[str, str]]]:
     out = []
     for i in range(start, start + n):
         body = status_body(i)
-        out.append((body, {"Content-Type": "application/json", "X-Hub-Signature-256": sign_body(body, SECRET),
-                           "User-Agent": "facebookexternalua"}))
+        out.append(
+            (
+                body,
+                {
+                    "Content-Type": "application/json",
+                    "X-Hub-Signature-256": sign_body(body, SECRET),
+                    "User-Agent": "facebookexternalua",
+                },
+            )
+        )
     return out
 
 
-async def load(url: str, bodies: list[tuple[bytes, dict[str, str]]], connections: int,
-               rate: float | None = None) -> dict:
+async def load(
+    url: str, bodies: list[tuple[bytes, dict[str, str]]], connections: int, rate: float | None = None
+) -> dict:
     """Closed loop (each connection posts again as soon as answered) or, with `rate`, open loop: request i
     is due at i / rate and its latency counts from then, so a receiver falling behind shows in p99."""
     import aiohttp
@@ -127,8 +153,15 @@ async def load(url: str, bodies: list[tuple[bytes, dict[str, str]]], connections
     def pct(p: float) -> float:
         return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
 
-    return {"elapsed": elapsed, "ok": statuses.get(200, 0), "statuses": statuses,
-            "p50": pct(0.50), "p99": pct(0.99), "max": latencies[-1] * 1000, "lag": max(lags, default=0) * 1000}
+    return {
+        "elapsed": elapsed,
+        "ok": statuses.get(200, 0),
+        "statuses": statuses,
+        "p50": pct(0.50),
+        "p99": pct(0.99),
+        "max": latencies[-1] * 1000,
+        "lag": max(lags, default=0) * 1000,
+    }
 
 
 def cpu_seconds(pid: int) -> float:
@@ -178,20 +211,22 @@ def commits(db_url: str) -> int:
     time.sleep(1.1)  # backends publish their counters at most once a second
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("select pg_stat_clear_snapshot()")
-        return conn.execute("select xact_commit from pg_stat_database where datname = current_database()"
-                            ).fetchone()[0]
+        return conn.execute("select xact_commit from pg_stat_database where datname = current_database()").fetchone()[0]
 
 
 def report(name: str, r: dict, wanted: int, server_cpu: float, client_cpu: float, groups: int) -> float:
     rate = r["ok"] / r["elapsed"]
-    print(f"  {name}: {r['ok']:,} of {wanted:,} accepted in {r['elapsed']:.2f} s = {rate:,.0f}/s "
-          f"(target {TARGET_RATE:,.0f}/s: ratio {rate / TARGET_RATE:.2f}); p50 {r['p50']:.1f} ms, "
-          f"p99 {r['p99']:.1f} ms (target {TARGET_P99_MS:.0f} ms: ratio {r['p99'] / TARGET_P99_MS:.2f}), "
-          f"max {r['max']:.0f} ms; receiver CPU {server_cpu / r['elapsed']:.0%} of a core "
-          f"({server_cpu / max(1, r['ok']) * 1e6:.0f} µs per webhook), load generator "
-          f"{client_cpu / r['elapsed']:.0%}" + f"; ~{r['ok'] / max(1, groups):.0f} webhooks per commit"
-          + (f" (at worst {r['lag']:.0f} ms behind schedule)" if r["lag"] else "")
-          + f"; answers {r['statuses']}")
+    print(
+        f"  {name}: {r['ok']:,} of {wanted:,} accepted in {r['elapsed']:.2f} s = {rate:,.0f}/s "
+        f"(target {TARGET_RATE:,.0f}/s: ratio {rate / TARGET_RATE:.2f}); p50 {r['p50']:.1f} ms, "
+        f"p99 {r['p99']:.1f} ms (target {TARGET_P99_MS:.0f} ms: ratio {r['p99'] / TARGET_P99_MS:.2f}), "
+        f"max {r['max']:.0f} ms; receiver CPU {server_cpu / r['elapsed']:.0%} of a core "
+        f"({server_cpu / max(1, r['ok']) * 1e6:.0f} µs per webhook), load generator "
+        f"{client_cpu / r['elapsed']:.0%}"
+        + f"; ~{r['ok'] / max(1, groups):.0f} webhooks per commit"
+        + (f" (at worst {r['lag']:.0f} ms behind schedule)" if r["lag"] else "")
+        + f"; answers {r['statuses']}"
+    )
     return rate
 
 
@@ -221,18 +256,35 @@ def main() -> None:
 
     db_url = libpq_url(os.environ["DATABASE_URL"])
     port = free_port()
-    cmd = [sys.executable, "-m", "bench.webhooks", "serve", "--port", str(port), "--workers", str(args.workers),
-           "--loop", args.loop, "--http", args.http]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.webhooks",
+        "serve",
+        "--port",
+        str(port),
+        "--workers",
+        str(args.workers),
+        "--loop",
+        args.loop,
+        "--http",
+        args.http,
+    ]
     paced = int(args.rate * args.seconds) if args.rate else 0
     bodies = signed_bodies(0, args.warmup + args.requests + paced)
-    warm_b, closed_b, paced_b = (bodies[:args.warmup], bodies[args.warmup:args.warmup + args.requests],
-                                 bodies[args.warmup + args.requests:])
+    warm_b, closed_b, paced_b = (
+        bodies[: args.warmup],
+        bodies[args.warmup : args.warmup + args.requests],
+        bodies[args.warmup + args.requests :],
+    )
     gc.collect()
     gc.freeze()  # ~100,000 prepared bodies: a full collection here would stall the generator, not the receiver
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
     accepted = 0
-    print(f"receiver: {args.workers} worker(s), loop={args.loop}, http={args.http}; "
-          f"{args.connections} connections, one status per POST ({len(bodies[0][0])} bytes)")
+    print(
+        f"receiver: {args.workers} worker(s), loop={args.loop}, http={args.http}; "
+        f"{args.connections} connections, one status per POST ({len(bodies[0][0])} bytes)"
+    )
     try:
         wait_up(port, proc)
         url = f"http://127.0.0.1:{port}/webhooks/whatsapp"
@@ -252,8 +304,10 @@ def main() -> None:
         proc.wait(30)
     with psycopg.connect(db_url) as conn:
         rows, distinct = conn.execute("select count(*), count(distinct md5(body)) from webhook_events").fetchone()
-    print(f"  stored: {rows:,} rows ({distinct:,} distinct bodies) for {accepted:,} answers 200 incl. warm-up: "
-          f"{'nothing lost' if rows == distinct == accepted else 'MISMATCH'}")
+    print(
+        f"  stored: {rows:,} rows ({distinct:,} distinct bodies) for {accepted:,} answers 200 incl. warm-up: "
+        f"{'nothing lost' if rows == distinct == accepted else 'MISMATCH'}"
+    )
 
 
 if __name__ == "__main__":

@@ -25,15 +25,28 @@ def block_name_for(organization_id: uuid.UUID, phone_number_id: str) -> str:
 
 
 def add_number(
-    conn: sa.Connection, organization_id: uuid.UUID, *, provider: str, phone_number_id: str, token: str,
-    app_secret: str, verify_token: str, api_base: str, mps: int = 80, display_phone_number: str | None = None,
+    conn: sa.Connection,
+    organization_id: uuid.UUID,
+    *,
+    provider: str,
+    phone_number_id: str,
+    token: str,
+    app_secret: str,
+    verify_token: str,
+    api_base: str,
+    mps: int = 80,
+    display_phone_number: str | None = None,
     graph_version: str = "v24.0",
 ) -> uuid.UUID:
     """Create or update the number; the block is saved first so the row never names a missing block."""
     name = block_name_for(organization_id, phone_number_id)
     block = WhatsAppNumberCredentials(
-        provider=provider, phone_number_id=phone_number_id, access_token=SecretStr(token),
-        app_secret=SecretStr(app_secret), verify_token=SecretStr(verify_token), api_base=api_base,
+        provider=provider,
+        phone_number_id=phone_number_id,
+        access_token=SecretStr(token),
+        app_secret=SecretStr(app_secret),
+        verify_token=SecretStr(verify_token),
+        api_base=api_base,
         graph_version=graph_version,
     )
     try:
@@ -42,9 +55,16 @@ def add_number(
         block.save(name, overwrite=True)
     signing_secret = token if provider == "evolution" else app_secret
     signer = signer_id(signing_secret) if signing_secret else None  # None: signed by the platform's app
-    return tenancy.add_number(conn, organization_id, provider=provider, phone_number_id=phone_number_id,
-                              block_name=name, mps=mps, webhook_signer=signer,
-                              display_phone_number=display_phone_number)
+    return tenancy.add_number(
+        conn,
+        organization_id,
+        provider=provider,
+        phone_number_id=phone_number_id,
+        block_name=name,
+        mps=mps,
+        webhook_signer=signer,
+        display_phone_number=display_phone_number,
+    )
 
 
 def secrets_loader() -> KnownSecrets:
@@ -77,7 +97,11 @@ def secrets_loader() -> KnownSecrets:
             if creds.verify_token:
                 known.verify_tokens.append(creds.verify_token)
     if refused:
-        log.warning("webhooks signed for %d number(s) are refused: their secret is a well-known one (%s); "
-                    "give them their app's own secret", len(refused), ", ".join(refused[:5]))
+        log.warning(
+            "webhooks signed for %d number(s) are refused: their secret is a well-known one (%s); "
+            "give them their app's own secret",
+            len(refused),
+            ", ".join(refused[:5]),
+        )
     known.app_secrets = list(dict.fromkeys(known.app_secrets))  # many numbers share one app: one HMAC each
     return known

@@ -81,8 +81,15 @@ class TooMany(CampaignError):
 
 # Each refusal's status; a class not named answers as its nearest named ancestor.
 STATUS: dict[type[CampaignError], int] = {
-    CampaignError: 400, NotFound: 404, Conflict: 409, Invalid: 422,
-    Unauthorized: 401, Forbidden: 403, TooLarge: 413, TooMany: 429, Unavailable: 503,
+    CampaignError: 400,
+    NotFound: 404,
+    Conflict: 409,
+    Invalid: 422,
+    Unauthorized: 401,
+    Forbidden: 403,
+    TooLarge: 413,
+    TooMany: 429,
+    Unavailable: 503,
 }
 
 
@@ -291,8 +298,16 @@ class _CsvPipe:
 
 
 class CampaignsApi:
-    def __init__(self, db: sa.Engine, launch: Launch, ready: Ready | None, runs: Runs, credentials: LoadCredentials,
-                 max_body_bytes: int, max_csv_exports: int = 4) -> None:
+    def __init__(
+        self,
+        db: sa.Engine,
+        launch: Launch,
+        ready: Ready | None,
+        runs: Runs,
+        credentials: LoadCredentials,
+        max_body_bytes: int,
+        max_csv_exports: int = 4,
+    ) -> None:
         self.db = db
         self.launch = launch
         self.ready = ready or (lambda: None)
@@ -351,8 +366,9 @@ class CampaignsApi:
             except sa.exc.DataError as exc:  # a value no check above caught, refused by Postgres: still the caller's
                 log.warning("%s %s: a value refused by the database: %s", request.method, request.url.path, exc.orig)
                 cause = str(exc.orig).splitlines()[0] if exc.orig else "invalid value"
-                return Json({"detail": f"A value was refused by the database: {cause}", "errors": [cause]},
-                            status_code=422)
+                return Json(
+                    {"detail": f"A value was refused by the database: {cause}", "errors": [cause]}, status_code=422
+                )
             except Exception:
                 log.exception("%s %s failed", request.method, request.url.path)
                 return Json({"detail": "Internal server error", "errors": []}, status_code=500)
@@ -373,8 +389,9 @@ class CampaignsApi:
         if caller is None:
             raise Unauthorized("Invalid or revoked token")
         if caller.role not in roles:
-            raise Forbidden(f"Not enough permissions: this needs the role {' or '.join(roles)}; "
-                            f"the token's role is {caller.role}")
+            raise Forbidden(
+                f"Not enough permissions: this needs the role {' or '.join(roles)}; the token's role is {caller.role}"
+            )
         return caller
 
     async def read_json(self, request: Request) -> Any:
@@ -395,8 +412,13 @@ class CampaignsApi:
 
     def index(self, call: Call) -> dict[str, Any]:
         with self.db.connect() as conn:
-            return services.list_campaigns(conn, call.org, call.query.get("status") or None,
-                                           skip=_int(call.query, "skip", 0), limit=_int(call.query, "limit", 50))
+            return services.list_campaigns(
+                conn,
+                call.org,
+                call.query.get("status") or None,
+                skip=_int(call.query, "skip", 0),
+                limit=_int(call.query, "limit", 50),
+            )
 
     def get(self, call: Call) -> dict[str, Any]:
         """The campaign with its statistics (the seed's "Campaign Status" shape)."""
@@ -420,8 +442,9 @@ class CampaignsApi:
 
     def start(self, call: Call) -> dict[str, Any]:
         self.ready()
-        result = services.start_campaign(self.db, call.org, call.campaign_id, credentials=self.credentials,
-                                         runs=self.runs)
+        result = services.start_campaign(
+            self.db, call.org, call.campaign_id, credentials=self.credentials, runs=self.runs
+        )
         run_id = self.hand_to_prefect(call.org, call.campaign_id)
         return {**result, "flow_run_id": run_id, "message": f"Campaign started. Flow run ID: {run_id}"}
 
@@ -456,8 +479,10 @@ class CampaignsApi:
             cause = f"{type(exc).__name__}: {exc}"[:300]
             with self.db.begin() as conn, contextlib.suppress(Conflict):
                 lifecycle.pause(conn, org, campaign_id, "launch_failed", f"no send-campaign run: {cause}")
-            raise Unavailable("The campaign could not be handed to Prefect and was paused; with `campaigns "
-                              "serve` running, resume it", [cause]) from None
+            raise Unavailable(
+                "The campaign could not be handed to Prefect and was paused; with `campaigns serve` running, resume it",
+                [cause],
+            ) from None
         with self.db.begin() as conn:
             services.record_flow_run(conn, org, campaign_id, run_id)
         return run_id
@@ -489,16 +514,21 @@ class CampaignsApi:
     def recipients(self, call: Call) -> dict[str, Any]:
         q = call.query
         with self.db.connect() as conn:
-            return services.recipients_of(conn, call.org, call.campaign_id, q.get("status") or None,
-                                          after=q.get("after") or None, page_size=_int(q, "page_size", 100))
+            return services.recipients_of(
+                conn,
+                call.org,
+                call.campaign_id,
+                q.get("status") or None,
+                after=q.get("after") or None,
+                page_size=_int(q, "page_size", 100),
+            )
 
     def recipients_csv(self, call: Call) -> Response:
         """Every matching recipient, streamed as the COPY produces it. Errors found before the first row
         (unknown campaign, bad status) are answered as JSON; nothing is sent until then."""
         org, campaign_id, status = call.org, call.campaign_id, call.query.get("status") or None
         if not self.csv_exports.acquire(blocking=False):
-            raise TooMany(f"Too many CSV exports at once (at most {self.max_csv_exports}): try again in a few "
-                          f"seconds")
+            raise TooMany(f"Too many CSV exports at once (at most {self.max_csv_exports}): try again in a few seconds")
         pipe = _CsvPipe()
 
         def produce() -> None:
@@ -542,8 +572,11 @@ class CampaignsApi:
                 pipe.gone.set()
 
         name = f"campaign-{campaign_id}-recipients{'-' + status if status else ''}.csv"
-        return StreamingResponse(chunks(), media_type="text/csv; charset=utf-8",
-                                 headers={"Content-Disposition": f'attachment; filename="{name}"'})
+        return StreamingResponse(
+            chunks(),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
 
     # -- numbers ------------------------------------------------------------------------------------------
 
@@ -557,9 +590,15 @@ class CampaignsApi:
             return tenancy.set_number_limits(conn, call.org, call.number_id, body.changes(), body.preset)
 
 
-def create_app(launch: Launch | None = None, *, ready: Ready | None = None, runs: Runs | None = None,
-               credentials: LoadCredentials | None = None, db: sa.Engine | None = None,
-               max_body_bytes: int | None = None) -> Starlette:
+def create_app(
+    launch: Launch | None = None,
+    *,
+    ready: Ready | None = None,
+    runs: Runs | None = None,
+    credentials: LoadCredentials | None = None,
+    db: sa.Engine | None = None,
+    max_body_bytes: int | None = None,
+) -> Starlette:
     """The API app. Without `launch`, start and resume create runs of send-campaign/default in Prefect;
     `ready` (by default the launcher's own `ready`, if it has one) is asked first. `runs` (by default
     Prefect's) keeps Upcoming in step; `credentials` (by default from the number's Prefect block) reads a
@@ -571,8 +610,15 @@ def create_app(launch: Launch | None = None, *, ready: Ready | None = None, runs
     launch = launch or PrefectLauncher()
     ready = ready or getattr(launch, "ready", None)
     settings = get_settings()
-    api = CampaignsApi(db or get_engine(), launch, ready, runs or PrefectRuns(), credentials or fresh_credentials,
-                       max_body_bytes or settings.api_max_body_bytes, settings.api_max_csv_exports)
+    api = CampaignsApi(
+        db or get_engine(),
+        launch,
+        ready,
+        runs or PrefectRuns(),
+        credentials or fresh_credentials,
+        max_body_bytes or settings.api_max_body_bytes,
+        settings.api_max_csv_exports,
+    )
 
     async def health(_: Request) -> Response:
         return PlainTextResponse("ok")
@@ -581,5 +627,4 @@ def create_app(launch: Launch | None = None, *, ready: Ready | None = None, runs
         assert isinstance(exc, HTTPException)
         return Json({"detail": exc.detail, "errors": []}, status_code=exc.status_code, headers=exc.headers)
 
-    return Starlette(routes=[*api.routes(), Route("/health", health)],
-                     exception_handlers={HTTPException: http_error})
+    return Starlette(routes=[*api.routes(), Route("/health", health)], exception_handlers={HTTPException: http_error})

@@ -38,7 +38,8 @@ def issue(conn: sa.Connection, organization_id: uuid.UUID, role: str) -> tuple[u
         raise Invalid(f"role: one of {', '.join(API_ROLES)} (got {role!r})")
     token = PREFIX + secrets.token_urlsafe(32)
     token_id = conn.execute(
-        sa.insert(api_tokens).values(organization_id=organization_id, role=role, token_hash=token_hash(token))
+        sa.insert(api_tokens)
+        .values(organization_id=organization_id, role=role, token_hash=token_hash(token))
         .returning(api_tokens.c.id)
     ).scalar_one()
     return token_id, token
@@ -46,16 +47,20 @@ def issue(conn: sa.Connection, organization_id: uuid.UUID, role: str) -> tuple[u
 
 def revoke(conn: sa.Connection, token_id: uuid.UUID) -> bool:
     """Refuse the token from now on (the row stays, for the record); False if there was none to revoke."""
-    return bool(conn.execute(
-        sa.update(api_tokens).where(api_tokens.c.id == token_id, api_tokens.c.revoked_at.is_(None))
-        .values(revoked_at=sa.func.now())
-    ).rowcount)
+    return bool(
+        conn.execute(
+            sa.update(api_tokens)
+            .where(api_tokens.c.id == token_id, api_tokens.c.revoked_at.is_(None))
+            .values(revoked_at=sa.func.now())
+        ).rowcount
+    )
 
 
 def caller(conn: sa.Connection, token: str) -> Caller | None:
     """The caller a live token stands for; None for an unknown or revoked token."""
     row = conn.execute(
-        sa.select(api_tokens.c.organization_id, api_tokens.c.role, api_tokens.c.id)
-        .where(api_tokens.c.token_hash == token_hash(token), api_tokens.c.revoked_at.is_(None))
+        sa.select(api_tokens.c.organization_id, api_tokens.c.role, api_tokens.c.id).where(
+            api_tokens.c.token_hash == token_hash(token), api_tokens.c.revoked_at.is_(None)
+        )
     ).first()
     return Caller(*row) if row else None

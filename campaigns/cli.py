@@ -98,9 +98,17 @@ def cmd_numbers_add(args: argparse.Namespace) -> int:
     with _db().begin() as conn:
         org = tenancy.org_id_by_name(conn, args.org)
         number_id = add_number(
-            conn, org, provider=args.provider, phone_number_id=args.phone_number_id, token=args.token,
-            app_secret=args.app_secret, verify_token=args.verify_token, api_base=args.api_base, mps=args.mps,
-            display_phone_number=args.display_phone_number, graph_version=args.graph_version,
+            conn,
+            org,
+            provider=args.provider,
+            phone_number_id=args.phone_number_id,
+            token=args.token,
+            app_secret=args.app_secret,
+            verify_token=args.verify_token,
+            api_base=args.api_base,
+            mps=args.mps,
+            display_phone_number=args.display_phone_number,
+            graph_version=args.graph_version,
         )
         tenancy.set_number_limits(conn, org, number_id, _limit_changes(args), args.preset)
     print(number_id)
@@ -143,8 +151,7 @@ def cmd_portfolios_add(args: argparse.Namespace) -> int:
 def cmd_numbers_limits(args: argparse.Namespace) -> int:
     with _db().begin() as conn:
         org = tenancy.org_id_by_name(conn, args.org)
-        limits = tenancy.set_number_limits(conn, org, uuid.UUID(args.number_id), _limit_changes(args),
-                                             args.preset)
+        limits = tenancy.set_number_limits(conn, org, uuid.UUID(args.number_id), _limit_changes(args), args.preset)
     print(_json(limits))
     return 0
 
@@ -166,12 +173,16 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     from deployments.launch import PrefectRuns
 
     if run_id := follow_transition(_db(), org, uuid.UUID(args.id), t, PrefectRuns()):
-        _err(f"campaign {args.id}: {t.previous} -> {t.status}; send-campaign flow run {run_id} starts it at "
-             f"{iso_z(when)} (Upcoming in Prefect)")
+        _err(
+            f"campaign {args.id}: {t.previous} -> {t.status}; send-campaign flow run {run_id} starts it at "
+            f"{iso_z(when)} (Upcoming in Prefect)"
+        )
         return 0
     soon = " (a time already past: within 30 s)" if when <= datetime.now(UTC) else ""
-    _err(f"campaign {args.id}: {t.previous} -> {t.status}; campaign-scheduler (campaigns serve) starts it at "
-         f"{iso_z(when)}{soon}")
+    _err(
+        f"campaign {args.id}: {t.previous} -> {t.status}; campaign-scheduler (campaigns serve) starts it at "
+        f"{iso_z(when)}{soon}"
+    )
     return 0
 
 
@@ -194,8 +205,10 @@ def cmd_contacts_import(args: argparse.Namespace) -> int:
         _err(f"the file is not UTF-8: read as {report.encoding}")
     for line, reason in report.errors:
         _err(f"line {line}: {reason}")
-    _err(f"imported {report.imported} contacts ({report.inserted} new, {report.updated} updated); "
-         f"{len(report.errors)} rows rejected")
+    _err(
+        f"imported {report.imported} contacts ({report.inserted} new, {report.updated} updated); "
+        f"{len(report.errors)} rows rejected"
+    )
     print(report.imported)
     return 0
 
@@ -229,8 +242,10 @@ def _launch(org: uuid.UUID, campaign_id: uuid.UUID) -> None:
         launcher.ready()
     except Unavailable:
         _spawn_runner(campaign_id)
-        _err("nothing serves send-campaign/default: running the campaign in a background process (its log is in "
-             f"{_run_log(campaign_id)}; `campaigns serve` runs campaigns for the Prefect UI)")
+        _err(
+            "nothing serves send-campaign/default: running the campaign in a background process (its log is in "
+            f"{_run_log(campaign_id)}; `campaigns serve` runs campaigns for the Prefect UI)"
+        )
         return
     run_id = launcher(campaign_id)
     with _db().begin() as conn:
@@ -251,7 +266,11 @@ def _spawn_runner(campaign_id: uuid.UUID) -> None:
     out = path.open("ab")
     subprocess.Popen(
         [sys.executable, "-m", "campaigns.cli", "run", str(campaign_id), "--supervise"],
-        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=os.environ,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env=os.environ,
     )
 
 
@@ -334,10 +353,19 @@ def cmd_recipients(args: argparse.Namespace) -> int:
     else:
         print(f"{'CONTACT':36}  {'NAME':20}  {'PHONE':15}  {'STATUS':9}  {'TRIES':>5}  DETAIL")
         for contact_id, r in body["recipients"].items():
-            detail = r["skip_reason"] or (f"{r['error_code'] or ''} {r['error_message'] or ''}".strip()
-                                          if r["status"] == "failed" else r["message_id"]) or ""
-            print(f"{contact_id:36}  {(r['contact_name'] or '')[:20]:20}  {r['contact_phone']:15}  "
-                  f"{r['status']:9}  {len(r['attempts']):5}  {detail[:80]}")
+            detail = (
+                r["skip_reason"]
+                or (
+                    f"{r['error_code'] or ''} {r['error_message'] or ''}".strip()
+                    if r["status"] == "failed"
+                    else r["message_id"]
+                )
+                or ""
+            )
+            print(
+                f"{contact_id:36}  {(r['contact_name'] or '')[:20]:20}  {r['contact_phone']:15}  "
+                f"{r['status']:9}  {len(r['attempts']):5}  {detail[:80]}"
+            )
     more = f"; next page: --after {body['next_cursor']}" if body["next_cursor"] else ""
     _err(f"{len(body['recipients'])} of {body['total']} recipients{more}")
     return 0
@@ -387,8 +415,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from deployments.serve import main as serve_main
 
-    _err("serving send-campaign/default, ingest-statuses/default, campaign-scheduler/default, create-campaign/default "
-         "and campaign-control/default (Ctrl-C to stop)")
+    _err(
+        "serving send-campaign/default, ingest-statuses/default, campaign-scheduler/default, create-campaign/default "
+        "and campaign-control/default (Ctrl-C to stop)"
+    )
     serve_main(limit=args.limit)
     return 0
 
@@ -427,10 +457,13 @@ def cmd_sandbox_serve(args: argparse.Namespace) -> int:
     app_secret = args.app_secret or secrets.token_urlsafe(24)
     if not args.app_secret:  # never a constant: a number registered with it would let anyone sign its webhooks
         _err(f"signing webhooks with the app secret {app_secret} (give the number the same; --app-secret to choose)")
-    config = SandboxConfig(latency_ms=args.latency_ms, mps_cap=args.mps_cap, webhook_url=args.webhook_url,
-                           app_secret=app_secret)
-    _err(f"sandbox (Meta's Cloud API and Evolution's wire) on http://{args.host}:{args.port}; admin at /_sandbox/"
-         f"config, /_sandbox/stats, /_sandbox/messages (Ctrl-C to stop)")
+    config = SandboxConfig(
+        latency_ms=args.latency_ms, mps_cap=args.mps_cap, webhook_url=args.webhook_url, app_secret=app_secret
+    )
+    _err(
+        f"sandbox (Meta's Cloud API and Evolution's wire) on http://{args.host}:{args.port}; admin at /_sandbox/"
+        f"config, /_sandbox/stats, /_sandbox/messages (Ctrl-C to stop)"
+    )
     serve(config, args.host, args.port)
     return 0
 
@@ -445,8 +478,10 @@ def cmd_webhooks_serve(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     app = create_app(settings.database_url or "", KnownSecrets(loader=secrets_loader), settings.webhook_max_body_bytes)
-    _err(f"receiving webhooks on http://{args.host}:{args.port}/webhooks/whatsapp (Meta) and "
-         f"/webhooks/evolution/{{instance}} (Ctrl-C to stop)")
+    _err(
+        f"receiving webhooks on http://{args.host}:{args.port}/webhooks/whatsapp (Meta) and "
+        f"/webhooks/evolution/{{instance}} (Ctrl-C to stop)"
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
@@ -468,8 +503,10 @@ def cmd_api_token(args: argparse.Namespace) -> int:
         org = tenancy.org_id_by_name(conn, args.org)
         token_id, token = api_tokens.issue(conn, org, args.role)
     print(token)
-    _err(f"token {token_id} ({args.role}) for {args.org}: shown once, store it now; "
-         f"`campaigns api revoke {token_id}` ends it")
+    _err(
+        f"token {token_id} ({args.role}) for {args.org}: shown once, store it now; "
+        f"`campaigns api revoke {token_id}` ends it"
+    )
     return 0
 
 
@@ -509,8 +546,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--phone-number-id", required=True, help="Meta phone number id, or Evolution instance")
     # Secrets may come from the environment instead, out of `ps` and the shell's history.
     env = os.environ
-    a.add_argument("--token", default=env.get("NUMBER_TOKEN"), required="NUMBER_TOKEN" not in env,
-                   help="Bearer token (Meta) or apikey (Evolution); or set NUMBER_TOKEN")
+    a.add_argument(
+        "--token",
+        default=env.get("NUMBER_TOKEN"),
+        required="NUMBER_TOKEN" not in env,
+        help="Bearer token (Meta) or apikey (Evolution); or set NUMBER_TOKEN",
+    )
     a.add_argument("--app-secret", default=env.get("NUMBER_APP_SECRET", ""), help="or set NUMBER_APP_SECRET")
     a.add_argument("--verify-token", default=env.get("NUMBER_VERIFY_TOKEN", ""), help="or set NUMBER_VERIFY_TOKEN")
     a.add_argument("--api-base", required=True)
@@ -528,12 +569,17 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(fn=cmd_numbers_limits, prefect=False)
 
     pfs = sub.add_parser("portfolios", help="business portfolios (Meta's messaging limit)").add_subparsers(
-        dest="portfolios_command", required=True)
+        dest="portfolios_command", required=True
+    )
     a = pfs.add_parser("add", help="add or update a portfolio; prints its id")
     a.add_argument("name")
     a.add_argument("--org", required=True)
-    a.add_argument("--limit", required=True, choices=["250", "2000", "10000", "100000", "unlimited"],
-                   help="unique recipients per moving 24 h across the portfolio's numbers")
+    a.add_argument(
+        "--limit",
+        required=True,
+        choices=["250", "2000", "10000", "100000", "unlimited"],
+        help="unique recipients per moving 24 h across the portfolio's numbers",
+    )
     a.set_defaults(fn=cmd_portfolios_add, prefect=False)
 
     cts = sub.add_parser("contacts", help="contacts").add_subparsers(dest="contacts_command", required=True)
@@ -598,8 +644,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("run", help="run the send-campaign flow in this process (what `start` spawns)")
     a.add_argument("id")
-    a.add_argument("--supervise", action="store_true",
-                   help="run it in a child process, started again while the campaign runs with nobody sending")
+    a.add_argument(
+        "--supervise",
+        action="store_true",
+        help="run it in a child process, started again while the campaign runs with nobody sending",
+    )
     a.set_defaults(fn=cmd_run, prefect=True)
 
     a = sub.add_parser("serve", help="serve the Prefect deployments (UI runs, schedules, the main app)")
@@ -654,12 +703,20 @@ _UNSET = object()
 
 def _limit_arguments(a: argparse.ArgumentParser) -> None:
     for name in ("minute", "hour", "day"):
-        a.add_argument(f"--per-{name}", type=_cap, default=_UNSET, metavar="N|none",
-                       help=f"at most N messages per UTC {name} (none: no cap)")
+        a.add_argument(
+            f"--per-{name}",
+            type=_cap,
+            default=_UNSET,
+            metavar="N|none",
+            help=f"at most N messages per UTC {name} (none: no cap)",
+        )
     from campaigns.sending.ratelimit import PRESETS
 
-    a.add_argument("--preset", choices=list(PRESETS),
-                   help="meta-conservative: 20/min, 100/h, 500/day (the seed's figures); none: no caps")
+    a.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        help="meta-conservative: 20/min, 100/h, 500/day (the seed's figures); none: no caps",
+    )
     a.add_argument("--portfolio", metavar="ID|none", help="the business portfolio whose messaging limit it shares")
 
 
@@ -688,8 +745,9 @@ def main(argv: list[str] | None = None) -> int:
     terminal = logging.StreamHandler(sys.stderr)
     # The handler's own level: records of Prefect's run loggers arrive here at INFO (they go to the UI).
     terminal.setLevel(os.environ.get("CAMPAIGNS_LOG_LEVEL", "WARNING"))
-    logging.basicConfig(level=terminal.level, handlers=[terminal],
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=terminal.level, handlers=[terminal], format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     # Prefect's event sender says "Still processing items" while it flushes at exit: progress, not a problem.
     logging.getLogger("EventsWorker").setLevel(logging.ERROR)
     if getattr(args, "services", True):

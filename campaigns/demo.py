@@ -77,20 +77,37 @@ def run_demo(n_contacts: int = 10_000, latency_ms: int = 100) -> int:
 
     receiver = ThreadedServer(create_app(settings.database_url or "", KnownSecrets(app_secrets=[app_secret.encode()])))
     receiver.start()
-    sandbox = SandboxServer(SandboxConfig(
-        latency_ms=latency_ms, latency_jitter_ms=latency_ms / 5, mps_cap=1000, webhook_url=receiver.url +
-        "/webhooks/whatsapp", app_secret=app_secret, read_rate=0.6, reply_rate=0.05,
-        templates={"black_friday": "Olá {{1}}, aproveite nossa promoção de Black Friday!"},
-    )).start()
-    _say(f"sandbox provider at {sandbox.url} (latency {latency_ms} ms, cap 1,000 msg/s); "
-         f"webhook receiver at {receiver.url}")
+    sandbox = SandboxServer(
+        SandboxConfig(
+            latency_ms=latency_ms,
+            latency_jitter_ms=latency_ms / 5,
+            mps_cap=1000,
+            webhook_url=receiver.url + "/webhooks/whatsapp",
+            app_secret=app_secret,
+            read_rate=0.6,
+            reply_rate=0.05,
+            templates={"black_friday": "Olá {{1}}, aproveite nossa promoção de Black Friday!"},
+        )
+    ).start()
+    _say(
+        f"sandbox provider at {sandbox.url} (latency {latency_ms} ms, cap 1,000 msg/s); "
+        f"webhook receiver at {receiver.url}"
+    )
     try:
         with db.begin() as conn:
             # An organization per run: a second demo must not send to the first one's contacts too.
             org = tenancy.add_org(conn, f"demo {time.strftime('%Y-%m-%d %H:%M:%S')}")
-            number = add_number(conn, org, provider="sandbox", phone_number_id="100000000000042",
-                                token="demo-token", app_secret=app_secret, verify_token=secrets.token_urlsafe(16),
-                                api_base=sandbox.url, mps=1000)
+            number = add_number(
+                conn,
+                org,
+                provider="sandbox",
+                phone_number_id="100000000000042",
+                token="demo-token",
+                app_secret=app_secret,
+                verify_token=secrets.token_urlsafe(16),
+                api_base=sandbox.url,
+                mps=1000,
+            )
         csv_path = home / "contacts.csv"
         write_contacts_csv(csv_path, n_contacts)
         with db.begin() as conn:
@@ -101,10 +118,14 @@ def run_demo(n_contacts: int = 10_000, latency_ms: int = 100) -> int:
         if len(report.errors) > 3:
             _say(f"  … and {len(report.errors) - 3} more")
         body = CampaignCreate(
-            name=f"Black Friday demo {time.strftime('%H:%M:%S')}", whatsapp_number_id=number,
-            message_type="template", message_content={"template_name": "black_friday", "language": "pt_BR"},
-            template_variables={"body": ["{{contact.first_name}}"]}, audience_type="all_contacts",
-            messages_per_hour=None, delay_between_messages_seconds=0,
+            name=f"Black Friday demo {time.strftime('%H:%M:%S')}",
+            whatsapp_number_id=number,
+            message_type="template",
+            message_content={"template_name": "black_friday", "language": "pt_BR"},
+            template_variables={"body": ["{{contact.first_name}}"]},
+            audience_type="all_contacts",
+            messages_per_hour=None,
+            delay_between_messages_seconds=0,
         )
         with db.begin() as conn:
             campaign_id = lifecycle.create(conn, org, body)
@@ -127,8 +148,10 @@ def run_demo(n_contacts: int = 10_000, latency_ms: int = 100) -> int:
         with db.connect() as conn:
             stats = stats_of(conn, org, campaign_id)
         rate = stats["messages_sent"] / elapsed if elapsed else 0
-        _say(f"sent {stats['messages_sent']} messages in {elapsed:.1f} s ({rate:.0f} msg/s); "
-             f"sandbox answered 130429 {sandbox.stats()['throttled_130429']} times")
+        _say(
+            f"sent {stats['messages_sent']} messages in {elapsed:.1f} s ({rate:.0f} msg/s); "
+            f"sandbox answered 130429 {sandbox.stats()['throttled_130429']} times"
+        )
         print(json.dumps(stats, indent=2, ensure_ascii=False))
         _say(f"\nPrefect UI: {get_settings().prefect_api_url.removesuffix('/api')}  (flow runs, artifacts)")
         _say(f"try: .venv/bin/campaigns stats {campaign_id}   |   .venv/bin/campaigns recipients {campaign_id}")

@@ -34,8 +34,12 @@ async def read_limited(request: Request, max_bytes: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def create_app(database_url: str, secrets: KnownSecrets, max_body_bytes: int = 3 * 1024 * 1024,
-               checker: SignatureChecker | None = None) -> Starlette:
+def create_app(
+    database_url: str,
+    secrets: KnownSecrets,
+    max_body_bytes: int = 3 * 1024 * 1024,
+    checker: SignatureChecker | None = None,
+) -> Starlette:
     writer = EventWriter(database_url)
     checker = checker or SignatureChecker()
 
@@ -76,11 +80,13 @@ def create_app(database_url: str, secrets: KnownSecrets, max_body_bytes: int = 3
     async def health(_: Request) -> Response:
         return PlainTextResponse("ok")
 
-    app = Starlette(routes=[
-        Route("/webhooks/whatsapp", verify, methods=["GET"]),
-        Route("/webhooks/whatsapp", receive_meta, methods=["POST"]),
-        Route("/webhooks/evolution/{instance}", receive_evolution, methods=["POST"]),
-        Route("/health", health),
-    ])
+    app = Starlette(
+        routes=[
+            Route("/webhooks/whatsapp", verify, methods=["GET"]),
+            Route("/webhooks/whatsapp", receive_meta, methods=["POST"]),
+            Route("/webhooks/evolution/{instance}", receive_evolution, methods=["POST"]),
+            Route("/health", health),
+        ]
+    )
     app.state.writer = writer
     return app

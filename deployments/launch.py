@@ -89,8 +89,14 @@ def schedule_send_run(campaign_id: uuid.UUID, at: datetime, deployment: str = SE
     Upcoming and whoever serves the deployment starts it then (the server holds it back until its time)."""
     from prefect.deployments import run_deployment
 
-    run = run_deployment(deployment, parameters={"campaign_id": str(campaign_id)}, scheduled_time=at, timeout=0,
-                         as_subflow=False, flow_run_name=f"send-campaign-{campaign_id}")
+    run = run_deployment(
+        deployment,
+        parameters={"campaign_id": str(campaign_id)},
+        scheduled_time=at,
+        timeout=0,
+        as_subflow=False,
+        flow_run_name=f"send-campaign-{campaign_id}",
+    )
     return str(run.id)
 
 

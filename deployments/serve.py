@@ -61,10 +61,23 @@ def main(limit: int = 8) -> None:
     again) and poll for runs until SIGINT or SIGTERM."""
     served: list[tuple[Flow[..., Any], dict[str, Any]]] = [
         (send_campaign, {"tags": ["campaigns"]}),
-        (ingest_statuses, {"schedule": soon_and_every(INGEST_INTERVAL), "tags": HOUSEKEEPING,
-                           "parameters": {"run_for_seconds": INGEST_INTERVAL, "every_seconds": 1.0}}),
-        (campaign_scheduler, {"schedule": soon_and_every(SCHEDULER_RUN), "tags": HOUSEKEEPING, "concurrency_limit": 1,
-                              "parameters": {"run_for_seconds": SCHEDULER_RUN - 30, "every_seconds": 30.0}}),
+        (
+            ingest_statuses,
+            {
+                "schedule": soon_and_every(INGEST_INTERVAL),
+                "tags": HOUSEKEEPING,
+                "parameters": {"run_for_seconds": INGEST_INTERVAL, "every_seconds": 1.0},
+            },
+        ),
+        (
+            campaign_scheduler,
+            {
+                "schedule": soon_and_every(SCHEDULER_RUN),
+                "tags": HOUSEKEEPING,
+                "concurrency_limit": 1,
+                "parameters": {"run_for_seconds": SCHEDULER_RUN - 30, "every_seconds": 30.0},
+            },
+        ),
         (create_campaign, {"tags": OPERATOR_TAGS}),
         (campaign_control, {"tags": OPERATOR_TAGS}),
     ]

@@ -26,8 +26,12 @@ from deployments.launch import PrefectRuns
 from flows import console
 
 # The UI offers the two branches of `at` by these titles (by default: "date-time" and "None").
-START_AT = {"anyOf": [{"type": "string", "format": "date-time", "title": "Date and time"},
-                      {"type": "null", "title": "Not scheduled"}]}
+START_AT = {
+    "anyOf": [
+        {"type": "string", "format": "date-time", "title": "Date and time"},
+        {"type": "null", "title": "Not scheduled"},
+    ]
+}
 
 
 @flow(name="campaign-control", flow_run_name="{action}: {campaign}")
@@ -52,7 +56,17 @@ def campaign_control(
     """
     log = get_run_logger()
     try:
-        return operator.control_campaign(get_engine(), organization, campaign, action, error_codes, at, time_zone,
-                                         runs=PrefectRuns(), credentials=fresh_credentials, logger=log).as_dict()
+        return operator.control_campaign(
+            get_engine(),
+            organization,
+            campaign,
+            action,
+            error_codes,
+            at,
+            time_zone,
+            runs=PrefectRuns(),
+            credentials=fresh_credentials,
+            logger=log,
+        ).as_dict()
     except CampaignError as exc:
         return console.refused(exc, log)

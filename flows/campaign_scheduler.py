@@ -55,7 +55,10 @@ def _pass() -> dict[str, Any]:
         log.warning("scheduled campaign %s paused, preflight failed: %s", cid, why)
     for cid, why in due.stopped.items():
         log.warning("campaign %s paused: %s", cid, why)
-    return {"resumed": [str(c) for c in due.resumed], "started": [str(c) for c in due.started],
-            "recovered": [str(c) for c in due.recovered],
-            "refused": {str(c): why for c, why in due.refused.items()},
-            "stopped": {str(c): why for c, why in due.stopped.items()}}
+    return {
+        "resumed": [str(c) for c in due.resumed],
+        "started": [str(c) for c in due.started],
+        "recovered": [str(c) for c in due.recovered],
+        "refused": {str(c): why for c, why in due.refused.items()},
+        "stopped": {str(c): why for c, why in due.stopped.items()},
+    }

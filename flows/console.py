@@ -34,8 +34,10 @@ from campaigns.store.db import get_engine
 
 log = logging.getLogger(__name__)
 
-CANCEL_PRESSED = ("Cancel was pressed on its run in the Prefect UI: the campaign is paused, not cancelled; resume "
-                  "it to send the rest, or cancel the campaign itself to end it")
+CANCEL_PRESSED = (
+    "Cancel was pressed on its run in the Prefect UI: the campaign is paused, not cancelled; resume "
+    "it to send the rest, or cancel the campaign itself to end it"
+)
 SUSPEND_PRESSED = "Suspend was pressed on its run in the Prefect UI: press Resume on that run to send the rest"
 
 
@@ -169,8 +171,9 @@ def on_cancellation(flow: Any, flow_run: Any, state: Any) -> None:
         flow_run_logger(flow_run, flow).warning("campaign paused (operator): %s", CANCEL_PRESSED)
 
 
-def final_state(rep: dict[str, Any], flow_run_id: uuid.UUID | None, pressed: str | None,
-                result: dict[str, Any]) -> State:
+def final_state(
+    rep: dict[str, Any], flow_run_id: uuid.UUID | None, pressed: str | None, result: dict[str, Any]
+) -> State:
     """The state that tells the campaign's outcome (module docstring) from its report (run_report.report); a
     paused campaign suspends the run."""
     campaign, funnel = rep["campaign"], run_report.funnel_line(rep["stats"])
@@ -200,8 +203,9 @@ def suspend(flow_run_id: uuid.UUID, message: str) -> None:
         from prefect.utilities.engine import propose_state_sync
 
         try:
-            state = propose_state_sync(client, Suspended(pause_key=f"paused-{uuid.uuid4()}", message=message[:5000]),
-                                       flow_run_id=flow_run_id)
+            state = propose_state_sync(
+                client, Suspended(pause_key=f"paused-{uuid.uuid4()}", message=message[:5000]), flow_run_id=flow_run_id
+            )
         except Abort:
             return
     if state.is_paused():

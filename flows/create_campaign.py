@@ -49,7 +49,17 @@ def create_campaign(
     """
     log = get_run_logger()
     try:
-        return operator.create_campaign(get_engine(), organization, campaign, message, audience, pace, then,
-                                        runs=PrefectRuns(), credentials=fresh_credentials, logger=log).as_dict()
+        return operator.create_campaign(
+            get_engine(),
+            organization,
+            campaign,
+            message,
+            audience,
+            pace,
+            then,
+            runs=PrefectRuns(),
+            credentials=fresh_credentials,
+            logger=log,
+        ).as_dict()
     except CampaignError as exc:
         return console.refused(exc, log)

@@ -70,9 +70,16 @@ class SendingLog:
         t = self.totals
         rate = t.get("sent", 0) / elapsed if elapsed > 0 else 0.0
         extra = "".join(f", {t[k]:,} {k}" for k in ("retrying", "skipped", "unknown") if t.get(k))
-        self.log.info("sent %s, failed %s%s in %.1f s: %.1f msg/s, %.0f%% of the %.1f msg/s the limits allow",
-                      f"{t.get('sent', 0):,}", f"{t.get('failed', 0):,}", extra, elapsed, rate,
-                      100 * rate / self.allowed if self.allowed else 0, self.allowed)
+        self.log.info(
+            "sent %s, failed %s%s in %.1f s: %.1f msg/s, %.0f%% of the %.1f msg/s the limits allow",
+            f"{t.get('sent', 0):,}",
+            f"{t.get('failed', 0):,}",
+            extra,
+            elapsed,
+            rate,
+            100 * rate / self.allowed if self.allowed else 0,
+            self.allowed,
+        )
         self.since, self.totals = time.monotonic(), {}
 
 
@@ -101,8 +108,11 @@ def send_campaign(campaign_id: uuid.UUID) -> State:
     with campaign_runner_lock(db, campaign_id) as held:
         if not held:
             log.warning("another run is sending campaign %s; this run does nothing", campaign_id)
-            return Completed(name="Skipped", message="Another run is sending this campaign",
-                             data={"campaign_id": str(campaign_id), "status": "already running elsewhere"})
+            return Completed(
+                name="Skipped",
+                message="Another run is sending this campaign",
+                data={"campaign_id": str(campaign_id), "status": "already running elsewhere"},
+            )
         runner.record_runner(db, campaign_id, str(run_id))  # however it was launched: UI, API, schedule
         if head["status"] == "paused" and console.was_suspended(run_id):
             with db.begin() as conn:
@@ -163,8 +173,9 @@ def _send(campaign_id: uuid.UUID, log: Any, buttons: console.ButtonWatcher, held
     log.info("sending: %.1f%% of %s recipients already processed", pct, f"{prepared.total_recipients:,}")
     artifact = create_progress_artifact(pct, key=f"campaign-{campaign_id}-progress", description="Recipients processed")
     batch_no = failed_waves = 0
-    wave_cap, allowed = runner.wave_plan(db, campaign_id, settings.batch_size, settings.rate_headroom,
-                                         settings.parallel_batches)
+    wave_cap, allowed = runner.wave_plan(
+        db, campaign_id, settings.batch_size, settings.rate_headroom, settings.parallel_batches
+    )
     figures = SendingLog(log, allowed)
     waiting_said = None
     provider_said = False  # the wait for the provider is in the log (once per outage)
@@ -184,8 +195,12 @@ def _send(campaign_id: uuid.UUID, log: Any, buttons: console.ButtonWatcher, held
         if step.action == "wait_for_provider":
             if not provider_said:
                 figures.flush(force=True)
-                log.warning("the provider is unavailable: waiting for it, one message tries it again in %.0f s, "
-                            "then at growing intervals; %d recipients wait to be sent", left.probe_in, left.due)
+                log.warning(
+                    "the provider is unavailable: waiting for it, one message tries it again in %.0f s, "
+                    "then at growing intervals; %d recipients wait to be sent",
+                    left.probe_in,
+                    left.due,
+                )
                 provider_said = True
             buttons.wait(step.seconds)
             continue
@@ -210,8 +225,13 @@ def _send(campaign_id: uuid.UUID, log: Any, buttons: console.ButtonWatcher, held
         said = (left.waiting_retry, left.unknown)  # only future retries or unknown outcomes: wait for the nearest
         if said != waiting_said:
             figures.flush(force=True)
-            log.info("waiting: %d recipients for a retry (next in %.0f s), %d sends of unknown outcome for their "
-                     "status webhook", left.waiting_retry, left.next_retry_in or 0, left.unknown)
+            log.info(
+                "waiting: %d recipients for a retry (next in %.0f s), %d sends of unknown outcome for their "
+                "status webhook",
+                left.waiting_retry,
+                left.next_retry_in or 0,
+                left.unknown,
+            )
             waiting_said = said
         buttons.wait(step.seconds)
     figures.flush(force=True)

@@ -19,8 +19,10 @@ from sandbox.wire import MessageIds, instance_id, jid
 T = TypeVar("T")
 
 # Shared by every sent/delivered event (serialised, never changed): built once, not per event.
-_PRICING = {category: {"billable": True, "pricing_model": "PMP", "type": "regular", "category": category}
-            for category in ("marketing", "service")}
+_PRICING = {
+    category: {"billable": True, "pricing_model": "PMP", "type": "regular", "category": category}
+    for category in ("marketing", "service")
+}
 
 #: Our lifecycle names (the record's ``final_status``) as Baileys' ``messages.update`` statuses.
 _EVOLUTION_STATUS = {"sent": "SERVER_ACK", "delivered": "DELIVERY_ACK", "read": "READ", "failed": "ERROR"}
@@ -75,9 +77,7 @@ def evolution_event(
         data: dict[str, Any] = {
             "key": {"remoteJid": remote_jid, "fromMe": False, "id": ids.new("evolution", inbound=True)},
             "pushName": cfg.reply_profile_name,
-            "message": {
-                "extendedTextMessage": {"text": cfg.reply_text, "contextInfo": {"stanzaId": record["wamid"]}}
-            },
+            "message": {"extendedTextMessage": {"text": cfg.reply_text, "contextInfo": {"stanzaId": record["wamid"]}}},
             "messageType": "extendedTextMessage",
             "messageTimestamp": int(ts),
             "instanceId": instance_id(instance),

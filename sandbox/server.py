@@ -111,9 +111,7 @@ async def handle_drain(request: web.Request) -> web.Response:
     try:
         timeout = float(request.query.get("timeout", "10"))
     except ValueError as exc:
-        raise web.HTTPBadRequest(
-            text='{"error": "timeout must be a number"}', content_type="application/json"
-        ) from exc
+        raise web.HTTPBadRequest(text='{"error": "timeout must be a number"}', content_type="application/json") from exc
     sandbox = request.app[SANDBOX_KEY]
     drained = await sandbox.drain_webhooks(timeout)
     return web.json_response({"drained": drained, "pending": sandbox.webhooks.pending})

@@ -139,19 +139,26 @@ class Sandbox:
     def phone_number(self, phone_number_id: str, authorization: str | None) -> Answer:
         """``GET /{version}/{phone_number_id}``: the number as Graph shows it, token checked (the preflight)."""
         cfg = self._cfg
-        return _guarded(GRAPH, lambda: check_token(cfg, phone_number_id, authorization), {
-            "id": phone_number_id,
-            "verified_name": "PyTake Sandbox",
-            "display_phone_number": f"+1 555 {phone_number_id[-7:]}",
-            "quality_rating": cfg.quality_ratings.get(phone_number_id, "GREEN"),
-        })
+        return _guarded(
+            GRAPH,
+            lambda: check_token(cfg, phone_number_id, authorization),
+            {
+                "id": phone_number_id,
+                "verified_name": "PyTake Sandbox",
+                "display_phone_number": f"+1 555 {phone_number_id[-7:]}",
+                "quality_rating": cfg.quality_ratings.get(phone_number_id, "GREEN"),
+            },
+        )
 
     def evolution_state(self, instance: str, apikey: str | None) -> Answer:
         """``GET /instance/connectionState/{instance}``: whether the instance is connected, apikey checked."""
         cfg = self._cfg
         state = cfg.evolution_states.get(instance, "open")
-        return _guarded(EVOLUTION, lambda: check_apikey(cfg, instance, apikey),
-                        {"instance": {"instanceName": instance, "state": state}})
+        return _guarded(
+            EVOLUTION,
+            lambda: check_apikey(cfg, instance, apikey),
+            {"instance": {"instanceName": instance, "state": state}},
+        )
 
     # ---- sends --------------------------------------------------------------------------------------
 

@@ -25,8 +25,9 @@ def failures_key(campaign_id: uuid.UUID) -> str:
     return f"campaign-{campaign_id}-failures"
 
 
-def publish_summary(campaign_id: uuid.UUID, flow_run_id: uuid.UUID | None = None,
-                    rep: dict[str, Any] | None = None) -> bool:
+def publish_summary(
+    campaign_id: uuid.UUID, flow_run_id: uuid.UUID | None = None, rep: dict[str, Any] | None = None
+) -> bool:
     """Write the campaign's summary (markdown) and failures (table) artifacts. Inside the campaign's run
     (`flow_run_id`) they are created once for that run and then updated in place; from elsewhere (ingestion
     refreshing statistics) the latest ones are updated in place, never versioned again. Returns whether
@@ -44,10 +45,15 @@ def publish_summary(campaign_id: uuid.UUID, flow_run_id: uuid.UUID | None = None
     description = f"{rep['campaign']['name']}: {rep['campaign']['status']}"
     wrote = False
     with get_client(sync_client=True) as client:
-        for key, data, create in ((summary_key(campaign_id), markdown, create_markdown_artifact),
-                                  (failures_key(campaign_id), table, create_table_artifact)):
-            latest = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-                                           sort=ArtifactSort.CREATED_DESC, limit=1)
+        for key, data, create in (
+            (summary_key(campaign_id), markdown, create_markdown_artifact),
+            (failures_key(campaign_id), table, create_table_artifact),
+        ):
+            latest = client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                sort=ArtifactSort.CREATED_DESC,
+                limit=1,
+            )
             if latest and (flow_run_id is None or latest[0].flow_run_id == flow_run_id):
                 client.update_artifact(latest[0].id, ArtifactUpdate(data=data, description=description))
                 wrote = True
@@ -55,4 +61,3 @@ def publish_summary(campaign_id: uuid.UUID, flow_run_id: uuid.UUID | None = None
                 create(data, key=key, description=description)
                 wrote = True
     return wrote
-

@@ -85,5 +85,7 @@ def ingest_statuses_task(run_for_seconds: float = 0.0, every_seconds: float = 1.
     except TerminationSignal:  # `serve` stopping: what was applied is committed; end the run cleanly
         log.info("ingestion stopped with its runner after %d events", total.events)
     refresh()
-    return {**{k: v for k, v in total.__dict__.items() if k != "campaigns"},
-            "campaigns": [str(c) for c in total.campaigns]}
+    return {
+        **{k: v for k, v in total.__dict__.items() if k != "campaigns"},
+        "campaigns": [str(c) for c in total.campaigns],
+    }

@@ -135,8 +135,9 @@ def _settle_earlier_campaigns() -> None:
     from campaigns.store.db import get_engine
 
     with get_engine().begin() as conn:
-        conn.execute(sa.text(
-            "update campaigns set status = 'cancelled' where status in ('running', 'scheduled', 'paused')"))
+        conn.execute(
+            sa.text("update campaigns set status = 'cancelled' where status in ('running', 'scheduled', 'paused')")
+        )
 
 
 @pytest.fixture(scope="session")
@@ -147,9 +148,14 @@ def campaigns_serve(services, tmp_path_factory) -> Iterator[subprocess.Popen[byt
     _settle_earlier_campaigns()
     started = datetime.now(UTC)
     with log_path.open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "campaigns.cli", "serve"], env=os.environ.copy(),
-                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)  # its own group: its flow-run processes go with it
+        process = subprocess.Popen(
+            [sys.executable, "-m", "campaigns.cli", "serve"],
+            env=os.environ.copy(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # its own group: its flow-run processes go with it
     try:
         deadline = time.monotonic() + SERVE_START_TIMEOUT
         while True:
@@ -159,8 +165,10 @@ def campaigns_serve(services, tmp_path_factory) -> Iterator[subprocess.Popen[byt
             if process.poll() is not None:
                 raise RuntimeError(f"campaigns serve exited with {process.returncode}:\n{_tail(log_path)}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{SEND_DEPLOYMENT} was not polled within {SERVE_START_TIMEOUT:.0f} s "
-                                   f"(last polled: {polled}):\n{_tail(log_path)}")
+                raise RuntimeError(
+                    f"{SEND_DEPLOYMENT} was not polled within {SERVE_START_TIMEOUT:.0f} s "
+                    f"(last polled: {polled}):\n{_tail(log_path)}"
+                )
             time.sleep(0.2)
         process.started_at = started  # type: ignore[attr-defined]  # tests of what serve does from its start
         yield process

@@ -102,16 +102,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that use `campaigns serve` last: the serve they start (tests/browser.py) runs the scheduler and
     ingestion flows on the test database until the session ends. Browser tests after every other: once
     Playwright's event loop runs in the main thread, Prefect's sync calls would turn into coroutines."""
-    items.sort(key=lambda item: (item.get_closest_marker("browser") is not None,  # Playwright's loop stays
-                                 "campaigns_serve" in getattr(item, "fixturenames", ())))
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("browser") is not None,  # Playwright's loop stays
+            "campaigns_serve" in getattr(item, "fixturenames", ()),
+        )
+    )
 
 
 @pytest.fixture(scope="session")
 def services(pytestconfig: pytest.Config) -> None:
     """Started by pytest_configure; every fixture that needs Postgres, Redis or Prefect depends on it."""
     if not pytestconfig.stash[SERVICES_STARTED]:
-        pytest.fail("this session started no services: it collected only tests/unit, whose tests use none "
-                    "(a test that needs Postgres, Redis or Prefect belongs in tests/, not tests/unit)")
+        pytest.fail(
+            "this session started no services: it collected only tests/unit, whose tests use none "
+            "(a test that needs Postgres, Redis or Prefect belongs in tests/, not tests/unit)"
+        )
 
 
 @pytest.fixture
@@ -143,8 +149,11 @@ def sandbox(receiver) -> Iterator:
     from sandbox import SandboxConfig, SandboxServer
     from tests.helpers import APP_SECRET
 
-    server = SandboxServer(SandboxConfig(webhook_url=receiver, app_secret=APP_SECRET, sent_delay_ms=10,
-                                         delivered_delay_ms=10, read_delay_ms=10)).start()
+    server = SandboxServer(
+        SandboxConfig(
+            webhook_url=receiver, app_secret=APP_SECRET, sent_delay_ms=10, delivered_delay_ms=10, read_delay_ms=10
+        )
+    ).start()
     yield server
     server.stop()
 
@@ -172,7 +181,9 @@ def send_deployment(services) -> Iterator[str]:
     with get_client(sync_client=True) as client:
         waiting = client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[
-                StateType.SCHEDULED]))))
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+            ),
+        )
     for run in waiting:
         drop_scheduled_run(str(run.id), "test session over")

@@ -20,15 +20,25 @@ from campaigns.control.models import CampaignCreate
 APP_SECRET = "sandbox-app-secret"  # the sandbox signs with it; the test numbers and receivers know it
 
 
-def add_sandbox_number(db: sa.Engine, org: uuid.UUID, sandbox: Any, mps: int = 1000, token: str = "tok",
-                       phone_number_id: str | None = None) -> uuid.UUID:
+def add_sandbox_number(
+    db: sa.Engine, org: uuid.UUID, sandbox: Any, mps: int = 1000, token: str = "tok", phone_number_id: str | None = None
+) -> uuid.UUID:
     from blocks.numbers import add_number
 
     pnid = phone_number_id or str(uuid.uuid4().int)[:15]
     sandbox.set_token(pnid, token)
     with db.begin() as conn:
-        return add_number(conn, org, provider="sandbox", phone_number_id=pnid, token=token,
-                          app_secret=APP_SECRET, verify_token="verify-me", api_base=sandbox.url, mps=mps)
+        return add_number(
+            conn,
+            org,
+            provider="sandbox",
+            phone_number_id=pnid,
+            token=token,
+            app_secret=APP_SECRET,
+            verify_token="verify-me",
+            api_base=sandbox.url,
+            mps=mps,
+        )
 
 
 def add_contacts(db: sa.Engine, org: uuid.UUID, rows: list[dict[str, Any]]) -> list[uuid.UUID]:
@@ -37,18 +47,29 @@ def add_contacts(db: sa.Engine, org: uuid.UUID, rows: list[dict[str, Any]]) -> l
     ids = []
     with db.begin() as conn:
         for i, row in enumerate(rows):
-            ids.append(conn.execute(sa.text("""
+            ids.append(
+                conn.execute(
+                    sa.text("""
                 insert into contacts (organization_id, phone, name, tags, attributes, opted_out_at, last_inbound_at,
                                       in_conversation, created_at)
                 values (:org, :phone, :name, :tags, cast(:attrs as jsonb), :opted, :inbound, :conv, :created)
                 returning id
-            """), {
-                "org": org, "phone": row["phone"], "name": row.get("name"), "tags": row.get("tags", []),
-                "attrs": json.dumps(row.get("attributes", {})),
-                "opted": now if row.get("opted_out") else None,
-                "inbound": now - timedelta(hours=row["inbound_hours_ago"]) if "inbound_hours_ago" in row else None,
-                "conv": row.get("in_conversation", False), "created": now + timedelta(microseconds=i),
-            }).scalar_one())
+            """),
+                    {
+                        "org": org,
+                        "phone": row["phone"],
+                        "name": row.get("name"),
+                        "tags": row.get("tags", []),
+                        "attrs": json.dumps(row.get("attributes", {})),
+                        "opted": now if row.get("opted_out") else None,
+                        "inbound": now - timedelta(hours=row["inbound_hours_ago"])
+                        if "inbound_hours_ago" in row
+                        else None,
+                        "conv": row.get("in_conversation", False),
+                        "created": now + timedelta(microseconds=i),
+                    },
+                ).scalar_one()
+            )
     return ids
 
 
@@ -83,8 +104,9 @@ def start_campaign(db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID) -> dic
 
 def recipients(db: sa.Engine, campaign_id: uuid.UUID) -> list[dict[str, Any]]:
     with db.connect() as conn:
-        rows = conn.execute(sa.text(
-            "select * from campaign_recipients where campaign_id = :c order by id"), {"c": campaign_id})
+        rows = conn.execute(
+            sa.text("select * from campaign_recipients where campaign_id = :c order by id"), {"c": campaign_id}
+        )
         return [dict(r._mapping) for r in rows]
 
 
@@ -102,13 +124,15 @@ def sent_counts(sandbox: Any) -> dict[str, int]:
     return counts
 
 
-def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.05,
-             message: str = "condition not met in time") -> None:
+def wait_for(
+    predicate: Any, timeout: float = 30.0, interval: float = 0.05, message: str = "condition not met in time"
+) -> None:
     wait_for_value(predicate, timeout, interval, message)
 
 
-def wait_for_value(get: Any, timeout: float = 30.0, interval: float = 0.05,
-                   message: str = "condition not met in time") -> Any:
+def wait_for_value(
+    get: Any, timeout: float = 30.0, interval: float = 0.05, message: str = "condition not met in time"
+) -> Any:
     """The first truthy value `get()` returns, polling every `interval`; AssertionError(message) after `timeout`."""
     import time
 
@@ -123,14 +147,20 @@ def wait_for_value(get: Any, timeout: float = 30.0, interval: float = 0.05,
 def shrink_retry_delay(db: sa.Engine, campaign_id: uuid.UUID, seconds: int = 1) -> None:
     """Tests shrink the retry base delay below the API's 10 s minimum, never the retry logic itself."""
     with db.begin() as conn:
-        conn.execute(sa.text("update campaigns set retry_base_delay = :s where id = :c"),
-                     {"s": seconds, "c": campaign_id})
+        conn.execute(
+            sa.text("update campaigns set retry_base_delay = :s where id = :c"), {"s": seconds, "c": campaign_id}
+        )
 
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """The `campaigns` command in its own process, as an operator or script runs it."""
-    result = subprocess.run([sys.executable, "-m", "campaigns.cli", *args], capture_output=True, text=True,
-                            env=os.environ.copy(), timeout=180)
+    result = subprocess.run(
+        [sys.executable, "-m", "campaigns.cli", *args],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=180,
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"campaigns {' '.join(args)} failed ({result.returncode}): {result.stderr}")
     return result
@@ -143,8 +173,9 @@ def new_org(db: sa.Engine, prefix: str = "org") -> uuid.UUID:
 
 def phone_number_id(db: sa.Engine, number_id: uuid.UUID) -> str:
     with db.connect() as conn:
-        return conn.execute(sa.text("select phone_number_id from whatsapp_numbers where id = :n"),
-                            {"n": number_id}).scalar_one()
+        return conn.execute(
+            sa.text("select phone_number_id from whatsapp_numbers where id = :n"), {"n": number_id}
+        ).scalar_one()
 
 
 def signed(body: bytes, secret: str = APP_SECRET) -> dict[str, str]:
@@ -164,8 +195,10 @@ def post_signed(url: str, payload: dict[str, Any], secret: str = APP_SECRET) -> 
 def meta_change(pnid: str, field: str = "messages", **value: Any) -> dict[str, Any]:
     """A WhatsApp Business Account notification with one change of `field` for the number `pnid`."""
     value = {"messaging_product": "whatsapp", "metadata": {"phone_number_id": pnid}, **value}
-    return {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": field,
-                                                                                     "value": value}]}]}
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "1", "changes": [{"field": field, "value": value}]}],
+    }
 
 
 @contextlib.contextmanager
@@ -191,8 +224,14 @@ def run_campaign(campaign_id: uuid.UUID) -> dict[str, Any]:
     state = send_campaign(campaign_id, return_state=True)
     data = (state.result() if state.is_completed() else None) or {}
     with_status = {"status": campaign_row(get_engine(), campaign_id)["status"]} if "status" not in data else {}
-    return {**data, **with_status, "state": state.type.value, "state_name": state.name, "message": state.message,
-            "flow_run_id": state.state_details.flow_run_id}
+    return {
+        **data,
+        **with_status,
+        "state": state.type.value,
+        "state_name": state.name,
+        "message": state.message,
+        "flow_run_id": state.state_details.flow_run_id,
+    }
 
 
 def run_logs(flow_run_id: uuid.UUID) -> str:

@@ -32,11 +32,14 @@ class Fleet:
     def recipient(self, status: str = "sent", wamid: bool = True) -> dict[str, Any]:
         phone = "+55119" + str(10**7 + uuid.uuid4().int % (9 * 10**7))  # not `random`: hypothesis owns it here
         with self.db.begin() as conn:
-            rid = conn.execute(sa.text("""
+            rid = conn.execute(
+                sa.text("""
                 insert into campaign_recipients (campaign_id, organization_id, contact_id, phone, status, attempts,
                                                  sent_at)
                 values (:c, :o, gen_random_uuid(), :p, :s, 1, case when :s = 'sent' then now() end) returning id
-            """), {"c": self.campaign_id, "o": self.org, "p": phone, "s": status}).scalar_one()
+            """),
+                {"c": self.campaign_id, "o": self.org, "p": phone, "s": status},
+            ).scalar_one()
             w = f"wamid.H{uuid.uuid4().hex}" if wamid else None
             conn.execute(sa.text("update campaign_recipients set wamid = :w where id = :i"), {"w": w, "i": rid})
         return {"id": rid, "wamid": w, "phone": phone}
@@ -47,28 +50,50 @@ class Fleet:
 
     def contact(self, phone: str) -> Any:
         with self.db.connect() as conn:
-            return conn.execute(sa.text("select * from contacts where organization_id = :o and phone = :p"),
-                                {"o": self.org, "p": phone}).one_or_none()
+            return conn.execute(
+                sa.text("select * from contacts where organization_id = :o and phone = :p"), {"o": self.org, "p": phone}
+            ).one_or_none()
 
 
 @pytest.fixture(name="fleet")
 def fleet_fixture(db: sa.Engine, org: uuid.UUID) -> Fleet:
     pnid = str(uuid.uuid4().int)[:15]
     with db.begin() as conn:
-        number = conn.execute(sa.insert(whatsapp_numbers).values(
-            organization_id=org, provider="meta_cloud", phone_number_id=pnid, block_name="none", mps=80,
-            webhook_signer=SIGNER,
-        ).returning(whatsapp_numbers.c.id)).scalar_one()
-        cid = lifecycle.create(conn, org, CampaignCreate(
-            name="hostile", whatsapp_number_id=number, message_type="template",
-            message_content={"template_name": "t"}))
+        number = conn.execute(
+            sa.insert(whatsapp_numbers)
+            .values(
+                organization_id=org,
+                provider="meta_cloud",
+                phone_number_id=pnid,
+                block_name="none",
+                mps=80,
+                webhook_signer=SIGNER,
+            )
+            .returning(whatsapp_numbers.c.id)
+        ).scalar_one()
+        cid = lifecycle.create(
+            conn,
+            org,
+            CampaignCreate(
+                name="hostile",
+                whatsapp_number_id=number,
+                message_type="template",
+                message_content={"template_name": "t"},
+            ),
+        )
         conn.execute(sa.text("update campaigns set status = 'running' where id = :c"), {"c": cid})
     return Fleet(db, org, pnid, cid)
 
 
 def status(row: dict[str, Any], kind: str = "delivered", at: int = AT, **extra: Any) -> dict[str, Any]:
-    return {"id": row["wamid"], "status": kind, "timestamp": str(at), "recipient_id": row["phone"].lstrip("+"),
-            "biz_opaque_callback_data": f"pytake:{row['id']}", **extra}
+    return {
+        "id": row["wamid"],
+        "status": kind,
+        "timestamp": str(at),
+        "recipient_id": row["phone"].lstrip("+"),
+        "biz_opaque_callback_data": f"pytake:{row['id']}",
+        **extra,
+    }
 
 
 def body(payload: Any) -> bytes:
@@ -78,15 +103,20 @@ def body(payload: Any) -> bytes:
 def queue(db: sa.Engine, *payloads: Any, provider: str = "meta_cloud") -> list[int]:
     """Store events as the receiver does (raw body, the signer that vouched for it), in this order."""
     with db.begin() as conn:
-        return [conn.execute(sa.text(
-            "insert into webhook_events (provider, body, signers) values (:p, :b, :s) returning id"),
-            {"p": provider, "b": body(p), "s": [SIGNER]}).scalar_one() for p in payloads]
+        return [
+            conn.execute(
+                sa.text("insert into webhook_events (provider, body, signers) values (:p, :b, :s) returning id"),
+                {"p": provider, "b": body(p), "s": [SIGNER]},
+            ).scalar_one()
+            for p in payloads
+        ]
 
 
 def events(db: sa.Engine, ids: list[int]) -> list[Any]:
     with db.connect() as conn:
-        return conn.execute(sa.text("select id, state, error, attempts from webhook_events where id = any(:i) "
-                                    "order by id"), {"i": ids}).all()
+        return conn.execute(
+            sa.text("select id, state, error, attempts from webhook_events where id = any(:i) order by id"), {"i": ids}
+        ).all()
 
 
 def assert_good_applied(fleet: Fleet, row: dict[str, Any], event_id: int) -> None:

@@ -101,8 +101,16 @@ def test_create_names_each_wrong_field_then_list_update_and_delete(db, org, sand
     admin, agent = client(url, db, org), client(url, db, org, "agent")
     number = add_sandbox_number(db, org, sandbox)
 
-    bad = admin.post("/campaigns", json={**SEED_BODY, "whatsapp_number_id": str(number), "retry_max_attempts": 99,
-                                          "messages_per_hour": 0, "colour": "red"})
+    bad = admin.post(
+        "/campaigns",
+        json={
+            **SEED_BODY,
+            "whatsapp_number_id": str(number),
+            "retry_max_attempts": 99,
+            "messages_per_hour": 0,
+            "colour": "red",
+        },
+    )
     assert bad.status_code == 422
     fields = [e.split(":")[0] for e in bad.json()["errors"]]
     assert sorted(fields) == ["colour", "messages_per_hour", "retry_max_attempts"]
@@ -135,7 +143,9 @@ def test_create_names_each_wrong_field_then_list_update_and_delete(db, org, sand
     assert campaign_row(db, uuid.UUID(cid))["whatsapp_number_id"] == number  # rolled back
     r = agent.patch(f"/campaigns/{cid}", json={"status": "running", "retry_base_delay": 1})
     assert r.status_code == 422 and sorted(e.split(":")[0] for e in r.json()["errors"]) == [
-        "retry_base_delay", "status"]
+        "retry_base_delay",
+        "status",
+    ]
 
     assert agent.delete(f"/campaigns/{cid}").status_code == 403
     r = admin.delete(f"/campaigns/{cid}")
@@ -164,12 +174,29 @@ def test_start_runs_the_flow_then_stats_progress_and_recipients_answer_in_the_se
     wait_for(lambda: http.get(f"/campaigns/{cid}/progress").json()["current_status"] == "completed", timeout=60)
     launcher.threads[0].join(timeout=30)
     progress = http.get(f"/campaigns/{cid}/progress").json()
-    assert progress == {**progress, "campaign_id": cid, "progress_percentage": 100.0, "messages_processed": 20,
-                        "messages_pending": 0, "estimated_remaining_time": "00:00:00"}
+    assert progress == {
+        **progress,
+        "campaign_id": cid,
+        "progress_percentage": 100.0,
+        "messages_processed": 20,
+        "messages_pending": 0,
+        "estimated_remaining_time": "00:00:00",
+    }
     assert progress["last_update"].endswith("Z")
     stats = http.get(f"/campaigns/{cid}/stats").json()
-    seed_keys = {"total_recipients", "messages_sent", "messages_delivered", "messages_read", "messages_failed",
-                 "messages_pending", "delivery_rate", "read_rate", "reply_rate", "error_count", "last_error_message"}
+    seed_keys = {
+        "total_recipients",
+        "messages_sent",
+        "messages_delivered",
+        "messages_read",
+        "messages_failed",
+        "messages_pending",
+        "delivery_rate",
+        "read_rate",
+        "reply_rate",
+        "error_count",
+        "last_error_message",
+    }
     assert seed_keys <= stats.keys()
     assert (stats["total_recipients"], stats["messages_sent"], stats["messages_failed"]) == (20, 20, 0)
     campaign = http.get(f"/campaigns/{cid}").json()
@@ -197,15 +224,17 @@ def test_start_runs_the_flow_then_stats_progress_and_recipients_answer_in_the_se
     assert bad.status_code == 422 and bad.json()["detail"].startswith("status must be one of")
 
 
-
 def test_a_client_leaving_mid_export_stops_the_copy(db, org, sandbox, serve, caplog):
     http = client(serve(), db, org, "viewer")
     cid = create(client(serve(), db, org), add_sandbox_number(db, org, sandbox))
     with db.begin() as conn:  # 20 MB of CSV, more than the sockets buffer, written directly to be quick
-        conn.execute(sa.text("""
+        conn.execute(
+            sa.text("""
             insert into campaign_recipients (campaign_id, organization_id, contact_id, phone, status, error_message)
             select :c, :o, gen_random_uuid(), '+5511' || g, 'failed', repeat('x', 2000)
-            from generate_series(1, 10000) g"""), {"c": cid, "o": org})
+            from generate_series(1, 10000) g"""),
+            {"c": cid, "o": org},
+        )
     caplog.set_level(logging.INFO, logger="campaigns.api")
     with http.stream("GET", f"/campaigns/{cid}/recipients.csv") as r:
         assert r.status_code == 200 and next(r.iter_raw())
@@ -271,9 +300,18 @@ def test_tokens_scope_every_request_to_their_organization_and_roles_are_enforced
     cid = create(admin, number)
 
     other = client(url, db, new_org(db))
-    for method, path in [("GET", ""), ("GET", "/stats"), ("GET", "/progress"), ("GET", "/retry-stats"),
-                         ("GET", "/recipients"), ("GET", "/recipients.csv"), ("POST", "/start"), ("POST", "/pause"),
-                         ("POST", "/cancel"), ("DELETE", "")]:
+    for method, path in [
+        ("GET", ""),
+        ("GET", "/stats"),
+        ("GET", "/progress"),
+        ("GET", "/retry-stats"),
+        ("GET", "/recipients"),
+        ("GET", "/recipients.csv"),
+        ("POST", "/start"),
+        ("POST", "/pause"),
+        ("POST", "/cancel"),
+        ("DELETE", ""),
+    ]:
         r = other.request(method, f"/campaigns/{cid}{path}")
         assert (r.status_code, r.json()["detail"]) == (404, "Campaign not found"), (method, path)
     assert other.patch(f"/campaigns/{cid}", json={"name": "mine"}).status_code == 404
@@ -311,8 +349,14 @@ def test_number_limits_round_trip_with_the_preset(db, org, sandbox, serve):
     http = client(url, db, org)
     number = add_sandbox_number(db, org, sandbox, mps=80)
     path = f"/numbers/{number}/limits"
-    none = {"mps": 80, "per_minute": None, "per_hour": None, "per_day": None, "portfolio_id": None,
-            "portfolio_limit": None}
+    none = {
+        "mps": 80,
+        "per_minute": None,
+        "per_hour": None,
+        "per_day": None,
+        "portfolio_id": None,
+        "portfolio_limit": None,
+    }
     assert http.get(path).json() == none
     assert client(url, db, org, "viewer").get(path).json() == none
 
@@ -376,8 +420,10 @@ def test_start_answers_503_soon_after_serve_stops_polling():
     wait_for(ready, timeout=15)  # the server marks a polled deployment ready in the background
 
     # Its last poll is older than any positive threshold by now: a millisecond stands for the 15 s default.
-    with use_settings(serve_poll_stale_seconds=0.001), pytest.raises(
-            Unavailable, match=f"Nothing has polled send-campaign/{name} for \\d+ s"):
+    with (
+        use_settings(serve_poll_stale_seconds=0.001),
+        pytest.raises(Unavailable, match=f"Nothing has polled send-campaign/{name} for \\d+ s"),
+    ):
         launcher.ready()
 
 
@@ -396,8 +442,12 @@ def test_api_token_and_api_serve_from_the_command_line():
     assert token.startswith("pytk_") and token not in issued.stderr
 
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "campaigns.cli", "api", "serve", "--port", str(port)],
-                              env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "campaigns.cli", "api", "serve", "--port", str(port)],
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         http = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", headers={"Authorization": f"Bearer {token}"})
         deadline = time.monotonic() + 60

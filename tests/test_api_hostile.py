@@ -25,8 +25,9 @@ def api(db, org):
     server = ThreadedServer(create_app(lambda _: "never", ready=lambda: None, db=db)).start()
     with db.begin() as conn:
         token = api_tokens.issue(conn, org, "org_admin")[1]
-    with httpx.Client(base_url=server.url + "/api/v1", headers={"Authorization": f"Bearer {token}"},
-                      timeout=30) as http:
+    with httpx.Client(
+        base_url=server.url + "/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as http:
         yield http
     server.stop()
 
@@ -51,11 +52,12 @@ def test_deep_json_is_refused_naming_the_depth(api, db, org, sandbox):
 def test_nul_bad_unicode_and_nan_anywhere_in_a_body_are_refused_naming_the_field(api, db, org, sandbox):
     number = str(add_sandbox_number(db, org, sandbox))
     _refused(api.post("/campaigns", json={**BODY, "whatsapp_number_id": number, "name": "a\x00b"}), "name")
-    _refused(api.post("/campaigns", json={**BODY, "whatsapp_number_id": number, "description": "d\x00"}),
-             "description")
+    _refused(api.post("/campaigns", json={**BODY, "whatsapp_number_id": number, "description": "d\x00"}), "description")
     content = {"text": "Oi", "footer\x00": "x"}
-    _refused(api.post("/campaigns", json={**BODY, "whatsapp_number_id": number, "message_content": content}),
-             "message_content")
+    _refused(
+        api.post("/campaigns", json={**BODY, "whatsapp_number_id": number, "message_content": content}),
+        "message_content",
+    )
     lone_surrogate = b'{"name": "\\ud800", "whatsapp_number_id": "%s"}' % number.encode()
     _refused(api.post("/campaigns", content=lone_surrogate), "name")
     nan = json.dumps({**BODY, "whatsapp_number_id": number, "message_content": {"text": "Oi", "x": float("nan")}})
@@ -107,10 +109,13 @@ def test_many_slow_csv_exports_never_starve_the_api(api, db, org, sandbox):
     number = str(add_sandbox_number(db, org, sandbox))
     cid = api.post("/campaigns", json={**BODY, "whatsapp_number_id": number}).json()["id"]
     with db.begin() as conn:  # 20 MB of CSV: more than the sockets buffer, so the COPY waits on each client
-        conn.execute(sa.text("""
+        conn.execute(
+            sa.text("""
             insert into campaign_recipients (campaign_id, organization_id, contact_id, phone, status, error_message)
             select :c, :o, gen_random_uuid(), '+5511' || g, 'failed', repeat('x', 2000)
-            from generate_series(1, 10000) g"""), {"c": cid, "o": org})
+            from generate_series(1, 10000) g"""),
+            {"c": cid, "o": org},
+        )
     headers = dict(api.headers)
     base = str(api.base_url)
     slow: list[httpx.Client] = []

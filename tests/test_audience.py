@@ -11,11 +11,15 @@ from tests.helpers import add_contacts, add_sandbox_number, create_campaign, rec
 
 def test_tags_any_all_and_explicit_lists_are_scoped_by_organization(db, org):
 
-    ids = add_contacts(db, org, [
-        {"phone": "+5511911111111", "tags": ["vip", "sp"]},
-        {"phone": "+5511922222222", "tags": ["vip"]},
-        {"phone": "+5511933333333", "tags": ["rj"]},
-    ])
+    ids = add_contacts(
+        db,
+        org,
+        [
+            {"phone": "+5511911111111", "tags": ["vip", "sp"]},
+            {"phone": "+5511922222222", "tags": ["vip"]},
+            {"phone": "+5511933333333", "tags": ["rj"]},
+        ],
+    )
     with db.begin() as conn:
         other = tenancy.add_org(conn, "another-tenant-" + str(org)[:8])
     foreign = add_contacts(db, other, [{"phone": "+5511944444444", "tags": ["vip"]}])
@@ -30,13 +34,17 @@ def test_tags_any_all_and_explicit_lists_are_scoped_by_organization(db, org):
 
 def test_every_contact_gets_a_row_written_once(db, org, sandbox):
     number = add_sandbox_number(db, org, sandbox)
-    contacts = add_contacts(db, org, [
-        {"phone": "+5511911111111", "name": "Ana"},
-        {"phone": "not a phone"},
-        {"phone": "+5511922222222", "opted_out": True},
-        {"phone": "+5511911111111", "name": "Ana again"},
-        {"phone": "+5511933333333", "in_conversation": True},
-    ])
+    contacts = add_contacts(
+        db,
+        org,
+        [
+            {"phone": "+5511911111111", "name": "Ana"},
+            {"phone": "not a phone"},
+            {"phone": "+5511922222222", "opted_out": True},
+            {"phone": "+5511911111111", "name": "Ana again"},
+            {"phone": "+5511933333333", "in_conversation": True},
+        ],
+    )
     cid = create_campaign(db, org, number, skip_active_conversations=True)
     counts = build_audience_once(db, cid, "sandbox")
     again = build_audience_once(db, cid, "sandbox")

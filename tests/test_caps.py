@@ -38,11 +38,14 @@ def _new_day(db, pnid: str) -> None:
     for key in r.scan_iter(f"cap:sandbox:{pnid}:day:*"):
         r.delete(key)
     with db.begin() as conn:
-        conn.execute(sa.text("""
+        conn.execute(
+            sa.text("""
             update campaign_recipients r set sent_at = r.sent_at - interval '1 day'
             from campaigns c join whatsapp_numbers n on n.id = c.whatsapp_number_id
             where c.id = r.campaign_id and n.phone_number_id = :p and r.sent_at is not null
-        """), {"p": pnid})
+        """),
+            {"p": pnid},
+        )
 
 
 @pytest.mark.flow
@@ -55,7 +58,8 @@ def test_a_daily_cap_pauses_until_midnight_and_the_scheduler_resumes_after_it(db
 
     assert start_campaign(db, org, cid)["warnings"] == [
         "number caps: 5 of 8 recipients fit before the daily cap of 5 messages is reached (0 used); the campaign "
-        "pauses there and resumes when the window ends"]
+        "pauses there and resumes when the window ends"
+    ]
     assert run_campaign(cid)["status"] == "paused"
     campaign = campaign_row(db, cid)
     assert campaign["paused_reason"] == "rate_limit"
@@ -67,7 +71,8 @@ def test_a_daily_cap_pauses_until_midnight_and_the_scheduler_resumes_after_it(db
     later = create_campaign(db, org, number)  # the checklist says so before another campaign starts
     assert start_campaign(db, org, later)["warnings"] == [
         f"number caps: Rate limit exceeded: the daily cap of 5 messages is used up; the campaign will pause until "
-        f"{tomorrow:%Y-%m-%dT%H:%M:%SZ} and then resume by itself"]
+        f"{tomorrow:%Y-%m-%dT%H:%M:%SZ} and then resume by itself"
+    ]
     with db.begin() as conn:
         lifecycle.cancel(conn, org, later)
 
@@ -77,8 +82,7 @@ def test_a_daily_cap_pauses_until_midnight_and_the_scheduler_resumes_after_it(db
 
     _new_day(db, pnid)
     with db.begin() as conn:
-        conn.execute(sa.text("update campaigns set resume_at = now() - interval '1 second' where id = :c"),
-                     {"c": cid})
+        conn.execute(sa.text("update campaigns set resume_at = now() - interval '1 second' where id = :c"), {"c": cid})
     assert due_campaigns(db, start_campaign).resumed == [cid]
     assert run_campaign(cid)["status"] == "completed"
     counts = sent_counts(sandbox)
@@ -129,8 +133,12 @@ def test_a_portfolio_limit_counts_unique_recipients_across_its_numbers(db, org, 
     for number in (first, second):
         _set_limits(db, org, number, portfolio_id=portfolio)
     p = phones(6, start=8500)
-    add_contacts(db, org, [{"phone": x, "name": "Ana", "tags": ["a"]} for x in p[:3]]
-                 + [{"phone": x, "name": "Bo", "tags": ["b"]} for x in p[1:]])
+    add_contacts(
+        db,
+        org,
+        [{"phone": x, "name": "Ana", "tags": ["a"]} for x in p[:3]]
+        + [{"phone": x, "name": "Bo", "tags": ["b"]} for x in p[1:]],
+    )
     a = create_campaign(db, org, first, audience_type="tags", audience_filter={"tags": ["a"]})
     b = create_campaign(db, org, second, audience_type="tags", audience_filter={"tags": ["b"]})
     assert run_campaign(a)["status"] == "completed"  # 3 unique recipients in the last 24 h
@@ -152,14 +160,19 @@ def test_the_estimate_in_the_first_seconds_uses_the_rate_since_the_start(db, org
     number = add_sandbox_number(db, org, sandbox, mps=1000)
     cid = create_campaign(db, org, number)
     with db.begin() as conn:  # 5 s into the campaign: 500 sent, 1,000 to go, at 100 msg/s
-        conn.execute(sa.text("update campaigns set status = 'running', started_at = now() - interval '5 s' "
-                             "where id = :c"), {"c": cid})
-        conn.execute(sa.text("""
+        conn.execute(
+            sa.text("update campaigns set status = 'running', started_at = now() - interval '5 s' where id = :c"),
+            {"c": cid},
+        )
+        conn.execute(
+            sa.text("""
             insert into campaign_recipients (campaign_id, organization_id, contact_id, phone, status, sent_at)
             select :c, :o, gen_random_uuid(), '+55119' || g, case when g <= 500 then 'sent' else 'pending' end,
                    case when g <= 500 then now() - interval '2 s' end
             from generate_series(1, 1500) g
-        """), {"c": cid, "o": org})
+        """),
+            {"c": cid, "o": org},
+        )
     with db.connect() as conn:
         eta = progress_of(conn, org, cid)["estimated_remaining_time"]
     assert eta == "00:00:10"  # not 00:01:00 (500 in a 30 s window)
@@ -186,12 +199,14 @@ def test_the_scheduler_flow_launches_a_send_campaign_run_for_what_is_due(db, org
 
         async def launched() -> list[dict]:
             async with get_client() as client:
-                runs = await client.read_flow_runs(deployment_filter=DeploymentFilter(
-                    name=DeploymentFilterName(any_=["default"])))
+                runs = await client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["default"]))
+                )
                 return [r.parameters for r in runs if r.deployment_id == deployment_id]
 
         assert {"campaign_id": str(cid)} in asyncio.run(launched())
     finally:
+
         async def remove() -> None:
             async with get_client() as client:
                 await client.delete_deployment(deployment_id)

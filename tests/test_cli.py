@@ -18,25 +18,65 @@ def test_a_campaign_from_the_command_line(tmp_path, sandbox):
     assert uuid.UUID(org_id)
     pnid = "5550001"
     sandbox.set_token(pnid, "cli-token")
-    number_id = cli("numbers", "add", "--org", org, "--provider", "sandbox", "--phone-number-id", pnid,
-                    "--token", "cli-token", "--app-secret", "sandbox-app-secret", "--verify-token", "v",
-                    "--api-base", sandbox.url, "--mps", "200").stdout.strip()
+    number_id = cli(
+        "numbers",
+        "add",
+        "--org",
+        org,
+        "--provider",
+        "sandbox",
+        "--phone-number-id",
+        pnid,
+        "--token",
+        "cli-token",
+        "--app-secret",
+        "sandbox-app-secret",
+        "--verify-token",
+        "v",
+        "--api-base",
+        sandbox.url,
+        "--mps",
+        "200",
+    ).stdout.strip()
     assert uuid.UUID(number_id)
-    assert "cli-token" not in cli("numbers", "add", "--org", org, "--provider", "sandbox", "--phone-number-id", pnid,
-                                  "--token", "cli-token", "--api-base", sandbox.url).stderr
+    assert (
+        "cli-token"
+        not in cli(
+            "numbers",
+            "add",
+            "--org",
+            org,
+            "--provider",
+            "sandbox",
+            "--phone-number-id",
+            pnid,
+            "--token",
+            "cli-token",
+            "--api-base",
+            sandbox.url,
+        ).stderr
+    )
 
     csv = tmp_path / "contacts.csv"
-    csv.write_text("phone,name,tags,opted_out\n" + "".join(f"+55119000{i:05d},Ana {i},,false\n" for i in range(30))
-                   + "oops,Bad,,false\n+5511900000001,Dup,,false\n")
+    csv.write_text(
+        "phone,name,tags,opted_out\n"
+        + "".join(f"+55119000{i:05d},Ana {i},,false\n" for i in range(30))
+        + "oops,Bad,,false\n+5511900000001,Dup,,false\n"
+    )
     imported = cli("contacts", "import", str(csv), "--org", org)
     assert imported.stdout.strip() == "30"
     assert "line 32: invalid phone 'oops'" in imported.stderr
     assert "line 33: duplicate phone (first seen on line 3)" in imported.stderr
 
-    body = {"name": "CLI", "whatsapp_number_id": number_id, "message_type": "template",
-            "message_content": {"template_name": "promo", "language": "pt_BR"},
-            "template_variables": {"body": ["{{contact.name}}"]}, "messages_per_hour": None,
-            "delay_between_messages_seconds": 0}
+    body = {
+        "name": "CLI",
+        "whatsapp_number_id": number_id,
+        "message_type": "template",
+        "message_content": {"template_name": "promo", "language": "pt_BR"},
+        "template_variables": {"body": ["{{contact.name}}"]},
+        "messages_per_hour": None,
+        "delay_between_messages_seconds": 0,
+    }
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({**body, "retry_max_attempts": 99}))
     refused = cli("create", str(bad), "--org", org, check=False)
@@ -50,8 +90,16 @@ def test_a_campaign_from_the_command_line(tmp_path, sandbox):
 
     stats = json.loads(cli("stats", campaign_id, "--json").stdout)
     assert stats["total_recipients"] == 30 and stats["messages_sent"] == 30 and stats["messages_pending"] == 0
-    for key in ("messages_delivered", "messages_read", "messages_failed", "delivery_rate", "read_rate",
-                "reply_rate", "error_count", "last_error_message"):
+    for key in (
+        "messages_delivered",
+        "messages_read",
+        "messages_failed",
+        "delivery_rate",
+        "read_rate",
+        "reply_rate",
+        "error_count",
+        "last_error_message",
+    ):
         assert key in stats
     progress = json.loads(cli("progress", campaign_id, "--json").stdout)
     assert progress["progress_percentage"] == 100.0 and progress["current_status"] == "completed"
@@ -70,12 +118,33 @@ def test_number_limits_and_portfolios_from_the_command_line(sandbox):
     org = f"cli-{uuid.uuid4().hex[:8]}"
     cli("orgs", "add", org)
     portfolio = cli("portfolios", "add", "main", "--org", org, "--limit", "2000").stdout.strip()
-    number = cli("numbers", "add", "--org", org, "--provider", "sandbox", "--phone-number-id", "5550077",
-                 "--token", "t", "--api-base", sandbox.url, "--per-day", "500", "--portfolio", portfolio
-                 ).stdout.strip()
+    number = cli(
+        "numbers",
+        "add",
+        "--org",
+        org,
+        "--provider",
+        "sandbox",
+        "--phone-number-id",
+        "5550077",
+        "--token",
+        "t",
+        "--api-base",
+        sandbox.url,
+        "--per-day",
+        "500",
+        "--portfolio",
+        portfolio,
+    ).stdout.strip()
     limits = json.loads(cli("numbers", "limits", number, "--org", org, "--preset", "meta-conservative").stdout)
-    assert limits == {"mps": 80, "per_minute": 20, "per_hour": 100, "per_day": 500, "portfolio_id": portfolio,
-                      "portfolio_limit": 2000}
+    assert limits == {
+        "mps": 80,
+        "per_minute": 20,
+        "per_hour": 100,
+        "per_day": 500,
+        "portfolio_id": portfolio,
+        "portfolio_limit": 2000,
+    }
     limits = json.loads(cli("numbers", "limits", number, "--org", org, "--per-day", "none", "--mps", "1000").stdout)
     assert (limits["per_day"], limits["per_hour"], limits["mps"]) == (None, 100, 1000)
     bad = cli("numbers", "limits", number, "--org", org, "--per-hour", "0", check=False)

@@ -52,8 +52,9 @@ def _launch(db, org, cid) -> str:
 
 def _logs(run_id: str) -> str:
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[uuid.UUID(run_id)])),
-                                limit=200)
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[uuid.UUID(run_id)])), limit=200
+        )
     return "\n".join(entry.message for entry in logs)
 
 
@@ -76,7 +77,8 @@ def _first_run_due(deployment: str, after: datetime) -> datetime | None:
         deployment_id = client.read_deployment_by_name(deployment).id
         runs = client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
-            flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=after)))
+            flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=after)),
+        )
     return min((run.expected_start_time for run in runs if run.expected_start_time), default=None)
 
 
@@ -125,8 +127,12 @@ def test_a_paused_campaign_suspends_its_run_and_resuming_it_finishes_in_the_same
     run = _run(run_id)
     name = campaign_row(db, cid)["name"]
     assert run.name.startswith(f"{name} · org-") and any(t.startswith("org:org-") for t in run.tags)
-    lines = ("audience built: 300 to send of 300 contacts", "msg/s the limits allow", "paused (operator)",
-             "campaign completed: 300 sent")
+    lines = (
+        "audience built: 300 to send of 300 contacts",
+        "msg/s the limits allow",
+        "paused (operator)",
+        "campaign completed: 300 sent",
+    )
     logs = _log_with(run_id, *lines)
     for line in lines:
         assert line in logs, f"{line!r} not in the run's log:\n{logs}"
@@ -191,17 +197,27 @@ def test_ctrl_c_stops_serve_within_seconds_and_leaves_no_crashed_run(services):
     from tests.browser import _last_polled
 
     started = time.time()
-    serve = subprocess.Popen([sys.executable, "-m", "campaigns.cli", "serve"], env=os.environ.copy(),
-                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "campaigns.cli", "serve"],
+        env=os.environ.copy(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
+
         def polled_since_start() -> bool:
             polled = _last_polled("ingest-statuses/default")
             return polled is not None and polled.timestamp() >= started
 
         wait_for(polled_since_start, timeout=90, interval=0.5)
-        run = run_deployment("ingest-statuses/default", parameters={"run_for_seconds": 600, "every_seconds": 1.0},
-                             timeout=0, as_subflow=False)
+        run = run_deployment(
+            "ingest-statuses/default",
+            parameters={"run_for_seconds": 600, "every_seconds": 1.0},
+            timeout=0,
+            as_subflow=False,
+        )
         wait_for(lambda: _state(str(run.id)).type == StateType.RUNNING, timeout=150, interval=0.2)  # 3 runs start
 
         pressed = time.monotonic()

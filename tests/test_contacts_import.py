@@ -29,9 +29,16 @@ def test_good_rows_are_kept_and_bad_rows_reported_by_line(db, org):
         (8, "last_inbound_at is not a date/time: 'yesterday'"),
     ]
     with db.connect() as conn:
-        rows = {r.phone: r for r in conn.execute(sa.text(
-            "select phone, name, tags, attributes, opted_out_at, last_inbound_at from contacts "
-            "where organization_id = :o"), {"o": org})}
+        rows = {
+            r.phone: r
+            for r in conn.execute(
+                sa.text(
+                    "select phone, name, tags, attributes, opted_out_at, last_inbound_at from contacts "
+                    "where organization_id = :o"
+                ),
+                {"o": org},
+            )
+        }
     assert set(rows) == {"+5511999990001", "+5511999990002", "+5511999990003"}
     ana = rows["+5511999990001"]
     assert ana.tags == ["vip", "sp"] and ana.attributes == {"city": "Recife"}
@@ -46,8 +53,13 @@ def test_reimport_updates_instead_of_duplicating(db, org):
         report = import_csv(conn, org, b"phone,name,opted_out\n+5511999990001,Ana Maria,true\n+5511999990009,Z,\n")
     assert (report.inserted, report.updated) == (1, 1)
     with db.connect() as conn:
-        row = conn.execute(sa.text("select count(*), max(name), bool_or(opted_out_at is not null) from contacts "
-                                   "where organization_id = :o and phone = '+5511999990001'"), {"o": org}).one()
+        row = conn.execute(
+            sa.text(
+                "select count(*), max(name), bool_or(opted_out_at is not null) from contacts "
+                "where organization_id = :o and phone = '+5511999990001'"
+            ),
+            {"o": org},
+        ).one()
     assert tuple(row) == (1, "Ana Maria", True)
 
 
@@ -58,8 +70,12 @@ def test_a_file_without_a_phone_column_is_refused_naming_it(db, org):
 
 def _contacts(db, org) -> dict[str, sa.Row]:
     with db.connect() as conn:
-        return {r.phone: r for r in conn.execute(sa.text(
-            "select phone, name, tags, attributes from contacts where organization_id = :o"), {"o": org})}
+        return {
+            r.phone: r
+            for r in conn.execute(
+                sa.text("select phone, name, tags, attributes from contacts where organization_id = :o"), {"o": org}
+            )
+        }
 
 
 def test_headers_that_collide_once_normalised_are_refused_naming_them(db, org):
@@ -104,14 +120,16 @@ def test_utf16_without_a_byte_order_mark_is_refused_saying_so(db, org):
 
 
 def test_broken_quoting_rejects_its_lines_and_keeps_the_good_rows(db, org):
-    data = (b'phone,name,city\n'
-            b'+5511999990001,Ana,Recife\n'
-            b'+5511999990002,"Bo,Natal\n'  # a quote never closed
-            b'+5511999990003,Caio,Salvador\n'
-            b'+5511999990004,"Di"a,Belem\n'  # text after the closing quote
-            b'+5511999990005,Edu,Recife,extra\n'  # one field too many
-            b'+5511999990006,"Fe\nlipe",Recife\n'  # a quoted line break: a good row over two lines
-            b'+5511999990007,Gil,"Porto Alegre"\n')
+    data = (
+        b"phone,name,city\n"
+        b"+5511999990001,Ana,Recife\n"
+        b'+5511999990002,"Bo,Natal\n'  # a quote never closed
+        b"+5511999990003,Caio,Salvador\n"
+        b'+5511999990004,"Di"a,Belem\n'  # text after the closing quote
+        b"+5511999990005,Edu,Recife,extra\n"  # one field too many
+        b'+5511999990006,"Fe\nlipe",Recife\n'  # a quoted line break: a good row over two lines
+        b'+5511999990007,Gil,"Porto Alegre"\n'
+    )
     with db.begin() as conn:
         report = import_csv(conn, org, data)
     assert [line for line, _ in report.errors] == [3, 5, 6], report.errors
@@ -138,9 +156,15 @@ CELLS = st.text(alphabet=st.sampled_from(list('ab"\\|,\n\r\x00 é+5519') + ["\ud
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rows=st.lists(st.tuples(st.sampled_from(["+5511999990001", "11999990002", "+55 11 99999-0003", "12"]),
-                                CELLS, CELLS).map(list), max_size=8),
-       encoding=st.sampled_from(["utf-8", "utf-16", "latin-1"]))
+@given(
+    rows=st.lists(
+        st.tuples(st.sampled_from(["+5511999990001", "11999990002", "+55 11 99999-0003", "12"]), CELLS, CELLS).map(
+            list
+        ),
+        max_size=8,
+    ),
+    encoding=st.sampled_from(["utf-8", "utf-16", "latin-1"]),
+)
 def test_any_file_is_imported_or_refused_as_a_whole_never_a_crash(db, org, rows, encoding):
     """Whatever the cells hold (quotes, backslashes, NULs, line breaks, pipes), the import keeps good rows
     and reports the others by line, or refuses the file with ImportFileError: nothing else escapes."""

@@ -38,8 +38,12 @@ def test_sigkill_mid_campaign_then_restart_sends_each_recipient_exactly_once(db,
     add_contacts(db, org, [{"phone": p, "name": f"C{i}"} for i, p in enumerate(phones(TOTAL))])
     cid = create_campaign(db, org, number)
 
-    worker = subprocess.Popen([sys.executable, "-m", "campaigns.cli", "run", str(cid)], env=os.environ.copy(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "campaigns.cli", "run", str(cid)],
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for(lambda: len(sandbox.messages()) >= TOTAL // 3, timeout=120)
     finally:
@@ -80,8 +84,12 @@ def test_rows_claimed_but_never_sent_go_back_to_pending_at_the_restarts_first_re
     add_contacts(db, org, [{"phone": p, "name": f"C{i}"} for i, p in enumerate(phones(600, start=7000))])
     cid = create_campaign(db, org, number)
     env = {**os.environ, "RECONCILE_GRACE_SECONDS": "120"}
-    worker = subprocess.Popen([sys.executable, "-m", "campaigns.cli", "run", str(cid)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "campaigns.cli", "run", str(cid)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for(lambda: len(sandbox.messages()) >= 100, timeout=120)
     finally:

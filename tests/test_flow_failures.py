@@ -35,10 +35,12 @@ def by_phone(db, cid):
 
 
 def test_permanent_failures_are_recorded_with_code_and_reason(db, org, sandbox):
-    sandbox.configure(rules=[
-        {"match": "1$", "code": 100, "where": "sync", "message": "(#100) Invalid parameter: to"},
-        {"match": "2$", "code": 131026, "where": "webhook"},
-    ])
+    sandbox.configure(
+        rules=[
+            {"match": "1$", "code": 100, "where": "sync", "message": "(#100) Invalid parameter: to"},
+            {"match": "2$", "code": 131026, "where": "webhook"},
+        ]
+    )
     number = add_sandbox_number(db, org, sandbox)
     add_contacts(db, org, [{"phone": f"+551190000000{i}", "name": "Ana"} for i in range(5)])
     cid = create_campaign(db, org, number)
@@ -56,7 +58,10 @@ def test_permanent_failures_are_recorded_with_code_and_reason(db, org, sandbox):
     assert rows["+5511900000002"]["status"] == "failed"
     assert rows["+5511900000002"]["error_code"] == 131026
     assert {rows[p]["status"] for p in ("+5511900000000", "+5511900000003", "+5511900000004")} <= {
-        "sent", "delivered", "read"}
+        "sent",
+        "delivered",
+        "read",
+    }
     campaign = campaign_row(db, cid)
     assert campaign["error_count"] >= 1 and campaign["last_error_message"]
 
@@ -102,7 +107,8 @@ def test_an_ambiguous_131000_waits_for_a_webhook_then_is_resent_and_counted_as_a
     assert row["status"] in ("sent", "delivered", "read") and row["attempts"] == 2
     assert [e.get("error_code") for e in row["attempt_log"] if "success" in e] == [131000, None]
     assert [e["note"] for e in row["attempt_log"] if "note" in e] == [
-        "outcome unknown: no status webhook within the grace period, resending"]
+        "outcome unknown: no status webhook within the grace period, resending"
+    ]
     assert sent_counts(sandbox)[f"pytake:{row['id']}"] == 1
     with db.connect() as conn:
         rs = retry_stats_of(conn, org, cid)
@@ -169,8 +175,14 @@ def test_retries_exhausted_fail_the_recipient_with_the_last_reason(db, org, sand
 
 def test_a_missing_variable_fails_only_that_recipient(db, org, sandbox):
     number = add_sandbox_number(db, org, sandbox)
-    add_contacts(db, org, [{"phone": "+5511900000001", "name": "Ana", "attributes": {"coupon": "BF10"}},
-                           {"phone": "+5511900000002", "name": "Bia"}])
+    add_contacts(
+        db,
+        org,
+        [
+            {"phone": "+5511900000001", "name": "Ana", "attributes": {"coupon": "BF10"}},
+            {"phone": "+5511900000002", "name": "Bia"},
+        ],
+    )
     cid = create_campaign(db, org, number, template_variables={"body": ["{{contact.name}}", "{{contact.coupon}}"]})
 
     assert run_campaign(cid)["status"] == "completed"
@@ -212,8 +224,9 @@ def test_a_contact_deleted_after_the_audience_froze_is_skipped_not_stuck(db, org
     from tasks.send import prepare_campaign
 
     number = add_sandbox_number(db, org, sandbox)
-    ids = add_contacts(db, org, [{"phone": "+5511900000001", "name": "Ana"},
-                                 {"phone": "+5511900000002", "name": "Bia"}])
+    ids = add_contacts(
+        db, org, [{"phone": "+5511900000001", "name": "Ana"}, {"phone": "+5511900000002", "name": "Bia"}]
+    )
     cid = create_campaign(db, org, number)
     prepare_campaign.fn(cid)
     with db.begin() as conn:
@@ -242,7 +255,8 @@ def test_a_circuit_breaker_pauses_after_too_many_failures_in_a_row(db, org, sand
 
 
 def test_a_provider_outage_is_waited_out_without_spending_attempts_or_tripping_the_breaker(
-        db, org, sandbox, monkeypatch):
+    db, org, sandbox, monkeypatch
+):
     from campaigns.settings import get_settings
 
     monkeypatch.setenv("CIRCUIT_BREAKER_FAILURES", "10")  # the outage's refusals alone pass it

@@ -30,8 +30,9 @@ def test_the_flow_applies_statuses_and_refreshes_the_campaigns_summary_in_place(
         from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
         async with get_client() as client:
-            return await client.read_artifacts(artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=[f"campaign-{cid}-summary"])))
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"campaign-{cid}-summary"]))
+            )
 
     [summary] = asyncio.run(summaries())  # the run's own summary, updated in place: no new version
     assert "| read | 5 |" in summary.data

@@ -58,8 +58,16 @@ def test_pause_stops_sending_within_two_seconds_and_resume_sends_only_what_is_le
     with db.begin() as conn:
         with pytest.raises(Conflict, match="Cannot change audience_filter, respect_opt_out: the audience"):
             lifecycle.update(conn, org, cid, {"audience_filter": {"tags": ["vip"]}, "respect_opt_out": False})
-        lifecycle.update(conn, org, cid, {"template_variables": {"body": ["Edited for {{contact.name}}"]},
-                                          "audience_type": "all_contacts", "respect_opt_out": True})  # unchanged
+        lifecycle.update(
+            conn,
+            org,
+            cid,
+            {
+                "template_variables": {"body": ["Edited for {{contact.name}}"]},
+                "audience_type": "all_contacts",
+                "respect_opt_out": True,
+            },
+        )  # unchanged
         lifecycle.resume(conn, org, cid)
     assert run_campaign(cid)["status"] == "completed"
     counts = sent_counts(sandbox)

@@ -37,11 +37,13 @@ def _accepted(sandbox, phone: str) -> list[dict]:
 
 def test_error_codes_past_int4_and_nul_texts_settle_the_batch_and_the_sent_rows_stay_sent(db, org, sandbox):
     numbers = phones(5, start=8100)  # ...8100 to ...8104
-    sandbox.configure(rules=[
-        {"match": "8101$", "code": INT4_MAX + 1},
-        {"match": "8102$", "code": 131026, "message": "no\x00such\x00user", "details": "bad\x00detail"},
-        {"match": "8103$", "code": 10**30},
-    ])
+    sandbox.configure(
+        rules=[
+            {"match": "8101$", "code": INT4_MAX + 1},
+            {"match": "8102$", "code": 131026, "message": "no\x00such\x00user", "details": "bad\x00detail"},
+            {"match": "8103$", "code": 10**30},
+        ]
+    )
     number = add_sandbox_number(db, org, sandbox)
     add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in numbers])
     cid = create_campaign(db, org, number)
@@ -88,14 +90,35 @@ def test_non_string_duplicate_and_taken_message_ids_still_record_every_send(db, 
 def test_an_evolution_answer_with_a_bad_id_sends_each_recipient_once(db, org, sandbox):
     instance = "loja-" + os.urandom(3).hex()
     numbers = phones(4, start=8300)
-    sandbox.configure(answer_ids={numbers[0].removeprefix("+"): 777, numbers[1].removeprefix("+"): "3EB0DUP",
-                                  numbers[2].removeprefix("+"): "3EB0DUP"})
+    sandbox.configure(
+        answer_ids={
+            numbers[0].removeprefix("+"): 777,
+            numbers[1].removeprefix("+"): "3EB0DUP",
+            numbers[2].removeprefix("+"): "3EB0DUP",
+        }
+    )
     with db.begin() as conn:
-        number = add_number(conn, org, provider="evolution", phone_number_id=instance, token="k", app_secret="",
-                            verify_token="", api_base=sandbox.url, mps=200)
+        number = add_number(
+            conn,
+            org,
+            provider="evolution",
+            phone_number_id=instance,
+            token="k",
+            app_secret="",
+            verify_token="",
+            api_base=sandbox.url,
+            mps=200,
+        )
     add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in numbers])
-    cid = create_campaign(db, org, number, message_type="text", message_content={"text": "Oi {{contact.name}}"},
-                          template_variables={}, delay_between_messages_seconds=0)
+    cid = create_campaign(
+        db,
+        org,
+        number,
+        message_type="text",
+        message_content={"text": "Oi {{contact.name}}"},
+        template_variables={},
+        delay_between_messages_seconds=0,
+    )
 
     assert run_campaign(cid)["status"] == "completed"
 
@@ -105,8 +128,12 @@ def test_an_evolution_answer_with_a_bad_id_sends_each_recipient_once(db, org, sa
 
 def test_a_retry_after_that_is_no_number_of_seconds_is_ignored_not_fatal(db, org, sandbox):
     numbers = phones(3, start=8600)
-    sandbox.configure(rules=[{"match": f"{n[-4:]}$", "code": 131056, "times": 1, "retry_after": value}
-                             for n, value in zip(numbers, ["nan", "inf", "1e308"], strict=True)])
+    sandbox.configure(
+        rules=[
+            {"match": f"{n[-4:]}$", "code": 131056, "times": 1, "retry_after": value}
+            for n, value in zip(numbers, ["nan", "inf", "1e308"], strict=True)
+        ]
+    )
     number = add_sandbox_number(db, org, sandbox)
     add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in numbers])
     cid = create_campaign(db, org, number)

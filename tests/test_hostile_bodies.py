@@ -22,8 +22,11 @@ from campaigns.sending.rendering import RenderError, contact_values, render_temp
 from tasks.send import prepare_campaign, send_batch
 from tests.helpers import add_contacts, add_sandbox_number, create_campaign, phones, recipients
 
-TEMPLATE = {"name": "Black Friday", "message_type": "template",
-            "message_content": {"template_name": "black_friday", "language": "pt_BR"}}
+TEMPLATE = {
+    "name": "Black Friday",
+    "message_type": "template",
+    "message_content": {"template_name": "black_friday", "language": "pt_BR"},
+}
 
 
 @pytest.fixture
@@ -33,26 +36,35 @@ def api(db, org, sandbox) -> Iterator[tuple[httpx.Client, uuid.UUID]]:
     with db.begin() as conn:
         token = api_tokens.issue(conn, org, "org_admin")[1]
     number = add_sandbox_number(db, org, sandbox)
-    with httpx.Client(base_url=server.url + "/api/v1", headers={"Authorization": f"Bearer {token}"},
-                      timeout=30) as http:
+    with httpx.Client(
+        base_url=server.url + "/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as http:
         yield http, number
     server.stop()
 
 
-@pytest.mark.parametrize(("fields", "named"), [
-    ({"template_variables": {"buttons": [1]}}, "template_variables.buttons[0]"),
-    ({"template_variables": {"header": 5}}, "template_variables.header"),
-    ({"template_variables": {"body": [{"x": 1}]}}, "template_variables.body[0]"),
-    ({"template_variables": {"body": ["{{contact.name"]}}, "template_variables.body[0]"),
-    ({"template_variables": {"buttons": [{"sub_type": "call", "payload": "x"}]}},
-     "template_variables.buttons[0].sub_type"),
-    ({"template_variables": {"buttons": [{"index": "first", "payload": "x"}]}}, "template_variables.buttons[0].index"),
-    ({"template_variables": {"bodyy": ["x"]}}, "template_variables.bodyy"),
-    ({"name": "Black\x00Friday"}, "name"),
-    ({"description": "a\x00b"}, "description"),
-    ({"message_content": {"template_name": "bf", "x": {"y": ["\x00"]}}}, "message_content.x.y[0]"),
-    ({"audience_type": "tags", "audience_filter": {"tags": ["vip\x00"]}}, "audience_filter.tags[0]"),
-])
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"template_variables": {"buttons": [1]}}, "template_variables.buttons[0]"),
+        ({"template_variables": {"header": 5}}, "template_variables.header"),
+        ({"template_variables": {"body": [{"x": 1}]}}, "template_variables.body[0]"),
+        ({"template_variables": {"body": ["{{contact.name"]}}, "template_variables.body[0]"),
+        (
+            {"template_variables": {"buttons": [{"sub_type": "call", "payload": "x"}]}},
+            "template_variables.buttons[0].sub_type",
+        ),
+        (
+            {"template_variables": {"buttons": [{"index": "first", "payload": "x"}]}},
+            "template_variables.buttons[0].index",
+        ),
+        ({"template_variables": {"bodyy": ["x"]}}, "template_variables.bodyy"),
+        ({"name": "Black\x00Friday"}, "name"),
+        ({"description": "a\x00b"}, "description"),
+        ({"message_content": {"template_name": "bf", "x": {"y": ["\x00"]}}}, "message_content.x.y[0]"),
+        ({"audience_type": "tags", "audience_filter": {"tags": ["vip\x00"]}}, "audience_filter.tags[0]"),
+    ],
+)
 def test_a_body_that_could_not_render_or_be_stored_is_refused_naming_its_field(api, fields, named):
     http, number = api
     r = http.post("/campaigns", json={**TEMPLATE, "whatsapp_number_id": str(number), **fields})
@@ -63,9 +75,14 @@ def test_a_body_that_could_not_render_or_be_stored_is_refused_naming_its_field(a
 
 def test_template_variables_in_every_documented_shape_are_accepted(api):
     http, number = api
-    variables = {"header": ["{{contact.first_name}}"], "body": {"name": "{{contact.name|cliente}}", "n": 3},
-                 "buttons": [{"index": 0, "sub_type": "quick_reply", "payload": "stop"},
-                             {"index": "1", "sub_type": "url", "text": "{{contact.phone}}"}]}
+    variables = {
+        "header": ["{{contact.first_name}}"],
+        "body": {"name": "{{contact.name|cliente}}", "n": 3},
+        "buttons": [
+            {"index": 0, "sub_type": "quick_reply", "payload": "stop"},
+            {"index": "1", "sub_type": "url", "text": "{{contact.phone}}"},
+        ],
+    }
     r = http.post("/campaigns", json={**TEMPLATE, "whatsapp_number_id": str(number), "template_variables": variables})
     assert r.status_code == 201, r.text
     assert r.json()["template_variables"] == variables
@@ -93,8 +110,10 @@ def test_a_stored_campaign_with_malformed_template_variables_fails_its_recipient
     add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(3, start=8500)])
     cid = create_campaign(db, org, number)
     with db.begin() as conn:
-        conn.execute(sa.text("update campaigns set template_variables = cast(:v as jsonb) where id = :c"),
-                     {"v": json.dumps({"buttons": [1], "header": 5}), "c": cid})
+        conn.execute(
+            sa.text("update campaigns set template_variables = cast(:v as jsonb) where id = :c"),
+            {"v": json.dumps({"buttons": [1], "header": 5}), "c": cid},
+        )
     prepare_campaign.fn(cid)
 
     send_batch.fn(cid, 0)
@@ -108,8 +127,9 @@ def test_a_stored_campaign_with_malformed_template_variables_fails_its_recipient
 # -- property: any JSON body ------------------------------------------------------------------------------
 
 SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
-JSON = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
-                    max_leaves=12)
+JSON = st.recursive(
+    SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4), max_leaves=12
+)
 ODD = ["{{contact.name", "{{ }}", "", "\x00", "a\x00b", "\ud800", "a" * 5000, "{{contact.x}} {{"]
 
 
@@ -120,26 +140,48 @@ def mostly(good: st.SearchStrategy, bad: st.SearchStrategy) -> st.SearchStrategy
 
 TEXT = st.sampled_from(["{{contact.name}}", "{{contact.city|SP}}", "Oi {{contact.first_name}}", "Olá"]) | st.text()
 PARAM = mostly(TEXT | st.integers(0, 99), st.sampled_from(ODD) | JSON)
-PARAMS = mostly(st.lists(PARAM, max_size=3) | st.dictionaries(st.from_regex(r"[a-z_]{1,8}", fullmatch=True), PARAM,
-                                                              max_size=3), JSON)
+PARAMS = mostly(
+    st.lists(PARAM, max_size=3) | st.dictionaries(st.from_regex(r"[a-z_]{1,8}", fullmatch=True), PARAM, max_size=3),
+    JSON,
+)
 INDEX = mostly(st.integers(0, 9) | st.sampled_from(["0", "9"]), st.integers(-2, 12) | JSON)
-BUTTON = mostly(st.fixed_dictionaries({"sub_type": st.just("quick_reply"), "payload": PARAM}, optional={"index": INDEX})
-                | st.fixed_dictionaries({"sub_type": st.just("url"), "text": PARAM}, optional={"index": INDEX}),
-                st.fixed_dictionaries({}, optional={"index": INDEX, "sub_type": st.sampled_from(["call"]) | JSON,
-                                                    "payload": PARAM, "text": PARAM, "extra": JSON}) | JSON)
-VARIABLES = mostly(st.fixed_dictionaries({}, optional={"header": PARAMS, "body": PARAMS,
-                                                       "buttons": mostly(st.lists(BUTTON, max_size=2), JSON)}),
-                   st.dictionaries(st.sampled_from(["header", "body", "buttons", "other"]), JSON) | JSON)
-CONTENT = st.fixed_dictionaries({"template_name": mostly(TEXT, JSON)},
-                                optional={"text": PARAM, "language": mostly(st.just("en_US"), JSON), "more": JSON})
-FIELDS = {"name": mostly(st.text(min_size=1, max_size=20), JSON), "description": mostly(st.text(), JSON),
-          "message_type": mostly(st.sampled_from(["text", "template"]), JSON),
-          "message_content": mostly(CONTENT, JSON), "template_variables": VARIABLES,
-          "audience_type": mostly(st.sampled_from(["all_contacts", "tags"]), JSON),
-          "audience_filter": mostly(st.fixed_dictionaries({"tags": st.lists(st.text(max_size=5), max_size=2)}), JSON),
-          "messages_per_hour": mostly(st.integers(1, 3_600_000) | st.none(), JSON),
-          "delay_between_messages_seconds": mostly(st.floats(0, 60), JSON),
-          "scheduled_at": mostly(st.datetimes().map(str), JSON)}
+BUTTON = mostly(
+    st.fixed_dictionaries({"sub_type": st.just("quick_reply"), "payload": PARAM}, optional={"index": INDEX})
+    | st.fixed_dictionaries({"sub_type": st.just("url"), "text": PARAM}, optional={"index": INDEX}),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "index": INDEX,
+            "sub_type": st.sampled_from(["call"]) | JSON,
+            "payload": PARAM,
+            "text": PARAM,
+            "extra": JSON,
+        },
+    )
+    | JSON,
+)
+VARIABLES = mostly(
+    st.fixed_dictionaries(
+        {}, optional={"header": PARAMS, "body": PARAMS, "buttons": mostly(st.lists(BUTTON, max_size=2), JSON)}
+    ),
+    st.dictionaries(st.sampled_from(["header", "body", "buttons", "other"]), JSON) | JSON,
+)
+CONTENT = st.fixed_dictionaries(
+    {"template_name": mostly(TEXT, JSON)},
+    optional={"text": PARAM, "language": mostly(st.just("en_US"), JSON), "more": JSON},
+)
+FIELDS = {
+    "name": mostly(st.text(min_size=1, max_size=20), JSON),
+    "description": mostly(st.text(), JSON),
+    "message_type": mostly(st.sampled_from(["text", "template"]), JSON),
+    "message_content": mostly(CONTENT, JSON),
+    "template_variables": VARIABLES,
+    "audience_type": mostly(st.sampled_from(["all_contacts", "tags"]), JSON),
+    "audience_filter": mostly(st.fixed_dictionaries({"tags": st.lists(st.text(max_size=5), max_size=2)}), JSON),
+    "messages_per_hour": mostly(st.integers(1, 3_600_000) | st.none(), JSON),
+    "delay_between_messages_seconds": mostly(st.floats(0, 60), JSON),
+    "scheduled_at": mostly(st.datetimes().map(str), JSON),
+}
 
 
 @st.composite

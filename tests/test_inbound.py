@@ -31,24 +31,43 @@ from tests.helpers import (
 
 
 def _text_from(pnid: str, phone: str, text: str, at: int, context: str | None = None) -> dict[str, Any]:
-    msg: dict[str, Any] = {"from": phone.lstrip("+"), "id": f"wamid.IN{at}{phone}", "timestamp": str(at),
-                           "type": "text", "text": {"body": text}}
+    msg: dict[str, Any] = {
+        "from": phone.lstrip("+"),
+        "id": f"wamid.IN{at}{phone}",
+        "timestamp": str(at),
+        "type": "text",
+        "text": {"body": text},
+    }
     if context:
         msg["context"] = {"from": "15550000000", "id": context}
     return meta_change(pnid, contacts=[{"wa_id": phone.lstrip("+"), "profile": {"name": "Bia"}}], messages=[msg])
 
 
 def _preference(pnid: str, phone: str, value: str, at: int) -> dict[str, Any]:
-    return meta_change(pnid, "user_preferences", user_preferences=[{
-        "wa_id": phone.lstrip("+"), "detail": "User requested to stop marketing messages",
-        "category": "marketing_messages", "value": value, "timestamp": at}])
+    return meta_change(
+        pnid,
+        "user_preferences",
+        user_preferences=[
+            {
+                "wa_id": phone.lstrip("+"),
+                "detail": "User requested to stop marketing messages",
+                "category": "marketing_messages",
+                "value": value,
+                "timestamp": at,
+            }
+        ],
+    )
 
 
 def _contact(db, org, phone: str) -> Any:
     with db.connect() as conn:
-        return conn.execute(sa.text(
-            "select name, opted_out_at, opt_out_source, last_inbound_at from contacts "
-            "where organization_id = :o and phone = :p"), {"o": org, "p": phone}).one_or_none()
+        return conn.execute(
+            sa.text(
+                "select name, opted_out_at, opt_out_source, last_inbound_at from contacts "
+                "where organization_id = :o and phone = :p"
+            ),
+            {"o": org, "p": phone},
+        ).one_or_none()
 
 
 @pytest.mark.flow
@@ -126,24 +145,32 @@ def test_131050_opts_the_contact_out(db, org, sandbox):
 def test_an_inbound_message_opens_the_24h_window_for_free_form_text(db, org, sandbox, receiver):
     number = add_sandbox_number(db, org, sandbox)
     pnid = phone_number_id(db, number)
-    add_contacts(db, org, [{"phone": "+5511900000501", "name": "Ana", "inbound_hours_ago": 30},
-                           {"phone": "+5511900000502", "name": "Bia", "inbound_hours_ago": 30},
-                           # wrote an hour ago, but to opt out: not someone free-form text may reach
-                           {"phone": "+5511900000503", "name": "Cida", "inbound_hours_ago": 1, "opted_out": True}])
+    add_contacts(
+        db,
+        org,
+        [
+            {"phone": "+5511900000501", "name": "Ana", "inbound_hours_ago": 30},
+            {"phone": "+5511900000502", "name": "Bia", "inbound_hours_ago": 30},
+            # wrote an hour ago, but to opt out: not someone free-form text may reach
+            {"phone": "+5511900000503", "name": "Cida", "inbound_hours_ago": 1, "opted_out": True},
+        ],
+    )
     text = {"message_type": "text", "message_content": {"text": "Oi {{contact.name}}"}, "template_variables": {}}
     before = create_campaign(db, org, number, **text)
     with pytest.raises(Invalid) as refused:  # it would send nothing: the checklist says why
         start_campaign(db, org, before)
     assert refused.value.details == [
-        '24 h window: free-form text reaches only contacts who wrote in the last 24 h, and none of the audience '
-        'who may be sent to did: send an approved template (message_type "template")']
+        "24 h window: free-form text reaches only contacts who wrote in the last 24 h, and none of the audience "
+        'who may be sent to did: send an approved template (message_type "template")'
+    ]
 
     assert post_signed(receiver, _text_from(pnid, "+5511900000501", "Oi, tudo bem?", int(time.time()))) == 200
     ingest_pending(db)
     after = create_campaign(db, org, number, **text)
     assert start_campaign(db, org, after)["warnings"] == [
         "24 h window: 1 of 3 contacts can get free-form text (they wrote in the last 24 h); the others are "
-        "skipped: a template reaches everyone"]
+        "skipped: a template reaches everyone"
+    ]
     run_campaign(after)
     outcome = {r["phone"]: (r["status"], r["skip_reason"]) for r in recipients(db, after)}
     assert outcome.pop("+5511900000502") == ("skipped", "outside_window")
@@ -166,13 +193,30 @@ def test_a_secret_vouches_only_for_its_own_numbers(db, org, sandbox):
 
     other = new_org(db, "other-tenant")
     with db.begin() as conn:
-        add_number(conn, other, provider="sandbox", phone_number_id="990" + os.urandom(4).hex(), token="t",
-                   app_secret="other-app-secret", verify_token="v", api_base=sandbox.url)
+        add_number(
+            conn,
+            other,
+            provider="sandbox",
+            phone_number_id="990" + os.urandom(4).hex(),
+            token="t",
+            app_secret="other-app-secret",
+            verify_token="v",
+            api_base=sandbox.url,
+        )
     with webhook_receiver(KnownSecrets(app_secrets=[APP_SECRET.encode(), b"other-app-secret"])) as base:
         url = base + "/webhooks/whatsapp"
-        forged = meta_change(pnid, statuses=[{"id": mine["wamid"], "status": "failed", "timestamp": "1800000000",
-                                          "biz_opaque_callback_data": f"pytake:{mine['id']}",
-                                          "errors": [{"code": 131026, "title": "Message undeliverable"}]}])
+        forged = meta_change(
+            pnid,
+            statuses=[
+                {
+                    "id": mine["wamid"],
+                    "status": "failed",
+                    "timestamp": "1800000000",
+                    "biz_opaque_callback_data": f"pytake:{mine['id']}",
+                    "errors": [{"code": 131026, "title": "Message undeliverable"}],
+                }
+            ],
+        )
         assert post_signed(url, forged, "other-app-secret") == 200  # stored: signed by a secret we know
         assert post_signed(url, _preference(pnid, "+5511900000601", "stop", 1_800_000_000), "other-app-secret") == 200
         result = ingest_pending(db)

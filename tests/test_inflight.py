@@ -95,8 +95,10 @@ def test_the_engine_marks_rows_before_sending_and_never_sends_rows_its_claim_los
     cid, _, rows = _claimed(db, org, sandbox, 4, start=8150)
     lost, kept = rows[:2], rows[2:]
     with db.begin() as conn:  # another runner requeued two of the rows and claimed them again
-        conn.execute(sa.text("update campaign_recipients set status = 'pending' where id = any(:ids)"),
-                     {"ids": [r.id for r in lost]})
+        conn.execute(
+            sa.text("update campaign_recipients set status = 'pending' where id = any(:ids)"),
+            {"ids": [r.id for r in lost]},
+        )
         assert [r.id for r in sending.claim(conn, cid, 2)] == [r.id for r in lost]
     spec, provider, credentials = runner.load_spec(db, cid, load_credentials)
     messages, _ = sending.prepare(spec, rows)
@@ -108,8 +110,9 @@ def test_the_engine_marks_rows_before_sending_and_never_sends_rows_its_claim_los
     after = _by_id(db, cid)
     marked = [r.id for r in rows if after[r.id]["in_flight_at"] is not None]
     assert marked == [r.id for r in kept]
-    accepted = {int(m["biz_opaque_callback_data"].removeprefix("pytake:")): m["accepted_at"]
-                for m in sandbox.messages()}
+    accepted = {
+        int(m["biz_opaque_callback_data"].removeprefix("pytake:")): m["accepted_at"] for m in sandbox.messages()
+    }
     assert all(after[i]["in_flight_at"].timestamp() <= accepted[i] for i in marked)  # marked before it left
 
 
@@ -132,11 +135,15 @@ def test_a_mark_committed_while_reconcile_waits_for_the_rows_keeps_them_waiting(
 
 def _blocked_on_a_lock(db) -> bool:
     with db.connect() as conn:
-        return bool(conn.execute(sa.text("""
+        return bool(
+            conn.execute(
+                sa.text("""
             select count(*) from pg_stat_activity
             where datname = current_database() and wait_event_type = 'Lock'
               and query like '%update campaign_recipients%'
-        """)).scalar_one())
+        """)
+            ).scalar_one()
+        )
 
 
 def test_caps_rebuilt_after_a_redis_loss_count_rows_in_flight_but_not_rows_never_sent(db, org, sandbox):

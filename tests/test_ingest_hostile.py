@@ -42,10 +42,17 @@ def test_a_body_nested_5000_deep_is_stored_then_refused_and_the_next_status_appl
 
 def _inbound(fleet: Fleet, phone: str, msg: dict[str, Any], name: Any = "Bia", pnid: Any = None) -> dict[str, Any]:
     """A contact's text message to the fleet's number (or to `pnid`, whatever it is), fields overridden by `msg`."""
-    message = {"from": phone.lstrip("+"), "id": f"wamid.IN{uuid.uuid4().hex}", "timestamp": str(AT),
-               "type": "text", "text": {"body": "oi"}, **msg}
-    payload = meta_change(fleet.pnid, contacts=[{"wa_id": phone.lstrip("+"), "profile": {"name": name}}],
-                          messages=[message])
+    message = {
+        "from": phone.lstrip("+"),
+        "id": f"wamid.IN{uuid.uuid4().hex}",
+        "timestamp": str(AT),
+        "type": "text",
+        "text": {"body": "oi"},
+        **msg,
+    }
+    payload = meta_change(
+        fleet.pnid, contacts=[{"wa_id": phone.lstrip("+"), "profile": {"name": name}}], messages=[message]
+    )
     if pnid is not None:
         payload["entry"][0]["changes"][0]["value"]["metadata"]["phone_number_id"] = pnid
     return payload
@@ -53,31 +60,46 @@ def _inbound(fleet: Fleet, phone: str, msg: dict[str, Any], name: Any = "Bia", p
 
 HOSTILE_SHAPES = {  # name: (body for (fleet, a recipient), the event's state afterwards)
     # a dict or list where a string id belongs: "unhashable type" in the set of keys to look up
-    "status-id-is-a-dict": (lambda f, v: meta_change(f.pnid, statuses=[status(v) | {"id": {"$ne": None}}]),
-                            "unparseable"),
-    "status-id-is-a-list": (lambda f, v: meta_change(f.pnid, statuses=[status(v) | {"id": ["wamid.A"]}]),
-                            "unparseable"),
-    "context-id-is-a-dict": (lambda f, v: _inbound(f, "+5511977770001", {"context": {"id": {"x": 1}}}),
-                             "unparseable"),
+    "status-id-is-a-dict": (
+        lambda f, v: meta_change(f.pnid, statuses=[status(v) | {"id": {"$ne": None}}]),
+        "unparseable",
+    ),
+    "status-id-is-a-list": (
+        lambda f, v: meta_change(f.pnid, statuses=[status(v) | {"id": ["wamid.A"]}]),
+        "unparseable",
+    ),
+    "context-id-is-a-dict": (lambda f, v: _inbound(f, "+5511977770001", {"context": {"id": {"x": 1}}}), "unparseable"),
     "phone_number_id-is-a-list": (lambda f, v: _inbound(f, "+5511977770002", {}, pnid=[f.pnid]), "unparseable"),
     # a non-string message text: the keyword check normalised it as a string
     "text-body-is-a-number": (lambda f, v: _inbound(f, "+5511977770003", {"text": {"body": 5}}), "unparseable"),
-    "text-body-is-a-dict": (lambda f, v: _inbound(f, "+5511977770004", {"text": {"body": {"a": "PARAR"}}}),
-                            "unparseable"),
-    "button-text-is-a-list": (lambda f, v: _inbound(f, "+5511977770005", {"type": "button",
-                                                                         "button": {"text": ["STOP"]}}),
-                              "unparseable"),
+    "text-body-is-a-dict": (
+        lambda f, v: _inbound(f, "+5511977770004", {"text": {"body": {"a": "PARAR"}}}),
+        "unparseable",
+    ),
+    "button-text-is-a-list": (
+        lambda f, v: _inbound(f, "+5511977770005", {"type": "button", "button": {"text": ["STOP"]}}),
+        "unparseable",
+    ),
     # numbers past what the columns hold
-    "callback-data-past-bigint": (lambda f, v: meta_change(f.pnid, statuses=[
-        status(v) | {"id": "wamid.Z" + uuid.uuid4().hex, "biz_opaque_callback_data": "pytake:" + "9" * 30}]),
-        "pending"),  # no recipient id then, and a wamid nobody knows: retried, then orphaned
-    "wamid-is-a-huge-number": (lambda f, v: meta_change(f.pnid, statuses=[status(v) | {"id": 10**30}]),
-                               "unparseable"),
-    "callback-data-is-a-dict": (lambda f, v: meta_change(f.pnid, statuses=[
-        status(v) | {"biz_opaque_callback_data": {"pytake": 1}}]), "unparseable"),
+    "callback-data-past-bigint": (
+        lambda f, v: meta_change(
+            f.pnid,
+            statuses=[
+                status(v) | {"id": "wamid.Z" + uuid.uuid4().hex, "biz_opaque_callback_data": "pytake:" + "9" * 30}
+            ],
+        ),
+        "pending",
+    ),  # no recipient id then, and a wamid nobody knows: retried, then orphaned
+    "wamid-is-a-huge-number": (lambda f, v: meta_change(f.pnid, statuses=[status(v) | {"id": 10**30}]), "unparseable"),
+    "callback-data-is-a-dict": (
+        lambda f, v: meta_change(f.pnid, statuses=[status(v) | {"biz_opaque_callback_data": {"pytake": 1}}]),
+        "unparseable",
+    ),
     # a wa_id of 9,000 digits is no phone: it used to become a contact whose index entry Postgres refuses
-    "phone-of-9000-digits": (lambda f, v: _inbound(f, "+" + "".join(random.choice("0123456789")
-                                                                     for _ in range(9000)), {}), "processed"),
+    "phone-of-9000-digits": (
+        lambda f, v: _inbound(f, "+" + "".join(random.choice("0123456789") for _ in range(9000)), {}),
+        "processed",
+    ),
 }
 
 
@@ -104,8 +126,16 @@ def test_nul_characters_in_a_profile_name_and_an_error_text_are_stripped(db, fle
     failed, good = fleet.recipient(), fleet.recipient()
     phone = "+5511977771001"
     bad_name = _inbound(fleet, phone, {}, name="Bi\x00a")
-    bad_error = meta_change(fleet.pnid, statuses=[status(failed, "failed", errors=[
-        {"code": 131026, "title": "Message\x00 undeliverable", "error_data": {"details": "nul\x00"}}])])
+    bad_error = meta_change(
+        fleet.pnid,
+        statuses=[
+            status(
+                failed,
+                "failed",
+                errors=[{"code": 131026, "title": "Message\x00 undeliverable", "error_data": {"details": "nul\x00"}}],
+            )
+        ],
+    )
     bad_ids = queue(db, bad_name, bad_error)
     (good_id,) = queue(db, meta_change(fleet.pnid, statuses=[status(good)]))
 
@@ -120,8 +150,9 @@ def test_nul_characters_in_a_profile_name_and_an_error_text_are_stripped(db, fle
 
 def test_a_lone_surrogate_in_a_name_is_replaced(db, fleet):
     good, phone = fleet.recipient(), "+5511977771002"
-    bad_id, good_id = queue(db, _inbound(fleet, phone, {}, name="Bia\ud800"),
-                            meta_change(fleet.pnid, statuses=[status(good)]))
+    bad_id, good_id = queue(
+        db, _inbound(fleet, phone, {}, name="Bia\ud800"), meta_change(fleet.pnid, statuses=[status(good)])
+    )
 
     ingest_pending(db)
 
@@ -135,9 +166,13 @@ def test_a_status_that_moves_a_known_wamid_to_another_row_is_quarantined_and_the
     owner, target = fleet.recipient(), fleet.recipient(status="sending", wamid=False)
     before, after = fleet.recipient(), fleet.recipient()
     thief = meta_change(fleet.pnid, statuses=[status(target) | {"id": owner["wamid"]}])
-    ids = queue(db, meta_change(fleet.pnid, statuses=[status(before, "read")]), thief,
-                meta_change(fleet.pnid, statuses=[status(after)]),
-                _inbound(fleet, "+5511977771003", {"text": {"body": "PARAR"}}))
+    ids = queue(
+        db,
+        meta_change(fleet.pnid, statuses=[status(before, "read")]),
+        thief,
+        meta_change(fleet.pnid, statuses=[status(after)]),
+        _inbound(fleet, "+5511977771003", {"text": {"body": "PARAR"}}),
+    )
 
     result = ingest_pending(db)
 

@@ -21,13 +21,21 @@ from campaigns.webhooks.parse import MAX_ID, RANK, ParsedEvent, parse_body
 from tests.helpers import meta_change
 from tests.hostile_events import assert_good_applied, events, fleet_fixture, queue, status  # noqa: F401
 
-ODD_TEXT = st.sampled_from(["", "\x00", "a\x00b", "\ud800", "Bia\udfff", "9" * 5000, "pytake:" + "9" * 40,
-                            "pytake:-1", "pytake:0", "١٢٣", "²"])
+ODD_TEXT = st.sampled_from(
+    ["", "\x00", "a\x00b", "\ud800", "Bia\udfff", "9" * 5000, "pytake:" + "9" * 40, "pytake:-1", "pytake:0", "١٢٣", "²"]
+)
 TEXT = st.text(max_size=30) | ODD_TEXT
-SCALAR = st.none() | st.booleans() | st.integers() | st.integers(min_value=10**18, max_value=10**60) | \
-    st.floats(allow_nan=True, allow_infinity=True) | TEXT
-ANY_JSON = st.recursive(SCALAR, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
-                        max_leaves=8)
+SCALAR = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=10**18, max_value=10**60)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | TEXT
+)
+ANY_JSON = st.recursive(
+    SCALAR, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3), max_leaves=8
+)
 
 
 def leaf(plausible: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
@@ -38,10 +46,12 @@ def leaf(plausible: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 def containers(wild: bool) -> Any:
     """Objects with plausible keys. Wild: each key may be missing and each object may be anything instead;
     tame: every key is there, so that the odd leaves reach ingestion's lookups and writes."""
+
     def make(**fields: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
         if wild:
             return leaf(st.fixed_dictionaries({}, optional=fields))
         return st.fixed_dictionaries(fields)
+
     return make
 
 
@@ -51,44 +61,76 @@ def meta_bodies(wamids: list[str], callbacks: list[str], pnids: list[str], wild:
     phone = leaf(st.from_regex(r"\A55119\d{8}\Z") | TEXT)
     timestamp = leaf(st.integers(1_700_000_000, 1_900_000_000).map(str) | TEXT)
     text = leaf(st.sampled_from(["PARAR", "oi", "VOLTAR"]) | TEXT)
-    error = obj(code=leaf(st.sampled_from([131026, 131050, 131042, "131026", 2**31, 10**30])), title=text,
-                message=text, error_data=obj(details=text))
-    stat = obj(id=wamid, status=leaf(st.sampled_from([*RANK, "DELIVERED", "deleted"])), timestamp=timestamp,
-               recipient_id=phone, biz_opaque_callback_data=leaf(st.sampled_from(callbacks) | TEXT),
-               errors=st.lists(error, max_size=2))
-    message = obj(**{"from": phone}, id=wamid, timestamp=timestamp,
-                  type=leaf(st.sampled_from(["text", "button", "interactive", "image"])), text=obj(body=text),
-                  button=obj(text=text), interactive=obj(button_reply=obj(title=text), list_reply=obj(title=text)),
-                  context=obj(id=wamid))
-    value = obj(metadata=obj(phone_number_id=leaf(st.sampled_from(pnids) | TEXT)),
-                statuses=st.lists(stat, max_size=3), messages=st.lists(message, max_size=2),
-                contacts=st.lists(obj(wa_id=phone, profile=obj(name=text)), max_size=2),
-                user_preferences=st.lists(obj(wa_id=phone, value=leaf(st.sampled_from(["stop", "resume"])),
-                                              timestamp=timestamp), max_size=2))
+    error = obj(
+        code=leaf(st.sampled_from([131026, 131050, 131042, "131026", 2**31, 10**30])),
+        title=text,
+        message=text,
+        error_data=obj(details=text),
+    )
+    stat = obj(
+        id=wamid,
+        status=leaf(st.sampled_from([*RANK, "DELIVERED", "deleted"])),
+        timestamp=timestamp,
+        recipient_id=phone,
+        biz_opaque_callback_data=leaf(st.sampled_from(callbacks) | TEXT),
+        errors=st.lists(error, max_size=2),
+    )
+    message = obj(
+        **{"from": phone},
+        id=wamid,
+        timestamp=timestamp,
+        type=leaf(st.sampled_from(["text", "button", "interactive", "image"])),
+        text=obj(body=text),
+        button=obj(text=text),
+        interactive=obj(button_reply=obj(title=text), list_reply=obj(title=text)),
+        context=obj(id=wamid),
+    )
+    value = obj(
+        metadata=obj(phone_number_id=leaf(st.sampled_from(pnids) | TEXT)),
+        statuses=st.lists(stat, max_size=3),
+        messages=st.lists(message, max_size=2),
+        contacts=st.lists(obj(wa_id=phone, profile=obj(name=text)), max_size=2),
+        user_preferences=st.lists(
+            obj(wa_id=phone, value=leaf(st.sampled_from(["stop", "resume"])), timestamp=timestamp), max_size=2
+        ),
+    )
     change = obj(field=st.sampled_from(["messages", "user_preferences"]), value=value)
-    return st.fixed_dictionaries({"object": st.just("whatsapp_business_account"),
-                                  "entry": st.lists(obj(id=TEXT, changes=st.lists(change, min_size=1, max_size=2)),
-                                                    min_size=1, max_size=2)})
+    return st.fixed_dictionaries(
+        {
+            "object": st.just("whatsapp_business_account"),
+            "entry": st.lists(obj(id=TEXT, changes=st.lists(change, min_size=1, max_size=2)), min_size=1, max_size=2),
+        }
+    )
 
 
 def evolution_bodies(wamids: list[str], instances: list[str], wild: bool) -> st.SearchStrategy[Any]:
     obj = containers(wild)
     text = leaf(st.sampled_from(["PARAR", "oi"]) | TEXT)
-    item = obj(keyId=leaf(st.sampled_from(wamids) | TEXT),
-               status=leaf(st.sampled_from(["DELIVERY_ACK", "READ", "ERROR"])),
-               key=obj(remoteJid=leaf(st.from_regex(r"\A55119\d{8}@s\.whatsapp\.net\Z") | TEXT),
-                       fromMe=leaf(st.just(False))),
-               message=obj(conversation=text, extendedTextMessage=obj(text=text, contextInfo=obj(
-                   stanzaId=leaf(st.sampled_from(wamids) | TEXT)))),
-               pushName=text, messageTimestamp=leaf(st.integers(1_700_000_000, 1_900_000_000)))
-    return st.fixed_dictionaries({
-        "event": st.sampled_from(["messages.update", "MESSAGES_UPSERT", "messages.upsert"]),
-        "instance": leaf(st.sampled_from(instances) | TEXT), "data": item | st.lists(item, max_size=3)})
+    item = obj(
+        keyId=leaf(st.sampled_from(wamids) | TEXT),
+        status=leaf(st.sampled_from(["DELIVERY_ACK", "READ", "ERROR"])),
+        key=obj(remoteJid=leaf(st.from_regex(r"\A55119\d{8}@s\.whatsapp\.net\Z") | TEXT), fromMe=leaf(st.just(False))),
+        message=obj(
+            conversation=text,
+            extendedTextMessage=obj(text=text, contextInfo=obj(stanzaId=leaf(st.sampled_from(wamids) | TEXT))),
+        ),
+        pushName=text,
+        messageTimestamp=leaf(st.integers(1_700_000_000, 1_900_000_000)),
+    )
+    return st.fixed_dictionaries(
+        {
+            "event": st.sampled_from(["messages.update", "MESSAGES_UPSERT", "messages.upsert"]),
+            "instance": leaf(st.sampled_from(instances) | TEXT),
+            "data": item | st.lists(item, max_size=3),
+        }
+    )
 
 
 def hostile(wamids: list[str], callbacks: list[str], channels: list[str]) -> st.SearchStrategy[Any]:
-    return st.one_of(*(meta_bodies(wamids, callbacks, channels, wild) for wild in (False, True)),
-                     *(evolution_bodies(wamids, channels, wild) for wild in (False, True)))
+    return st.one_of(
+        *(meta_bodies(wamids, callbacks, channels, wild) for wild in (False, True)),
+        *(evolution_bodies(wamids, channels, wild) for wild in (False, True)),
+    )
 
 
 def storable(text: Any, limit: int | None = None) -> bool:

@@ -18,8 +18,14 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("campaigns", "flows", "tasks", "blocks", "deployments", "sandbox")
 
 DOMAIN = tuple(f"campaigns.{folder}" for folder in ("control", "audience", "sending", "webhooks", "reporting", "store"))
-FACES = ("campaigns.api", "campaigns.webhook_app", "campaigns.cli", "campaigns.demo", "campaigns.api_tokens",
-         "campaigns.json_input")
+FACES = (
+    "campaigns.api",
+    "campaigns.webhook_app",
+    "campaigns.cli",
+    "campaigns.demo",
+    "campaigns.api_tokens",
+    "campaigns.json_input",
+)
 SHARED = ("campaigns.settings", "campaigns.errors")  # every folder may import these two leaves
 
 
@@ -35,16 +41,21 @@ class Rule:
 
 def _only(folder: str, *may_import: str) -> Rule:
     """A domain folder's row of the README's table: the other folders of `campaigns` it may import."""
-    return Rule(f"{folder} imports only {', '.join(may_import) or 'nothing else of campaigns'}", (folder,),
-                ("campaigns",), (folder, *SHARED, *may_import))
+    return Rule(
+        f"{folder} imports only {', '.join(may_import) or 'nothing else of campaigns'}",
+        (folder,),
+        ("campaigns",),
+        (folder, *SHARED, *may_import),
+    )
 
 
 RULES = (
-    Rule("the domain runs without Prefect, an HTTP framework or a face", DOMAIN,
-         ("prefect", "starlette", "uvicorn", "fastapi", "flows", "tasks", "blocks", "deployments", "sandbox",
-          *FACES)),
-    Rule("providers never touch SQL", ("campaigns.sending.providers",),
-         ("sqlalchemy", "psycopg", "campaigns.store")),
+    Rule(
+        "the domain runs without Prefect, an HTTP framework or a face",
+        DOMAIN,
+        ("prefect", "starlette", "uvicorn", "fastapi", "flows", "tasks", "blocks", "deployments", "sandbox", *FACES),
+    ),
+    Rule("providers never touch SQL", ("campaigns.sending.providers",), ("sqlalchemy", "psycopg", "campaigns.store")),
     Rule("the sandbox is not the product", ("sandbox",), ("campaigns",)),
     Rule("only the faces import a face", ("flows", "tasks", "blocks", "deployments", "campaigns.infra"), FACES),
     _only("campaigns.store"),
@@ -54,8 +65,14 @@ RULES = (
     _only("campaigns.sending.providers", "campaigns.sending.error_codes"),
     _only("campaigns.webhooks", "campaigns.store", "campaigns.sending"),
     _only("campaigns.reporting", "campaigns.store", "campaigns.sending"),
-    _only("campaigns.control", "campaigns.store", "campaigns.audience", "campaigns.sending", "campaigns.webhooks",
-          "campaigns.reporting"),
+    _only(
+        "campaigns.control",
+        "campaigns.store",
+        "campaigns.audience",
+        "campaigns.sending",
+        "campaigns.webhooks",
+        "campaigns.reporting",
+    ),
     Rule("blocks import only campaigns", ("blocks",), ("flows", "tasks", "deployments")),
     Rule("tasks import no flow and no deployment", ("tasks",), ("flows", "deployments")),
 )
@@ -63,14 +80,16 @@ RULES = (
 # Imports the table refuses that the code still makes, each with the reason it stands; a new one fails.
 # (importing module, imported module or package): why
 KNOWN = {
-    ("campaigns.sending.runner", "campaigns.control"):
-        "the runner is the control of one run (the checklist at a scheduled start, the campaign's state)",
+    (
+        "campaigns.sending.runner",
+        "campaigns.control",
+    ): "the runner is the control of one run (the checklist at a scheduled start, the campaign's state)",
     ("campaigns.sending.runner", "campaigns.audience"): "the runner builds the audience when a run starts",
     ("campaigns.sending.runner", "campaigns.reporting"): "the runner sizes its waves by the rate stats reports",
     ("campaigns.sending.batch", "campaigns.control.lifecycle"): "a batch pauses its campaign on a blocking error",
     ("campaigns.sending.reconcile", "campaigns.webhooks.ingest"): "reconciliation applies an answer as a webhook",
     ("campaigns.webhooks.ingest", "campaigns.control.lifecycle"): "a failed status with a campaign-level code "
-                                                                   "pauses its campaign",
+    "pauses its campaign",
     ("campaigns.reporting.run_report", "campaigns.control.lifecycle"): "the run's report reads its campaign",
 }
 
@@ -136,8 +155,12 @@ def test_every_module_keeps_to_the_layout_table():
 
 def test_each_known_exception_is_still_made():
     """An exception nobody needs any more is removed, so it cannot hide a new import of the same kind."""
-    made = {(imp.module, name) for imp in imports() for (module, name) in KNOWN
-            if imp.module == module and _under(imp.name, (name,))}
+    made = {
+        (imp.module, name)
+        for imp in imports()
+        for (module, name) in KNOWN
+        if imp.module == module and _under(imp.name, (name,))
+    }
     assert set(KNOWN) - made == set()
 
 
@@ -150,4 +173,5 @@ def test_an_import_hidden_in_a_function_is_found_and_named(tmp_path):
 
     assert violations(tmp_path, ("campaigns",)) == [
         "campaigns/sending/pacing.py:5: campaigns.sending.pacing imports prefect: the domain runs without Prefect, "
-        "an HTTP framework or a face"]
+        "an HTTP framework or a face"
+    ]

@@ -146,8 +146,11 @@ def test_130429_slows_the_number_down_and_every_message_still_goes_once(db, org,
     assert sandbox.stats()["throttled_130429"] > 0
     assert factors and min(factors) < 1  # the number ran slower for a while
     # The send engine's warning reaches the run's log in the Prefect UI (it runs in a process of its own).
-    wait_for(lambda: f"send engine: number {pnid} answered 130429: its rate is now x"
-             in run_logs(result["flow_run_id"]), timeout=30, interval=0.5)
+    wait_for(
+        lambda: f"send engine: number {pnid} answered 130429: its rate is now x" in run_logs(result["flow_run_id"]),
+        timeout=30,
+        interval=0.5,
+    )
 
 
 def test_rate_refusals_back_off_without_spending_attempts():
@@ -156,16 +159,23 @@ def test_rate_refusals_back_off_without_spending_attempts():
     from campaigns.sending.batch import CampaignSpec, Claimed, outcome_for
     from campaigns.sending.providers import SendResult
 
-    spec = CampaignSpec(uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), "text", {"text": "x"}, {}, True, None, 0, 3, 60,
-                        3600, 80)
+    spec = CampaignSpec(
+        uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), "text", {"text": "x"}, {}, True, None, 0, 3, 60, 3600, 80
+    )
     waits = []
     for tries in range(5):
         row = Claimed(1, "+5511900000001", 1, "Ana", {}, False, rate_tries=tries)
-        out = outcome_for(spec, row, SendResult(1, False, error_code=131056, error_message="pair"), "running",
-                          random.Random(0))
+        out = outcome_for(
+            spec, row, SendResult(1, False, error_code=131056, error_message="pair"), "running", random.Random(0)
+        )
         assert (out.status, out.attempts_delta) == ("pending", -1)
         waits.append(round((out.next_at - out.at).total_seconds()))
     assert waits == [4, 16, 64, 256, 256]  # only this recipient waits, longer each time
-    honoured = outcome_for(spec, Claimed(2, "+5511900000002", 1, "Bo", {}, False),
-                           SendResult(2, False, error_code=130429, retry_after=7.0), "running", random.Random(0))
+    honoured = outcome_for(
+        spec,
+        Claimed(2, "+5511900000002", 1, "Bo", {}, False),
+        SendResult(2, False, error_code=130429, retry_after=7.0),
+        "running",
+        random.Random(0),
+    )
     assert round((honoured.next_at - honoured.at).total_seconds()) == 7  # Retry-After wins

@@ -22,8 +22,12 @@ from flows.create_campaign import create_campaign
 from tests.helpers import add_contacts, add_sandbox_number, campaign_row, org_name, phones, prefect_run
 from tests.helpers import create_campaign as new_campaign
 
-TEMPLATE = {"message_type": "template", "template_name": "black_friday", "language": "pt_BR",
-            "template_variables": {"body": ["{{contact.name}}"]}}
+TEMPLATE = {
+    "message_type": "template",
+    "template_name": "black_friday",
+    "language": "pt_BR",
+    "template_variables": {"body": ["{{contact.name}}"]},
+}
 FAST = {"messages_per_hour": None, "delay_between_messages_seconds": 0}
 
 
@@ -46,11 +50,18 @@ def test_the_forms_have_titles_descriptions_defaults_bounds_dropdowns_and_an_ord
     assert schema["required"] == ["organization", "campaign"]
     top = schema["properties"]
     assert [top[k]["position"] for k in ("organization", "campaign", "message", "audience", "pace", "then")] == [
-        0, 1, 2, 3, 4, 5]
+        0,
+        1,
+        2,
+        3,
+        4,
+        5,
+    ]
     assert top["organization"]["description"] == "The organization's name (or id)."
     defs = schema["definitions"]
-    assert [defs[top[k]["$ref"].split("/")[-1]]["title"] for k in ("campaign", "message", "audience", "pace", "then")
-            ] == ["Campaign", "Message", "Audience", "Pace and retries", "Then"]
+    assert [
+        defs[top[k]["$ref"].split("/")[-1]]["title"] for k in ("campaign", "message", "audience", "pace", "then")
+    ] == ["Campaign", "Message", "Audience", "Pace and retries", "Then"]
     for definition in defs.values():  # every field titled, described and placed, in order
         fields = definition["properties"].values()
         assert all(f["title"] and f["description"] for f in fields), definition["title"]
@@ -61,8 +72,12 @@ def test_the_forms_have_titles_descriptions_defaults_bounds_dropdowns_and_an_ord
     per_hour, no_cap = pace["messages_per_hour"]["anyOf"]
     assert (per_hour["minimum"], per_hour["maximum"], pace["messages_per_hour"]["default"]) == (1, 3_600_000, 100)
     assert no_cap == {"type": "null", "title": "No campaign cap"}
-    for name, low, high in [("delay_between_messages_seconds", 0, 60), ("retry_max_attempts", 1, 10),
-                            ("retry_base_delay", 10, 600), ("retry_max_delay", 60, 7200)]:
+    for name, low, high in [
+        ("delay_between_messages_seconds", 0, 60),
+        ("retry_max_attempts", 1, 10),
+        ("retry_base_delay", 10, 600),
+        ("retry_max_delay", 60, 7200),
+    ]:
         assert (pace[name]["minimum"], pace[name]["maximum"]) == (low, high), name
         assert pace[name]["default"] == CampaignCreate.model_fields[name].default  # the seed's defaults
     assert defs["MessageForm"]["properties"]["message_type"]["enum"] == ["text", "template"]
@@ -89,13 +104,22 @@ def test_the_forms_have_titles_descriptions_defaults_bounds_dropdowns_and_an_ord
 def test_create_campaign_finds_the_number_by_phone_number_id_display_number_or_id(db, org, sandbox):
     number = add_sandbox_number(db, org, sandbox, phone_number_id="100000000000077")
     with db.begin() as conn:
-        conn.execute(sa.text("update whatsapp_numbers set display_phone_number = '+55 11 91234-0077' where id = :n"),
-                     {"n": number})
+        conn.execute(
+            sa.text("update whatsapp_numbers set display_phone_number = '+55 11 91234-0077' where id = :n"),
+            {"n": number},
+        )
     name = org_name(db, org)
     for ref in ("100000000000077", "5511912340077", "+55 (11) 91234-0077", str(number)):
-        out = operator.create_campaign(db, name, {"name": f"by {ref}", "whatsapp_number": ref}, TEMPLATE,
-                                       {"audience_type": "tags", "tags": ["vip"], "match": "all"}, FAST,
-                                       runs=PrefectRuns(), credentials=fresh_credentials)
+        out = operator.create_campaign(
+            db,
+            name,
+            {"name": f"by {ref}", "whatsapp_number": ref},
+            TEMPLATE,
+            {"audience_type": "tags", "tags": ["vip"], "match": "all"},
+            FAST,
+            runs=PrefectRuns(),
+            credentials=fresh_credentials,
+        )
         row = campaign_row(db, out.campaign_id)
         assert (row["whatsapp_number_id"], row["status"], out.status) == (number, "draft", "draft")
     assert row["message_content"] == {"template_name": "black_friday", "language": "pt_BR"}
@@ -108,9 +132,12 @@ def test_create_campaign_finds_the_number_by_phone_number_id_display_number_or_i
 def test_an_invalid_body_fails_the_run_naming_each_field_as_the_api_does(db, org, sandbox, flow_logs):
     number = add_sandbox_number(db, org, sandbox)
     state = create_campaign(
-        org_name(db, org), {"name": "Bad", "whatsapp_number": "5550000"},
+        org_name(db, org),
+        {"name": "Bad", "whatsapp_number": "5550000"},
         {"message_type": "text", "text": ""},
-        pace={"retry_max_attempts": 99, "messages_per_hour": 0, "colour": "red"}, return_state=True)
+        pace={"retry_max_attempts": 99, "messages_per_hour": 0, "colour": "red"},
+        return_state=True,
+    )
 
     assert state.is_failed()
     errors = state.message.split("; ")
@@ -119,12 +146,17 @@ def test_an_invalid_body_fails_the_run_naming_each_field_as_the_api_does(db, org
     assert "messages_per_hour: Input should be greater than or equal to 1" in errors
     assert "colour: Extra inputs are not permitted" in errors
     assert "Traceback" not in flow_logs.text and "whatsapp_number: no WhatsApp number" in flow_logs.text
-    no_text = create_campaign(org_name(db, org), {"name": "Bad", "whatsapp_number": str(number)},
-                              {"message_type": "text", "text": " "}, return_state=True)
+    no_text = create_campaign(
+        org_name(db, org),
+        {"name": "Bad", "whatsapp_number": str(number)},
+        {"message_type": "text", "text": " "},
+        return_state=True,
+    )
     assert no_text.is_failed() and no_text.message == "message_content.text: required for a text message"
     with db.connect() as conn:
-        assert not conn.execute(sa.text("select count(*) from campaigns where organization_id = :o"),
-                                {"o": org}).scalar()
+        assert not conn.execute(
+            sa.text("select count(*) from campaigns where organization_id = :o"), {"o": org}
+        ).scalar()
 
     unknown = create_campaign("no-such-org", {"name": "x", "whatsapp_number": "1"}, return_state=True)
     assert unknown.is_failed() and unknown.message == "organization: no organization named 'no-such-org'"
@@ -133,10 +165,21 @@ def test_an_invalid_body_fails_the_run_naming_each_field_as_the_api_does(db, org
 @pytest.mark.flow
 def test_create_and_start_hands_the_campaign_to_a_send_campaign_run(db, org, sandbox, send_deployment, flow_logs):
     number = add_sandbox_number(db, org, sandbox)
-    add_contacts(db, org, [{"phone": p, "name": "Ana", "tags": ["vip"]} for p in phones(4, start=7100)]
-                 + [{"phone": phones(1, start=7200)[0], "name": "Bia"}])
-    state = create_campaign(org_name(db, org), {"name": "Start now", "whatsapp_number": str(number)}, TEMPLATE,
-                            {"audience_type": "tags", "tags": ["vip"]}, FAST, {"action": "start"}, return_state=True)
+    add_contacts(
+        db,
+        org,
+        [{"phone": p, "name": "Ana", "tags": ["vip"]} for p in phones(4, start=7100)]
+        + [{"phone": phones(1, start=7200)[0], "name": "Bia"}],
+    )
+    state = create_campaign(
+        org_name(db, org),
+        {"name": "Start now", "whatsapp_number": str(number)},
+        TEMPLATE,
+        {"audience_type": "tags", "tags": ["vip"]},
+        FAST,
+        {"action": "start"},
+        return_state=True,
+    )
 
     assert state.is_completed(), state.message
     result = state.result()
@@ -153,22 +196,35 @@ def test_create_and_start_hands_the_campaign_to_a_send_campaign_run(db, org, san
     assert f"send-campaign flow run {row['flow_run_id']} will send it" in logs
 
     # A start refused by the checklist leaves the new campaign a draft and says why.
-    refused = create_campaign(org_name(db, org), {"name": "Nobody", "whatsapp_number": str(number)}, TEMPLATE,
-                              {"audience_type": "tags", "tags": ["nobody"]}, then={"action": "start"},
-                              return_state=True)
+    refused = create_campaign(
+        org_name(db, org),
+        {"name": "Nobody", "whatsapp_number": str(number)},
+        TEMPLATE,
+        {"audience_type": "tags", "tags": ["nobody"]},
+        then={"action": "start"},
+        return_state=True,
+    )
     assert refused.is_failed()
     assert refused.message.endswith("not started: Preflight failed; audience: the audience has no contacts")
     with db.connect() as conn:
-        assert conn.execute(sa.text("select status from campaigns where name = 'Nobody' and organization_id = :o"),
-                            {"o": org}).scalar_one() == "draft"
+        assert (
+            conn.execute(
+                sa.text("select status from campaigns where name = 'Nobody' and organization_id = :o"), {"o": org}
+            ).scalar_one()
+            == "draft"
+        )
 
 
 @pytest.mark.flow
 def test_create_and_schedule_puts_a_scheduled_run_under_upcoming(db, org, sandbox, send_deployment):
     number = add_sandbox_number(db, org, sandbox)
-    state = create_campaign(org_name(db, org), {"name": "Later", "whatsapp_number": str(number)}, TEMPLATE,
-                            then={"action": "schedule", "at": "2031-12-01T09:00:00", "time_zone": "America/Sao_Paulo"},
-                            return_state=True)
+    state = create_campaign(
+        org_name(db, org),
+        {"name": "Later", "whatsapp_number": str(number)},
+        TEMPLATE,
+        then={"action": "schedule", "at": "2031-12-01T09:00:00", "time_zone": "America/Sao_Paulo"},
+        return_state=True,
+    )
 
     assert state.is_completed(), state.message
     result = state.result()
@@ -178,17 +234,31 @@ def test_create_and_schedule_puts_a_scheduled_run_under_upcoming(db, org, sandbo
     run = prefect_run(row["flow_run_id"])
     assert (run.state.type.value, run.state.state_details.scheduled_time) == ("SCHEDULED", at)
     assert run.parameters == {"campaign_id": str(row["id"])} and run.name == f"send-campaign-{row['id']}"
-    assert "scheduled: draft -> scheduled, to start at 2031-12-01T12:00:00Z (2031-12-01 09:00 America/Sao_Paulo)" in (
-        result["done"])
+    assert (
+        "scheduled: draft -> scheduled, to start at 2031-12-01T12:00:00Z (2031-12-01 09:00 America/Sao_Paulo)"
+        in (result["done"])
+    )
 
     with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):  # Prefect down: the schedule holds
-        offline = operator.control_campaign(db, org_name(db, org), str(row["id"]), "schedule", at="2031-12-02T09:00Z",
-                                            runs=PrefectRuns(), credentials=fresh_credentials)
+        offline = operator.control_campaign(
+            db,
+            org_name(db, org),
+            str(row["id"]),
+            "schedule",
+            at="2031-12-02T09:00Z",
+            runs=PrefectRuns(),
+            credentials=fresh_credentials,
+        )
     assert (offline.status, offline.flow_run_id) == ("scheduled", None)
     assert offline.done[-1] == "no Prefect run for it: campaign-scheduler starts it at its time"
 
-    bad = create_campaign(org_name(db, org), {"name": "When?", "whatsapp_number": str(number)}, TEMPLATE,
-                          then={"action": "schedule", "time_zone": "Mars/Olympus"}, return_state=True)
+    bad = create_campaign(
+        org_name(db, org),
+        {"name": "When?", "whatsapp_number": str(number)},
+        TEMPLATE,
+        then={"action": "schedule", "time_zone": "Mars/Olympus"},
+        return_state=True,
+    )
     assert bad.is_failed() and bad.message.startswith("time_zone: unknown time zone 'Mars/Olympus'")
 
 
@@ -201,7 +271,8 @@ def control(db, org, campaign: str, action: str, **kwargs):
 
 @pytest.mark.flow
 def test_campaign_control_schedules_reschedules_pauses_resumes_and_cancels_a_scheduled_campaign(
-        db, org, sandbox, send_deployment):
+    db, org, sandbox, send_deployment
+):
     number = add_sandbox_number(db, org, sandbox)
     cid = new_campaign(db, org, number, name="Natal")
 
@@ -241,7 +312,8 @@ def test_campaign_control_schedules_reschedules_pauses_resumes_and_cancels_a_sch
 
 @pytest.mark.flow
 def test_campaign_control_starts_pauses_resumes_and_retries_failures_through_send_campaign_runs(
-        db, org, sandbox, send_deployment):
+    db, org, sandbox, send_deployment
+):
     number = add_sandbox_number(db, org, sandbox)
     add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(3, start=7300)])
     cid = new_campaign(db, org, number, name="Black Friday")
@@ -266,15 +338,19 @@ def test_campaign_control_starts_pauses_resumes_and_retries_failures_through_sen
     nothing = control(db, org, "Black Friday", "retry-failed")
     assert nothing.is_failed() and nothing.message == "No failed recipient to retry"
     with db.begin() as conn:  # two failed sends, one of them an opt-out (never retried)
-        conn.execute(sa.text("""
+        conn.execute(
+            sa.text("""
             insert into campaign_recipients (campaign_id, organization_id, contact_id, phone, status, error_code)
             values (:c, :o, gen_random_uuid(), '+5511900007400', 'failed', 131026),
-                   (:c, :o, gen_random_uuid(), '+5511900007401', 'failed', 131049)"""), {"c": cid, "o": org})
+                   (:c, :o, gen_random_uuid(), '+5511900007401', 'failed', 131049)"""),
+            {"c": cid, "o": org},
+        )
         lifecycle.pause(conn, org, cid)
     retried = control(db, org, "Black Friday", "retry-failed", error_codes=[131026])
     assert retried.is_completed(), retried.message
-    assert retried.result()["done"][0] == ("retry-failed: paused -> running; 1 failed recipients with code 131026 "
-                                           "back to pending")
+    assert retried.result()["done"][0] == (
+        "retry-failed: paused -> running; 1 failed recipients with code 131026 back to pending"
+    )
     assert campaign_row(db, cid)["flow_run_id"] == retried.result()["flow_run_id"] != run_id
 
     ambiguous = control(db, org, "Twice", "pause")

@@ -30,8 +30,9 @@ def sandbox_number(db, org, sandbox) -> uuid.UUID:
     pnid = str(uuid.uuid4().int)[:15]
     sandbox.set_token(pnid, "tok")
     with db.begin() as conn:
-        return tenancy.add_number(conn, org, provider="sandbox", phone_number_id=pnid, block_name=f"sandbox-{pnid}",
-                                  mps=1000)
+        return tenancy.add_number(
+            conn, org, provider="sandbox", phone_number_id=pnid, block_name=f"sandbox-{pnid}", mps=1000
+        )
 
 
 @pytest.fixture
@@ -91,16 +92,19 @@ def test_the_provider_is_asked_whether_the_token_works_before_anything_starts(db
 
     with pytest.raises(Invalid) as exc:
         start(db, org, cid)
-    assert exc.value.details == ["whatsapp credentials: the provider refused the credentials (190): Error validating "
-                                 "access token: Session has expired: The access token is invalid or has expired."]
+    assert exc.value.details == [
+        "whatsapp credentials: the provider refused the credentials (190): Error validating "
+        "access token: Session has expired: The access token is invalid or has expired."
+    ]
     assert campaign_row(db, cid)["status"] == "draft"
 
     sandbox.set_token(phone_number_id(db, number), "tok")
     sandbox.configure(quality_ratings={phone_number_id(db, number): "RED"})
     body = start(db, org, cid)  # a low quality rating is said, not refused
     assert body["status"] == "running"
-    assert body["warnings"] == ["number quality: Meta rates this number's quality RED: more blocks and reports may "
-                                "lower its limits"]
+    assert body["warnings"] == [
+        "number quality: Meta rates this number's quality RED: more blocks and reports may lower its limits"
+    ]
 
 
 def test_an_unreachable_provider_is_a_warning_and_a_disconnected_evolution_instance_a_failure(sandbox):
@@ -127,10 +131,13 @@ def test_the_checklist_says_when_status_webhooks_never_came_back_and_when_everyo
     assert start(db, org, first)["warnings"] == []  # a number that never sent cannot tell yet
     with db.begin() as conn:  # it sent 20 minutes ago; no webhook moved any message past "sent"
         conn.execute(sa.text("update campaigns set audience_frozen_at = now() where id = :c"), {"c": first})
-        conn.execute(sa.text("""
+        conn.execute(
+            sa.text("""
             insert into campaign_recipients (campaign_id, organization_id, contact_id, phone, status, sent_at)
             select :c, organization_id, id, phone, 'sent', now() - interval '20 minutes' from contacts
-            where organization_id = :o"""), {"c": first, "o": org})
+            where organization_id = :o"""),
+            {"c": first, "o": org},
+        )
 
     second = create_campaign(db, org, number)
     assert [w.split(":")[0] for w in start(db, org, second)["warnings"]] == ["webhooks"]
@@ -175,7 +182,9 @@ def test_a_refused_token_is_never_quoted_back_and_a_rate_limit_is_not_a_verdict(
     cut = token[:20]
     server = _graph_answering(400, {"code": 190, "message": f"Malformed access token {cut}", "type": "OAuthException"})
     try:
-        refused = check_number("meta_cloud", Credentials("123", token=token, api_base=f"http://127.0.0.1:{server.server_port}"))
+        refused = check_number(
+            "meta_cloud", Credentials("123", token=token, api_base=f"http://127.0.0.1:{server.server_port}")
+        )
     finally:
         server.shutdown()
         server.server_close()
@@ -185,7 +194,9 @@ def test_a_refused_token_is_never_quoted_back_and_a_rate_limit_is_not_a_verdict(
 
     server = _graph_answering(429, {"code": 4, "message": "Application request limit reached"})
     try:
-        limited = check_number("meta_cloud", Credentials("123", token=token, api_base=f"http://127.0.0.1:{server.server_port}"))
+        limited = check_number(
+            "meta_cloud", Credentials("123", token=token, api_base=f"http://127.0.0.1:{server.server_port}")
+        )
     finally:
         server.shutdown()
         server.server_close()

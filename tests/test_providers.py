@@ -25,8 +25,11 @@ def test_meta_text_and_template_bodies_and_graph_errors(sandbox):
     provider = build_provider("meta_cloud", Credentials("777", "t", sandbox.url))
     ok = asyncio.run(_send(provider, OutboundMessage(41, "+5511900000001", "text", text="Olá")))
     assert ok.ok and ok.message_id.startswith("wamid.")
-    template = {"name": "promo", "language": {"code": "pt_BR"},
-                "components": [{"type": "body", "parameters": [{"type": "text", "text": "Ana"}]}]}
+    template = {
+        "name": "promo",
+        "language": {"code": "pt_BR"},
+        "components": [{"type": "body", "parameters": [{"type": "text", "text": "Ana"}]}],
+    }
     assert asyncio.run(_send(provider, OutboundMessage(42, "+5511900000002", "template", template=template))).ok
     sent = {m["biz_opaque_callback_data"]: m for m in sandbox.messages()}
     assert sent["pytake:41"]["to"] == "5511900000001" and sent["pytake:41"]["body"] == "Olá"
@@ -67,11 +70,25 @@ def test_evolution_send_text_with_apikey_and_its_errors():
         if body["number"].endswith("5"):  # the gateway down
             return web.json_response({"status": 503, "error": "Service Unavailable"}, status=503)
         if body["number"].endswith("0"):
-            return web.json_response({"status": 400, "error": "Bad Request", "response": {"message": [
-                {"exists": False, "jid": f"{body['number']}@s.whatsapp.net", "number": body["number"]}]}},
-                status=400)
-        return web.json_response({"key": {"remoteJid": f"{body['number']}@s.whatsapp.net", "fromMe": True,
-                                          "id": "3EB0ABC"}, "status": "PENDING"}, status=201)
+            return web.json_response(
+                {
+                    "status": 400,
+                    "error": "Bad Request",
+                    "response": {
+                        "message": [
+                            {"exists": False, "jid": f"{body['number']}@s.whatsapp.net", "number": body["number"]}
+                        ]
+                    },
+                },
+                status=400,
+            )
+        return web.json_response(
+            {
+                "key": {"remoteJid": f"{body['number']}@s.whatsapp.net", "fromMe": True, "id": "3EB0ABC"},
+                "status": "PENDING",
+            },
+            status=201,
+        )
 
     async def main():
         app = web.Application()

@@ -36,8 +36,13 @@ def _left_in_sending(db, org, sandbox, n: int, start: int, claimed_ago: str) -> 
     build_audience_once(db, cid, "sandbox")
     with db.begin() as conn:
         assert len(sending.claim(conn, cid, n)) == n
-        conn.execute(sa.text(f"update campaign_recipients set claimed_at = now() - interval '{claimed_ago}', "
-                             f"in_flight_at = now() - interval '{claimed_ago}' where campaign_id = :c"), {"c": cid})
+        conn.execute(
+            sa.text(
+                f"update campaign_recipients set claimed_at = now() - interval '{claimed_ago}', "
+                f"in_flight_at = now() - interval '{claimed_ago}' where campaign_id = :c"
+            ),
+            {"c": cid},
+        )
     return cid
 
 

@@ -87,4 +87,3 @@ def test_caps_grant_what_every_window_has_room_for_and_say_when_the_full_one_end
     day_end = refused[0].until
     assert day_end % 86400 == 0 and 0 < day_end - time.time() <= 86400
     assert after_refund.count == 1  # one given back, one taken again
-

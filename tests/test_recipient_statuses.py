@@ -27,10 +27,13 @@ SEED_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 def run_campaign(db, org, sandbox, n: int = 20, **sandbox_config) -> tuple[uuid.UUID, dict[str, uuid.UUID]]:
     """n contacts (+55119000000NN); numbers ending in 3 fail by webhook (131026), in 7 synchronously (100);
     one opted-out contact and one invalid phone are skipped. Returns the campaign and contact ids by phone."""
-    sandbox.configure(rules=[
-        {"match": "3$", "code": 131026, "where": "webhook"},
-        {"match": "7$", "code": 100, "message": "(#100) Invalid parameter: to"},
-    ], **sandbox_config)
+    sandbox.configure(
+        rules=[
+            {"match": "3$", "code": 131026, "where": "webhook"},
+            {"match": "7$", "code": 100, "message": "(#100) Invalid parameter: to"},
+        ],
+        **sandbox_config,
+    )
     number = add_sandbox_number(db, org, sandbox)
     rows = [{"phone": p, "name": f"Ana {i}"} for i, p in enumerate(phones(n))]
     rows += [{"phone": "+5511988887777", "name": "Bia", "opted_out": True}, {"phone": "oops", "name": "Caio"}]
@@ -75,11 +78,20 @@ def test_the_failed_filter_returns_exactly_the_failures_with_code_and_reason(db,
     refused = failed["recipients"][str(ids["+5511900000007"])]
     assert refused["error_code"] == 100 and "Invalid parameter" in refused["error_message"]
     assert refused["message_id"] is None
-    assert refused["attempts"] == [{"attempt": 0, "success": False, "timestamp": refused["attempts"][0]["timestamp"],
-                                    "error_code": 100, "error_message": refused["error_message"]}]
+    assert refused["attempts"] == [
+        {
+            "attempt": 0,
+            "success": False,
+            "timestamp": refused["attempts"][0]["timestamp"],
+            "error_code": 100,
+            "error_message": refused["error_message"],
+        }
+    ]
 
     assert {k: v["skip_reason"] for k, v in skipped["recipients"].items()} == {
-        str(ids["+5511988887777"]): "opt_out", str(ids["oops"]): "invalid_number"}
+        str(ids["+5511988887777"]): "opt_out",
+        str(ids["oops"]): "invalid_number",
+    }
     assert all(v["attempts"] == [] and v["message_id"] is None for v in skipped["recipients"].values())
 
     assert set(replied["recipients"]) == {str(ids[p]) for p in phones(20) if p not in failing}
@@ -111,8 +123,13 @@ def test_pages_return_every_recipient_exactly_once_while_statuses_change(db, org
             break
         if step == 1:  # statuses move under the reader (read receipts arrive): no row moves between pages
             with db.begin() as conn:
-                conn.execute(sa.text("update campaign_recipients set status = 'read', read_at = now() "
-                                     "where campaign_id = :c and status = 'delivered'"), {"c": cid})
+                conn.execute(
+                    sa.text(
+                        "update campaign_recipients set status = 'read', read_at = now() "
+                        "where campaign_id = :c and status = 'delivered'"
+                    ),
+                    {"c": cid},
+                )
     assert len(seen) == len(set(seen)) == 42
     assert set(seen) == {str(i) for i in ids.values()}
     assert len(all_pages(db, org, cid)) == 6  # 42 = 6 full pages of 7, and no empty page after them
@@ -125,8 +142,9 @@ def test_pages_return_every_recipient_exactly_once_while_statuses_change(db, org
 def test_the_csv_export_has_a_header_and_one_line_per_matching_recipient(db, org, sandbox):
     cid, ids = run_campaign(db, org, sandbox)
     with db.begin() as conn:  # a contact named like a spreadsheet formula must not run as one
-        conn.execute(sa.text("update contacts set name = '=HYPERLINK(\"x\")' where id = :i"),
-                     {"i": ids["+5511900000013"]})
+        conn.execute(
+            sa.text("update contacts set name = '=HYPERLINK(\"x\")' where id = :i"), {"i": ids["+5511900000013"]}
+        )
 
     out = io.BytesIO()
     with db.connect() as conn:
@@ -139,7 +157,7 @@ def test_the_csv_export_has_a_header_and_one_line_per_matching_recipient(db, org
     assert {r["status"] for r in rows} == {"failed"} and {r["error_code"] for r in rows} == {"131026", "100"}
     assert all(r["error_message"] and SEED_TIME.match(r["failed_at"]) for r in rows)
     formula = next(r for r in rows if r["contact_id"] == str(ids["+5511900000013"]))
-    assert formula["contact_name"] == "'=HYPERLINK(\"x\")" and formula["contact_phone"] == "5511900000013"
+    assert formula["contact_name"] == '\'=HYPERLINK("x")' and formula["contact_phone"] == "5511900000013"
     assert json.loads(formula["attempts"])[0]["attempt"] == 0
 
     everything = io.BytesIO()
@@ -178,8 +196,6 @@ def test_another_organization_sees_nothing(db, org, sandbox):
         assert page(conn, org, cid)["total"] == 5
     assert body["total"] == 0 and body["recipients"] == {} and body["next_cursor"] is None
     assert out.getvalue().decode().splitlines() == [",".join(CSV_COLUMNS)]
-
-
 
 
 def test_the_command_line_lists_pages_and_exports_failures(db, org, sandbox, tmp_path):

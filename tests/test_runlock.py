@@ -28,10 +28,17 @@ def _terminate_holder(db, campaign: uuid.UUID) -> list[bool]:
 
     key = _key(campaign) & 0xFFFFFFFFFFFFFFFF  # pg_locks shows a bigint key as two unsigned 32-bit halves
     with db.begin() as conn:
-        return conn.execute(sa.text("""
+        return (
+            conn.execute(
+                sa.text("""
             select pg_terminate_backend(pid) from pg_locks
             where locktype = 'advisory' and granted and classid::bigint = :hi and objid::bigint = :lo
-        """), {"hi": key >> 32, "lo": key & 0xFFFFFFFF}).scalars().all()
+        """),
+                {"hi": key >> 32, "lo": key & 0xFFFFFFFF},
+            )
+            .scalars()
+            .all()
+        )
 
 
 def test_a_runner_whose_lock_connection_died_takes_the_lock_again_and_stays_the_only_runner(db):

@@ -79,10 +79,17 @@ def _terminate_lock_backend(db, cid) -> list[bool]:
 
     key = _key(cid) & 0xFFFFFFFFFFFFFFFF  # pg_locks shows a bigint key as two unsigned 32-bit halves
     with db.begin() as conn:
-        return conn.execute(sa.text("""
+        return (
+            conn.execute(
+                sa.text("""
             select pg_terminate_backend(pid) from pg_locks
             where locktype = 'advisory' and granted and classid::bigint = :hi and objid::bigint = :lo
-        """), {"hi": key >> 32, "lo": key & 0xFFFFFFFF}).scalars().all()
+        """),
+                {"hi": key >> 32, "lo": key & 0xFFFFFFFF},
+            )
+            .scalars()
+            .all()
+        )
 
 
 def test_a_runner_whose_lock_died_with_its_postgres_connection_takes_it_again_and_carries_on(db, org, sandbox):

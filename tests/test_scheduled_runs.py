@@ -41,8 +41,9 @@ def test_a_run_that_comes_before_the_campaigns_time_does_nothing_and_one_on_time
     assert row["flow_run_id"] == "its-scheduled-run"  # still the run under Upcoming
 
     with db.begin() as conn:  # its time has come
-        conn.execute(sa.text("update campaigns set scheduled_at = now() - interval '1 second' where id = :c"),
-                     {"c": cid})
+        conn.execute(
+            sa.text("update campaigns set scheduled_at = now() - interval '1 second' where id = :c"), {"c": cid}
+        )
     assert send_campaign(cid)["status"] == "completed"
     assert len(sandbox.messages()) == 3
 
@@ -60,8 +61,13 @@ def test_campaign_scheduler_leaves_a_due_campaign_to_its_own_run_then_takes_over
     assert cid not in due.started and campaign_row(db, cid)["status"] == "scheduled"  # its run starts it
 
     with db.begin() as conn:  # a minute later its run has still not come (nothing served it)
-        conn.execute(sa.text("update campaigns set scheduled_at = now() - interval '2 minutes', "
-                             "updated_at = now() - interval '2 minutes' where id = :c"), {"c": cid})
+        conn.execute(
+            sa.text(
+                "update campaigns set scheduled_at = now() - interval '2 minutes', "
+                "updated_at = now() - interval '2 minutes' where id = :c"
+            ),
+            {"c": cid},
+        )
     due = due_campaigns(db, start_campaign, flow_run_state)
     assert cid in due.started and campaign_row(db, cid)["status"] == "running"
     cancelled = prefect_run(run_id).state
@@ -80,9 +86,14 @@ def test_scheduling_without_prefect_still_schedules_in_the_database_with_a_warni
         assert services.follow_transition(db, org, cid, t, PrefectRuns()) is None
     row = campaign_row(db, cid)
     assert (row["status"], row["scheduled_at"], row["flow_run_id"]) == (
-        "scheduled", datetime(2031, 12, 1, 9, tzinfo=UTC), None)
-    assert (f"campaign {cid} is scheduled for 2031-12-01T09:00:00Z, but Prefect has no run for it (ConnectError"
-            in caplog.text)
+        "scheduled",
+        datetime(2031, 12, 1, 9, tzinfo=UTC),
+        None,
+    )
+    assert (
+        f"campaign {cid} is scheduled for 2031-12-01T09:00:00Z, but Prefect has no run for it (ConnectError"
+        in caplog.text
+    )
 
 
 def test_the_api_and_the_cli_schedule_through_prefect_too(db, org, sandbox, send_deployment):

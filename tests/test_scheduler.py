@@ -21,8 +21,10 @@ def _running_since_two_minutes(db, org, number, flow_run_id: str | None = None) 
     cid = create_campaign(db, org, number)
     start_campaign(db, org, cid)
     with db.begin() as conn:
-        conn.execute(sa.text("update campaigns set updated_at = now() - interval '2 minutes', flow_run_id = :r "
-                             "where id = :c"), {"c": cid, "r": flow_run_id})
+        conn.execute(
+            sa.text("update campaigns set updated_at = now() - interval '2 minutes', flow_run_id = :r where id = :c"),
+            {"c": cid, "r": flow_run_id},
+        )
     return cid
 
 
@@ -82,7 +84,8 @@ def test_a_flow_run_cancelled_in_the_ui_pauses_its_campaign_and_a_failed_one_say
 
 
 def test_a_runner_stopped_with_serve_is_relaunched_one_waiting_for_a_slot_is_left_and_a_crash_loop_stops(
-        db, org, sandbox):
+    db, org, sandbox
+):
     number = add_sandbox_number(db, org, sandbox)
     add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(2, start=9500)])
     # `serve` stopping cancels its runs with this message: the runner was lost, nobody meant to stop it.
@@ -130,10 +133,12 @@ def _operator(db, org, action: str, cid: uuid.UUID) -> None:
 
 def _acting(db, org, target: uuid.UUID, before: str):
     """The scheduler's start, with the operator's `before` action between its SELECT and the start of `target`."""
+
     def start(db_, org_, cid):
         if cid == target:
             _operator(db, org, before, cid)
         return start_campaign(db_, org_, cid)
+
     return start
 
 

@@ -52,8 +52,9 @@ TALL = {"width": 1440, "height": 1200}  # a run page with its whole log under th
 
 def deployment_row(page: Page, flow: str):
     """The Deployments table's row of `<flow>/default` (other deployments of the flow may be listed too)."""
-    return (page.get_by_role("row").filter(has_text=flow)
-            .filter(has=page.get_by_role("link", name="default", exact=True)))
+    return (
+        page.get_by_role("row").filter(has_text=flow).filter(has=page.get_by_role("link", name="default", exact=True))
+    )
 
 
 def open_deployments(page: Page) -> None:
@@ -71,8 +72,9 @@ def test_the_root_url_opens_the_v2_dashboard_and_it_reaches_this_servers_api(pag
         page.goto(ui_url("/"))
     expect(page).to_have_url(re.compile(r"/v2/dashboard\b"))
     # A card filled from the API: the run counts, or the empty state of a server that never ran a flow.
-    expect(page.get_by_text("Flow Runs", exact=True).or_(page.get_by_text("Run a task or flow to get started"))
-           .first).to_be_visible()
+    expect(
+        page.get_by_text("Flow Runs", exact=True).or_(page.get_by_text("Run a task or flow to get started")).first
+    ).to_be_visible()
     expect(page.get_by_text(CANT_CONNECT)).to_have_count(0)
     screenshot(page, "01-dashboard")
 
@@ -134,8 +136,9 @@ def test_the_send_campaign_deployment_page_and_its_run_form(page: Page, campaign
 
 def _logs(run_id: uuid.UUID | str) -> str:
     with get_client(sync_client=True) as client:
-        entries = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[uuid.UUID(str(run_id))])),
-                                   limit=200)
+        entries = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[uuid.UUID(str(run_id))])), limit=200
+        )
     return "\n".join(entry.message for entry in entries)
 
 
@@ -218,7 +221,10 @@ def control_campaign(page: Page, organization: str, campaign: str, action: str, 
         screenshot(page, shot)
     run = submit(page)
     assert {k: run["parameters"][k] for k in ("organization", "campaign", "action")} == {
-        "organization": organization, "campaign": campaign, "action": action}
+        "organization": organization,
+        "campaign": campaign,
+        "action": action,
+    }
     return _wait_for_state(run["id"], lambda s: s.is_final())
 
 
@@ -261,8 +267,9 @@ def state_badge(page: Page, state: str):
 
 
 @pytest.mark.flow
-def test_an_operator_creates_and_starts_a_campaign_from_its_form_and_reads_its_run(page: Page, db, sandbox,
-                                                                                   campaigns_serve):
+def test_an_operator_creates_and_starts_a_campaign_from_its_form_and_reads_its_run(
+    page: Page, db, sandbox, campaigns_serve
+):
     # What the operator has before opening the UI: an organization, its WhatsApp number, its contacts.
     org = new_org(db, "acme")
     org_name_ = org_name(db, org)
@@ -290,22 +297,46 @@ def test_an_operator_creates_and_starts_a_campaign_from_its_form_and_reads_its_r
     assert run["parameters"] == {
         "organization": org_name_,
         "campaign": {"name": "Boas-vindas", "description": "", "whatsapp_number": pnid},
-        "message": {"message_type": "template", "text": "", "template_name": "boas_vindas", "language": "pt_BR",
-                    "template_variables": {"body": ["{{contact.name}}"]}},
-        "audience": {"audience_type": "all_contacts", "tags": [], "match": "any", "contact_ids": [],
-                     "respect_opt_out": True, "skip_active_conversations": False},
-        "pace": {"messages_per_hour": None, "delay_between_messages_seconds": 0, "retry_max_attempts": 3,
-                 "retry_base_delay": 60, "retry_max_delay": 3600},
+        "message": {
+            "message_type": "template",
+            "text": "",
+            "template_name": "boas_vindas",
+            "language": "pt_BR",
+            "template_variables": {"body": ["{{contact.name}}"]},
+        },
+        "audience": {
+            "audience_type": "all_contacts",
+            "tags": [],
+            "match": "any",
+            "contact_ids": [],
+            "respect_opt_out": True,
+            "skip_active_conversations": False,
+        },
+        "pace": {
+            "messages_per_hour": None,
+            "delay_between_messages_seconds": 0,
+            "retry_max_attempts": 3,
+            "retry_base_delay": 60,
+            "retry_max_delay": 3600,
+        },
         "then": {"action": "start", "at": None, "time_zone": "America/Sao_Paulo"},
     }
     state = _wait_for_state(run["id"], lambda s: s.is_final())
     assert state.is_completed(), state.message
     with db.connect() as conn:
-        campaign = conn.execute(sa.text("select id, status, flow_run_id from campaigns where organization_id = :o"),
-                                {"o": org}).mappings().one()
-    _wait_for_log(run["id"], f"created campaign {campaign['id']} 'Boas-vindas' (template, audience all_contacts) "
-                             "as a draft", f"started campaign {campaign['id']} 'Boas-vindas': audience of 30 contacts",
-                  f"send-campaign flow run {campaign['flow_run_id']} will send it")
+        campaign = (
+            conn.execute(
+                sa.text("select id, status, flow_run_id from campaigns where organization_id = :o"), {"o": org}
+            )
+            .mappings()
+            .one()
+        )
+    _wait_for_log(
+        run["id"],
+        f"created campaign {campaign['id']} 'Boas-vindas' (template, audience all_contacts) as a draft",
+        f"started campaign {campaign['id']} 'Boas-vindas': audience of 30 contacts",
+        f"send-campaign flow run {campaign['flow_run_id']} will send it",
+    )
 
     # The toast's "View run": the create-campaign run, named after the campaign, tells what it did.
     page.get_by_role("link", name="View run").click()
@@ -341,7 +372,8 @@ def test_an_operator_creates_and_starts_a_campaign_from_its_form_and_reads_its_r
 
 @pytest.mark.flow
 def test_campaign_control_pauses_a_sending_campaign_resume_and_cancel_on_its_run_page_do_what_they_say(
-        page: Page, db, sandbox, campaigns_serve):
+    page: Page, db, sandbox, campaigns_serve
+):
     # A slow campaign: 150 contacts on a number allowed 2 messages a second, a draft until the operator starts it.
     org = new_org(db, "acme")
     org_name_ = org_name(db, org)

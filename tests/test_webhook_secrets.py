@@ -22,8 +22,9 @@ def test_a_flood_of_large_forged_bodies_is_bounded_and_genuine_webhooks_still_ge
     """Each large forged body hashes 3 MB once per known secret: past the checker's bound a new one is
     answered 503 at once (Meta retries a 5xx), and a small genuine webhook is checked and stored meanwhile."""
     many = KnownSecrets(app_secrets=[APP_SECRET.encode()] + [f"app-{i}".encode() for i in range(100)])
-    server = ThreadedServer(create_app(os.environ["DATABASE_URL"], many,
-                                       checker=SignatureChecker(threads=1, waiting=1))).start()
+    server = ThreadedServer(
+        create_app(os.environ["DATABASE_URL"], many, checker=SignatureChecker(threads=1, waiting=1))
+    ).start()
     url = server.url + "/webhooks/whatsapp"
     big = b"x" * (3 * 1024 * 1024 - 1)
     try:
@@ -38,8 +39,12 @@ def test_a_flood_of_large_forged_bodies_is_bounded_and_genuine_webhooks_still_ge
     assert genuine.status_code == 200
     assert 503 in answers and set(answers) <= {401, 503}, answers
     with db.connect() as conn:
-        assert conn.execute(sa.text("select count(*) from webhook_events where body = :b"),
-                            {"b": body.decode()}).scalar_one() == 1
+        assert (
+            conn.execute(
+                sa.text("select count(*) from webhook_events where body = :b"), {"b": body.decode()}
+            ).scalar_one()
+            == 1
+        )
 
 
 def test_a_malformed_signature_header_is_refused_without_hashing():
@@ -68,8 +73,9 @@ def test_one_secret_loader_at_a_time_however_many_requests_arrive(db):
     url = server.url + "/webhooks/whatsapp"
     try:
         with ThreadPoolExecutor(16) as pool:
-            answers = list(pool.map(lambda _: httpx.post(url, content=b"{}", headers=FORGED, timeout=60).status_code,
-                                    range(64)))
+            answers = list(
+                pool.map(lambda _: httpx.post(url, content=b"{}", headers=FORGED, timeout=60).status_code, range(64))
+            )
     finally:
         server.stop()
     assert set(answers) == {401}
@@ -81,10 +87,26 @@ def test_a_well_known_secret_signs_nothing_in_the_receiver(db, org, sandbox):
     from blocks.numbers import add_number, secrets_loader
 
     with db.begin() as conn:
-        add_number(conn, org, provider="meta_cloud", phone_number_id="555000111", token="t",
-                   app_secret="demo-app-secret", verify_token="v", api_base=sandbox.url)
-        add_number(conn, org, provider="meta_cloud", phone_number_id="555000112", token="t",
-                   app_secret="a-real-secret-of-this-app", verify_token="v", api_base=sandbox.url)
+        add_number(
+            conn,
+            org,
+            provider="meta_cloud",
+            phone_number_id="555000111",
+            token="t",
+            app_secret="demo-app-secret",
+            verify_token="v",
+            api_base=sandbox.url,
+        )
+        add_number(
+            conn,
+            org,
+            provider="meta_cloud",
+            phone_number_id="555000112",
+            token="t",
+            app_secret="a-real-secret-of-this-app",
+            verify_token="v",
+            api_base=sandbox.url,
+        )
     known = secrets_loader()
     assert b"demo-app-secret" not in known.app_secrets
     assert b"a-real-secret-of-this-app" in known.app_secrets
@@ -94,10 +116,21 @@ def test_a_well_known_secret_signs_nothing_in_the_receiver(db, org, sandbox):
 
         body = json.dumps(meta_change("555000111", statuses=[])).encode()
         # the first request waits for the secrets' first load: every number's block, many after a full suite
-        assert httpx.post(server.url + "/webhooks/whatsapp", content=body, timeout=60,
-                          headers=signed(body, "demo-app-secret")).status_code == 401
-        assert httpx.post(server.url + "/webhooks/whatsapp", content=body, timeout=60,
-                          headers=signed(body, "a-real-secret-of-this-app")).status_code == 200
+        assert (
+            httpx.post(
+                server.url + "/webhooks/whatsapp", content=body, timeout=60, headers=signed(body, "demo-app-secret")
+            ).status_code
+            == 401
+        )
+        assert (
+            httpx.post(
+                server.url + "/webhooks/whatsapp",
+                content=body,
+                timeout=60,
+                headers=signed(body, "a-real-secret-of-this-app"),
+            ).status_code
+            == 200
+        )
     finally:
         server.stop()
 

@@ -24,8 +24,9 @@ from tests.helpers import (
 
 def _events_after(db, last_id):
     with db.connect() as conn:
-        return conn.execute(sa.text("select id, body, state from webhook_events where id > :i order by id"),
-                            {"i": last_id}).all()
+        return conn.execute(
+            sa.text("select id, body, state from webhook_events where id > :i order by id"), {"i": last_id}
+        ).all()
 
 
 def _last_id(db):
@@ -47,8 +48,7 @@ def test_signature_bad_json_oversize_and_verification(db, receiver):
     stored = httpx.post(receiver, content=junk, headers=signed(junk))
     assert stored.status_code == 200  # answered so Meta stops retrying; kept for a human to see
     big = b"x" * (3 * 1024 * 1024 + 1)
-    assert httpx.post(receiver, content=big, headers=signed(big)
-                      ).status_code == 413
+    assert httpx.post(receiver, content=big, headers=signed(big)).status_code == 413
     events = _events_after(db, start)
     assert [bytes(e.body) for e in events] == [body, junk]
 
@@ -100,8 +100,7 @@ def test_a_signed_but_malformed_event_never_blocks_the_others(db, org, sandbox, 
         b'{"entry": "not a list"}',
     ]
     for body in odd:
-        assert httpx.post(receiver, content=body, headers=signed(body)
-                          ).status_code == 200
+        assert httpx.post(receiver, content=body, headers=signed(body)).status_code == 200
     assert run_campaign(cid)["status"] == "completed"
     sandbox.drain_webhooks(timeout=10)
     ingest_pending(db)
@@ -113,8 +112,9 @@ def test_a_signed_but_malformed_event_never_blocks_the_others(db, org, sandbox, 
 
 
 @pytest.mark.flow
-def test_a_status_before_its_send_is_recorded_waits_then_applies_and_the_unknown_is_orphaned(db, org, sandbox,
-                                                                                            receiver):
+def test_a_status_before_its_send_is_recorded_waits_then_applies_and_the_unknown_is_orphaned(
+    db, org, sandbox, receiver
+):
     number = add_sandbox_number(db, org, sandbox)
     add_contacts(db, org, [{"phone": "+5511900000801", "name": "Ana"}])
     cid = create_campaign(db, org, number)
@@ -123,23 +123,42 @@ def test_a_status_before_its_send_is_recorded_waits_then_applies_and_the_unknown
     ingest_pending(db)
     row = recipients(db, cid)[0]
     with db.begin() as conn:  # as if the batch had not recorded its outcome yet: no wamid on the row
-        conn.execute(sa.text("update campaign_recipients set wamid = null, status = 'sending', "
-                             "delivered_at = null, read_at = null where id = :i"), {"i": row["id"]})
+        conn.execute(
+            sa.text(
+                "update campaign_recipients set wamid = null, status = 'sending', "
+                "delivered_at = null, read_at = null where id = :i"
+            ),
+            {"i": row["id"]},
+        )
     start = _last_id(db)
     early = {"id": row["wamid"], "status": "delivered", "timestamp": "1800000000", "recipient_id": "5511900000801"}
     # no callback data: only the wamid can match
     assert post_signed(receiver, meta_change("1", statuses=[early])) == 200
     unknown = {"id": "wamid.NOBODY", "status": "read", "timestamp": "1800000000", "recipient_id": "1"}
     assert post_signed(receiver, meta_change("1", statuses=[unknown])) == 200
-    field = {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [
-        {"field": "message_template_status_update", "value": {"event": "APPROVED", "message_template_id": 1}}]}]}
+    field = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "1",
+                "changes": [
+                    {
+                        "field": "message_template_status_update",
+                        "value": {"event": "APPROVED", "message_template_id": 1},
+                    }
+                ],
+            }
+        ],
+    }
     assert post_signed(receiver, field) == 200  # a field we do not handle: stored, answered, processed
 
     assert ingest_pending(db).unmatched == 2
     assert [e.state for e in _events_after(db, start)] == ["pending", "pending", "processed"]
     with db.begin() as conn:  # the batch records its outcome; the backoff passes; the unknown one gives up
-        conn.execute(sa.text("update campaign_recipients set wamid = :w, status = 'sent' where id = :i"),
-                     {"w": row["wamid"], "i": row["id"]})
+        conn.execute(
+            sa.text("update campaign_recipients set wamid = :w, status = 'sent' where id = :i"),
+            {"w": row["wamid"], "i": row["id"]},
+        )
         conn.execute(sa.text("update webhook_events set retry_at = now() where id > :s"), {"s": start})
         conn.execute(sa.text("update webhook_events set attempts = 29 where id = :i"), {"i": start + 2})
     ingest_pending(db)

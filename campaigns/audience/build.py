@@ -63,12 +63,16 @@ def load_contacts(
         for chunk in copy:
             buf.write(chunk)
     schema = {
-        "contact_id": pl.Utf8, "phone": pl.Utf8, "opted_out": pl.Utf8, "in_conversation": pl.Utf8,
+        "contact_id": pl.Utf8,
+        "phone": pl.Utf8,
+        "opted_out": pl.Utf8,
+        "in_conversation": pl.Utf8,
         "last_inbound_at": pl.Utf8,
     }
     if buf.tell() == 0:
         return pl.DataFrame(schema=schema).with_columns(
-            pl.col("opted_out").cast(pl.Boolean), pl.col("in_conversation").cast(pl.Boolean),
+            pl.col("opted_out").cast(pl.Boolean),
+            pl.col("in_conversation").cast(pl.Boolean),
             pl.col("last_inbound_at").cast(pl.Datetime("us", "UTC")),
         )
     frame = pl.read_csv(buf.getvalue(), has_header=False, new_columns=list(schema), schema=schema)
@@ -87,10 +91,14 @@ def classify(frame: pl.DataFrame, rules: AudienceRules, now: datetime | None = N
     opted = pl.col("opted_out").any().over("phone")
     in_window = pl.col("last_inbound_at").is_not_null() & (pl.col("last_inbound_at") >= pl.lit(now - WINDOW))
     reason = (
-        pl.when(~valid).then(pl.lit("invalid_number"))
-        .when(pl.lit(rules.respect_opt_out) & opted).then(pl.lit("opt_out"))
-        .when(pl.lit(rules.skip_active_conversations) & pl.col("in_conversation")).then(pl.lit("active_conversation"))
-        .when(pl.lit(rules.require_window) & ~in_window).then(pl.lit("outside_window"))
+        pl.when(~valid)
+        .then(pl.lit("invalid_number"))
+        .when(pl.lit(rules.respect_opt_out) & opted)
+        .then(pl.lit("opt_out"))
+        .when(pl.lit(rules.skip_active_conversations) & pl.col("in_conversation"))
+        .then(pl.lit("active_conversation"))
+        .when(pl.lit(rules.require_window) & ~in_window)
+        .then(pl.lit("outside_window"))
     )
     out = frame.with_columns(skip_reason=reason)
     # Duplicates: among contacts not skipped for another reason, the first of each phone is kept (rows come
@@ -99,9 +107,7 @@ def classify(frame: pl.DataFrame, rules: AudienceRules, now: datetime | None = N
     duplicate = pl.col("skip_reason").is_null() & ~key.is_first_distinct()
     return out.with_columns(
         skip_reason=pl.when(duplicate).then(pl.lit("duplicate")).otherwise(pl.col("skip_reason"))
-    ).with_columns(
-        status=pl.when(pl.col("skip_reason").is_null()).then(pl.lit("pending")).otherwise(pl.lit("skipped"))
-    )
+    ).with_columns(status=pl.when(pl.col("skip_reason").is_null()).then(pl.lit("pending")).otherwise(pl.lit("skipped")))
 
 
 def _copy_chunk(db: sa.Engine, chunk: pl.DataFrame) -> None:

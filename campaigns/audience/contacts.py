@@ -54,8 +54,10 @@ def decode(data: bytes) -> tuple[str, str]:
                 raise ImportFileError(f"not valid {encoding.upper()} (byte {exc.start}): {exc.reason}") from None
     head = data[:400]
     if len(head) >= 4 and max(head[0::2].count(0), head[1::2].count(0)) > len(head) // 4:
-        raise ImportFileError("the file looks like UTF-16 without a byte order mark: save it as UTF-8 "
-                              "(or UTF-16 with its byte order mark)")
+        raise ImportFileError(
+            "the file looks like UTF-16 without a byte order mark: save it as UTF-8 "
+            "(or UTF-16 with its byte order mark)"
+        )
     try:
         return data.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
@@ -111,7 +113,7 @@ def read_records(text: str) -> tuple[list[str], list[int], list[list[str]], list
                 raise ImportFileError(f"the header on line {first + 1} is not readable CSV: {exc}") from None
             spans = reader.line_num - done
             where = "a quote opened on this line is not closed" if spans > 1 else "a stray quote"
-            errors.append((first + 1, f"broken quoting: {where} ({exc}; a quote inside a field is written \"\")"))
+            errors.append((first + 1, f'broken quoting: {where} ({exc}; a quote inside a field is written "")'))
             pos = first + 1
     if header is None:
         raise ImportFileError("the file is empty: a header line with a 'phone' column is needed")
@@ -126,8 +128,9 @@ def _record_problem(fields: list[str], width: int) -> str | None:
     return None
 
 
-def _frame(header: list[str], lines_at: list[int], rows: list[list[str]],
-           has_nul: bool) -> tuple[pl.DataFrame, list[tuple[int, str]]]:
+def _frame(
+    header: list[str], lines_at: list[int], rows: list[list[str]], has_nul: bool
+) -> tuple[pl.DataFrame, list[tuple[int, str]]]:
     """The records as text columns named by the trimmed, lower-cased header (plus LINE); rows with a NUL
     character are left out and reported with the column that holds it."""
     names = [h.strip().lower() for h in header]
@@ -136,8 +139,10 @@ def _frame(header: list[str], lines_at: list[int], rows: list[list[str]],
     seen: dict[str, str] = {}
     for original, name in zip(header, names, strict=True):
         if name and name in seen:
-            raise ImportFileError(f"column {name!r} appears more than once once names are trimmed and lower-cased "
-                                  f"({seen[name]!r} and {original!r})")
+            raise ImportFileError(
+                f"column {name!r} appears more than once once names are trimmed and lower-cased "
+                f"({seen[name]!r} and {original!r})"
+            )
         seen[name] = original
     errors: list[tuple[int, str]] = []
     if has_nul:  # rare: only then is each field looked at here
@@ -177,7 +182,9 @@ def _parse(source: Path | bytes, default_country_code: str) -> tuple[pl.DataFram
     frame = frame.with_columns(
         phone_e164=normalise_expr(pl.col("phone"), default_country_code),
         opted_flag=pl.when(opted.is_in(list(TRUE))).then(True).when(opted.is_in(list(FALSE))).then(False),
-        inbound=pl.col("last_inbound_at").str.strip_chars().replace("", None)
+        inbound=pl.col("last_inbound_at")
+        .str.strip_chars()
+        .replace("", None)
         .str.to_datetime(time_zone="UTC", strict=False),
     )
     problems = pl.concat_str(
@@ -203,20 +210,24 @@ def _parse(source: Path | bytes, default_country_code: str) -> tuple[pl.DataFram
     bad = frame.filter(pl.col("problem").is_not_null()).sort(LINE)
     errors = sorted([*broken, *nul_rows, *zip(bad[LINE].to_list(), bad["problem"].to_list(), strict=True)])
     good = frame.filter(pl.col("problem").is_null())
-    attrs = (
-        pl.struct(attribute_cols).struct.json_encode() if attribute_cols else pl.lit("{}")
-    )
-    tags = pl.col("tags").str.split(by="|").list.eval(pl.element().str.strip_chars()).list.eval(
-        pl.element().filter(pl.element() != "")
+    attrs = pl.struct(attribute_cols).struct.json_encode() if attribute_cols else pl.lit("{}")
+    tags = (
+        pl.col("tags")
+        .str.split(by="|")
+        .list.eval(pl.element().str.strip_chars())
+        .list.eval(pl.element().filter(pl.element() != ""))
     )
     good = good.select(
         phone=pl.col("phone_e164"),
         name=pl.col("name").str.strip_chars().replace("", None),
         # A Postgres array literal: each tag quoted, its backslashes and quotes escaped, so a tag is kept as written.
-        tags=pl.lit("{") + tags.list.eval(
-            pl.lit('"') + pl.element().str.replace_all("\\", "\\\\", literal=True)
-            .str.replace_all('"', '\\"', literal=True) + '"'
-        ).list.join(",") + "}",
+        tags=pl.lit("{")
+        + tags.list.eval(
+            pl.lit('"')
+            + pl.element().str.replace_all("\\", "\\\\", literal=True).str.replace_all('"', '\\"', literal=True)
+            + '"'
+        ).list.join(",")
+        + "}",
         attributes=attrs,
         opted_out=pl.col("opted_flag"),
         last_inbound_at=pl.col("inbound"),
@@ -229,17 +240,20 @@ def import_contacts(conn: sa.Connection, organization_id: uuid.UUID, good: pl.Da
     if good.is_empty():
         return 0, 0
     conn.execute(sa.text("drop table if exists _import"))
-    conn.execute(sa.text(
-        "create temp table _import (phone text, name text, tags text[], attributes jsonb, opted_out bool, "
-        "last_inbound_at timestamptz) on commit drop"
-    ))
+    conn.execute(
+        sa.text(
+            "create temp table _import (phone text, name text, tags text[], attributes jsonb, opted_out bool, "
+            "last_inbound_at timestamptz) on commit drop"
+        )
+    )
     buf = io.BytesIO()
     good.write_csv(buf, include_header=False, datetime_format="%Y-%m-%dT%H:%M:%S%.f%z")
     raw = conn.connection.driver_connection
     with raw.cursor() as cur, cur.copy("copy _import from stdin (format csv)") as copy:
         copy.write(buf.getvalue())
     params = {"org": organization_id}
-    updated = conn.execute(sa.text("""
+    updated = conn.execute(
+        sa.text("""
         update contacts c set name = coalesce(i.name, c.name), tags = i.tags,
                attributes = c.attributes || i.attributes,
                opted_out_at = case when i.opted_out then coalesce(c.opted_out_at, now())
@@ -250,15 +264,20 @@ def import_contacts(conn: sa.Connection, organization_id: uuid.UUID, good: pl.Da
                                      else c.opt_out_source end,
                last_inbound_at = greatest(c.last_inbound_at, i.last_inbound_at), updated_at = now()
         from _import i where c.organization_id = :org and c.phone = i.phone
-    """), params).rowcount
-    inserted = conn.execute(sa.text("""
+    """),
+        params,
+    ).rowcount
+    inserted = conn.execute(
+        sa.text("""
         insert into contacts (organization_id, phone, name, tags, attributes, opted_out_at, opt_out_source,
                               last_inbound_at)
         select :org, i.phone, i.name, i.tags, i.attributes, case when i.opted_out then now() end,
                case when i.opted_out then 'import' end, i.last_inbound_at
         from _import i
         where not exists (select 1 from contacts c where c.organization_id = :org and c.phone = i.phone)
-    """), params).rowcount
+    """),
+        params,
+    ).rowcount
     return inserted, updated
 
 

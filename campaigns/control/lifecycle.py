@@ -66,9 +66,15 @@ def get(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID | str, *, lo
 def get_any_org(conn: sa.Connection, campaign_id: uuid.UUID) -> dict[str, Any]:
     """For the flow, which receives only a campaign id: the row, with its organization's name as `org_name`
     (the run's name and tag)."""
-    row = conn.execute(sa.select(campaigns, organizations.c.name.label("org_name"))
-                       .join(organizations, organizations.c.id == campaigns.c.organization_id)
-                       .where(campaigns.c.id == campaign_id)).mappings().first()
+    row = (
+        conn.execute(
+            sa.select(campaigns, organizations.c.name.label("org_name"))
+            .join(organizations, organizations.c.id == campaigns.c.organization_id)
+            .where(campaigns.c.id == campaign_id)
+        )
+        .mappings()
+        .first()
+    )
     if row is None:
         raise NotFound("Campaign not found")
     return dict(row)
@@ -81,8 +87,11 @@ def _differs(field: str, old: Any, new: Any) -> bool:
 def update(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID, changes: dict[str, Any]) -> None:
     current = get(conn, org, campaign_id, lock=True)
     if current["status"] not in EDITABLE:
-        raise Conflict("Cannot edit running campaign" if current["status"] == "running" else
-                       f"Cannot edit a {current['status']} campaign")
+        raise Conflict(
+            "Cannot edit running campaign"
+            if current["status"] == "running"
+            else f"Cannot edit a {current['status']} campaign"
+        )
     # Values, not keys: a client may PATCH back the whole object it read.
     fixed = sorted(f for f in AUDIENCE_FIELDS & changes.keys() if _differs(f, current[f], changes[f]))
     if fixed and current["audience_frozen_at"] is not None:  # a silent no-op would mislead the operator
@@ -103,8 +112,12 @@ class Transition:
 
 
 def _transition(
-    conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID, allowed: tuple[str, ...],
-    values: dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any]], refusal: str,
+    conn: sa.Connection,
+    org: uuid.UUID,
+    campaign_id: uuid.UUID,
+    allowed: tuple[str, ...],
+    values: dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any]],
+    refusal: str,
 ) -> Transition:
     """One guarded UPDATE; `values` may be worked out from the locked row."""
     current = get(conn, org, campaign_id, lock=True)
@@ -112,23 +125,29 @@ def _transition(
         raise Conflict(refusal.format(status=current["status"]))
     if callable(values):
         values = values(current)
-    conn.execute(
-        sa.update(campaigns).where(campaigns.c.id == current["id"]).values(**values, updated_at=sa.func.now())
-    )
+    conn.execute(sa.update(campaigns).where(campaigns.c.id == current["id"]).values(**values, updated_at=sa.func.now()))
     return Transition(values.get("status", current["status"]), current["status"])
 
 
 def mark_running(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID) -> Transition:
     return _transition(
-        conn, org, campaign_id, STARTABLE,
-        {"status": "running", "started_at": sa.func.coalesce(campaigns.c.started_at, sa.func.now()),
-         "paused_reason": None, "resume_at": None},
+        conn,
+        org,
+        campaign_id,
+        STARTABLE,
+        {
+            "status": "running",
+            "started_at": sa.func.coalesce(campaigns.c.started_at, sa.func.now()),
+            "paused_reason": None,
+            "resume_at": None,
+        },
         "Cannot start a {status} campaign",
     )
 
 
-def pause(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID, reason: str = "operator",
-          message: str | None = None) -> Transition:
+def pause(
+    conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID, reason: str = "operator", message: str | None = None
+) -> Transition:
     values: dict[str, Any] = {"status": "paused", "paused_reason": reason}
     if message:
         values["last_error_message"] = message
@@ -143,8 +162,14 @@ def schedule(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID, at: da
         raise Invalid("scheduled_at: give the time the campaign should start")
     if when.tzinfo is None:
         raise Invalid("scheduled_at: include the time zone (e.g. 2026-12-01T09:00:00-03:00)")
-    return _transition(conn, org, campaign_id, ("draft", "scheduled"), {"status": "scheduled", "scheduled_at": when},
-                       "Cannot schedule a {status} campaign")
+    return _transition(
+        conn,
+        org,
+        campaign_id,
+        ("draft", "scheduled"),
+        {"status": "scheduled", "scheduled_at": when},
+        "Cannot schedule a {status} campaign",
+    )
 
 
 def resume(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID) -> Transition:
@@ -152,15 +177,22 @@ def resume(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID) -> Trans
     by the checklist at its time) goes back to scheduled instead: its start still passes the pre-launch
     checklist, and the scheduler starts it at once if its time has come."""
     return _transition(
-        conn, org, campaign_id, ("paused",),
-        lambda current: {"status": "running" if current["started_at"] else "scheduled", "paused_reason": None,
-                         "resume_at": None},
+        conn,
+        org,
+        campaign_id,
+        ("paused",),
+        lambda current: {
+            "status": "running" if current["started_at"] else "scheduled",
+            "paused_reason": None,
+            "resume_at": None,
+        },
         "Cannot resume a {status} campaign",
     )
 
 
-def retry_failed(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID,
-                 codes: list[int] | None = None) -> tuple[Transition, int]:
+def retry_failed(
+    conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID, codes: list[int] | None = None
+) -> tuple[Transition, int]:
     """Send again to the campaign's failed recipients (those with `codes`, or all but opted-out ones):
     they go back to pending with a fresh retry budget, and the campaign runs again. Their history stays in
     the attempt log; opt-outs are checked again when each batch claims its rows."""
@@ -169,7 +201,8 @@ def retry_failed(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID,
     current = get(conn, org, campaign_id, lock=True)
     if current["status"] not in ("running", "paused", "completed"):
         raise Conflict(f"Cannot retry the failures of a {current['status']} campaign")
-    requeued = conn.execute(sa.text("""
+    requeued = conn.execute(
+        sa.text("""
         update campaign_recipients set status = 'pending', attempts = 0, rate_tries = 0, next_attempt_at = null,
                wamid = null, failed_at = null,
                attempt_log = attempt_log || jsonb_build_array(jsonb_build_object(
@@ -177,20 +210,25 @@ def retry_failed(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID,
         where campaign_id = :c and organization_id = :o and status = 'failed'
           and (cast(:codes as int[]) is null or error_code = any(cast(:codes as int[])))
           and error_code is distinct from :opted_out
-    """), {"c": campaign_id, "o": org, "codes": codes or None, "opted_out": OPTED_OUT}).rowcount
+    """),
+        {"c": campaign_id, "o": org, "codes": codes or None, "opted_out": OPTED_OUT},
+    ).rowcount
     if not requeued:
         raise Conflict("No failed recipient to retry" + (f" with code {', '.join(map(str, codes))}" if codes else ""))
     values: dict[str, Any] = {"status": "running", "completed_at": None, "paused_reason": None, "resume_at": None}
-    conn.execute(sa.update(campaigns).where(campaigns.c.id == current["id"]).values(**values,
-                                                                                   updated_at=sa.func.now()))
+    conn.execute(sa.update(campaigns).where(campaigns.c.id == current["id"]).values(**values, updated_at=sa.func.now()))
     return Transition("running", current["status"]), requeued
 
 
 def cancel(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID) -> Transition:
     """Final. Pending rows become cancelled at once; rows in flight are cancelled by their batch."""
     t = _transition(
-        conn, org, campaign_id, ("draft", "scheduled", "running", "paused"),
-        {"status": "cancelled", "completed_at": sa.func.now()}, "Cannot cancel a {status} campaign",
+        conn,
+        org,
+        campaign_id,
+        ("draft", "scheduled", "running", "paused"),
+        {"status": "cancelled", "completed_at": sa.func.now()},
+        "Cannot cancel a {status} campaign",
     )
     conn.execute(
         sa.text("update campaign_recipients set status = 'cancelled' where campaign_id = :c and status = 'pending'"),
@@ -199,24 +237,37 @@ def cancel(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID) -> Trans
     return t
 
 
-def pause_for_error(conn: sa.Connection, campaign_id: uuid.UUID, reason: str, message: str,
-                    resume_at: datetime | None = None) -> bool:
+def pause_for_error(
+    conn: sa.Connection, campaign_id: uuid.UUID, reason: str, message: str, resume_at: datetime | None = None
+) -> bool:
     """Pause a running campaign from inside the send path (auth_error, template_paused, payment, quality,
     rate_limit with the time it may resume: the scheduler resumes it then)."""
-    return bool(conn.execute(
-        sa.update(campaigns)
-        .where(campaigns.c.id == campaign_id, campaigns.c.status == "running")
-        .values(status="paused", paused_reason=reason, last_error_message=message, resume_at=resume_at,
-                updated_at=sa.func.now())
-    ).rowcount)
+    return bool(
+        conn.execute(
+            sa.update(campaigns)
+            .where(campaigns.c.id == campaign_id, campaigns.c.status == "running")
+            .values(
+                status="paused",
+                paused_reason=reason,
+                last_error_message=message,
+                resume_at=resume_at,
+                updated_at=sa.func.now(),
+            )
+        ).rowcount
+    )
 
 
 def complete_if_done(conn: sa.Connection, campaign_id: uuid.UUID) -> bool:
     """Completed is a query: nothing pending and nothing in flight. A wait for the provider ends with it (its
     last sends may have been settled by their status webhooks while the provider was down)."""
-    return bool(conn.execute(sa.text("""
+    return bool(
+        conn.execute(
+            sa.text("""
         update campaigns set status = 'completed', completed_at = now(), updated_at = now(),
                provider_down_since = null, provider_probe_at = null
         where id = :c and status = 'running' and not exists (
             select 1 from campaign_recipients where campaign_id = :c and status in ('pending', 'sending'))
-    """), {"c": campaign_id}).rowcount)
+    """),
+            {"c": campaign_id},
+        ).rowcount
+    )

@@ -51,10 +51,15 @@ def _extra(position: int, choices: tuple[str, ...] = ()) -> Callable[[dict[str, 
 def _like(name: str, title: str, description: str, position: int, choices: tuple[str, ...] = ()) -> Any:
     """A form field with the default and bounds of CampaignCreate's field `name` (one source of truth)."""
     model_field = CampaignCreate.model_fields[name]
-    bounds = {attr: getattr(m, attr) for m in model_field.metadata
-              for attr in ("ge", "le", "gt", "lt", "min_length", "max_length") if getattr(m, attr, None) is not None}
-    return Field(model_field.default, title=title, description=description,
-                 json_schema_extra=_extra(position, choices), **bounds)
+    bounds = {
+        attr: getattr(m, attr)
+        for m in model_field.metadata
+        for attr in ("ge", "le", "gt", "lt", "min_length", "max_length")
+        if getattr(m, attr, None) is not None
+    }
+    return Field(
+        model_field.default, title=title, description=description, json_schema_extra=_extra(position, choices), **bounds
+    )
 
 
 # -- the create-campaign form ------------------------------------------------------------------------------
@@ -66,12 +71,16 @@ class CampaignDetails(BaseModel):
     model_config = ConfigDict(title="Campaign")
 
     name: str = _like("name", "Name", "Shown in lists, in the API and in the send-campaign run's name.", 0)
-    description: str = Field("", title="Description", description="Optional; for the team.",
-                             json_schema_extra={"position": 1})
+    description: str = Field(
+        "", title="Description", description="Optional; for the team.", json_schema_extra={"position": 1}
+    )
     whatsapp_number: str = Field(
-        title="WhatsApp number", min_length=1, json_schema_extra={"position": 2},
+        title="WhatsApp number",
+        min_length=1,
+        json_schema_extra={"position": 2},
         description="The organization's number that sends it: its phone_number_id (Meta's, e.g. 100000000000001), "
-                    "its display number (+55 11 91234-0001) or its id.")
+        "its display number (+55 11 91234-0001) or its id.",
+    )
 
 
 class MessageForm(BaseModel):
@@ -81,19 +90,36 @@ class MessageForm(BaseModel):
     model_config = ConfigDict(title="Message")
 
     message_type: Literal["text", "template"] = _like(
-        "message_type", "Message type", "template: an approved WhatsApp template; text: free-form text.", 0)
-    text: str = Field("", title="Text", max_length=MAX_TEXT, json_schema_extra={"position": 1},
-                      description="For a text message. Placeholders: {{contact.name}}, {{contact.first_name}}, "
-                                  "{{contact.city}} (any imported column); a fallback after a bar: "
-                                  "{{contact.name|cliente}}.")
-    template_name: str = Field("", title="Template name", json_schema_extra={"position": 2},
-                               description="For a template message: the approved template's name, e.g. black_friday.")
-    language: str = Field("pt_BR", title="Template language", json_schema_extra={"position": 3},
-                          description="The template's locale code: pt_BR, en_US, es…")
+        "message_type", "Message type", "template: an approved WhatsApp template; text: free-form text.", 0
+    )
+    text: str = Field(
+        "",
+        title="Text",
+        max_length=MAX_TEXT,
+        json_schema_extra={"position": 1},
+        description="For a text message. Placeholders: {{contact.name}}, {{contact.first_name}}, "
+        "{{contact.city}} (any imported column); a fallback after a bar: "
+        "{{contact.name|cliente}}.",
+    )
+    template_name: str = Field(
+        "",
+        title="Template name",
+        json_schema_extra={"position": 2},
+        description="For a template message: the approved template's name, e.g. black_friday.",
+    )
+    language: str = Field(
+        "pt_BR",
+        title="Template language",
+        json_schema_extra={"position": 3},
+        description="The template's locale code: pt_BR, en_US, es…",
+    )
     template_variables: dict[str, Any] = Field(
-        default_factory=dict, title="Template variables", json_schema_extra={"position": 4},
+        default_factory=dict,
+        title="Template variables",
+        json_schema_extra={"position": 4},
         description='The template\'s parameters, e.g. {"body": ["{{contact.name}}"]}; also "header" and '
-                    '"buttons": [{"index": 0, "sub_type": "url", "text": "..."}].')
+        '"buttons": [{"index": 0, "sub_type": "url", "text": "..."}].',
+    )
 
 
 class AudienceForm(BaseModel):
@@ -102,18 +128,36 @@ class AudienceForm(BaseModel):
     model_config = ConfigDict(title="Audience")
 
     audience_type: Literal["all_contacts", "tags", "contacts"] = _like(
-        "audience_type", "Audience", "all_contacts: every contact of the organization; tags: contacts with the "
-        "tags below; contacts: the contact ids below.", 0)
-    tags: list[str] = Field(default_factory=list, title="Tags", json_schema_extra={"position": 1},
-                            description="For audience 'tags': e.g. vip, geral.")
-    match: Literal["any", "all"] = Field("any", title="Tags match", json_schema_extra={"position": 2},
-                                         description="any: contacts with one of the tags at least; all: with all.")
-    contact_ids: list[uuid.UUID] = Field(default_factory=list, title="Contact ids", json_schema_extra={"position": 3},
-                                         description="For audience 'contacts': the contacts' ids.")
-    respect_opt_out: bool = _like("respect_opt_out", "Respect opt-outs",
-                                  "Skip contacts who opted out (PARAR, SAIR, STOP…). Leave on.", 4)
-    skip_active_conversations: bool = _like("skip_active_conversations", "Skip active conversations",
-                                            "Skip contacts an agent is talking to now.", 5)
+        "audience_type",
+        "Audience",
+        "all_contacts: every contact of the organization; tags: contacts with the "
+        "tags below; contacts: the contact ids below.",
+        0,
+    )
+    tags: list[str] = Field(
+        default_factory=list,
+        title="Tags",
+        json_schema_extra={"position": 1},
+        description="For audience 'tags': e.g. vip, geral.",
+    )
+    match: Literal["any", "all"] = Field(
+        "any",
+        title="Tags match",
+        json_schema_extra={"position": 2},
+        description="any: contacts with one of the tags at least; all: with all.",
+    )
+    contact_ids: list[uuid.UUID] = Field(
+        default_factory=list,
+        title="Contact ids",
+        json_schema_extra={"position": 3},
+        description="For audience 'contacts': the contacts' ids.",
+    )
+    respect_opt_out: bool = _like(
+        "respect_opt_out", "Respect opt-outs", "Skip contacts who opted out (PARAR, SAIR, STOP…). Leave on.", 4
+    )
+    skip_active_conversations: bool = _like(
+        "skip_active_conversations", "Skip active conversations", "Skip contacts an agent is talking to now.", 5
+    )
 
 
 class PaceForm(BaseModel):
@@ -123,16 +167,29 @@ class PaceForm(BaseModel):
     model_config = ConfigDict(title="Pace and retries")
 
     messages_per_hour: int | None = _like(
-        "messages_per_hour", "Messages per hour", "This campaign's pace (at 100 an hour, 1,000 contacts take 10 "
-        "hours); 'No campaign cap' sends as fast as the delay below and the number's limits allow.", 0,
-        choices=("Messages per hour", "No campaign cap"))
+        "messages_per_hour",
+        "Messages per hour",
+        "This campaign's pace (at 100 an hour, 1,000 contacts take 10 "
+        "hours); 'No campaign cap' sends as fast as the delay below and the number's limits allow.",
+        0,
+        choices=("Messages per hour", "No campaign cap"),
+    )
     delay_between_messages_seconds: float = _like(
-        "delay_between_messages_seconds", "Delay between messages (s)", "Seconds between two sends of this "
-        "campaign, across all its batches (2 s: at most 1,800 an hour; 0: no delay); fractions allowed.", 1)
-    retry_max_attempts: int = _like("retry_max_attempts", "Retries", "Retries after the first send of a message "
-                                    "that failed for a passing reason (so at most retries + 1 sends).", 2)
-    retry_base_delay: int = _like("retry_base_delay", "First retry after (s)",
-                                  "Doubles at each retry, ±20%: 60 s, 120 s, 240 s.", 3)
+        "delay_between_messages_seconds",
+        "Delay between messages (s)",
+        "Seconds between two sends of this "
+        "campaign, across all its batches (2 s: at most 1,800 an hour; 0: no delay); fractions allowed.",
+        1,
+    )
+    retry_max_attempts: int = _like(
+        "retry_max_attempts",
+        "Retries",
+        "Retries after the first send of a message that failed for a passing reason (so at most retries + 1 sends).",
+        2,
+    )
+    retry_base_delay: int = _like(
+        "retry_base_delay", "First retry after (s)", "Doubles at each retry, ±20%: 60 s, 120 s, 240 s.", 3
+    )
     retry_max_delay: int = _like("retry_max_delay", "Longest retry delay (s)", "The doubling stops here.", 4)
 
 
@@ -142,14 +199,24 @@ class AfterCreate(BaseModel):
     model_config = ConfigDict(title="Then")
 
     action: Literal["draft", "start", "schedule"] = Field(
-        "draft", title="Then", json_schema_extra={"position": 0},
+        "draft",
+        title="Then",
+        json_schema_extra={"position": 0},
         description="draft: only create it; start: run the pre-launch checklist and send now; schedule: start by "
-                    "itself at the time below (it shows under Upcoming in Prefect).")
-    at: datetime | None = Field(None, title="Start at", description="For schedule: the date and time to start.",
-                                json_schema_extra=_extra(1, ("Date and time", "Not scheduled")))
-    time_zone: str = Field(DEFAULT_TIME_ZONE, title="Time zone", json_schema_extra={"position": 2},
-                           description="For a start time written without a zone; an IANA name (America/Sao_Paulo, "
-                                       "America/Manaus, UTC).")
+        "itself at the time below (it shows under Upcoming in Prefect).",
+    )
+    at: datetime | None = Field(
+        None,
+        title="Start at",
+        description="For schedule: the date and time to start.",
+        json_schema_extra=_extra(1, ("Date and time", "Not scheduled")),
+    )
+    time_zone: str = Field(
+        DEFAULT_TIME_ZONE,
+        title="Time zone",
+        json_schema_extra={"position": 2},
+        description="For a start time written without a zone; an IANA name (America/Sao_Paulo, America/Manaus, UTC).",
+    )
 
 
 ControlAction = Literal["pause", "resume", "cancel", "retry-failed", "schedule", "start"]
@@ -174,8 +241,14 @@ class Outcome:
         logger.info("%s", line)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"campaign_id": str(self.campaign_id), "name": self.name, "status": self.status,
-                "flow_run_id": self.flow_run_id, "total_recipients": self.total_recipients, "done": self.done}
+        return {
+            "campaign_id": str(self.campaign_id),
+            "name": self.name,
+            "status": self.status,
+            "flow_run_id": self.flow_run_id,
+            "total_recipients": self.total_recipients,
+            "done": self.done,
+        }
 
 
 def describe(exc: CampaignError) -> str:
@@ -206,13 +279,17 @@ def find_number(conn: sa.Connection, org: uuid.UUID, ref: str) -> uuid.UUID:
     if len(found) == 1:
         return found[0]
     if found:
-        raise Invalid(f"whatsapp_number: {ref!r} matches {len(found)} numbers; give the id of one: "
-                      + ", ".join(map(str, found)))
-    known = conn.execute(sa.select(n.phone_number_id, n.display_phone_number).where(n.organization_id == org)
-                         .order_by(n.created_at).limit(10)).all()
+        raise Invalid(
+            f"whatsapp_number: {ref!r} matches {len(found)} numbers; give the id of one: " + ", ".join(map(str, found))
+        )
+    known = conn.execute(
+        sa.select(n.phone_number_id, n.display_phone_number)
+        .where(n.organization_id == org)
+        .order_by(n.created_at)
+        .limit(10)
+    ).all()
     listed = ", ".join(f"{p} ({d})" if d else p for p, d in known) or "none yet"
-    raise Invalid(f"whatsapp_number: no WhatsApp number {ref!r} in this organization (its numbers: "
-                  f"{listed})")
+    raise Invalid(f"whatsapp_number: no WhatsApp number {ref!r} in this organization (its numbers: {listed})")
 
 
 def find_campaign(conn: sa.Connection, org: uuid.UUID, ref: str) -> dict[str, Any]:
@@ -222,13 +299,22 @@ def find_campaign(conn: sa.Connection, org: uuid.UUID, ref: str) -> dict[str, An
         return lifecycle.get(conn, org, uuid.UUID(ref))
     except ValueError:
         pass
-    rows = conn.execute(sa.select(campaigns).where(campaigns.c.organization_id == org, campaigns.c.name == ref)
-                        .order_by(campaigns.c.created_at.desc())).mappings().all()
+    rows = (
+        conn.execute(
+            sa.select(campaigns)
+            .where(campaigns.c.organization_id == org, campaigns.c.name == ref)
+            .order_by(campaigns.c.created_at.desc())
+        )
+        .mappings()
+        .all()
+    )
     if not rows:
         raise NotFound(f"Campaign not found: no campaign named {ref!r} in this organization")
     if len(rows) > 1:
-        raise Invalid(f"campaign: {len(rows)} campaigns are named {ref!r}; give the id of the one you mean",
-                      [f"{r['id']} ({r['status']}, created {iso_z(r['created_at'])})" for r in rows])
+        raise Invalid(
+            f"campaign: {len(rows)} campaigns are named {ref!r}; give the id of the one you mean",
+            [f"{r['id']} ({r['status']}, created {iso_z(r['created_at'])})" for r in rows],
+        )
     return dict(rows[0])
 
 
@@ -237,8 +323,9 @@ def start_time(at: datetime | str | None, time_zone: str) -> tuple[datetime, str
     try:
         zone = ZoneInfo((time_zone or "").strip() or DEFAULT_TIME_ZONE)
     except (ZoneInfoNotFoundError, ValueError):
-        raise Invalid(f"time_zone: unknown time zone {time_zone!r} (an IANA name such as "
-                      f"{DEFAULT_TIME_ZONE} or UTC)") from None
+        raise Invalid(
+            f"time_zone: unknown time zone {time_zone!r} (an IANA name such as {DEFAULT_TIME_ZONE} or UTC)"
+        ) from None
     if at is None or at == "":
         raise Invalid("at: give the date and time the campaign should start")
     if isinstance(at, str):
@@ -254,8 +341,9 @@ def start_time(at: datetime | str | None, time_zone: str) -> tuple[datetime, str
 def _values(section: BaseModel | dict[str, Any] | None, model: type[BaseModel]) -> dict[str, Any]:
     """A form section as given (a model, a dict from the UI or the API, or nothing), over its defaults.
     Nothing is validated here: CampaignCreate does it, naming the seed's fields."""
-    defaults = {name: f.get_default(call_default_factory=True) for name, f in model.model_fields.items()
-                if not f.is_required()}
+    defaults = {
+        name: f.get_default(call_default_factory=True) for name, f in model.model_fields.items() if not f.is_required()
+    }
     given = section.model_dump() if isinstance(section, BaseModel) else dict(section or {})
     return {**defaults, **given}
 
@@ -263,8 +351,14 @@ def _values(section: BaseModel | dict[str, Any] | None, model: type[BaseModel]) 
 # -- create-campaign ---------------------------------------------------------------------------------------
 
 
-def campaign_body(conn: sa.Connection, org: uuid.UUID, campaign: dict[str, Any], message: dict[str, Any],
-                  audience: dict[str, Any], pace: dict[str, Any]) -> CampaignCreate:
+def campaign_body(
+    conn: sa.Connection,
+    org: uuid.UUID,
+    campaign: dict[str, Any],
+    message: dict[str, Any],
+    audience: dict[str, Any],
+    pace: dict[str, Any],
+) -> CampaignCreate:
     """The seed's body from the form, validated by CampaignCreate; every wrong field is named at once."""
     errors: list[str] = []
     campaign, message, audience = dict(campaign), dict(message), dict(audience)
@@ -278,11 +372,25 @@ def campaign_body(conn: sa.Connection, org: uuid.UUID, campaign: dict[str, Any],
     content = {"template_name": template_name, "language": language} if kind == "template" else {"text": text}
     audience_type = audience.pop("audience_type")
     tags, match, contact_ids = audience.pop("tags"), audience.pop("match"), audience.pop("contact_ids")
-    chosen = ({"tags": tags, "match": match} if audience_type == "tags" else
-              {"contact_ids": contact_ids} if audience_type == "contacts" else {})
-    body = {**campaign, "description": campaign.get("description") or None, "whatsapp_number_id": number_id,
-            "message_type": kind, "message_content": content, **message, "audience_type": audience_type,
-            "audience_filter": chosen, **audience, **pace}  # keys the form does not know go on: named as extra
+    chosen = (
+        {"tags": tags, "match": match}
+        if audience_type == "tags"
+        else {"contact_ids": contact_ids}
+        if audience_type == "contacts"
+        else {}
+    )
+    body = {
+        **campaign,
+        "description": campaign.get("description") or None,
+        "whatsapp_number_id": number_id,
+        "message_type": kind,
+        "message_content": content,
+        **message,
+        "audience_type": audience_type,
+        "audience_filter": chosen,
+        **audience,
+        **pace,
+    }  # keys the form does not know go on: named as extra
     try:
         valid = CampaignCreate.model_validate(body)
     except ValidationError as exc:
@@ -293,10 +401,17 @@ def campaign_body(conn: sa.Connection, org: uuid.UUID, campaign: dict[str, Any],
 
 
 def create_campaign(
-    db: sa.Engine, organization: str, campaign: CampaignDetails | dict[str, Any],
-    message: MessageForm | dict[str, Any] | None = None, audience: AudienceForm | dict[str, Any] | None = None,
-    pace: PaceForm | dict[str, Any] | None = None, then: AfterCreate | dict[str, Any] | None = None, *,
-    runs: Runs, credentials: LoadCredentials, logger: Any = log,
+    db: sa.Engine,
+    organization: str,
+    campaign: CampaignDetails | dict[str, Any],
+    message: MessageForm | dict[str, Any] | None = None,
+    audience: AudienceForm | dict[str, Any] | None = None,
+    pace: PaceForm | dict[str, Any] | None = None,
+    then: AfterCreate | dict[str, Any] | None = None,
+    *,
+    runs: Runs,
+    credentials: LoadCredentials,
+    logger: Any = log,
 ) -> Outcome:
     """Create the campaign, then leave it a draft, start it (checklist, then a send-campaign run) or schedule
     it (a Scheduled send-campaign run, under Upcoming). Raises CampaignError with every wrong field."""
@@ -309,12 +424,20 @@ def create_campaign(
     at, said_at = start_time(after["at"], after["time_zone"]) if action == "schedule" else (None, "")
     with db.begin() as conn:
         org = find_org(conn, organization)
-        body = campaign_body(conn, org, _values(campaign, CampaignDetails), _values(message, MessageForm),
-                             _values(audience, AudienceForm), _values(pace, PaceForm))
+        body = campaign_body(
+            conn,
+            org,
+            _values(campaign, CampaignDetails),
+            _values(message, MessageForm),
+            _values(audience, AudienceForm),
+            _values(pace, PaceForm),
+        )
         campaign_id = lifecycle.create(conn, org, body)
     out = Outcome(campaign_id, body.name, "draft")
-    out.say(logger, f"created campaign {campaign_id} {body.name!r} ({body.message_type}, audience "
-                    f"{body.audience_type}) as a draft")
+    out.say(
+        logger,
+        f"created campaign {campaign_id} {body.name!r} ({body.message_type}, audience {body.audience_type}) as a draft",
+    )
     if action == "start":
         _start(db, org, out, runs, credentials, logger)
     elif action == "schedule":
@@ -326,8 +449,16 @@ def create_campaign(
 
 
 def control_campaign(
-    db: sa.Engine, organization: str, campaign: str, action: str, error_codes: Sequence[int] | None = None,
-    at: datetime | str | None = None, time_zone: str = DEFAULT_TIME_ZONE, *, runs: Runs, credentials: LoadCredentials,
+    db: sa.Engine,
+    organization: str,
+    campaign: str,
+    action: str,
+    error_codes: Sequence[int] | None = None,
+    at: datetime | str | None = None,
+    time_zone: str = DEFAULT_TIME_ZONE,
+    *,
+    runs: Runs,
+    credentials: LoadCredentials,
     logger: Any = log,
 ) -> Outcome:
     """Pause, resume, cancel, retry the failures of, schedule or start one campaign of the organization, as
@@ -371,8 +502,7 @@ def control_campaign(
 # -- steps -------------------------------------------------------------------------------------------------
 
 
-def _start(db: sa.Engine, org: uuid.UUID, out: Outcome, runs: Runs, credentials: LoadCredentials,
-           logger: Any) -> None:
+def _start(db: sa.Engine, org: uuid.UUID, out: Outcome, runs: Runs, credentials: LoadCredentials, logger: Any) -> None:
     try:
         started = services.start_campaign(db, org, out.campaign_id, credentials=credentials, runs=runs)
     except CampaignError as exc:  # the campaign stays as it was (a draft, when just created)
@@ -380,8 +510,11 @@ def _start(db: sa.Engine, org: uuid.UUID, out: Outcome, runs: Runs, credentials:
     out.status, out.total_recipients = started["status"], started["total_recipients"]
     for warning in started["warnings"]:
         logger.warning("preflight: %s", warning)
-    out.say(logger, f"started campaign {out.campaign_id} {out.name!r}: audience of {out.total_recipients} contacts "
-                    f"(opt-outs, duplicates and invalid numbers are skipped when its run builds it)")
+    out.say(
+        logger,
+        f"started campaign {out.campaign_id} {out.name!r}: audience of {out.total_recipients} contacts "
+        f"(opt-outs, duplicates and invalid numbers are skipped when its run builds it)",
+    )
     _hand_to_prefect(db, org, out, runs, logger)
 
 
@@ -394,16 +527,20 @@ def _hand_to_prefect(db: sa.Engine, org: uuid.UUID, out: Outcome, runs: Runs, lo
         cause = f"{type(exc).__name__}: {exc}"[:300]
         with db.begin() as conn, contextlib.suppress(Conflict):  # an operator may have acted meanwhile
             lifecycle.pause(conn, org, out.campaign_id, "launch_failed", f"no send-campaign run: {cause}")
-        raise CampaignError(f"campaign {out.campaign_id} could not be handed to Prefect and was paused "
-                            f"(launch_failed); resume it once send-campaign/default is served", [cause]) from None
+        raise CampaignError(
+            f"campaign {out.campaign_id} could not be handed to Prefect and was paused "
+            f"(launch_failed); resume it once send-campaign/default is served",
+            [cause],
+        ) from None
     with db.begin() as conn:
         services.record_flow_run(conn, org, out.campaign_id, run_id)
     out.flow_run_id = run_id
     out.say(logger, f"send-campaign flow run {run_id} will send it")
 
 
-def _schedule(db: sa.Engine, org: uuid.UUID, out: Outcome, at: datetime | None, said_at: str, runs: Runs,
-              logger: Any) -> None:
+def _schedule(
+    db: sa.Engine, org: uuid.UUID, out: Outcome, at: datetime | None, said_at: str, runs: Runs, logger: Any
+) -> None:
     with db.begin() as conn:
         t = lifecycle.schedule(conn, org, out.campaign_id, at)
     out.status = t.status

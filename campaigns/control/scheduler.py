@@ -61,8 +61,11 @@ class Due:
         return [*self.resumed, *self.started, *self.recovered]
 
 
-def due_campaigns(db: sa.Engine, start: Callable[[sa.Engine, uuid.UUID, uuid.UUID], object],
-                  run_state: Callable[[str | None], RunState | None] = lambda _: None) -> Due:
+def due_campaigns(
+    db: sa.Engine,
+    start: Callable[[sa.Engine, uuid.UUID, uuid.UUID], object],
+    run_state: Callable[[str | None], RunState | None] = lambda _: None,
+) -> Due:
     """Resume capped campaigns whose window has ended; start scheduled ones whose time has come (unless
     their own scheduled run is starting them); launch again running ones whose runner is gone (`run_state`
     reads their last flow run's state)."""
@@ -70,19 +73,24 @@ def due_campaigns(db: sa.Engine, start: Callable[[sa.Engine, uuid.UUID, uuid.UUI
     _recover_orphans(db, due, run_state)
     _settle_cancelled(db)
     with db.begin() as conn:
-        for cid, org in conn.execute(sa.text("""
+        for cid, org in conn.execute(
+            sa.text("""
             update campaigns set status = 'running', paused_reason = null, resume_at = null, updated_at = now()
             where status = 'paused' and paused_reason = 'rate_limit' and resume_at <= now()
             returning id, organization_id
-        """)):
+        """)
+        ):
             due.resumed.append(cid)
             due.orgs[cid] = org
-        scheduled = conn.execute(sa.text("""
+        scheduled = conn.execute(
+            sa.text("""
             select id, organization_id, flow_run_id,
                    greatest(scheduled_at, updated_at) > now() - make_interval(secs => :s) as recent
             from campaigns where status = 'scheduled' and scheduled_at <= now()
             order by scheduled_at, id
-        """), {"s": ORPHAN_AFTER_SECONDS}).all()
+        """),
+            {"s": ORPHAN_AFTER_SECONDS},
+        ).all()
     for cid, org, flow_run_id, recent in scheduled:
         state = run_state(flow_run_id) if recent else None
         if state and state.type in SCHEDULED_RUN_ON_ITS_WAY:  # its own scheduled run starts it (Upcoming)
@@ -104,9 +112,12 @@ def _refuse(db: sa.Engine, due: Due, org: uuid.UUID, cid: uuid.UUID, detail: str
     """Pause a campaign whose preflight failed, only if it is still scheduled and due: an operator who
     paused, cancelled or (having fixed it) started it since the refusal was read is not overridden."""
     with db.begin() as conn:
-        still = conn.execute(sa.text("""
+        still = conn.execute(
+            sa.text("""
             select 1 from campaigns where id = :c and status = 'scheduled' and scheduled_at <= now() for update
-        """), {"c": cid}).scalar()
+        """),
+            {"c": cid},
+        ).scalar()
         if not still:
             return
         lifecycle.pause(conn, org, cid, "preflight_failed", detail[:2000])
@@ -116,10 +127,13 @@ def _refuse(db: sa.Engine, due: Due, org: uuid.UUID, cid: uuid.UUID, detail: str
 
 def _recover_orphans(db: sa.Engine, due: Due, run_state: Callable[[str | None], RunState | None]) -> None:
     with db.connect() as conn:
-        candidates = conn.execute(sa.text("""
+        candidates = conn.execute(
+            sa.text("""
             select id, organization_id, flow_run_id, relaunches from campaigns
             where status = 'running' and updated_at < now() - make_interval(secs => :s)
-        """), {"s": ORPHAN_AFTER_SECONDS}).all()
+        """),
+            {"s": ORPHAN_AFTER_SECONDS},
+        ).all()
         orphans = [c for c in candidates if not runner_alive(conn, c.id)]
         conn.commit()
     for cid, org, flow_run_id, relaunches in orphans:
@@ -128,26 +142,52 @@ def _recover_orphans(db: sa.Engine, due: Due, run_state: Callable[[str | None], 
         if kind in WAITING_STATES:  # launched and waiting for a slot in `serve`: on its way
             continue
         if state and kind in ("CANCELLED", "CANCELLING") and state.message != RUNNER_SHUTDOWN:
-            _stop(db, due, org, cid, "operator",
-                  f"its flow run {flow_run_id} was cancelled in Prefect; resume to continue")
+            _stop(
+                db,
+                due,
+                org,
+                cid,
+                "operator",
+                f"its flow run {flow_run_id} was cancelled in Prefect; resume to continue",
+            )
         elif kind == "FAILED":
-            _stop(db, due, org, cid, "runner_failed",
-                  f"its flow run {flow_run_id} failed (see it in Prefect); resume to try again")
+            _stop(
+                db,
+                due,
+                org,
+                cid,
+                "runner_failed",
+                f"its flow run {flow_run_id} failed (see it in Prefect); resume to try again",
+            )
         elif relaunches >= RELAUNCH_LIMIT:
-            _stop(db, due, org, cid, "runner_failed", f"its runner was lost {relaunches} times in a row (last flow run "
-                                                      f"{flow_run_id}: {kind}); resume to try again")
+            _stop(
+                db,
+                due,
+                org,
+                cid,
+                "runner_failed",
+                f"its runner was lost {relaunches} times in a row (last flow run "
+                f"{flow_run_id}: {kind}); resume to try again",
+            )
         else:  # crashed, killed (Prefect may still say RUNNING), stopped with `serve`: launch it again
             with db.begin() as conn:
-                claimed = conn.execute(sa.text("""
+                claimed = conn.execute(
+                    sa.text("""
                     update campaigns set updated_at = now(), relaunches = relaunches + 1
                     where id = :c and status = 'running' and updated_at < now() - make_interval(secs => :s)
                     returning id
-                """), {"c": cid, "s": ORPHAN_AFTER_SECONDS}).scalar()  # one scheduler pass wins a race
+                """),
+                    {"c": cid, "s": ORPHAN_AFTER_SECONDS},
+                ).scalar()  # one scheduler pass wins a race
             if claimed:
                 due.recovered.append(cid)
                 due.orgs[cid] = org
-                log.warning("campaign %s was running without a runner (last run %s: %s); launching it again",
-                            cid, flow_run_id, kind)
+                log.warning(
+                    "campaign %s was running without a runner (last run %s: %s); launching it again",
+                    cid,
+                    flow_run_id,
+                    kind,
+                )
 
 
 def _settle_cancelled(db: sa.Engine) -> None:

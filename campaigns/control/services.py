@@ -33,8 +33,9 @@ def limit_usage() -> LimitUsage:
     return LimitUsage(redis.Redis.from_url(get_settings().redis_url or ""))
 
 
-def start_campaign(db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID, *, credentials: LoadCredentials,
-                   runs: Runs) -> dict[str, Any]:
+def start_campaign(
+    db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID, *, credentials: LoadCredentials, runs: Runs
+) -> dict[str, Any]:
     """Preflight now (so the caller sees every failed check; `credentials` reads the number's, to ask its
     provider), then mark running; the flow does the rest. A scheduled campaign's waiting run is dropped
     from `runs`: it is not needed any more."""
@@ -43,15 +44,17 @@ def start_campaign(db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID, *, cre
         if campaign["status"] not in lifecycle.STARTABLE:  # a state conflict, not a failed check
             raise Conflict(f"Cannot start a {campaign['status']} campaign")
         number = get_number(conn, org, campaign["whatsapp_number_id"])
-        pf = run_preflight(conn, campaign, number, lambda: credentials(number["block_name"]), ping_redis,
-                           usage=limit_usage())
+        pf = run_preflight(
+            conn, campaign, number, lambda: credentials(number["block_name"]), ping_redis, usage=limit_usage()
+        )
         if not pf.ok:
             raise Invalid("Preflight failed", pf.failures())
         lifecycle.mark_running(conn, org, campaign_id)
         started = lifecycle.get(conn, org, campaign_id)
     if campaign["status"] == "scheduled":  # started now (by hand, or by campaign-scheduler at its time)
-        _drop(runs, campaign["flow_run_id"], f"campaign {campaign_id} was started; its scheduled run is not needed",
-              log)
+        _drop(
+            runs, campaign["flow_run_id"], f"campaign {campaign_id} was started; its scheduled run is not needed", log
+        )
     return {
         "campaign_id": str(campaign_id),
         "status": started["status"],
@@ -77,8 +80,12 @@ def progress_of(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID) -> 
 
 
 def recipients_of(
-    conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID, status: str | None = None,
-    after: int | str | None = None, page_size: int = recipient_statuses.DEFAULT_PAGE_SIZE,
+    conn: sa.Connection,
+    org: uuid.UUID,
+    campaign_id: uuid.UUID,
+    status: str | None = None,
+    after: int | str | None = None,
+    page_size: int = recipient_statuses.DEFAULT_PAGE_SIZE,
 ) -> dict[str, Any]:
     """A page of per-contact statuses; "Campaign not found" for another organization's campaign."""
     lifecycle.get(conn, org, campaign_id)
@@ -97,8 +104,9 @@ MAX_LIST_LIMIT = 200
 MAX_LIST_SKIP = 2**31 - 1  # far past any organization's campaigns; Postgres refuses an offset past bigint
 
 
-def list_campaigns(conn: sa.Connection, org: uuid.UUID, status: str | None = None, skip: int = 0,
-                   limit: int = 50) -> dict[str, Any]:
+def list_campaigns(
+    conn: sa.Connection, org: uuid.UUID, status: str | None = None, skip: int = 0, limit: int = 50
+) -> dict[str, Any]:
     """The organization's campaigns, newest first; offset paging (an organization has hundreds, not millions)."""
     if status is not None and status not in CAMPAIGN_STATUSES:
         raise Invalid(f"status must be one of: {', '.join(CAMPAIGN_STATUSES)} (got {status!r})")
@@ -110,13 +118,23 @@ def list_campaigns(conn: sa.Connection, org: uuid.UUID, status: str | None = Non
     if status is not None:
         where.append(campaigns.c.status == status)
     total = conn.execute(sa.select(sa.func.count()).select_from(campaigns).where(*where)).scalar_one()
-    rows = conn.execute(sa.select(campaigns).where(*where).order_by(campaigns.c.created_at.desc(), campaigns.c.id)
-                        .offset(skip).limit(limit)).mappings().all()
+    rows = (
+        conn.execute(
+            sa.select(campaigns)
+            .where(*where)
+            .order_by(campaigns.c.created_at.desc(), campaigns.c.id)
+            .offset(skip)
+            .limit(limit)
+        )
+        .mappings()
+        .all()
+    )
     return {"total": total, "skip": skip, "limit": limit, "campaigns": [dict(r) for r in rows]}
 
 
-def update_campaign(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID,
-                    changes: dict[str, Any]) -> dict[str, Any]:
+def update_campaign(
+    conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID, changes: dict[str, Any]
+) -> dict[str, Any]:
     """Apply a PATCH (lifecycle.update checks the fields and the number) and return the campaign."""
     lifecycle.update(conn, org, campaign_id, changes)
     return lifecycle.get(conn, org, campaign_id)
@@ -127,8 +145,11 @@ def delete_campaign(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID)
     cancels it; a started one must be cancelled explicitly, so nobody stops a send by "deleting" it."""
     current = lifecycle.get(conn, org, campaign_id, lock=True)  # held until commit: no start in between
     if current["status"] not in lifecycle.STARTABLE:
-        hint = (f"; cancel it with POST /api/v1/campaigns/{campaign_id}/cancel" if current["status"] in
-                ("running", "paused") else "; it is kept with its statistics")
+        hint = (
+            f"; cancel it with POST /api/v1/campaigns/{campaign_id}/cancel"
+            if current["status"] in ("running", "paused")
+            else "; it is kept with its statistics"
+        )
         raise Conflict(f"Cannot delete a {current['status']} campaign{hint}")
     return lifecycle.cancel(conn, org, campaign_id)
 
@@ -139,8 +160,11 @@ def record_flow_run(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID,
     at once, and the id must stay the live runner's (the scheduler reads its state)."""
     if runner_alive(conn, campaign_id):
         return
-    conn.execute(sa.update(campaigns).where(campaigns.c.id == campaign_id, campaigns.c.organization_id == org)
-                 .values(flow_run_id=flow_run_id))
+    conn.execute(
+        sa.update(campaigns)
+        .where(campaigns.c.id == campaign_id, campaigns.c.organization_id == org)
+        .values(flow_run_id=flow_run_id)
+    )
 
 
 # -- scheduled campaigns in Prefect: Upcoming shows one send-campaign run per scheduled campaign ------------
@@ -160,16 +184,22 @@ def schedule_run(db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID, runs: Ru
     try:
         run_id = runs.schedule(campaign_id, campaign["scheduled_at"])
     except Exception as exc:  # Prefect down, or no send-campaign deployment: the database is the truth
-        logger.warning("campaign %s is scheduled for %s, but Prefect has no run for it (%s); campaign-scheduler "
-                       "starts it at its time", campaign_id, when, f"{type(exc).__name__}: {exc}"[:300])
+        logger.warning(
+            "campaign %s is scheduled for %s, but Prefect has no run for it (%s); campaign-scheduler "
+            "starts it at its time",
+            campaign_id,
+            when,
+            f"{type(exc).__name__}: {exc}"[:300],
+        )
         return None
     with db.begin() as conn:
         record_flow_run(conn, org, campaign_id, run_id)
     return run_id
 
 
-def drop_schedule(db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID, why: str, runs: Runs,
-                  logger: Logger = log) -> bool:
+def drop_schedule(
+    db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID, why: str, runs: Runs, logger: Logger = log
+) -> bool:
     """Cancel the campaign's scheduled send-campaign run if it is still waiting (it was paused or cancelled
     before its time), so Upcoming stays true. True when one was cancelled."""
     with db.connect() as conn:
@@ -177,8 +207,9 @@ def drop_schedule(db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID, why: st
     return _drop(runs, flow_run_id, why, logger)
 
 
-def follow_transition(db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID, t: lifecycle.Transition, runs: Runs,
-                      logger: Logger = log) -> str | None:
+def follow_transition(
+    db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID, t: lifecycle.Transition, runs: Runs, logger: Logger = log
+) -> str | None:
     """Keep Prefect in step after a lifecycle transition: a campaign that is now scheduled (schedule,
     reschedule, resumed before it ever started) gets its scheduled run under Upcoming; one that left
     `scheduled` (paused, cancelled) loses it; a cancelled one's suspended run ends. Returns the new
@@ -199,6 +230,9 @@ def _drop(runs: Runs, flow_run_id: str | None, why: str, logger: Logger) -> bool
     try:
         return runs.drop_scheduled(flow_run_id, why)
     except Exception as exc:  # Prefect down: the run starts at its time, finds the campaign not due, does nothing
-        logger.warning("could not cancel the scheduled flow run %s (%s); if it starts it will do nothing",
-                       flow_run_id, f"{type(exc).__name__}: {exc}"[:300])
+        logger.warning(
+            "could not cancel the scheduled flow run %s (%s); if it starts it will do nothing",
+            flow_run_id,
+            f"{type(exc).__name__}: {exc}"[:300],
+        )
         return False

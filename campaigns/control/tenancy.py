@@ -38,30 +38,57 @@ def add_org(conn: sa.Connection, name: str) -> uuid.UUID:
     return conn.execute(stmt).scalar_one()
 
 
-def add_number(conn: sa.Connection, org: uuid.UUID, *, provider: str, phone_number_id: str, block_name: str,
-               mps: int = 80, webhook_signer: str | None = None, display_phone_number: str | None = None) -> uuid.UUID:
+def add_number(
+    conn: sa.Connection,
+    org: uuid.UUID,
+    *,
+    provider: str,
+    phone_number_id: str,
+    block_name: str,
+    mps: int = 80,
+    webhook_signer: str | None = None,
+    display_phone_number: str | None = None,
+) -> uuid.UUID:
     """Create or update the number's row; registering it again makes it active again. `webhook_signer` names
     the secret its webhooks are signed with (None: the platform's Meta app)."""
     stmt = sa.dialects.postgresql.insert(whatsapp_numbers).values(
-        organization_id=org, provider=provider, phone_number_id=phone_number_id,
-        display_phone_number=display_phone_number, block_name=block_name, mps=mps, webhook_signer=webhook_signer,
+        organization_id=org,
+        provider=provider,
+        phone_number_id=phone_number_id,
+        display_phone_number=display_phone_number,
+        block_name=block_name,
+        mps=mps,
+        webhook_signer=webhook_signer,
     )
     stmt = stmt.on_conflict_do_update(
         index_elements=["organization_id", "phone_number_id"],
-        set_={"provider": provider, "block_name": block_name, "mps": mps, "active": True,
-              "display_phone_number": display_phone_number, "webhook_signer": webhook_signer},
+        set_={
+            "provider": provider,
+            "block_name": block_name,
+            "mps": mps,
+            "active": True,
+            "display_phone_number": display_phone_number,
+            "webhook_signer": webhook_signer,
+        },
     ).returning(whatsapp_numbers.c.id)
     return conn.execute(stmt).scalar_one()
 
 
 def get_number(conn: sa.Connection, org: uuid.UUID, number_id: uuid.UUID) -> dict[str, Any]:
     """The number's row, with its business portfolio's messaging limit as `portfolio_limit`."""
-    row = conn.execute(
-        sa.select(whatsapp_numbers, business_portfolios.c.unique_recipients_24h.label("portfolio_limit"))
-        .select_from(whatsapp_numbers.outerjoin(
-            business_portfolios, business_portfolios.c.id == whatsapp_numbers.c.portfolio_id))
-        .where(whatsapp_numbers.c.id == number_id, whatsapp_numbers.c.organization_id == org)
-    ).mappings().first()
+    row = (
+        conn.execute(
+            sa.select(whatsapp_numbers, business_portfolios.c.unique_recipients_24h.label("portfolio_limit"))
+            .select_from(
+                whatsapp_numbers.outerjoin(
+                    business_portfolios, business_portfolios.c.id == whatsapp_numbers.c.portfolio_id
+                )
+            )
+            .where(whatsapp_numbers.c.id == number_id, whatsapp_numbers.c.organization_id == org)
+        )
+        .mappings()
+        .first()
+    )
     if row is None:
         raise NotFound("WhatsApp number not found")
     return dict(row)
@@ -76,8 +103,9 @@ def number_limits(conn: sa.Connection, org: uuid.UUID, number_id: uuid.UUID) -> 
     return {**{name: number[name] for name in LIMIT_FIELDS}, "portfolio_limit": number["portfolio_limit"]}
 
 
-def set_number_limits(conn: sa.Connection, org: uuid.UUID, number_id: uuid.UUID, changes: dict[str, Any],
-                      preset: str | None = None) -> dict[str, Any]:
+def set_number_limits(
+    conn: sa.Connection, org: uuid.UUID, number_id: uuid.UUID, changes: dict[str, Any], preset: str | None = None
+) -> dict[str, Any]:
     """Change a number's rate (mps), caps (None = no cap) and business portfolio; a preset (ratelimit.PRESETS)
     applies first and explicit changes win. Returns what is in force."""
     if preset is not None and preset not in PRESETS:
@@ -88,8 +116,15 @@ def set_number_limits(conn: sa.Connection, org: uuid.UUID, number_id: uuid.UUID,
         if name not in LIMIT_FIELDS:
             raise Invalid(f"{name}: not a number limit (one of {', '.join(LIMIT_FIELDS)})")
         if name == "portfolio_id":
-            if value is not None and conn.execute(sa.select(business_portfolios.c.id).where(
-                    business_portfolios.c.id == value, business_portfolios.c.organization_id == org)).first() is None:
+            if (
+                value is not None
+                and conn.execute(
+                    sa.select(business_portfolios.c.id).where(
+                        business_portfolios.c.id == value, business_portfolios.c.organization_id == org
+                    )
+                ).first()
+                is None
+            ):
                 raise Invalid("portfolio_id: no such business portfolio in this organization")
             continue
         if name == "mps" and (value is None or not 1 <= value <= 100_000):
@@ -106,7 +141,9 @@ def add_portfolio(conn: sa.Connection, org: uuid.UUID, name: str, unique_recipie
     if unique_recipients_24h is not None and unique_recipients_24h < 1:
         raise Invalid("unique_recipients_24h: a positive number, or none for unlimited")
     stmt = sa.dialects.postgresql.insert(business_portfolios).values(
-        organization_id=org, name=name, unique_recipients_24h=unique_recipients_24h)
-    stmt = stmt.on_conflict_do_update(index_elements=["organization_id", "name"],
-                                      set_={"unique_recipients_24h": unique_recipients_24h})
+        organization_id=org, name=name, unique_recipients_24h=unique_recipients_24h
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["organization_id", "name"], set_={"unique_recipients_24h": unique_recipients_24h}
+    )
     return conn.execute(stmt.returning(business_portfolios.c.id)).scalar_one()

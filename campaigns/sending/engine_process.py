@@ -44,7 +44,8 @@ class EngineClient:
         parent_sock, child_sock = socket.socketpair()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "campaigns.sending.engine_process", str(child_sock.fileno())],
-            pass_fds=[child_sock.fileno()], stdin=subprocess.DEVNULL,
+            pass_fds=[child_sock.fileno()],
+            stdin=subprocess.DEVNULL,
         )
         child_sock.close()
         self._conn = Connection(parent_sock.detach())
@@ -99,8 +100,9 @@ class EngineClient:
     def _relog(self, level: int, name: str, message: str) -> None:
         logger = logging.getLogger(name)
         for run_id in list(_log_runs) or [None]:
-            logger.log(level, "send engine: %s", message,
-                       extra={"flow_run_id": run_id} if run_id else {"send_to_api": False})
+            logger.log(
+                level, "send engine: %s", message, extra={"flow_run_id": run_id} if run_id else {"send_to_api": False}
+            )
 
     def close(self) -> None:
         self._conn.close()

@@ -30,20 +30,60 @@ RATE_CODES = THROUGHPUT_CODES | {PAIR_LIMIT}
 # Template parameter errors: one contact's value (too long, a newline) fails only that recipient; the
 # same error for every recipient of a batch means the template itself is wrong (see `escalated`).
 TEMPLATE_PARAM_CODES = frozenset({132000, 132012})
-RECIPIENT_CODES = frozenset({100, 130472, 130497, 131021, 131026, 131047, 131049, 131050, 132005,
-                             *TEMPLATE_PARAM_CODES})
+RECIPIENT_CODES = frozenset(
+    {100, 130472, 130497, 131021, 131026, 131047, 131049, 131050, 132005, *TEMPLATE_PARAM_CODES}
+)
 CAMPAIGN_CODES = frozenset(
-    {0, 3, 10, 33, 190, 368, 131005, 131008, 131030, 131031, 131037, 131042, 131045, 131048, 131051, 131053,
-     131062, 131063, 131064, 132001, 132007, 132015, 132016, 133000, 133010, 135000}
+    {
+        0,
+        3,
+        10,
+        33,
+        190,
+        368,
+        131005,
+        131008,
+        131030,
+        131031,
+        131037,
+        131042,
+        131045,
+        131048,
+        131051,
+        131053,
+        131062,
+        131063,
+        131064,
+        132001,
+        132007,
+        132015,
+        132016,
+        133000,
+        133010,
+        135000,
+    }
 )
 ALIKE_MIN = 3  # failures of one batch, all with the same template parameter code, that pause the campaign
 
 # Why a campaign-level code pauses the campaign (the operator reads this).
 PAUSE_REASONS: dict[int, str] = {
-    0: "auth_error", 190: "auth_error", 10: "auth_error", 3: "auth_error", 131005: "auth_error",
-    131042: "payment", 131048: "quality", 368: "quality", 131031: "quality", 131064: "quality",
-    132001: "template_paused", 132015: "template_paused", 132016: "template_paused",
-    132000: "template_error", 132012: "template_error", 132007: "template_error", 131008: "template_error",
+    0: "auth_error",
+    190: "auth_error",
+    10: "auth_error",
+    3: "auth_error",
+    131005: "auth_error",
+    131042: "payment",
+    131048: "quality",
+    368: "quality",
+    131031: "quality",
+    131064: "quality",
+    132001: "template_paused",
+    132015: "template_paused",
+    132016: "template_paused",
+    132000: "template_error",
+    132012: "template_error",
+    132007: "template_error",
+    131008: "template_error",
 }
 
 # Codes that may mean the message was accepted anyway: reconcile before resending.

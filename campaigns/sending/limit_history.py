@@ -32,14 +32,21 @@ _SENDS = """
 """
 
 # Counted for several windows at once (a number's minute, hour and day), each from its start.
-CAPS_USED = sa.text("""
+CAPS_USED = sa.text(
+    """
     select count(s.at) from unnest(cast(:starts as timestamptz[])) with ordinality as w(since, i)
-    left join (""" + _SENDS.format(number="n.provider = :provider and n.phone_number_id = :pnid") + """) s
+    left join ("""
+    + _SENDS.format(number="n.provider = :provider and n.phone_number_id = :pnid")
+    + """) s
     on s.at >= w.since group by w.i order by w.i
-""")
+"""
+)
 
-PORTFOLIO_USED = sa.text("select s.phone, extract(epoch from max(s.at)) from ("
-                         + _SENDS.format(number="n.portfolio_id = :pf") + ") s group by s.phone")
+PORTFOLIO_USED = sa.text(
+    "select s.phone, extract(epoch from max(s.at)) from ("
+    + _SENDS.format(number="n.portfolio_id = :pf")
+    + ") s group by s.phone"
+)
 
 
 class LimitHistory:
@@ -63,6 +70,7 @@ class LimitHistory:
     def portfolio_used(self, portfolio_id: str, since: float) -> dict[str, float]:
         """Each recipient of the portfolio's numbers since `since`, with the time of its last message."""
         with self.db.connect() as conn:
-            rows = conn.execute(PORTFOLIO_USED, {"pf": uuid.UUID(portfolio_id),
-                                                 "since": datetime.fromtimestamp(since, UTC)}).all()
+            rows = conn.execute(
+                PORTFOLIO_USED, {"pf": uuid.UUID(portfolio_id), "since": datetime.fromtimestamp(since, UTC)}
+            ).all()
         return {phone: float(at) for phone, at in rows if at is not None}

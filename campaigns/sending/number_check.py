@@ -55,16 +55,25 @@ def check_number(provider: str, creds: Credentials, timeout: float = CHECK_TIMEO
     message = redact(message, creds.token)
     unknown_instance = provider == "evolution" and resp.status_code == 404
     if resp.status_code in (401, 403) or code in REFUSING_CODES or unknown_instance:
-        return NumberHealth(False, True, f"the provider refused the credentials ({code or resp.status_code}): "
-                                         f"{message or 'HTTP ' + str(resp.status_code)}")
+        return NumberHealth(
+            False,
+            True,
+            f"the provider refused the credentials ({code or resp.status_code}): "
+            f"{message or 'HTTP ' + str(resp.status_code)}",
+        )
     if resp.status_code != 200:  # a rate limit, a redirect, an outage: not a verdict on the token
-        return NumberHealth(False, False, f"the provider answered HTTP {resp.status_code}"
-                                          f"{f' ({code}): {message}' if code else ''}")
+        return NumberHealth(
+            False, False, f"the provider answered HTTP {resp.status_code}{f' ({code}): {message}' if code else ''}"
+        )
     if provider == "evolution":
         state = ((body or {}).get("instance") or {}).get("state") if isinstance(body, dict) else None
         if state != "open":
-            return NumberHealth(False, True, f"instance {creds.phone_number_id} is {state or 'unknown'}, not connected "
-                                             "(scan its QR code in Evolution)")
+            return NumberHealth(
+                False,
+                True,
+                f"instance {creds.phone_number_id} is {state or 'unknown'}, not connected "
+                "(scan its QR code in Evolution)",
+            )
         return NumberHealth(True, True)
     quality = body.get("quality_rating") if isinstance(body, dict) else None
     return NumberHealth(True, True, quality_rating=quality)

@@ -66,33 +66,46 @@ def provider_verdict(answers: list[SendResult], waiting: bool) -> bool | None:
     return all(res.unavailable for res in answers)
 
 
-def record_verdict(conn: sa.Connection, campaign_id: uuid.UUID, down: bool | None, answers: list[SendResult],
-                   max_seconds: float) -> None:
+def record_verdict(
+    conn: sa.Connection, campaign_id: uuid.UUID, down: bool | None, answers: list[SendResult], max_seconds: float
+) -> None:
     """Start or lengthen the campaign's wait for its provider (`down`), or end it (`down` False)."""
     if down is None:
         return
     if not down:
-        lasted = conn.execute(sa.text("""
+        lasted = conn.execute(
+            sa.text("""
             with old as (select id, provider_down_since from campaigns
                          where id = :c and provider_down_since is not null for update)
             update campaigns c set provider_down_since = null, provider_probe_at = null from old
             where c.id = old.id
             returning extract(epoch from now() - old.provider_down_since)
-        """), {"c": campaign_id}).scalar()
+        """),
+            {"c": campaign_id},
+        ).scalar()
         if lasted is not None:
             log.warning("campaign %s: the provider answers again after %.0f s; sending goes on", campaign_id, lasted)
         return
-    row = conn.execute(sa.text("""
+    row = conn.execute(
+        sa.text("""
         update campaigns set provider_down_since = coalesce(provider_down_since, now()),
                provider_probe_at = now() + make_interval(secs => least(greatest(
                    extract(epoch from now() - coalesce(provider_down_since, now())) / 2, :first), :most))
         where id = :c
         returning provider_down_since, provider_probe_at
-    """), {"c": campaign_id, "first": FIRST_PROBE_SECONDS, "most": max_seconds}).one()
+    """),
+        {"c": campaign_id, "first": FIRST_PROBE_SECONDS, "most": max_seconds},
+    ).one()
     last = next((res for res in reversed(answers) if res.unavailable), None)
-    detail = f"({last.error_code}) {last.error_message}" if last and last.error_code else (
-        last.error_message if last else "no answer")
-    message = (f"provider unavailable since {iso_z(row.provider_down_since)} (last: {detail}); the campaign waits "
-               f"for it and goes on by itself, next try at {iso_z(row.provider_probe_at)}")
-    conn.execute(sa.text("update campaigns set last_error_message = :m where id = :c"),
-                 {"m": message, "c": campaign_id})
+    detail = (
+        f"({last.error_code}) {last.error_message}"
+        if last and last.error_code
+        else (last.error_message if last else "no answer")
+    )
+    message = (
+        f"provider unavailable since {iso_z(row.provider_down_since)} (last: {detail}); the campaign waits "
+        f"for it and goes on by itself, next try at {iso_z(row.provider_probe_at)}"
+    )
+    conn.execute(
+        sa.text("update campaigns set last_error_message = :m where id = :c"), {"m": message, "c": campaign_id}
+    )

@@ -220,8 +220,13 @@ class PortfolioLimit:
 
     @property
     def cap(self) -> Cap:  # how a refusal is reported: it pauses, like an hourly or daily cap
-        return Cap(self.key, self.limit, PORTFOLIO_WINDOW_S, True,
-                   f"business portfolio limit of {self.limit} unique recipients per 24 h")
+        return Cap(
+            self.key,
+            self.limit,
+            PORTFOLIO_WINDOW_S,
+            True,
+            f"business portfolio limit of {self.limit} unique recipients per 24 h",
+        )
 
 
 def portfolio_limit(portfolio_id: object | None, limit: int | None) -> PortfolioLimit | None:
@@ -262,8 +267,9 @@ def number_limit(key: str, mps: float, headroom: float, provider: str = "meta_cl
     return Limit(f"rl:number:{key}", 1_000_000 / rate)
 
 
-def number_caps(key: str, provider: str, per_minute: int | None, per_hour: int | None,
-                per_day: int | None) -> list[Cap]:
+def number_caps(
+    key: str, provider: str, per_minute: int | None, per_hour: int | None, per_day: int | None
+) -> list[Cap]:
     """The number's caps. Meta's hour and day caps pause; Evolution never pauses, it waits."""
     if provider == "evolution" and per_hour is None:
         per_hour = EVOLUTION_SOFT_PER_HOUR
@@ -278,8 +284,13 @@ def number_caps(key: str, provider: str, per_minute: int | None, per_hour: int |
 
 def caps_of_number(number: dict[str, Any]) -> list[Cap]:
     """The caps of a `whatsapp_numbers` row (with its provider and phone_number_id)."""
-    return number_caps(number_key(number["provider"], number["phone_number_id"]), number["provider"],
-                       number.get("per_minute"), number.get("per_hour"), number.get("per_day"))
+    return number_caps(
+        number_key(number["provider"], number["phone_number_id"]),
+        number["provider"],
+        number.get("per_minute"),
+        number.get("per_hour"),
+        number.get("per_day"),
+    )
 
 
 def campaign_limit(campaign_id: str, messages_per_hour: int | None, delay_seconds: float) -> Limit | None:
@@ -341,8 +352,9 @@ class RateLimiter:
         if not phones:
             return Grant(0)
         while True:
-            count, until = await self._admit(keys=[portfolio.key, f"{portfolio.key}:built"],
-                                             args=[portfolio.limit, PORTFOLIO_WINDOW_S, *phones])
+            count, until = await self._admit(
+                keys=[portfolio.key, f"{portfolio.key}:built"], args=[portfolio.limit, PORTFOLIO_WINDOW_S, *phones]
+            )
             if int(count) >= 0:
                 break
             await self._rebuild_portfolio(portfolio, float(until))

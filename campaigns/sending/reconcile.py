@@ -89,10 +89,13 @@ def reconcile(db: sa.Engine, campaign_id: uuid.UUID, grace_seconds: float) -> Re
         _lock_campaign(conn, campaign_id)
         after_ingest = unknown_count(conn, campaign_id)
         requeued = conn.execute(REQUEUE, {"c": campaign_id, "g": grace_seconds}).rowcount
-        oldest = conn.execute(sa.text("""
+        oldest = conn.execute(
+            sa.text("""
             select extract(epoch from (min(greatest(claimed_at, in_flight_at)) + make_interval(secs => :g) - now()))
             from campaign_recipients where campaign_id = :c and status = 'sending'
-        """), {"c": campaign_id, "g": grace_seconds}).scalar()
+        """),
+            {"c": campaign_id, "g": grace_seconds},
+        ).scalar()
     waiting = after_ingest - requeued
     return ReconcileResult(before - after_ingest, requeued, waiting, max(float(oldest or 0.0), 0.0))
 
@@ -105,10 +108,15 @@ def _lock_campaign(conn: sa.Connection, campaign_id: uuid.UUID) -> None:
 
 def cancelled_with_unknown(conn: sa.Connection, grace_seconds: float) -> list[uuid.UUID]:
     """Cancelled campaigns still holding rows in `sending` never sent, or of unknown outcome past the grace."""
-    return list(conn.execute(sa.text(f"""
+    return list(
+        conn.execute(
+            sa.text(f"""
         select distinct r.campaign_id from campaigns c join campaign_recipients r on r.campaign_id = c.id
         where c.status = 'cancelled' and {SETTLE_NOW}
-    """), {"g": grace_seconds}).scalars())
+    """),
+            {"g": grace_seconds},
+        ).scalars()
+    )
 
 
 def settle_cancelled(db: sa.Engine, campaign_id: uuid.UUID, grace_seconds: float) -> int:

@@ -128,8 +128,7 @@ def _button_problem(button: Any, at: str) -> str | None:
     key = BUTTON_TEXT[sub_type]
     if key not in button and "payload" not in button:
         return f"{at}.{key}: required for a {sub_type} button"
-    return next((p for k in ("payload", "text") if k in button and (p := _value_problem(button[k], f"{at}.{k}"))),
-                None)
+    return next((p for k in ("payload", "text") if k in button and (p := _value_problem(button[k], f"{at}.{k}"))), None)
 
 
 def render_template(content: dict[str, Any], variables: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
@@ -147,8 +146,12 @@ def render_template(content: dict[str, Any], variables: dict[str, Any], values: 
         key = "payload" if sub_type == "quick_reply" else "text"
         value = render_text(str(button.get(key, button.get("payload", ""))), values)
         components.append(
-            {"type": "button", "sub_type": sub_type, "index": str(button.get("index", 0)),
-             "parameters": [{"type": key, key: value}]}
+            {
+                "type": "button",
+                "sub_type": sub_type,
+                "index": str(button.get("index", 0)),
+                "parameters": [{"type": key, key: value}],
+            }
         )
     template: dict[str, Any] = {
         "name": content["template_name"],

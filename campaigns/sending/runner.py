@@ -63,16 +63,20 @@ def build_audience_once(db: sa.Engine, campaign_id: uuid.UUID, provider: str) ->
             skip_active_conversations=campaign["skip_active_conversations"],
             require_window=campaign["message_type"] == "text" and provider in WINDOWED_PROVIDERS,
         )
-        frame = audience.load_contacts(conn, campaign["organization_id"], campaign["audience_type"],
-                                       campaign["audience_filter"] or {})
+        frame = audience.load_contacts(
+            conn, campaign["organization_id"], campaign["audience_type"], campaign["audience_filter"] or {}
+        )
     classified = audience.classify(frame, rules, datetime.now(UTC))
     total = audience.write_recipients(db, campaign_id, campaign["organization_id"], classified)
     pause_point(AUDIENCE_WRITTEN)
     with db.begin() as conn:
-        conn.execute(sa.text("""
+        conn.execute(
+            sa.text("""
             update campaigns set total_recipients = :n, audience_frozen_at = now(), updated_at = now()
             where id = :c and audience_frozen_at is null
-        """), {"n": total, "c": campaign_id})
+        """),
+            {"n": total, "c": campaign_id},
+        )
     return audience.counts(classified)
 
 
@@ -84,10 +88,13 @@ def record_runner(db: sa.Engine, campaign_id: uuid.UUID, flow_run_id: str | None
     scheduler's count of relaunches starts again. A run that came before the campaign's time (prepare lets
     it do nothing) leaves the recorded id alone: that is the campaign's scheduled run, under Upcoming."""
     with db.begin() as conn:
-        conn.execute(sa.text("""
+        conn.execute(
+            sa.text("""
             update campaigns set flow_run_id = coalesce(:r, flow_run_id), relaunches = 0
             where id = :c and not (status = 'scheduled' and scheduled_at > now() + make_interval(secs => :early))
-        """), {"r": flow_run_id, "c": campaign_id, "early": EARLY_START_SECONDS})
+        """),
+            {"r": flow_run_id, "c": campaign_id, "early": EARLY_START_SECONDS},
+        )
 
 
 def prepare(
@@ -109,8 +116,9 @@ def prepare(
         org = campaign["organization_id"]
         number = get_number(conn, org, campaign["whatsapp_number_id"])
         if campaign["status"] in lifecycle.STARTABLE:
-            pf = run_preflight(conn, campaign, number, lambda: credentials(number["block_name"]), ping_redis,
-                               ping_prefect, usage=usage)
+            pf = run_preflight(
+                conn, campaign, number, lambda: credentials(number["block_name"]), ping_redis, ping_prefect, usage=usage
+            )
             if not pf.ok:
                 return Prepared(campaign["status"], refused=pf.failures())
             warnings = pf.warnings()
@@ -121,8 +129,9 @@ def prepare(
             credentials(number["block_name"])
     counts = build_audience_once(db, campaign_id, number["provider"])
     with db.connect() as conn:
-        total = conn.execute(sa.text("select total_recipients from campaigns where id = :c"),
-                             {"c": campaign_id}).scalar_one()
+        total = conn.execute(
+            sa.text("select total_recipients from campaigns where id = :c"), {"c": campaign_id}
+        ).scalar_one()
     return Prepared("running", audience=counts, total_recipients=total, warnings=warnings)
 
 
@@ -145,7 +154,8 @@ class Remaining:
 
 def remaining(db: sa.Engine, campaign_id: uuid.UUID) -> Remaining:
     with db.connect() as conn:
-        row = conn.execute(sa.text("""
+        row = conn.execute(
+            sa.text("""
             select c.status,
                    count(r.id) filter (where r.status = 'pending' and (r.next_attempt_at is null
                                         or r.next_attempt_at <= now())) as due,
@@ -157,10 +167,17 @@ def remaining(db: sa.Engine, campaign_id: uuid.UUID) -> Remaining:
             from campaigns c left join campaign_recipients r
                  on r.campaign_id = c.id and r.status in ('pending', 'sending')
             where c.id = :c group by c.status, c.provider_probe_at
-        """), {"c": campaign_id}).one()
-    return Remaining(row.status, row.due, row.waiting, row.unknown,
-                     float(row.next_in) if row.next_in is not None else None,
-                     float(row.probe_in) if row.probe_in is not None else None)
+        """),
+            {"c": campaign_id},
+        ).one()
+    return Remaining(
+        row.status,
+        row.due,
+        row.waiting,
+        row.unknown,
+        float(row.next_in) if row.next_in is not None else None,
+        float(row.probe_in) if row.probe_in is not None else None,
+    )
 
 
 MAX_IDLE_SLEEP = 5.0  # a waiting run looks again at least this often (a resume, a new due row)
@@ -203,8 +220,9 @@ def failed_waves_after(failed_waves: int, failed_batches: int, batches: int) -> 
     return failed_waves + 1 if batches and failed_batches == batches else 0
 
 
-def wave_plan(db: sa.Engine, campaign_id: uuid.UUID, batch_size: int, headroom: float, parallel: int
-              ) -> tuple[int, float]:
+def wave_plan(
+    db: sa.Engine, campaign_id: uuid.UUID, batch_size: int, headroom: float, parallel: int
+) -> tuple[int, float]:
     """How many batches to start at once, and the messages per second the limits allow (for the run's log).
 
     A slow campaign (say 100 messages an hour) starts one batch a wave: parallel batches would only queue
@@ -245,11 +263,16 @@ def supervise(db: sa.Engine, campaign_id: uuid.UUID, run_once: Callable[[], obje
         left = _left(now)
         if in_a_row >= RELAUNCH_LIMIT:
             with db.begin() as conn:
-                lifecycle.pause_for_error(conn, campaign_id, "runner_failed",
-                                          f"its runner was lost {in_a_row} times in a row; resume to try again")
+                lifecycle.pause_for_error(
+                    conn,
+                    campaign_id,
+                    "runner_failed",
+                    f"its runner was lost {in_a_row} times in a row; resume to try again",
+                )
             return lost
-        log.warning("campaign %s: its runner ended with the campaign running and nobody sending; starting it again",
-                    campaign_id)
+        log.warning(
+            "campaign %s: its runner ended with the campaign running and nobody sending; starting it again", campaign_id
+        )
 
 
 def _left(r: Remaining) -> int:

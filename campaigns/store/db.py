@@ -21,7 +21,7 @@ def sqlalchemy_url(url: str) -> str:
     """Use psycopg 3 whatever scheme the environment gives (postgres://, postgresql://)."""
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return "postgresql+psycopg://" + url[len(prefix) :]
     return url
 
 

@@ -163,13 +163,19 @@ campaign_recipients = sa.Table(
     sa.Index("ix_recipients_campaign_status_id", "campaign_id", "status", "id"),
     sa.Index("ux_recipients_wamid", "wamid", unique=True, postgresql_where=sa.text("wamid is not null")),
     # Statistics breakdowns without reading the whole campaign (migration 0008, bench/stats.py).
-    sa.Index("ix_recipients_campaign_skipped", "campaign_id", "skip_reason",
-             postgresql_where=sa.text("status = 'skipped'")),
-    sa.Index("ix_recipients_campaign_failed", "campaign_id", "error_code",
-             postgresql_where=sa.text("status = 'failed'")),
+    sa.Index(
+        "ix_recipients_campaign_skipped", "campaign_id", "skip_reason", postgresql_where=sa.text("status = 'skipped'")
+    ),
+    sa.Index(
+        "ix_recipients_campaign_failed", "campaign_id", "error_code", postgresql_where=sa.text("status = 'failed'")
+    ),
     sa.Index("ix_recipients_campaign_replied", "campaign_id", "id", postgresql_where=sa.text("replied_at is not null")),
-    sa.Index("ix_recipients_campaign_recent", "campaign_id", sa.text("coalesce(sent_at, failed_at)"),
-             postgresql_where=sa.text("coalesce(sent_at, failed_at) is not null")),
+    sa.Index(
+        "ix_recipients_campaign_recent",
+        "campaign_id",
+        sa.text("coalesce(sent_at, failed_at)"),
+        postgresql_where=sa.text("coalesce(sent_at, failed_at) is not null"),
+    ),
 )
 
 webhook_events = sa.Table(

@@ -90,12 +90,26 @@ OPT = sa.text("""
 
 def touch(conn: sa.Connection, seen: list[Seen]) -> None:
     if seen:
-        conn.execute(TOUCH, {"orgs": [s.organization_id for s in seen], "phones": [s.phone for s in seen],
-                             "ats": [s.at for s in seen], "names": [s.name for s in seen]})
+        conn.execute(
+            TOUCH,
+            {
+                "orgs": [s.organization_id for s in seen],
+                "phones": [s.phone for s in seen],
+                "ats": [s.at for s in seen],
+                "names": [s.name for s in seen],
+            },
+        )
 
 
 def apply_opt_changes(conn: sa.Connection, changes: list[OptChange]) -> None:
     if changes:
-        conn.execute(OPT, {"orgs": [c.organization_id for c in changes], "phones": [c.phone for c in changes],
-                           "ats": [c.at for c in changes], "outs": [c.opt_out for c in changes],
-                           "sources": [c.source for c in changes]})
+        conn.execute(
+            OPT,
+            {
+                "orgs": [c.organization_id for c in changes],
+                "phones": [c.phone for c in changes],
+                "ats": [c.at for c in changes],
+                "outs": [c.opt_out for c in changes],
+                "sources": [c.source for c in changes],
+            },
+        )

@@ -81,8 +81,9 @@ class Known:
     signer: str | None
 
 
-def _lookup(conn: sa.Connection, column: str, values: set[Any], by_id: dict[int, Known],
-            by_wamid: dict[str, Known]) -> None:
+def _lookup(
+    conn: sa.Connection, column: str, values: set[Any], by_id: dict[int, Known], by_wamid: dict[str, Known]
+) -> None:
     """Add the recipients whose `column` (id or wamid) is in `values` to both maps.
 
     One plain index lookup per key column: `id = any(..) or wamid = any(..)` can be planned as a scan of
@@ -90,13 +91,16 @@ def _lookup(conn: sa.Connection, column: str, values: set[Any], by_id: dict[int,
     """
     if not values:
         return
-    for row in conn.execute(sa.text(f"""
+    for row in conn.execute(
+        sa.text(f"""
         select r.id, r.wamid, r.organization_id, r.phone, n.webhook_signer as signer
         from campaign_recipients r
         join campaigns c on c.id = r.campaign_id
         join whatsapp_numbers n on n.id = c.whatsapp_number_id
         where r.{column} = any(:v)
-    """), {"v": list(values)}):
+    """),
+        {"v": list(values)},
+    ):
         known = Known(*row)
         by_id[known.id] = known
         if known.wamid:
@@ -142,9 +146,12 @@ def apply_statuses(conn: sa.Connection, matched: list[StatusUpdate]) -> set[Any]
     if not matched:
         return set()
     params = {
-        "rids": [u.recipient_id for u in matched], "wamids": [u.wamid for u in matched],
-        "statuses": [u.status for u in matched], "ats": [u.at for u in matched],
-        "codes": [u.code for u in matched], "messages": [u.message for u in matched],
+        "rids": [u.recipient_id for u in matched],
+        "wamids": [u.wamid for u in matched],
+        "statuses": [u.status for u in matched],
+        "ats": [u.at for u in matched],
+        "codes": [u.code for u in matched],
+        "messages": [u.message for u in matched],
     }
     campaign_of = {row.id: row.campaign_id for row in conn.execute(APPLY, params)}
     _pause_for_campaign_codes(conn, matched, campaign_of)
@@ -169,11 +176,14 @@ def _pause_for_campaign_codes(conn: sa.Connection, matched: list[StatusUpdate], 
 def apply_replies(conn: sa.Connection, replies: list[tuple[int, datetime]]) -> set[Any]:
     if not replies:
         return set()
-    rows = conn.execute(sa.text("""
+    rows = conn.execute(
+        sa.text("""
         update campaign_recipients r set replied_at = least(coalesce(r.replied_at, v.at), v.at)
         from unnest(cast(:ids as bigint[]), cast(:a as timestamptz[])) as v(id, at)
         where r.id = v.id returning r.campaign_id
-    """), {"ids": [i for i, _ in replies], "a": [a for _, a in replies]})
+    """),
+        {"ids": [i for i, _ in replies], "a": [a for _, a in replies]},
+    )
     return {row.campaign_id for row in rows}
 
 
@@ -183,9 +193,13 @@ def _channels(conn: sa.Connection, events: list[Claimed]) -> dict[str, list[tupl
     if not wanted:
         return {}
     out: dict[str, list[tuple[uuid.UUID, str | None]]] = {}
-    for pnid, org, signer in conn.execute(sa.text(
-        "select phone_number_id, organization_id, webhook_signer from whatsapp_numbers where phone_number_id = any(:p)"
-    ), {"p": list(wanted)}):
+    for pnid, org, signer in conn.execute(
+        sa.text(
+            "select phone_number_id, organization_id, webhook_signer from whatsapp_numbers"
+            " where phone_number_id = any(:p)"
+        ),
+        {"p": list(wanted)},
+    ):
         out.setdefault(pnid, []).append((org, signer))
     return out
 
@@ -212,8 +226,9 @@ def _parse(row: Any) -> ParsedEvent:
     return parse_body(row.id, row.provider, bytes(row.body), row.received_at)
 
 
-def _match_statuses(events: list[Claimed], by_id: dict[int, Known], by_wamid: dict[str, Known]
-                    ) -> tuple[list[StatusUpdate], list[OptChange]]:
+def _match_statuses(
+    events: list[Claimed], by_id: dict[int, Known], by_wamid: dict[str, Known]
+) -> tuple[list[StatusUpdate], list[OptChange]]:
     matched, opt_outs = [], []
     for e in events:
         for u in e.parsed.statuses:
@@ -231,8 +246,12 @@ def _match_statuses(events: list[Claimed], by_id: dict[int, Known], by_wamid: di
     return matched, opt_outs
 
 
-def _contact_events(events: list[Claimed], channels: dict[str, list[tuple[uuid.UUID, str | None]]],
-                    by_wamid: dict[str, Known], now: datetime) -> tuple[list[Seen], list[OptChange], list[Any]]:
+def _contact_events(
+    events: list[Claimed],
+    channels: dict[str, list[tuple[uuid.UUID, str | None]]],
+    by_wamid: dict[str, Known],
+    now: datetime,
+) -> tuple[list[Seen], list[OptChange], list[Any]]:
     settings = get_settings()
     stop, start = keyword_set(settings.opt_out_keywords), keyword_set(settings.opt_in_keywords)
     seen: list[Seen] = []
@@ -266,11 +285,14 @@ def _claim(conn: sa.Connection, limit: int, max_bytes: int) -> tuple[list[Any], 
     and fetch those. Returns them and whether the round was cut short (more may be pending).
 
     The rows locked but not kept stay pending; other ingesters skip them until this round commits."""
-    sizes = conn.execute(sa.text("""
+    sizes = conn.execute(
+        sa.text("""
         select id, octet_length(body) from webhook_events
         where state = 'pending' and (retry_at is null or retry_at <= now())
         order by id limit :n for update skip locked
-    """), {"n": limit}).all()
+    """),
+        {"n": limit},
+    ).all()
     kept, total = [], 0
     for event_id, size in sizes:
         total += size
@@ -279,8 +301,10 @@ def _claim(conn: sa.Connection, limit: int, max_bytes: int) -> tuple[list[Any], 
         kept.append(event_id)
     if not kept:
         return [], False
-    rows = conn.execute(sa.text("select id, provider, body, signers, received_at from webhook_events "
-                                "where id = any(:ids) order by id"), {"ids": kept}).all()
+    rows = conn.execute(
+        sa.text("select id, provider, body, signers, received_at from webhook_events where id = any(:ids) order by id"),
+        {"ids": kept},
+    ).all()
     return rows, len(sizes) == limit or len(kept) < len(sizes)
 
 
@@ -346,9 +370,20 @@ def _apply(conn: sa.Connection, events: list[Claimed], now: datetime) -> IngestR
     by_wamid: dict[str, Known] = {}
     _lookup(conn, "id", {u.recipient_id for u in updates if u.recipient_id is not None}, by_id, by_wamid)
     # Wamids only where our recipient id did not find the row (Evolution, foreign callback data) and for replies.
-    _lookup(conn, "wamid", {w for w in [*(u.wamid for u in updates if u.recipient_id not in by_id),
-                                        *(i.context_wamid for e in events for i in e.parsed.inbound)]
-                            if w and w not in by_wamid}, by_id, by_wamid)
+    _lookup(
+        conn,
+        "wamid",
+        {
+            w
+            for w in [
+                *(u.wamid for u in updates if u.recipient_id not in by_id),
+                *(i.context_wamid for e in events for i in e.parsed.inbound),
+            ]
+            if w and w not in by_wamid
+        },
+        by_id,
+        by_wamid,
+    )
     matched, opt_outs = _match_statuses(events, by_id, by_wamid)
     seen, changes, replies = _contact_events(events, _channels(conn, events), by_wamid, now)
     result.campaigns |= apply_statuses(conn, matched)
@@ -376,30 +411,50 @@ def _settle(conn: sa.Connection, events: list[Claimed]) -> None:
         elif e.unmatched or e.waiting_reply:
             retry.append(e.parsed.event_id)
         elif e.rejected:
-            log.warning("event %s: %d statuses for numbers its signer does not vouch for", e.parsed.event_id,
-                        e.rejected)
-            notes.append({"id": e.parsed.event_id, "state": "processed",
-                          "e": f"{e.rejected} statuses rejected: their numbers are not signed by this secret"})
+            log.warning(
+                "event %s: %d statuses for numbers its signer does not vouch for", e.parsed.event_id, e.rejected
+            )
+            notes.append(
+                {
+                    "id": e.parsed.event_id,
+                    "state": "processed",
+                    "e": f"{e.rejected} statuses rejected: their numbers are not signed by this secret",
+                }
+            )
         else:
             done.append(e.parsed.event_id)
     if done:
-        conn.execute(sa.text("update webhook_events set state = 'processed', processed_at = now(), "
-                             "attempts = attempts + 1 where id = any(:ids)"), {"ids": done})
+        conn.execute(
+            sa.text(
+                "update webhook_events set state = 'processed', processed_at = now(), "
+                "attempts = attempts + 1 where id = any(:ids)"
+            ),
+            {"ids": done},
+        )
     if notes:
-        conn.execute(sa.text("update webhook_events set state = :state, processed_at = now(), error = :e, "
-                             "attempts = attempts + 1 where id = :id"), notes)
+        conn.execute(
+            sa.text(
+                "update webhook_events set state = :state, processed_at = now(), error = :e, "
+                "attempts = attempts + 1 where id = :id"
+            ),
+            notes,
+        )
     if retry:
-        conn.execute(sa.text("""
+        conn.execute(
+            sa.text("""
             update webhook_events set attempts = attempts + 1,
                 state = case when attempts + 1 >= :max then 'orphaned' else 'pending' end,
                 retry_at = now() + least(interval '5 seconds' * power(2, attempts), interval '5 minutes'),
                 error = 'status or reply for a message not known yet'
             where id = any(:ids)
-        """), {"ids": retry, "max": ORPHAN_AFTER_ATTEMPTS})
+        """),
+            {"ids": retry, "max": ORPHAN_AFTER_ATTEMPTS},
+        )
 
 
-def ingest_pending(engine: sa.Engine, limit: int = 5000, max_rounds: int = 1000,
-                   max_bytes: int = ROUND_MAX_BYTES) -> IngestResult:
+def ingest_pending(
+    engine: sa.Engine, limit: int = 5000, max_rounds: int = 1000, max_bytes: int = ROUND_MAX_BYTES
+) -> IngestResult:
     """Drain what is pending now (each round its own transaction)."""
     total = IngestResult()
     for _ in range(max_rounds):
@@ -411,8 +466,12 @@ def ingest_pending(engine: sa.Engine, limit: int = 5000, max_rounds: int = 1000,
     return total
 
 
-def ingest_for(engine: sa.Engine, run_for_seconds: float, every_seconds: float = 1.0,
-               on_pass: Callable[[IngestResult], None] | None = None) -> IngestResult:
+def ingest_for(
+    engine: sa.Engine,
+    run_for_seconds: float,
+    every_seconds: float = 1.0,
+    on_pass: Callable[[IngestResult], None] | None = None,
+) -> IngestResult:
     """Keep draining every `every_seconds` for `run_for_seconds` (0 = drain once); `on_pass` sees each pass.
 
     A scheduled run that stays for its whole interval makes a status reach the statistics within about

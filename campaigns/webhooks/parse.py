@@ -25,8 +25,16 @@ from campaigns.sending.providers.base import clean_text, graph_code, parse_callb
 from campaigns.store.schema import INT4_MAX, INT8_MAX
 
 RANK = {"sent": 2, "delivered": 3, "read": 4, "played": 4, "failed": 5}
-EVOLUTION_STATUS = {"SERVER_ACK": "sent", "DELIVERY_ACK": "delivered", "READ": "read", "PLAYED": "read",
-                    "ERROR": "failed", "SENT": "sent", "DELIVERED": "delivered", "FAILED": "failed"}
+EVOLUTION_STATUS = {
+    "SERVER_ACK": "sent",
+    "DELIVERY_ACK": "delivered",
+    "READ": "read",
+    "PLAYED": "read",
+    "ERROR": "failed",
+    "SENT": "sent",
+    "DELIVERED": "delivered",
+    "FAILED": "failed",
+}
 MAX_ID = 256  # wamids, phone_number_ids, instances: Meta's are under 100 characters
 MAX_TEXT = 4096  # message texts, names, error texts (a WhatsApp text is at most 4,096 characters)
 MAX_PHONE_DIGITS = 15  # E.164
@@ -220,8 +228,15 @@ def _meta_messages(event_id: int, value: dict[str, Any], channel: str | None) ->
         phone = _phone(msg.get("from"), "from")
         if phone is None:
             return None
-        return Inbound(event_id, channel, phone, _ts(msg.get("timestamp")), _meta_text(msg),
-                       _id(_dict(msg.get("context"), "context").get("id"), "context.id"), names.get(phone))
+        return Inbound(
+            event_id,
+            channel,
+            phone,
+            _ts(msg.get("timestamp")),
+            _meta_text(msg),
+            _id(_dict(msg.get("context"), "context").get("id"), "context.id"),
+            names.get(phone),
+        )
 
     return _each(_list(value.get("messages"), "messages"), "messages", message)
 
@@ -237,13 +252,18 @@ def _meta_preference(event_id: int, pref: Any, channel: str | None) -> Preferenc
 def _meta_change(out: ParsedEvent, change: Any) -> None:
     value = _dict(_dict(change, "").get("value"), "value")
     try:
-        channel = _id(_dict(value.get("metadata"), "metadata").get("phone_number_id"), "metadata.phone_number_id",
-                      digits_ok=True)
-        out.statuses += _each(_list(value.get("statuses"), "statuses"), "statuses",
-                              lambda st: _meta_status(out.event_id, st))
+        channel = _id(
+            _dict(value.get("metadata"), "metadata").get("phone_number_id"), "metadata.phone_number_id", digits_ok=True
+        )
+        out.statuses += _each(
+            _list(value.get("statuses"), "statuses"), "statuses", lambda st: _meta_status(out.event_id, st)
+        )
         out.inbound += _meta_messages(out.event_id, value, channel)
-        out.preferences += _each(_list(value.get("user_preferences"), "user_preferences"), "user_preferences",
-                                 lambda pref: _meta_preference(out.event_id, pref, channel))
+        out.preferences += _each(
+            _list(value.get("user_preferences"), "user_preferences"),
+            "user_preferences",
+            lambda pref: _meta_preference(out.event_id, pref, channel),
+        )
     except Malformed as exc:
         raise exc.within("value") from None
 
@@ -268,8 +288,10 @@ def _evolution_text(message: dict[str, Any]) -> tuple[str | None, str | None]:
         return _text(message["conversation"], "conversation"), None
     extended = _dict(message.get("extendedTextMessage"), "extendedTextMessage")
     quoted = _dict(extended.get("contextInfo"), "extendedTextMessage.contextInfo").get("stanzaId")
-    return (_text(extended.get("text"), "extendedTextMessage.text"),
-            _id(quoted, "extendedTextMessage.contextInfo.stanzaId"))
+    return (
+        _text(extended.get("text"), "extendedTextMessage.text"),
+        _id(quoted, "extendedTextMessage.contextInfo.stanzaId"),
+    )
 
 
 def _evolution_inbound(event_id: int, item: dict[str, Any], channel: str | None, at: datetime) -> Inbound | None:
@@ -281,8 +303,15 @@ def _evolution_inbound(event_id: int, item: dict[str, Any], channel: str | None,
     if phone is None:
         return None
     text, quoted = _evolution_text(_dict(item.get("message"), "message"))
-    return Inbound(event_id, channel, phone, _ts(item.get("messageTimestamp"), at), text, quoted,
-                   _text(item.get("pushName"), "pushName", 256))
+    return Inbound(
+        event_id,
+        channel,
+        phone,
+        _ts(item.get("messageTimestamp"), at),
+        text,
+        quoted,
+        _text(item.get("pushName"), "pushName", 256),
+    )
 
 
 def parse_evolution(event_id: int, payload: Any, received_at: datetime | None = None) -> ParsedEvent:
@@ -297,6 +326,7 @@ def parse_evolution(event_id: int, payload: Any, received_at: datetime | None = 
     items = [i for i in (data if isinstance(data, list) else [data]) if isinstance(i, dict)]
     event = _word(payload.get("event")).lower().replace("_", ".")
     if event == "messages.update":
+
         def update(item: dict[str, Any]) -> StatusUpdate | None:
             status = EVOLUTION_STATUS.get(_word(item.get("status")).upper())
             return StatusUpdate(event_id, _id(item.get("keyId"), "keyId"), None, status, at) if status else None

@@ -166,8 +166,11 @@ class SignatureChecker:
 
 def evolution_signers(instance: str, apikey: str, known: KnownSecrets) -> list[str] | None:
     """Evolution signs nothing: the instance's api key, compared in constant time, is the proof."""
-    matched = [signer_id(key) for key in known.evolution_keys.get(instance, [])
-               if key and hmac.compare_digest(key.encode(), apikey.encode())]
+    matched = [
+        signer_id(key)
+        for key in known.evolution_keys.get(instance, [])
+        if key and hmac.compare_digest(key.encode(), apikey.encode())
+    ]
     return matched or None
 
 

@@ -66,9 +66,11 @@ class Verdict:
 
         extra = "".join(f" {k}={v}" for k, v in self.extra.items())
         exact = "yes" if self.stats_exact else "NO"
-        return (f"{self.scenario:<34} duplicates={self.duplicates} missing={self.missing} stats_exact={exact} "
-                f"longest pause in sending {secs(self.resumed_after_s)}, completed {secs(self.completed_after_s)} "
-                f"after the fault ({self.status}, {self.accepted} accepted of {self.eligible} eligible){extra}")
+        return (
+            f"{self.scenario:<34} duplicates={self.duplicates} missing={self.missing} stats_exact={exact} "
+            f"longest pause in sending {secs(self.resumed_after_s)}, completed {secs(self.completed_after_s)} "
+            f"after the fault ({self.status}, {self.accepted} accepted of {self.eligible} eligible){extra}"
+        )
 
 
 def record(verdict: Verdict) -> Verdict:
@@ -82,8 +84,9 @@ def record(verdict: Verdict) -> Verdict:
 # ---- setting up -------------------------------------------------------------------------------------------
 
 
-def new_campaign(db: sa.Engine, org: uuid.UUID, sandbox: Any, total: int, mps: int, start: int = 0,
-                 **campaign: Any) -> uuid.UUID:
+def new_campaign(
+    db: sa.Engine, org: uuid.UUID, sandbox: Any, total: int, mps: int, start: int = 0, **campaign: Any
+) -> uuid.UUID:
     """A template campaign to `total` new contacts over a sandbox number sending at `mps`."""
     number = add_sandbox_number(db, org, sandbox, mps=mps)
     add_contacts(db, org, [{"phone": p, "name": f"C{i}"} for i, p in enumerate(phones(total, start=start))])
@@ -113,8 +116,11 @@ def start_from_cli(db: sa.Engine, org: uuid.UUID, cid: uuid.UUID) -> None:
 def paused_pid(folder: Path, point: str, timeout: float = 120.0) -> int:
     """The pid of the process stopped at `point`, once it is there."""
     path = folder / point
-    pid = wait_for_value(lambda: path.exists() and path.read_text().strip(), timeout,
-                         message=f"no process reached the pause point {point!r} in {timeout:.0f} s")
+    pid = wait_for_value(
+        lambda: path.exists() and path.read_text().strip(),
+        timeout,
+        message=f"no process reached the pause point {point!r} in {timeout:.0f} s",
+    )
     return int(pid)
 
 
@@ -132,6 +138,7 @@ def pids_of(pattern: str) -> list[int]:
 
 def runner_pid(cid: uuid.UUID, timeout: float = 60.0) -> int:
     """The flow process running the campaign under its supervisor (not the supervisor itself)."""
+
     def one() -> int | None:
         found = pids_of(f"campaigns.cli run {cid}$")
         return found[0] if len(found) == 1 else None
@@ -141,9 +148,11 @@ def runner_pid(cid: uuid.UUID, timeout: float = 60.0) -> int:
 
 def engine_pid(runner: int, timeout: float = 60.0) -> int:
     """The send-engine process (campaigns/sending/engine_process.py) of a runner."""
+
     def first() -> int | None:
-        found = subprocess.run(["pgrep", "-P", str(runner), "-f", "campaigns.sending.engine_process"],
-                               capture_output=True, text=True).stdout.split()
+        found = subprocess.run(
+            ["pgrep", "-P", str(runner), "-f", "campaigns.sending.engine_process"], capture_output=True, text=True
+        ).stdout.split()
         return int(found[0]) if found else None
 
     return wait_for_value(first, timeout, 0.1, message=f"runner {runner} has no send engine")
@@ -164,8 +173,11 @@ def wait_until_settled(db: sa.Engine, cid: uuid.UUID, timeout: float = 240.0) ->
 
 
 def wait_accepted(sandbox: Any, count: int, timeout: float = 120.0) -> None:
-    wait_for(lambda: len(sandbox.messages()) >= count, timeout,
-             message=f"the sandbox accepted fewer than the {count} awaited in {timeout:.0f} s")
+    wait_for(
+        lambda: len(sandbox.messages()) >= count,
+        timeout,
+        message=f"the sandbox accepted fewer than the {count} awaited in {timeout:.0f} s",
+    )
 
 
 # ---- judging ----------------------------------------------------------------------------------------------
@@ -173,18 +185,26 @@ def wait_accepted(sandbox: Any, count: int, timeout: float = 120.0) -> None:
 
 def _rows(db: sa.Engine, cid: uuid.UUID) -> list[Any]:
     with db.connect() as conn:
-        return conn.execute(sa.text("""
+        return conn.execute(
+            sa.text("""
             select id, status, replied_at is not null as replied from campaign_recipients where campaign_id = :c
-        """), {"c": cid}).all()
+        """),
+            {"c": cid},
+        ).all()
 
 
 def sent_ids(db: sa.Engine, cid: uuid.UUID) -> set[int]:
     """The rows Postgres says were sent (the eligible ones of a campaign that stopped on purpose: a cap, a
     Cancel)."""
     with db.connect() as conn:
-        return set(conn.execute(sa.text("""
+        return set(
+            conn.execute(
+                sa.text("""
             select id from campaign_recipients where campaign_id = :c and status in ('sent', 'delivered', 'read')
-        """), {"c": cid}).scalars())
+        """),
+                {"c": cid},
+            ).scalars()
+        )
 
 
 def settle_statuses(db: sa.Engine, sandbox: Any) -> None:
@@ -195,8 +215,15 @@ def settle_statuses(db: sa.Engine, sandbox: Any) -> None:
         time.sleep(0.2)
 
 
-def judge(db: sa.Engine, sandbox: Any, cid: uuid.UUID, scenario: str, faults: list[float],
-          eligible_ids: set[int] | None = None, **extra: Any) -> Verdict:
+def judge(
+    db: sa.Engine,
+    sandbox: Any,
+    cid: uuid.UUID,
+    scenario: str,
+    faults: list[float],
+    eligible_ids: set[int] | None = None,
+    **extra: Any,
+) -> Verdict:
     """The sandbox's record against Postgres. `faults`: when each fault happened; the time to send again is
     the worst over them, the time to complete counts from the last. `eligible_ids`: the rows that should have
     been accepted (all the campaign's, unless a cap allows fewer)."""
@@ -210,13 +237,20 @@ def judge(db: sa.Engine, sandbox: Any, cid: uuid.UUID, scenario: str, faults: li
         counts[m["biz_opaque_callback_data"]] = counts.get(m["biz_opaque_callback_data"], 0) + 1
     row = campaign_row(db, cid)
     completed = row["completed_at"].timestamp() if row["completed_at"] and row["status"] == "completed" else None
-    return record(Verdict(
-        scenario=scenario, eligible=len(eligible), accepted=len(counts),
-        duplicates=sum(n - 1 for n in counts.values()), missing=len({f"pytake:{i}" for i in eligible} - set(counts)),
-        stats_exact=not (wrong := stats_mismatches(rows, records)), status=row["status"],
-        resumed_after_s=resumed_after(records, faults),
-        completed_after_s=completed - faults[-1] if completed and faults else None,
-        extra={**extra, **({"rows_differing": f"{len(wrong)} ({'; '.join(wrong[:3])})"} if wrong else {})}))
+    return record(
+        Verdict(
+            scenario=scenario,
+            eligible=len(eligible),
+            accepted=len(counts),
+            duplicates=sum(n - 1 for n in counts.values()),
+            missing=len({f"pytake:{i}" for i in eligible} - set(counts)),
+            stats_exact=not (wrong := stats_mismatches(rows, records)),
+            status=row["status"],
+            resumed_after_s=resumed_after(records, faults),
+            completed_after_s=completed - faults[-1] if completed and faults else None,
+            extra={**extra, **({"rows_differing": f"{len(wrong)} ({'; '.join(wrong[:3])})"} if wrong else {})},
+        )
+    )
 
 
 def resumed_after(records: list[dict[str, Any]], faults: list[float]) -> float | None:
@@ -241,6 +275,7 @@ def stats_mismatches(rows: list[Any], records: list[dict[str, Any]]) -> list[str
         m = truth.get(f"pytake:{r.id}")
         theirs = (m.get("final_status", "sent"), m.get("replied", False)) if m else ("never accepted", False)
         if (m is None and r.status in SENT_LIKE) or (m is not None and (r.status, r.replied) != theirs):
-            wrong.append(f"{r.id}: {r.status}{' replied' if r.replied else ''} != {theirs[0]}"
-                         f"{' replied' if theirs[1] else ''}")
+            wrong.append(
+                f"{r.id}: {r.status}{' replied' if r.replied else ''} != {theirs[0]}{' replied' if theirs[1] else ''}"
+            )
     return wrong

@@ -66,12 +66,21 @@ def kill_in_turn(db, org, sandbox, pause_dir, moments: list[str], total: int, mp
 
 
 def test_a_runner_and_an_engine_killed_at_three_moments_lose_and_repeat_nothing(db, org, sandbox, pause_dir):
-    kill_in_turn(db, org, sandbox, pause_dir, ["audience-build", "answered-not-recorded",
-                                               "engine-answered-not-returned"], total=600, mps=100, start=20_000)
+    kill_in_turn(
+        db,
+        org,
+        sandbox,
+        pause_dir,
+        ["audience-build", "answered-not-recorded", "engine-answered-not-returned"],
+        total=600,
+        mps=100,
+        start=20_000,
+    )
 
 
 @pytest.mark.heavy
 @pytest.mark.parametrize("moment", list(MOMENTS))
 def test_heavy_a_runner_or_engine_killed_loses_and_repeats_nothing(db, org, sandbox, pause_dir, moment):
-    kill_in_turn(db, org, sandbox, pause_dir, [moment], total=1500, mps=150,
-                 start=30_000 + 2000 * list(MOMENTS).index(moment))
+    kill_in_turn(
+        db, org, sandbox, pause_dir, [moment], total=1500, mps=150, start=30_000 + 2000 * list(MOMENTS).index(moment)
+    )

@@ -61,9 +61,16 @@ def test_heavy_prefect_server_restarted_then_cancel_still_stops_the_run(db, org,
 
     campaign = campaign_row(db, cid)
     settle_statuses(db, sandbox)
-    verdict = judge(db, sandbox, cid, f"prefect server down {DOWN_SECONDS} s, then Cancel", [fault_at],
-                    eligible_ids=sent_ids(db, cid), sent_while_down=during,
-                    cancel_stopped_after_s=round(stopped_after, 1))
+    verdict = judge(
+        db,
+        sandbox,
+        cid,
+        f"prefect server down {DOWN_SECONDS} s, then Cancel",
+        [fault_at],
+        eligible_ids=sent_ids(db, cid),
+        sent_while_down=during,
+        cancel_stopped_after_s=round(stopped_after, 1),
+    )
     assert (campaign["status"], campaign["paused_reason"]) == ("paused", "operator"), verdict.line()
     assert len(sandbox.messages()) == held < total  # nothing leaves after the Cancel
     assert during > 0  # sending did not wait for Prefect

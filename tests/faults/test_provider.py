@@ -45,9 +45,15 @@ def outage(db, org, sandbox, seconds: float, total: int, mps: int, start: int) -
     result = run_campaign(cid)
     thread.join()
     attempts = [r["attempts"] for r in recipients(db, cid)]
-    verdict = judge(db, sandbox, cid, f"provider: 503 for {seconds:.0f} s", when,
-                    errors_503=sandbox.stats()["errors_by_code"].get(2, 0),
-                    attempts_spent=sum(attempts) - len(attempts))  # retries the outage cost the recipients
+    verdict = judge(
+        db,
+        sandbox,
+        cid,
+        f"provider: 503 for {seconds:.0f} s",
+        when,
+        errors_503=sandbox.stats()["errors_by_code"].get(2, 0),
+        attempts_spent=sum(attempts) - len(attempts),
+    )  # retries the outage cost the recipients
     assert result["status"] == "completed", (result, verdict.line())
     assert (verdict.duplicates, verdict.missing, verdict.stats_exact) == (0, 0, True), verdict.line()
 
@@ -85,8 +91,12 @@ def test_a_provider_answering_after_the_timeout(db, org, sandbox):
     slow_provider(db, org, sandbox, total=300, mps=100, start=64_000)
 
 
-def _receiver_restarted(sandbox, receiver: ThreadedServer, accepted: int, down_seconds: float,
-                        ) -> tuple[threading.Thread, list[float], list[ThreadedServer]]:
+def _receiver_restarted(
+    sandbox,
+    receiver: ThreadedServer,
+    accepted: int,
+    down_seconds: float,
+) -> tuple[threading.Thread, list[float], list[ThreadedServer]]:
     """Stop `receiver` once the sandbox accepted `accepted` messages and start a new one on its port
     `down_seconds` later; meanwhile the sandbox's POSTs fail and are retried, as Meta's are."""
     when: list[float] = []
@@ -112,10 +122,22 @@ def storm(db, org, sandbox, total: int, mps: int, start: int) -> None:
     """Every status three times, shuffled, the first ones before their batch is recorded, replies too; the
     receiver restarted halfway (down for 2 s) while the sandbox retries what it could not post."""
     receiver = ThreadedServer(create_app(os.environ["DATABASE_URL"], _secrets())).start()
-    sandbox.configure(latency_ms=20, sent_delay_ms=0, delivered_delay_ms=0, read_delay_ms=0, reply_delay_ms=0,
-                      read_rate=0.6, reply_rate=0.3, duplicate_rate=1.0, duplicate_copies=2, duplicate_delay_ms=500,
-                      shuffle=True, shuffle_window_ms=500, webhook_url=f"{receiver.url}/webhooks/whatsapp",
-                      webhook_max_retries=8)  # backoff 0.1 s doubling, up to 5 s: ~15 s of retries
+    sandbox.configure(
+        latency_ms=20,
+        sent_delay_ms=0,
+        delivered_delay_ms=0,
+        read_delay_ms=0,
+        reply_delay_ms=0,
+        read_rate=0.6,
+        reply_rate=0.3,
+        duplicate_rate=1.0,
+        duplicate_copies=2,
+        duplicate_delay_ms=500,
+        shuffle=True,
+        shuffle_window_ms=500,
+        webhook_url=f"{receiver.url}/webhooks/whatsapp",
+        webhook_max_retries=8,
+    )  # backoff 0.1 s doubling, up to 5 s: ~15 s of retries
     cid = new_campaign(db, org, sandbox, total, mps, start=start)
     thread, when, servers = _receiver_restarted(sandbox, receiver, total // 2, 2.0)
     try:
@@ -123,9 +145,15 @@ def storm(db, org, sandbox, total: int, mps: int, start: int) -> None:
         thread.join()
         sandbox.drain_webhooks(timeout=60)  # every webhook posted (or dropped) while a receiver listens
         stats = sandbox.stats()
-        verdict = judge(db, sandbox, cid, "webhook storm, receiver restarted", when,
-                        events_posted=sum(stats["webhook_events_posted"].values()),
-                        posts_refused_while_down=stats["webhook_posts_failed"])
+        verdict = judge(
+            db,
+            sandbox,
+            cid,
+            "webhook storm, receiver restarted",
+            when,
+            events_posted=sum(stats["webhook_events_posted"].values()),
+            posts_refused_while_down=stats["webhook_posts_failed"],
+        )
     finally:
         for server in servers:
             server.stop()

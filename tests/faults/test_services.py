@@ -39,18 +39,24 @@ def terminate_backends(db) -> None:
     """Every connection to this test database but the one asking dies, as in a Postgres restart (others'
     databases untouched)."""
     with db.connect() as conn:
-        conn.execute(sa.text("""
+        conn.execute(
+            sa.text("""
             select pg_terminate_backend(pid) from pg_stat_activity
             where datname = current_database() and pid <> pg_backend_pid()
-        """))
+        """)
+        )
         conn.commit()
 
 
 def restart_cluster() -> None:
     """The machine's Postgres restarted (every database on it: other sessions see it too, for a second)."""
     version = next(Path("/etc/postgresql").iterdir()).name
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True,
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
 
 
 def postgres_lost(db, org, sandbox, fault, scenario: str, total: int, mps: int, start: int) -> None:
@@ -65,14 +71,21 @@ def postgres_lost(db, org, sandbox, fault, scenario: str, total: int, mps: int, 
 
 
 def test_every_postgres_connection_killed_mid_campaign(db, org, sandbox):
-    postgres_lost(db, org, sandbox, lambda: terminate_backends(db), "postgres: backends terminated",
-                  total=600, mps=100, start=40_000)
+    postgres_lost(
+        db,
+        org,
+        sandbox,
+        lambda: terminate_backends(db),
+        "postgres: backends terminated",
+        total=600,
+        mps=100,
+        start=40_000,
+    )
 
 
 @pytest.mark.heavy
 def test_heavy_the_postgres_cluster_restarted_mid_campaign(db, org, sandbox):
-    postgres_lost(db, org, sandbox, restart_cluster, "postgres: cluster restarted", total=3000, mps=150,
-                  start=44_000)
+    postgres_lost(db, org, sandbox, restart_cluster, "postgres: cluster restarted", total=3000, mps=150, start=44_000)
 
 
 def redis_lost(db, org, sandbox, scenario: str, total: int, mps: int, per_hour: int, start: int) -> None:
@@ -90,8 +103,18 @@ def redis_lost(db, org, sandbox, scenario: str, total: int, mps: int, per_hour: 
     sent = sent_ids(db, cid)
     stats = sandbox.stats()
     fastest = max(stats["max_window_per_second_by_phone"].values())
-    verdict = judge(db, sandbox, cid, scenario, when, eligible_ids=sent, cap=per_hour, max_per_second=fastest,
-                    mps=mps, refused_130429=stats["throttled_130429"])
+    verdict = judge(
+        db,
+        sandbox,
+        cid,
+        scenario,
+        when,
+        eligible_ids=sent,
+        cap=per_hour,
+        max_per_second=fastest,
+        mps=mps,
+        refused_130429=stats["throttled_130429"],
+    )
     with db.connect() as conn:
         paused_reason = lifecycle.get_any_org(conn, cid)["paused_reason"]
     assert (result["status"], paused_reason) == ("paused", "rate_limit")

@@ -45,11 +45,14 @@ def test_each_number_has_its_own_window():
     assert refused(window, "PN1", 0.3) and not refused(window, "PN2", 0.3)
 
 
-@pytest.mark.parametrize(("spacing", "accepted", "most_in_a_second"), [
-    (0.2, 24, 3),  # 5 a second offered: 3 of every 5 accepted, never more than 3 in any second
-    (0.34, 40, 3),  # just under the cap: every one accepted
-    (0.5, 40, 2),
-])
+@pytest.mark.parametrize(
+    ("spacing", "accepted", "most_in_a_second"),
+    [
+        (0.2, 24, 3),  # 5 a second offered: 3 of every 5 accepted, never more than 3 in any second
+        (0.34, 40, 3),  # just under the cap: every one accepted
+        (0.5, 40, 2),
+    ],
+)
 def test_paced_traffic_above_the_cap_slides_the_window_and_never_exceeds_it(spacing, accepted, most_in_a_second):
     window = Throughput()
     taken = 0

@@ -113,11 +113,17 @@ def clean_result(result: SendResult) -> SendResult:
         shown = clean_text(result.error_code, 40)
         message, code = (f"{message} (code {shown})" if message else f"code {shown}"), None
     retry_after = result.retry_after
-    if not isinstance(retry_after, int | float) or not (math.isfinite(retry_after) and
-                                                         0 <= retry_after <= MAX_RETRY_AFTER):
+    if not isinstance(retry_after, int | float) or not (
+        math.isfinite(retry_after) and 0 <= retry_after <= MAX_RETRY_AFTER
+    ):
         retry_after = None
-    return replace(result, message_id=_message_id(result.message_id), error_code=code,
-                   error_message=message[:MAX_ERROR_TEXT] if message is not None else None, retry_after=retry_after)
+    return replace(
+        result,
+        message_id=_message_id(result.message_id),
+        error_code=code,
+        error_message=message[:MAX_ERROR_TEXT] if message is not None else None,
+        retry_after=retry_after,
+    )
 
 
 def parse_callback_data(value: str | None) -> int | None:
@@ -151,13 +157,15 @@ async def post_json(
             status = resp.status
             retry_after = resp.headers.get("Retry-After")
     except TimeoutError:
-        return SendResult(recipient_id, False, error_message="timeout waiting for the provider", ambiguous=True,
-                          unavailable=True)
+        return SendResult(
+            recipient_id, False, error_message="timeout waiting for the provider", ambiguous=True, unavailable=True
+        )
     except aiohttp.ClientConnectorError as exc:
         return SendResult(recipient_id, False, error_message=f"connection failed: {exc.os_error}", unavailable=True)
     except aiohttp.ClientError as exc:
-        return SendResult(recipient_id, False, error_message=f"transport error: {exc}", ambiguous=True,
-                          unavailable=True)
+        return SendResult(
+            recipient_id, False, error_message=f"transport error: {exc}", ambiguous=True, unavailable=True
+        )
     try:
         payload: Any = json.loads(raw)
     except ValueError:

@@ -44,5 +44,6 @@ class EvolutionProvider:
         # 401/403 is a bad api key (campaign-level, like 190); anything else is transient, a 5xx the gateway down.
         code = {400: 131026, 401: 190, 403: 190, 404: 131026}.get(status)
         message = redact(f"HTTP {status}: {_message(payload)}", self.headers["apikey"])
-        return SendResult(msg.recipient_id, False, None, code, message, status, status >= 500,
-                          unavailable=status >= 500)
+        return SendResult(
+            msg.recipient_id, False, None, code, message, status, status >= 500, unavailable=status >= 500
+        )

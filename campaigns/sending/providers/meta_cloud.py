@@ -64,9 +64,17 @@ class MetaCloudProvider:
             return SendResult(msg.recipient_id, True, message_id=_first_id(payload), http_status=status)
         code, message = graph_error(payload)
         ambiguous = code in AMBIGUOUS_CODES or (code is None and status >= 500)
-        return SendResult(msg.recipient_id, False, None, code, redact(message, self.token) or f"HTTP {status}", status,
-                          ambiguous, reply.retry_after,
-                          unavailable=code in UNAVAILABLE_CODES or (code is None and status >= 500))
+        return SendResult(
+            msg.recipient_id,
+            False,
+            None,
+            code,
+            redact(message, self.token) or f"HTTP {status}",
+            status,
+            ambiguous,
+            reply.retry_after,
+            unavailable=code in UNAVAILABLE_CODES or (code is None and status >= 500),
+        )
 
 
 class SandboxProvider(MetaCloudProvider):
