@@ -12,6 +12,16 @@ The two housekeeping deployments are tagged `housekeeping`, campaign runs `campa
 the Runs page filtered by tag shows one or the other. The global concurrency limit for send batches is
 created here if missing.
 
+Two runners share the process, each with its own slots: one runs campaigns (`--limit`, 8 by default: each
+run is a process), the other housekeeping and the operator's forms. However many campaigns run, statuses
+are still ingested, scheduled and capped campaigns still start, and an operator's pause is not queued
+behind the campaign it pauses. The scheduler's deployment admits one run at a time and cancels a new one
+while one runs (CANCEL_NEW): two passes at once would launch the same campaign twice. Runs left Running or
+Pending by a `serve` that was killed (kill -9, a lost machine) are closed as Crashed when `serve` starts
+again, if it is the only one (a Postgres advisory lock per Prefect server, held while it lives): nothing
+else would, the UI would show them running forever, and the scheduler's would hold its one slot until
+Prefect's five-minute lease ran out.
+
 Ctrl-C (SIGINT) stops it as SIGTERM does, within seconds: Prefect's runner cancels the runs in progress
 ("Runner is shutting down."; the scheduler launches interrupted campaigns again once it is back), and the
 runs themselves ignore the terminal's SIGINT, which would otherwise crash them.
@@ -21,15 +31,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect import Flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy, StateType
 from prefect.exceptions import TerminationSignal
 from prefect.runner import Runner
 from prefect.schedules import Interval, Schedule
+from prefect.settings import PREFECT_API_URL
+from prefect.states import Crashed
 
+from campaigns.store.db import get_engine
+from campaigns.store.runlock import sole_serve_lock
 from deployments.limits import ensure_send_limit
 from deployments.warm_start import start_runs_warm
 from flows.campaign_control import campaign_control
@@ -38,6 +62,7 @@ from flows.create_campaign import create_campaign
 from flows.ingest_statuses import ingest_statuses
 from flows.send_campaign import send_campaign
 
+log = logging.getLogger(__name__)
 INGEST_INTERVAL = 600  # fewer, longer runs: housekeeping must not bury the campaign runs
 SCHEDULER_RUN = 600  # a pass every 30 s, in runs of ten minutes (one at a time)
 HOUSEKEEPING = ["campaigns", "housekeeping"]
@@ -55,12 +80,34 @@ def soon_and_every(seconds: int) -> Schedule:
     return Interval(seconds, anchor_date=anchor)
 
 
+ORPHANED = [StateType.RUNNING, StateType.PENDING, StateType.CANCELLING]
+HOUSEKEEPING_SLOTS = 4  # ingest and the scheduler (one run each) and the operator's forms, which last seconds
+
+
+async def close_orphaned_runs(deployment_ids: list[Any]) -> int:
+    """Mark Crashed the runs of these deployments that a previous `serve` left Running, Pending or Cancelling.
+    Called before this `serve` polls, when no run of its own exists yet; a served deployment is served by one
+    `serve` at a time (the last to register it), so such a run has no process left. The transition is
+    orchestrated (not forced), so Prefect releases the deployment slot the run held."""
+    async with get_client() as client:
+        runs = await client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=deployment_ids)),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=ORPHANED))),
+        )
+        for run in runs:
+            await client.set_flow_run_state(
+                run.id, Crashed(message="Closed when `campaigns serve` started again: the serve running it was gone.")
+            )
+    return len(runs)
+
+
 def main(limit: int = 8) -> None:
     """Register the deployments with their flows (so each run forks from the warm server: warm_start.py; a
     deployment registered without its flow would start `python -m prefect.engine`, importing everything
-    again) and poll for runs until SIGINT or SIGTERM."""
-    served: list[tuple[Flow[..., Any], dict[str, Any]]] = [
-        (send_campaign, {"tags": ["campaigns"]}),
+    again) and poll for runs until SIGINT or SIGTERM: campaign runs on one runner (`limit` at once),
+    housekeeping and the operator's forms on another, so that neither waits for the other's slots."""
+    campaign_flows: list[tuple[Flow[..., Any], dict[str, Any]]] = [(send_campaign, {"tags": ["campaigns"]})]
+    housekeeping_flows: list[tuple[Flow[..., Any], dict[str, Any]]] = [
         (
             ingest_statuses,
             {
@@ -74,7 +121,9 @@ def main(limit: int = 8) -> None:
             {
                 "schedule": soon_and_every(SCHEDULER_RUN),
                 "tags": HOUSEKEEPING,
-                "concurrency_limit": 1,
+                "concurrency_limit": ConcurrencyLimitConfig(
+                    limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
+                ),
                 "parameters": {"run_for_seconds": SCHEDULER_RUN - 30, "every_seconds": 30.0},
             },
         ),
@@ -82,13 +131,38 @@ def main(limit: int = 8) -> None:
         (campaign_control, {"tags": OPERATOR_TAGS}),
     ]
     ensure_send_limit()
-    start_runs_warm([served_flow for served_flow, _ in served])
+    start_runs_warm([served_flow for served_flow, _ in campaign_flows + housekeeping_flows])
     signal.signal(signal.SIGINT, lambda *_: signal.raise_signal(signal.SIGTERM))  # Prefect handles SIGTERM
-    runner = Runner(limit=limit, query_seconds=POLL_SECONDS, pause_on_shutdown=True)
-    for served_flow, options in served:
-        runner.add_flow(served_flow, name="default", **options)
+    runners = []
+    deployment_ids = []
+    for flows, slots in ((campaign_flows, limit), (housekeeping_flows, HOUSEKEEPING_SLOTS)):
+        runner = Runner(limit=slots, query_seconds=POLL_SECONDS, pause_on_shutdown=True)
+        for served_flow, options in flows:
+            deployment_ids.append(runner.add_flow(served_flow, name="default", **options))
+        runners.append(runner)
+
+    def stop_all(*_: Any) -> None:
+        """Each runner installs its own SIGTERM handler, and the last one installed would stop only itself."""
+        running = [runner for runner in runners if runner.started and not runner.stopping]
+        if not running:
+            raise SystemExit(0)
+        for runner in running:
+            Runner.handle_sigterm(runner)
+
+    for runner in runners:
+        runner.handle_sigterm = stop_all  # type: ignore[method-assign]
+
+    sole = sole_serve_lock(get_engine(), PREFECT_API_URL.value() or "")
+
+    async def serve_all() -> None:
+        if sole is not None:
+            await close_orphaned_runs(deployment_ids)
+        else:
+            log.warning("another `campaigns serve` is running on this Prefect server: runs left Running stay so")
+        await asyncio.gather(*(runner.start() for runner in runners))
+
     with contextlib.suppress(KeyboardInterrupt, TerminationSignal):
-        asyncio.run(runner.start())
+        asyncio.run(serve_all())
 
 
 if __name__ == "__main__":

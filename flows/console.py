@@ -28,6 +28,7 @@ from prefect.exceptions import Abort, Pause
 from prefect.states import Cancelled, Completed, Failed, State, Suspended
 
 from campaigns.control import lifecycle, operator
+from campaigns.control.scheduler import RUNNER_SHUTDOWN
 from campaigns.errors import CampaignError
 from campaigns.reporting import run_report
 from campaigns.store.db import get_engine
@@ -137,12 +138,25 @@ def pause_campaign(campaign_id: uuid.UUID, message: str) -> bool:
         return lifecycle.pause_for_error(conn, campaign_id, "operator", message)
 
 
-def on_termination(campaign_id: uuid.UUID, logger: Any) -> None:
-    """SIGTERM from `serve` or a worker. If it carries Prefect's "cancel" intent (Cancel pressed in the UI),
-    the campaign pauses at once and the sends in flight stop within the send path's control poll; otherwise
-    (`serve` stopping) the send engine ends now, so nothing leaves after it and the rows in flight are
-    reconciled by the next run, as after a crash. Prefect cannot stop task threads: without this they sent
-    on until their batches were done (12 s and more)."""
+def cancel_was_pressed(flow_run_id: uuid.UUID) -> bool:
+    """Whether the run is being cancelled from the UI (or the API): its state on the server is Cancelling.
+    `serve` stopping sends its runs the same "cancel" intent and SIGTERM, but marks them Cancelled only after
+    they are gone, so until then their state is still Running. Unreachable API: not pressed (the campaign
+    stays running and is taken up again; a real Cancel is still honoured by on_cancellation)."""
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(flow_run_id).state
+    except Exception:
+        return False
+    return bool(state and state.type == StateType.CANCELLING)
+
+
+def on_termination(campaign_id: uuid.UUID, flow_run_id: uuid.UUID, logger: Any) -> None:
+    """SIGTERM from `serve` or a worker. If Cancel was pressed in the UI, the campaign pauses at once and the
+    sends in flight stop within the send path's control poll; otherwise (`serve` stopping) the campaign stays
+    running for the next `serve` to take up, and the send engine ends now, so nothing leaves after it and the
+    rows in flight are reconciled by the next run, as after a crash. Prefect cannot stop task threads: without
+    this they sent on until their batches were done (12 s and more)."""
     from campaigns.sending.engine_process import close_engine_client
 
     try:
@@ -151,7 +165,7 @@ def on_termination(campaign_id: uuid.UUID, logger: Any) -> None:
         intent = get_intent()
     except ImportError:  # a Prefect without control intents: the hook after the kill still pauses
         intent = None
-    if intent == "cancel":
+    if intent == "cancel" and cancel_was_pressed(flow_run_id):
         if pause_campaign(campaign_id, CANCEL_PRESSED):
             logger.warning("campaign paused (operator): %s", CANCEL_PRESSED)
     else:
@@ -165,7 +179,7 @@ def on_cancellation(flow: Any, flow_run: Any, state: Any) -> None:
     from prefect.logging.loggers import flow_run_logger
 
     campaign_id = (flow_run.parameters or {}).get("campaign_id")
-    if not campaign_id:
+    if not campaign_id or (state and state.message == RUNNER_SHUTDOWN):  # `serve` stopping: not the operator
         return
     if pause_campaign(uuid.UUID(str(campaign_id)), CANCEL_PRESSED):
         flow_run_logger(flow_run, flow).warning("campaign paused (operator): %s", CANCEL_PRESSED)

@@ -18,7 +18,7 @@ from contextlib import nullcontext
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.artifacts import update_progress_artifact
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import Pause, TerminationSignal
 from prefect.futures import as_completed
@@ -36,7 +36,7 @@ from campaigns.store.db import get_engine
 from campaigns.store.runlock import RunnerLock, campaign_runner_lock
 from deployments.limits import ensure_send_limit, slots_for_run
 from flows import console
-from tasks.artifacts import publish_summary
+from tasks.artifacts import progress_card, publish_summary
 from tasks.send import prepare_campaign, reconcile_unknown, send_batch
 
 LOG_EVERY_SECONDS = 10.0  # one line of sending figures at most this often (a slow campaign's waves are many)
@@ -125,7 +125,7 @@ def send_campaign(campaign_id: uuid.UUID) -> State:
                 buttons.press("suspend")
                 raise
             except TerminationSignal:  # Cancel pressed, or `serve` stopping
-                console.on_termination(campaign_id, log)
+                console.on_termination(campaign_id, run_id, log)
                 raise
             except Exception as exc:  # never "running" with nobody sending: paused, with the error
                 _runner_failed(campaign_id, exc, log)
@@ -171,7 +171,7 @@ def _send(campaign_id: uuid.UUID, log: Any, buttons: console.ButtonWatcher, held
     limit_name = ensure_send_limit()
     pct, _ = _progress(campaign_id)
     log.info("sending: %.1f%% of %s recipients already processed", pct, f"{prepared.total_recipients:,}")
-    artifact = create_progress_artifact(pct, key=f"campaign-{campaign_id}-progress", description="Recipients processed")
+    artifact = progress_card(campaign_id, buttons.flow_run_id, pct)
     batch_no = failed_waves = 0
     wave_cap, allowed = runner.wave_plan(
         db, campaign_id, settings.batch_size, settings.rate_headroom, settings.parallel_batches

@@ -61,3 +61,28 @@ def publish_summary(
                 create(data, key=key, description=description)
                 wrote = True
     return wrote
+
+
+def progress_key(campaign_id: uuid.UUID) -> str:
+    return f"campaign-{campaign_id}-progress"
+
+
+def progress_card(campaign_id: uuid.UUID, flow_run_id: uuid.UUID, percent: float) -> uuid.UUID:
+    """The run's progress card, at `percent`: created once per run. A run resumed after a pause is a new
+    process for the same run and finds the card it made before (a second card on the same run would leave the
+    first stuck at the pause)."""
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        mine = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[progress_key(campaign_id)]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+            ),
+            limit=1,
+        )
+    if mine:
+        update_progress_artifact(mine[0].id, percent)
+        return mine[0].id
+    return create_progress_artifact(percent, key=progress_key(campaign_id), description="Recipients processed")

@@ -139,6 +139,8 @@ def test_a_paused_campaign_suspends_its_run_and_resuming_it_finishes_in_the_same
     summary = _artifacts(f"campaign-{cid}-summary")
     assert len(summary) == 1 and summary[0].flow_run_id == uuid.UUID(run_id)  # one, updated in place
     assert f"# {name}" in summary[0].data and "**Status:** completed" in summary[0].data
+    progress = _artifacts(f"campaign-{cid}-progress")  # the resumed run (a new process) kept its one card
+    assert [(card.flow_run_id, card.data) for card in progress] == [(uuid.UUID(run_id), 100.0)]
 
 
 def test_cancel_in_the_ui_stops_sending_within_two_seconds_and_pauses_the_campaign(db, org, sandbox, campaigns_serve):

@@ -68,7 +68,8 @@ def pause_explanation(campaign: dict[str, Any]) -> str:
 
 
 def funnel_line(body: dict[str, Any]) -> str:
-    """'9,750 sent, 9,700 delivered (99.5%), 5,000 read (51.5%), 120 replied (1.2%), 3 failed; 250 skipped'."""
+    """'9,750 sent, 9,700 delivered (99.5%), 5,000 read (51.5%), 120 replied (1.2%), 3 failed; 250 skipped,
+    47 awaiting their status (the summary follows them)'."""
     parts = [
         f"{_n(body['messages_sent'])} sent",
         f"{_n(body['messages_delivered'])} delivered ({body['delivery_rate']}%)",
@@ -77,6 +78,8 @@ def funnel_line(body: dict[str, Any]) -> str:
         f"{_n(body['messages_failed'])} failed",
     ]
     tail = [f"{_n(body['messages_skipped'])} skipped"]
+    if body.get("awaiting_status"):  # sent, no status yet: the state's message is written before they arrive
+        tail.append(f"{_n(body['awaiting_status'])} awaiting their status (the summary follows them)")
     if body["messages_pending"]:
         tail.append(f"{_n(body['messages_pending'])} not sent yet")
     if body["messages_cancelled"]:

@@ -114,3 +114,19 @@ def runner_alive(conn: sa.Connection, campaign_id: uuid.UUID) -> bool:
         conn.execute(sa.text("select pg_advisory_unlock(:k)"), params)
         return False
     return True
+
+
+def sole_serve_lock(db: sa.Engine, prefect_api: str) -> sa.Connection | None:
+    """The connection holding the lock of the one `campaigns serve` for this Prefect API, or None when another
+    live `serve` holds it. Held until the process exits (the lock dies with the connection, so a killed
+    `serve` frees it at once). Only the sole `serve` may take runs left Running for orphans: a second one
+    beside it would otherwise mark the first one's live runs Crashed."""
+    digest = hashlib.blake2b(b"pytake-campaigns-serve:" + prefect_api.encode(), digest_size=8).digest()
+    conn = db.connect()
+    if conn.execute(
+        sa.text("select pg_try_advisory_lock(:k)"), {"k": int.from_bytes(digest, "big", signed=True)}
+    ).scalar():
+        conn.commit()  # the session lock outlives the transaction
+        return conn
+    conn.close()
+    return None
