@@ -78,7 +78,7 @@ def send_batch(
     # The breaker counts neither rate refusals nor a provider that could not take the request (outage.py).
     tried = [res for res in sent if res.error_code not in THROUGHPUT_CODES | {PAIR_LIMIT} and not res.unavailable]
     breaker = (sum(not res.ok for res in tried), any(res.ok for res in tried))
-    for attempt in range(3):  # a deadlock with a concurrent ingest is retried; RECORD is idempotent
+    for attempt in range(3):  # a deadlock with a concurrent ingest is retried; the record is idempotent
         try:
             with db.begin() as conn:
                 record_and_pause(conn, spec, token, outcomes, campaign_errors, counts, capped)
