@@ -20,8 +20,7 @@ import sqlalchemy as sa
 from blocks.whatsapp import load_credentials
 from campaigns.control import lifecycle, tenancy
 from campaigns.control.scheduler import due_campaigns
-from campaigns.sending import batch as sending
-from campaigns.sending import runner
+from campaigns.sending import claim, outcomes, prepare, record, runner
 from campaigns.sending.engine_process import get_engine_client
 from campaigns.sending.limit_history import LimitHistory
 from campaigns.sending.ratelimit import Cap, LimitUsage, RateLimiter, number_key
@@ -41,7 +40,7 @@ from tests.helpers import (
 GRACE = 120.0  # the production grace period: nothing in these tests waits it out
 
 
-def _claimed(db, org, sandbox, n: int, start: int) -> tuple[uuid.UUID, uuid.UUID, list[sending.Claimed]]:
+def _claimed(db, org, sandbox, n: int, start: int) -> tuple[uuid.UUID, uuid.UUID, list[claim.Claimed]]:
     """A running campaign of `n` recipients whose batch has claimed them all (its worker then died)."""
     number = add_sandbox_number(db, org, sandbox)
     add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(n, start=start)])
@@ -49,7 +48,7 @@ def _claimed(db, org, sandbox, n: int, start: int) -> tuple[uuid.UUID, uuid.UUID
     start_campaign(db, org, cid)
     runner.build_audience_once(db, cid, "sandbox")
     with db.begin() as conn:
-        rows = sending.claim(conn, cid, n)
+        rows = claim.claim(conn, cid, n)
     assert len(rows) == n
     return cid, number, rows
 
@@ -61,7 +60,7 @@ def _by_id(db, cid: uuid.UUID) -> dict[int, dict]:
 def test_reconcile_puts_never_sent_rows_back_at_once_and_keeps_rows_in_flight_waiting(db, org, sandbox):
     cid, _, rows = _claimed(db, org, sandbox, 6, start=8100)
     left = [r.id for r in rows[:2]]  # their chunk was marked: their requests may have left
-    assert sending.mark_in_flight(db, left, rows[0].claimed_at) == set(left)
+    assert claim.mark_in_flight(db, left, rows[0].claimed_at) == set(left)
 
     result = reconcile(db, cid, grace_seconds=GRACE)
 
@@ -80,12 +79,12 @@ def test_a_batch_whose_rows_were_requeued_under_it_neither_sends_nor_records_the
     stale = rows[0].claimed_at
     reconcile(db, cid, grace_seconds=GRACE)  # a new runner found this batch's runner gone
     with db.begin() as conn:
-        assert [r.id for r in sending.claim(conn, cid, 3)] == ids  # and claimed them again
+        assert [r.id for r in claim.claim(conn, cid, 3)] == ids  # and claimed them again
 
-    assert sending.mark_in_flight(db, ids, stale) == set()  # the old batch may send none of them
+    assert claim.mark_in_flight(db, ids, stale) == set()  # the old batch may send none of them
     spec, _, _ = runner.load_spec(db, cid, load_credentials)
     with db.begin() as conn:
-        assert sending.record(conn, spec, [sending.Outcome(i, "pending", attempts_delta=-1) for i in ids], stale) == 0
+        assert record.record(conn, spec, [outcomes.Outcome(i, "pending", attempts_delta=-1) for i in ids], stale) == 0
     assert {r["status"] for r in _by_id(db, cid).values()} == {"sending"}  # still the new claim's
 
 
@@ -99,9 +98,9 @@ def test_the_engine_marks_rows_before_sending_and_never_sends_rows_its_claim_los
             sa.text("update campaign_recipients set status = 'pending' where id = any(:ids)"),
             {"ids": [r.id for r in lost]},
         )
-        assert [r.id for r in sending.claim(conn, cid, 2)] == [r.id for r in lost]
+        assert [r.id for r in claim.claim(conn, cid, 2)] == [r.id for r in lost]
     spec, provider, credentials = runner.load_spec(db, cid, load_credentials)
-    messages, _ = sending.prepare(spec, rows)
+    messages, _ = prepare.prepare(spec, rows)
 
     results = get_engine_client().deliver(provider, credentials, spec, messages, rows[0].claimed_at)
 
@@ -122,7 +121,7 @@ def test_a_mark_committed_while_reconcile_waits_for_the_rows_keeps_them_waiting(
     cid, _, rows = _claimed(db, org, sandbox, 4, start=8120)
     ids = [r.id for r in rows]
     with db.connect() as batch:
-        batch.execute(sending.MARK_IN_FLIGHT, {"ids": ids[:2], "claimed_at": rows[0].claimed_at})  # not committed
+        batch.execute(claim.MARK_IN_FLIGHT, {"ids": ids[:2], "claimed_at": rows[0].claimed_at})  # not committed
         with ThreadPoolExecutor(1) as pool:
             pending_reconcile = pool.submit(reconcile, db, cid, GRACE)
             wait_for(lambda: _blocked_on_a_lock(db), timeout=20)
@@ -152,7 +151,7 @@ def test_caps_rebuilt_after_a_redis_loss_count_rows_in_flight_but_not_rows_never
         portfolio = tenancy.add_portfolio(conn, org, "main-" + uuid.uuid4().hex[:6], 1000)
         tenancy.set_number_limits(conn, org, number, {"portfolio_id": portfolio})
     in_flight = rows[:3]
-    sending.mark_in_flight(db, [r.id for r in in_flight], rows[0].claimed_at)
+    claim.mark_in_flight(db, [r.id for r in in_flight], rows[0].claimed_at)
     since = (datetime.now(UTC) - timedelta(hours=1)).timestamp()
 
     history = LimitHistory(db)
@@ -168,7 +167,7 @@ def test_a_cap_lost_while_a_batch_waits_for_its_slots_still_counts_what_the_batc
     with db.begin() as conn:
         tenancy.set_number_limits(conn, org, number, {"per_hour": 100})
     spec, provider, credentials = runner.load_spec(db, cid, load_credentials)
-    messages, _ = sending.prepare(spec, rows)
+    messages, _ = prepare.prepare(spec, rows)
     [hour] = spec.caps()
     client = redis.Redis.from_url(get_settings().redis_url or "")
     number_rate = spec.limits(get_settings().rate_headroom)[0].key
@@ -202,7 +201,7 @@ def _take_one(db, cap: Cap):
 
 def test_the_scheduler_cancels_a_cancelled_campaigns_never_sent_rows_at_once(db, org, sandbox):
     cid, _, rows = _claimed(db, org, sandbox, 3, start=8140)
-    sending.mark_in_flight(db, [rows[0].id], rows[0].claimed_at)
+    claim.mark_in_flight(db, [rows[0].id], rows[0].claimed_at)
     with db.begin() as conn:
         lifecycle.cancel(conn, org, cid)  # its runner stops with the cancel; nobody else reconciles it
 

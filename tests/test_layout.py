@@ -86,7 +86,7 @@ KNOWN = {
     ): "the runner is the control of one run (the checklist at a scheduled start, the campaign's state)",
     ("campaigns.sending.runner", "campaigns.audience"): "the runner builds the audience when a run starts",
     ("campaigns.sending.runner", "campaigns.reporting"): "the runner sizes its waves by the rate stats reports",
-    ("campaigns.sending.batch", "campaigns.control.lifecycle"): "a batch pauses its campaign on a blocking error",
+    ("campaigns.sending.record", "campaigns.control.lifecycle"): "a batch pauses its campaign on a blocking error",
     ("campaigns.sending.reconcile", "campaigns.webhooks.ingest"): "reconciliation applies an answer as a webhook",
     ("campaigns.webhooks.ingest", "campaigns.control.lifecycle"): "a failed status with a campaign-level code "
     "pauses its campaign",

@@ -156,8 +156,10 @@ def test_130429_slows_the_number_down_and_every_message_still_goes_once(db, org,
 def test_rate_refusals_back_off_without_spending_attempts():
     import random
 
-    from campaigns.sending.batch import CampaignSpec, Claimed, outcome_for
+    from campaigns.sending.claim import Claimed
+    from campaigns.sending.outcomes import outcome_for
     from campaigns.sending.providers import SendResult
+    from campaigns.sending.spec import CampaignSpec
 
     spec = CampaignSpec(
         uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), "text", {"text": "x"}, {}, True, None, 0, 3, 60, 3600, 80

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from campaigns.control import lifecycle
 from campaigns.control.scheduler import due_campaigns
-from campaigns.sending import batch as sending
+from campaigns.sending.claim import claim
 from campaigns.sending.reconcile import reconcile
 from campaigns.sending.runner import build_audience_once
 from tests.helpers import (
@@ -35,7 +35,7 @@ def _left_in_sending(db, org, sandbox, n: int, start: int, claimed_ago: str) -> 
     start_campaign(db, org, cid)
     build_audience_once(db, cid, "sandbox")
     with db.begin() as conn:
-        assert len(sending.claim(conn, cid, n)) == n
+        assert len(claim(conn, cid, n)) == n
         conn.execute(
             sa.text(
                 f"update campaign_recipients set claimed_at = now() - interval '{claimed_ago}', "

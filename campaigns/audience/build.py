@@ -19,6 +19,7 @@ import polars as pl
 import sqlalchemy as sa
 
 from campaigns.audience.phones import is_valid_expr
+from campaigns.store import recipients
 
 WINDOW = timedelta(hours=24)
 AUDIENCE_TYPES = ("all_contacts", "tags", "contacts")
@@ -107,17 +108,17 @@ def classify(frame: pl.DataFrame, rules: AudienceRules, now: datetime | None = N
     duplicate = pl.col("skip_reason").is_null() & ~key.is_first_distinct()
     return out.with_columns(
         skip_reason=pl.when(duplicate).then(pl.lit("duplicate")).otherwise(pl.col("skip_reason"))
-    ).with_columns(status=pl.when(pl.col("skip_reason").is_null()).then(pl.lit("pending")).otherwise(pl.lit("skipped")))
+    ).with_columns(
+        status=pl.when(pl.col("skip_reason").is_null())
+        .then(pl.lit(recipients.PENDING))
+        .otherwise(pl.lit(recipients.SKIPPED))
+    )
 
 
 def _copy_chunk(db: sa.Engine, chunk: pl.DataFrame) -> None:
     buf = io.BytesIO()
     chunk.write_csv(buf, include_header=False)
-    cols = "campaign_id, organization_id, contact_id, phone, status, skip_reason"
-    with db.begin() as conn:
-        raw = conn.connection.driver_connection
-        with raw.cursor() as cur, cur.copy(f"copy campaign_recipients ({cols}) from stdin (format csv)") as copy:
-            copy.write(buf.getvalue())
+    recipients.copy_audience(db, buf.getvalue())
 
 
 def write_recipients(
@@ -139,6 +140,7 @@ def write_recipients(
     )
     if out.is_empty():
         return 0
+    recipients.check_audience_statuses(out.get_column("status").unique().to_list())
     if out.height < PARALLEL_COPY_MIN_ROWS:
         parallel = 1  # small audiences keep one COPY, so ids (the send order) follow the contacts' order
     size = -(-out.height // max(parallel, 1))

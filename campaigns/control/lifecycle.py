@@ -20,6 +20,7 @@ from campaigns.control.models import CampaignCreate
 from campaigns.control.tenancy import get_number
 from campaigns.errors import Conflict, Invalid, NotFound
 from campaigns.sending.error_codes import OPTED_OUT
+from campaigns.store import recipients
 from campaigns.store.schema import INT4_MAX, campaigns, organizations
 
 EDITABLE = ("draft", "scheduled", "paused")
@@ -201,18 +202,7 @@ def retry_failed(
     current = get(conn, org, campaign_id, lock=True)
     if current["status"] not in ("running", "paused", "completed"):
         raise Conflict(f"Cannot retry the failures of a {current['status']} campaign")
-    requeued = conn.execute(
-        sa.text("""
-        update campaign_recipients set status = 'pending', attempts = 0, rate_tries = 0, next_attempt_at = null,
-               wamid = null, failed_at = null,
-               attempt_log = attempt_log || jsonb_build_array(jsonb_build_object(
-                   'note', 'failure retried by an operator', 'timestamp', now()))
-        where campaign_id = :c and organization_id = :o and status = 'failed'
-          and (cast(:codes as int[]) is null or error_code = any(cast(:codes as int[])))
-          and error_code is distinct from :opted_out
-    """),
-        {"c": campaign_id, "o": org, "codes": codes or None, "opted_out": OPTED_OUT},
-    ).rowcount
+    requeued = recipients.retry_failed(conn, org, campaign_id, codes, OPTED_OUT)
     if not requeued:
         raise Conflict("No failed recipient to retry" + (f" with code {', '.join(map(str, codes))}" if codes else ""))
     values: dict[str, Any] = {"status": "running", "completed_at": None, "paused_reason": None, "resume_at": None}
@@ -230,10 +220,7 @@ def cancel(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID) -> Trans
         {"status": "cancelled", "completed_at": sa.func.now()},
         "Cannot cancel a {status} campaign",
     )
-    conn.execute(
-        sa.text("update campaign_recipients set status = 'cancelled' where campaign_id = :c and status = 'pending'"),
-        {"c": campaign_id},
-    )
+    recipients.cancel_pending(conn, campaign_id)  # the campaign is cancelled in this transaction
     return t
 
 
@@ -257,16 +244,19 @@ def pause_for_error(
     )
 
 
+OPEN_ROWS = recipients.status_in("status", recipients.OPEN)  # pending or in flight: the campaign is not done
+
+
 def complete_if_done(conn: sa.Connection, campaign_id: uuid.UUID) -> bool:
     """Completed is a query: nothing pending and nothing in flight. A wait for the provider ends with it (its
     last sends may have been settled by their status webhooks while the provider was down)."""
     return bool(
         conn.execute(
-            sa.text("""
+            sa.text(f"""
         update campaigns set status = 'completed', completed_at = now(), updated_at = now(),
                provider_down_since = null, provider_probe_at = null
         where id = :c and status = 'running' and not exists (
-            select 1 from campaign_recipients where campaign_id = :c and status in ('pending', 'sending'))
+            select 1 from campaign_recipients where campaign_id = :c and {OPEN_ROWS})
     """),
             {"c": campaign_id},
         ).rowcount

@@ -126,7 +126,7 @@ class _ForwardLogs(logging.Handler):
 
 
 def _child_main(conn: Connection) -> None:
-    from campaigns.sending.batch import deliver
+    from campaigns.sending.deliver import deliver
     from campaigns.sending.providers import build_provider
     from campaigns.sending.send_engine import SendEngine
     from campaigns.settings import get_settings

@@ -14,7 +14,7 @@ judge and probe for themselves):
   `PROVIDER_OUTAGE_FAILURES` (10) the provider is down: the campaign's sends in that process stop at once
   (engine.CampaignControl.answered), and the batches flag their unavailable answers as the outage's.
 - Those answers cost the recipients nothing: back to pending, due again, no attempt spent, the answer kept in
-  their attempt log (sending.outcome_for). Nor does the circuit breaker count them: it is kept for failures
+  their attempt log (sending.outcomes.outcome_for). Nor does the circuit breaker count them: it is kept for failures
   that say something about the campaign's messages or audience.
 - The campaign stays `running` and records the wait (`provider_down_since`, `provider_probe_at`). While it
   waits no batch claims rows; when `provider_probe_at` comes the runner sends one message (a probe batch of

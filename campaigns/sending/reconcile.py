@@ -6,7 +6,7 @@ sandbox) echo our recipient id in `biz_opaque_callback_data` on every status web
 
 1. Ingest every stored webhook event: a row with a status webhook becomes sent/delivered/read/failed.
 2. A row in `sending` never marked in flight (`in_flight_at`, committed by the send engine before a
-   request can leave: sending.InFlightMarks) was claimed and never sent: it goes back to `pending` at once,
+   request can leave: sending.claim.InFlightMarks) was claimed and never sent: it goes back to `pending` at once,
    and the claim does not count as an attempt. A worker killed with hundreds of rows claimed ahead of its
    pace leaves only its last chunks to wait.
 3. A marked row with no status webhook for `grace_seconds` since its request left (or since its batch
@@ -21,7 +21,8 @@ duplicate can only happen if a status webhook is delayed by more than the grace 
 more safety, lower it for faster recovery. Only the one runner of a campaign reconciles it, with no
 batch in flight, or someone who found no runner alive (runlock.runner_alive), so rows that are really
 being sent are never touched. Should a runner that lost its lock still have a batch in flight, the claim's
-token keeps it from sending or recording the rows requeued under it (sending.MARK_IN_FLIGHT, RECORD).
+token keeps it from sending or recording the rows requeued under it (sending.claim.MARK_IN_FLIGHT,
+store.recipients.record). The moves themselves (sending → pending, failed, cancelled) are store.recipients'.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from campaigns.store import recipients
 from campaigns.webhooks.ingest import ingest_pending
 
 
@@ -49,35 +51,6 @@ def unknown_count(conn: sa.Connection, campaign_id: uuid.UUID) -> int:
     ).scalar_one()
 
 
-# Settled now: never sent (unmarked), or marked and past the grace period. Greatest: a batch that recorded
-# the outcome unknown (a timeout after the request left) moved claimed_at to that answer. The condition is
-# also on the updated row itself, so a mark committed meanwhile (the row was locked) is seen: it then waits.
-SETTLE_NOW = """r.status = 'sending'
-    and (r.in_flight_at is null or greatest(r.claimed_at, r.in_flight_at) < now() - make_interval(secs => :g))"""
-
-REQUEUE = sa.text(f"""
-    update campaign_recipients r set
-        status = case when v.cancelled then 'cancelled' when v.exhausted then 'failed' else 'pending' end,
-        next_attempt_at = null,
-        attempts = case when r.in_flight_at is null then greatest(r.attempts - 1, 0) else r.attempts end,
-        failed_at = case when v.exhausted and not v.cancelled then now() else r.failed_at end,
-        error_message = case when v.exhausted and not v.cancelled
-            then 'retries exhausted after ' || r.attempts || ' attempts: outcome unknown, no status webhook'
-            else r.error_message end,
-        attempt_log = r.attempt_log || jsonb_build_array(jsonb_build_object(
-            'note', case when r.in_flight_at is null then 'claimed, never sent (its runner stopped first), '
-                         else 'outcome unknown: no status webhook within the grace period, ' end
-                    || case when v.cancelled then 'campaign cancelled' when v.exhausted then 'retries exhausted'
-                            when r.in_flight_at is null then 'sending later' else 'resending' end,
-            'timestamp', now()))
-    from (select r.in_flight_at is not null and r.attempts > c.retry_max_attempts as exhausted,
-                 c.status = 'cancelled' as cancelled, r.id
-          from campaign_recipients r join campaigns c on c.id = r.campaign_id
-          where r.campaign_id = :c and {SETTLE_NOW}) v
-    where r.id = v.id and {SETTLE_NOW}
-""")
-
-
 def reconcile(db: sa.Engine, campaign_id: uuid.UUID, grace_seconds: float) -> ReconcileResult:
     """Settle the campaign's rows in `sending`; the caller is its runner between waves, or found no runner."""
     with db.connect() as conn:
@@ -88,7 +61,7 @@ def reconcile(db: sa.Engine, campaign_id: uuid.UUID, grace_seconds: float) -> Re
     with db.begin() as conn:
         _lock_campaign(conn, campaign_id)
         after_ingest = unknown_count(conn, campaign_id)
-        requeued = conn.execute(REQUEUE, {"c": campaign_id, "g": grace_seconds}).rowcount
+        requeued = recipients.requeue_unknown(conn, campaign_id, grace_seconds)
         oldest = conn.execute(
             sa.text("""
             select extract(epoch from (min(greatest(claimed_at, in_flight_at)) + make_interval(secs => :g) - now()))
@@ -112,7 +85,7 @@ def cancelled_with_unknown(conn: sa.Connection, grace_seconds: float) -> list[uu
         conn.execute(
             sa.text(f"""
         select distinct r.campaign_id from campaigns c join campaign_recipients r on r.campaign_id = c.id
-        where c.status = 'cancelled' and {SETTLE_NOW}
+        where c.status = 'cancelled' and {recipients.SETTLE_NOW}
     """),
             {"g": grace_seconds},
         ).scalars()
@@ -126,4 +99,4 @@ def settle_cancelled(db: sa.Engine, campaign_id: uuid.UUID, grace_seconds: float
     all the campaigns it settles: a status that arrived settles its row as sent, not cancelled)."""
     with db.begin() as conn:
         _lock_campaign(conn, campaign_id)
-        return int(conn.execute(REQUEUE, {"c": campaign_id, "g": grace_seconds}).rowcount)
+        return recipients.requeue_unknown(conn, campaign_id, grace_seconds)

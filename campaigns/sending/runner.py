@@ -19,9 +19,10 @@ from campaigns.control.scheduler import RELAUNCH_LIMIT
 from campaigns.control.tenancy import get_number
 from campaigns.infra.faultpoints import AUDIENCE_WRITTEN, pause_point
 from campaigns.reporting import stats
-from campaigns.sending.batch import CampaignSpec
 from campaigns.sending.providers import Credentials
 from campaigns.sending.ratelimit import LimitUsage
+from campaigns.sending.spec import CampaignSpec
+from campaigns.store import recipients
 from campaigns.store.db import iso_z
 from campaigns.store.runlock import runner_alive
 
@@ -57,7 +58,7 @@ def build_audience_once(db: sa.Engine, campaign_id: uuid.UUID, provider: str) ->
         campaign = lifecycle.get_any_org(conn, campaign_id)
         if campaign["audience_frozen_at"] is not None:
             return {}
-        conn.execute(sa.text("delete from campaign_recipients where campaign_id = :c"), {"c": campaign_id})
+        recipients.discard_audience(conn, campaign_id)
         rules = audience.AudienceRules(
             respect_opt_out=campaign["respect_opt_out"],
             skip_active_conversations=campaign["skip_active_conversations"],

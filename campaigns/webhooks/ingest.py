@@ -3,10 +3,10 @@
 Events are claimed in bulk with SKIP LOCKED inside one transaction (several ingesters may run; a crash
 rolls the claim back). Statuses only move forward (pending/sending < sent < delivered < read, and `failed`
 is terminal: a status webhook for a row that reconciliation had put back to pending proves it was
-accepted, so it is not sent again), each status keeps its first timestamp, so duplicates and shuffled
-order give the same result. A status is matched by our recipient id (biz_opaque_callback_data) or by
-wamid; one that matches nothing yet stays pending and is retried, and after `ORPHAN_AFTER_ATTEMPTS` it is
-marked orphaned, never silently dropped.
+accepted, so it is not sent again; campaigns.store.recipients holds that order and writes it), each
+status keeps its first timestamp, so duplicates and shuffled order give the same result. A status is
+matched by our recipient id (biz_opaque_callback_data) or by wamid; one that matches nothing yet stays
+pending and is retried, and after `ORPHAN_AFTER_ATTEMPTS` it is marked orphaned, never silently dropped.
 
 One event never stops the others: a body that cannot be read is refused at parse time (`unparseable`,
 see `campaigns.webhooks.parse.parse_body`), and a round is applied in a savepoint; if the database refuses it
@@ -35,6 +35,7 @@ from campaigns.control.lifecycle import pause_for_error
 from campaigns.sending.error_codes import OPTED_OUT, FailureClass, classify, pause_reason
 from campaigns.sending.providers.base import clean_text
 from campaigns.settings import get_settings
+from campaigns.store import recipients
 from campaigns.webhooks.contact_events import OptChange, Seen, apply_opt_changes, keyword_set, normalise_keyword, touch
 from campaigns.webhooks.parse import Inbound, ParsedEvent, StatusUpdate, parse_body
 from campaigns.webhooks.receiver import PLATFORM
@@ -107,53 +108,11 @@ def _lookup(
             by_wamid[known.wamid] = known
 
 
-APPLY = sa.text("""
-    with s as (
-        select v.rid,
-               max(v.wamid) as wamid,
-               min(v.at) filter (where v.status = 'sent') as sent_at,
-               min(v.at) filter (where v.status = 'delivered') as delivered_at,
-               min(v.at) filter (where v.status in ('read', 'played')) as read_at,
-               min(v.at) filter (where v.status = 'failed') as failed_at,
-               max(v.code) filter (where v.status = 'failed') as code,
-               max(v.message) filter (where v.status = 'failed') as message,
-               max(case v.status when 'sent' then 2 when 'delivered' then 3 when 'read' then 4 when 'played' then 4
-                   when 'failed' then 5 end) as rank
-        from unnest(cast(:rids as bigint[]), cast(:wamids as text[]), cast(:statuses as text[]),
-                    cast(:ats as timestamptz[]), cast(:codes as int[]), cast(:messages as text[]))
-             as v(rid, wamid, status, at, code, message)
-        group by v.rid
-    )
-    update campaign_recipients r set
-        wamid = coalesce(r.wamid, s.wamid),
-        status = (array['sending', 'sent', 'delivered', 'read', 'failed'])[greatest(s.rank, case r.status
-            when 'sent' then 2 when 'delivered' then 3 when 'read' then 4 when 'failed' then 5 else 1 end)],
-        sent_at = coalesce(least(r.sent_at, s.sent_at), s.delivered_at, s.read_at),
-        delivered_at = least(r.delivered_at, s.delivered_at),
-        read_at = least(r.read_at, s.read_at),
-        failed_at = least(r.failed_at, s.failed_at),
-        error_code = case when s.failed_at is not null and r.status <> 'failed' then s.code else r.error_code end,
-        error_message = case when s.failed_at is not null and r.status <> 'failed' then s.message
-                        else r.error_message end
-    from s
-    where r.id = s.rid and r.status in ('pending', 'sending', 'sent', 'delivered', 'read', 'failed')
-    returning r.id, r.campaign_id
-""")
-
-
 def apply_statuses(conn: sa.Connection, matched: list[StatusUpdate]) -> set[Any]:
     """Apply updates whose recipient is known, set-based; returns the campaigns touched."""
     if not matched:
         return set()
-    params = {
-        "rids": [u.recipient_id for u in matched],
-        "wamids": [u.wamid for u in matched],
-        "statuses": [u.status for u in matched],
-        "ats": [u.at for u in matched],
-        "codes": [u.code for u in matched],
-        "messages": [u.message for u in matched],
-    }
-    campaign_of = {row.id: row.campaign_id for row in conn.execute(APPLY, params)}
+    campaign_of = recipients.apply_webhooks(conn, matched)
     _pause_for_campaign_codes(conn, matched, campaign_of)
     return set(campaign_of.values())
 

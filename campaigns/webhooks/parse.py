@@ -22,9 +22,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from campaigns.sending.providers.base import clean_text, graph_code, parse_callback_data
+from campaigns.store.recipients import WEBHOOK_RANK
 from campaigns.store.schema import INT4_MAX, INT8_MAX
 
-RANK = {"sent": 2, "delivered": 3, "read": 4, "played": 4, "failed": 5}
+RANK = WEBHOOK_RANK  # the statuses a webhook may say, by rank: campaigns.store.recipients' table
 EVOLUTION_STATUS = {
     "SERVER_ACK": "sent",
     "DELIVERY_ACK": "delivered",

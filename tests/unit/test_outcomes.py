@@ -1,5 +1,5 @@
 """What a provider's answer means for its recipient's row: sent, retried later, failed, left for the campaign's
-resume, or unknown until a status webhook says (campaigns/sending/batch.py outcome_for, prepare; the answer
+resume, or unknown until a status webhook says (campaigns/sending/outcomes.py outcome_for, prepare.py; the answer
 cleaned by providers/base.py clean_result first)."""
 
 from __future__ import annotations
@@ -11,9 +11,12 @@ from dataclasses import replace
 
 import pytest
 
-from campaigns.sending.batch import CampaignSpec, Claimed, clean_results, outcome_for, prepare, tally
+from campaigns.sending.claim import Claimed
+from campaigns.sending.outcomes import clean_results, outcome_for, tally
+from campaigns.sending.prepare import prepare
 from campaigns.sending.providers import SendResult
 from campaigns.sending.providers.base import MAX_ERROR_TEXT, clean_result
+from campaigns.sending.spec import CampaignSpec
 
 SPEC = CampaignSpec(
     id=uuid.uuid4(),

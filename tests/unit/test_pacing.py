@@ -9,8 +9,8 @@ import uuid
 import pytest
 
 from campaigns.reporting.stats import limit_rate
-from campaigns.sending.batch import CampaignSpec
 from campaigns.sending.ratelimit import Limit, campaign_limit, chunk_size, number_caps, number_limit
+from campaigns.sending.spec import CampaignSpec
 
 
 @pytest.mark.parametrize(
