@@ -5,14 +5,24 @@ for every run. Measured here (BENCHMARKS.md), those calls stalled all task threa
 few seconds whenever the API server was busy: 730 msg/s instead of 910 at a cap of 1,000. A flow run
 instead takes its slots once per wave of batches (`occupy` = the batches it runs at once) and gives
 them back while it only waits for retries.
+
+A runner killed while it holds slots leaves them held until their lease expires (LEASE_SECONDS after its
+last renewal): `send_slots` writes the lease's id down (campaigns/sending/send_lease.py) and the campaign's
+next runner gives it back at once (`give_back`).
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from prefect.client.orchestration import get_client
+from prefect.concurrency.context import ConcurrencyContext
+from prefect.concurrency.sync import concurrency
 
+from campaigns.sending.send_lease import RunnerLease
 from campaigns.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -38,3 +48,37 @@ def ensure_send_limit() -> str:
 def slots_for_run() -> int:
     settings = get_settings()
     return min(settings.parallel_batches, settings.send_concurrency_limit)
+
+
+LEASE_SECONDS = 60  # Prefect renews a held lease every 45 s; a dead holder's slots come back 60 s after that
+
+
+@contextmanager
+def send_slots(name: str, occupy: int, lease: RunnerLease) -> Iterator[None]:
+    """Prefect's `concurrency(...)` over the send limit, with the lease's id written down while it is held.
+
+    Prefect's context manager does not hand out its lease's id; it records it, the moment the slots are
+    granted, on the flow run's ConcurrencyContext (to release it should the release below be cancelled).
+    It is read there: should a later Prefect record it elsewhere, nothing is written down and a dead
+    runner's slots wait for their lease to expire, as before (tests/test_runner_faults.py says so)."""
+    taken = None
+    try:
+        with concurrency(name, occupy=occupy, lease_duration=LEASE_SECONDS):
+            context = ConcurrencyContext.get()
+            taken = context.cleanup_lease_ids[-1] if context and context.cleanup_lease_ids else None
+            if taken:
+                lease.remember(taken)
+            yield
+    finally:
+        if taken:  # given back by `concurrency` (or by its ConcurrencyContext): no longer the next runner's to free
+            lease.forget()
+
+
+def give_back(lease_id: uuid.UUID) -> None:
+    """Release the slots held under a dead runner's lease now rather than when it expires (nothing happens
+    if it already ended). Best effort: on failure the lease expires as usual."""
+    try:
+        with get_client(sync_client=True) as client:
+            client.release_concurrency_slots_with_lease(lease_id)
+    except Exception as exc:  # the API briefly away: the slots come back when the lease expires
+        log.warning("could not give back the send slots of lease %s (back when it expires): %s", lease_id, exc)

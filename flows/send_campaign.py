@@ -19,7 +19,6 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import update_progress_artifact
-from prefect.concurrency.sync import concurrency
 from prefect.exceptions import Pause, TerminationSignal
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
@@ -31,10 +30,11 @@ from campaigns.reporting import run_report, stats
 from campaigns.sending import runner
 from campaigns.sending.engine_process import engine_logs_to, get_engine_client
 from campaigns.sending.send_engine import tune_gc
+from campaigns.sending.send_lease import RunnerLease
 from campaigns.settings import get_settings
 from campaigns.store.db import get_engine
 from campaigns.store.runlock import RunnerLock, campaign_runner_lock
-from deployments.limits import ensure_send_limit, slots_for_run
+from deployments.limits import ensure_send_limit, give_back, send_slots, slots_for_run
 from flows import console
 from tasks.artifacts import progress_card, publish_summary
 from tasks.send import prepare_campaign, reconcile_unknown, send_batch
@@ -114,13 +114,17 @@ def send_campaign(campaign_id: uuid.UUID) -> State:
                 data={"campaign_id": str(campaign_id), "status": "already running elsewhere"},
             )
         runner.record_runner(db, campaign_id, str(run_id))  # however it was launched: UI, API, schedule
+        lease = RunnerLease.of(campaign_id)
+        if left := lease.take_left_behind():  # the lock is ours: the runner that wrote it down is gone
+            give_back(left)
+            log.info("gave back the send slots a lost runner of this campaign still held (lease %s)", left)
         if head["status"] == "paused" and console.was_suspended(run_id):
             with db.begin() as conn:
                 t = lifecycle.resume(conn, head["organization_id"], campaign_id)
             log.info("Resume pressed on this run: campaign %s -> %s", t.previous, t.status)
         with console.ButtonWatcher(campaign_id, run_id, log) as buttons, engine_logs_to(str(run_id)):
             try:
-                outcome = _send(campaign_id, log, buttons, held)
+                outcome = _send(campaign_id, log, buttons, held, lease)
             except Pause:  # Suspend pressed: Prefect stops the run at its next task; the campaign pauses too
                 buttons.press("suspend")
                 raise
@@ -150,9 +154,12 @@ def _runner_failed(campaign_id: uuid.UUID, exc: Exception, log: Any) -> None:
         log.exception("could not pause campaign %s after its runner failed", campaign_id)
 
 
-def _send(campaign_id: uuid.UUID, log: Any, buttons: console.ButtonWatcher, held: RunnerLock) -> dict[str, Any]:
+def _send(
+    campaign_id: uuid.UUID, log: Any, buttons: console.ButtonWatcher, held: RunnerLock, lease: RunnerLease
+) -> dict[str, Any]:
     """The campaign's send loop: waves of mapped batches while rows are due, then due retries. Returns {} once
-    the campaign has nothing left to do here, else {"status": why this run sent nothing more}."""
+    the campaign has nothing left to do here, else {"status": why this run sent nothing more}. Its slots'
+    lease is written down in `lease` while a wave holds them (for the next runner, should this one die)."""
     settings = get_settings()
     db = get_engine()
     # The send engine's process imports for seconds (SQLAlchemy, aiohttp, redis): started now, it does so while
@@ -205,14 +212,16 @@ def _send(campaign_id: uuid.UUID, log: Any, buttons: console.ButtonWatcher, held
             buttons.wait(step.seconds)
             continue
         if step.action == "send":
-            # Leases are renewed while held; a crashed worker's slots come back within 60 s. A probe, one
-            # message, takes no slot: waiting for one (seconds at times) would only delay the recovery.
-            slots = nullcontext() if step.probe else concurrency(limit_name, occupy=slots_for_run(), lease_duration=60)
+            # Leases are renewed while held; a killed runner's slots are given back by the next one (or come
+            # back when the lease expires). A probe, one message, takes no slot: waiting for one (seconds at
+            # times) would only delay the recovery.
+            slots = nullcontext() if step.probe else send_slots(limit_name, slots_for_run(), lease)
             with slots:
                 futures = send_batch.map(campaign_id, range(batch_no, batch_no + step.batches), probe=step.probe)
                 batch_no += step.batches
                 for future in as_completed(futures):
                     update_progress_artifact(artifact, _progress(campaign_id)[0])
+                    lease.refresh()  # a long wave outlives the entry's TTL; Prefect renews the lease itself
                     counts = future.result(raise_on_failure=False)  # its state as read back may lag
                     if isinstance(counts, dict):
                         figures.add(counts)

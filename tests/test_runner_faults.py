@@ -52,9 +52,24 @@ def test_a_runner_that_raises_inside_reconciliation_pauses_its_campaign_with_the
     assert "resume" in row["last_error_message"]
 
 
+def _send_slots_taken() -> int:
+    """Slots of the send limit held now, by any flow run (0 when the limit does not exist yet)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from campaigns.settings import get_settings
+
+    with get_client(sync_client=True) as client:
+        try:
+            return client.read_global_concurrency_limit_by_name(get_settings().send_concurrency_name).active_slots
+        except ObjectNotFound:
+            return 0
+
+
 @pytest.mark.timeout(300)
 def test_a_campaign_started_from_the_cli_without_serve_survives_its_runner_being_killed(db, org, sandbox):
     total = 300
+    slots_before = _send_slots_taken()  # a runner killed by an earlier test may still hold some (its lease)
     sandbox.configure(latency_ms=100)
     number = add_sandbox_number(db, org, sandbox, mps=60)
     add_contacts(db, org, [{"phone": p, "name": f"C{i}"} for i, p in enumerate(phones(total, start=9900))])
@@ -69,6 +84,8 @@ def test_a_campaign_started_from_the_cli_without_serve_survives_its_runner_being
 
     assert campaign_row(db, cid)["status"] == "completed"  # was: running for ever, with nobody sending
     _exactly_once(db, sandbox, cid)
+    # The next runner gave the dead one's slots back: was 12 held until its lease expired (~60 s after the kill).
+    assert _send_slots_taken() <= slots_before
 
 
 def _terminate_lock_backend(db, cid) -> list[bool]:

@@ -7,6 +7,12 @@ milliseconds at a time; sends then woke late and bunched (bench: 130429 answers 
 
 The child watches its pipe: when the worker dies (even by SIGKILL) the pipe closes and the child exits
 at once, so no orphan keeps sending rows whose outcome the next runner will reconcile.
+
+A new interpreter imports for seconds before it can send (SQLAlchemy, aiohttp, redis; over 8 s on a busy
+machine), and a runner started again after a kill waited for that. So a runner forks its first engine from
+itself before the flow starts (`start_engine_warm`): the copy has every module already. Only then: a fork
+copies one thread, and a lock another thread held at that moment (logging's, an HTTP pool's) would stay
+locked in the child for ever. An engine started later (the first one died) is a new interpreter, as before.
 """
 
 from __future__ import annotations
@@ -16,10 +22,13 @@ import contextlib
 import itertools
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
+import traceback
 from collections.abc import Iterator
 from concurrent.futures import Future
 from datetime import datetime
@@ -36,17 +45,22 @@ LOG_RECORD = -1  # a request id no batch has: the child's warnings travelling to
 
 
 class EngineClient:
-    """Used by task threads; any number of batches may be in flight at once."""
+    """Used by task threads; any number of batches may be in flight at once. `warm`: the engine is a fork of
+    this process (only while it has no other thread: `start_engine_warm`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, warm: bool = False) -> None:
         # A plain subprocess on a socketpair rather than multiprocessing's spawn, which would re-run the
         # caller's __main__ script in the child.
         parent_sock, child_sock = socket.socketpair()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "campaigns.sending.engine_process", str(child_sock.fileno())],
-            pass_fds=[child_sock.fileno()],
-            stdin=subprocess.DEVNULL,
-        )
+        self.process: subprocess.Popen[bytes] | _Forked
+        if warm:
+            self.process = _fork_engine(parent_sock, child_sock)
+        else:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "campaigns.sending.engine_process", str(child_sock.fileno())],
+                pass_fds=[child_sock.fileno()],
+                stdin=subprocess.DEVNULL,
+            )
         child_sock.close()
         self._conn = Connection(parent_sock.detach())
         self._send_lock = threading.Lock()
@@ -165,6 +179,69 @@ def _child_main(conn: Connection) -> None:
         future.add_done_callback(lambda f, rid=request_id: reply(rid, f))
 
 
+class _Forked:
+    """What EngineClient uses of subprocess.Popen, for an engine made by os.fork."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"send engine {self.pid}", timeout)
+            time.sleep(0.05)
+        return code
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        self.wait(5)
+
+
+def _fork_engine(parent_sock: socket.socket, child_sock: socket.socket) -> _Forked:
+    """The engine as a copy of this process. The child never returns into the caller's code: it serves its
+    pipe until the worker is gone, then exits without the worker's exit handlers."""
+    pid = os.fork()
+    if pid:
+        return _Forked(pid)
+    try:
+        parent_sock.close()  # else the worker's death would not close the pipe, and the engine would go on
+        _leave_the_worker_behind()
+        _child_main(Connection(child_sock.detach()))  # exits by itself once the worker is gone
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stderr.flush()
+        os._exit(1)
+
+
+def _leave_the_worker_behind() -> None:
+    """In a forked engine: what a new interpreter would not have. The worker's pooled Postgres connections
+    are its sockets (dropped here without closing them, so the worker's stay usable); its logging sends
+    records to Prefect's API with no flow run (the engine's warnings reach the run through the worker:
+    _ForwardLogs)."""
+    from campaigns.store.db import get_engine
+
+    with contextlib.suppress(RuntimeError):  # no DATABASE_URL: nothing was pooled
+        get_engine().dispose(close=False)
+    loggers = [logger for logger in logging.root.manager.loggerDict.values() if isinstance(logger, logging.Logger)]
+    for logger in [logging.root, *loggers]:
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+    for logger in loggers:
+        logger.setLevel(logging.NOTSET)
+        logger.propagate = True
+
+
 _client: EngineClient | None = None
 _lock = threading.Lock()
 _log_runs: set[str] = set()  # flow runs sending through this process's engine: its warnings go to their logs
@@ -189,6 +266,19 @@ def get_engine_client() -> EngineClient:
                 _client.close()
             _client = EngineClient()
         return _client
+
+
+def start_engine_warm() -> bool:
+    """Start this process's send engine now as a fork of it, warm, when that is safe: os.fork exists and no
+    other thread runs yet (call it before the flow starts: Prefect's engine starts threads). Returns whether
+    it did; otherwise the first batch starts a new interpreter, as before."""
+    global _client
+    if not hasattr(os, "fork") or threading.active_count() > 1:
+        return False
+    with _lock:
+        if _client is None:
+            _client = EngineClient(warm=True)
+    return True
 
 
 def close_engine_client() -> None:

@@ -136,24 +136,49 @@ def pids_of(pattern: str) -> list[int]:
     return [int(p) for p in found]
 
 
+def children_of(pid: int) -> list[int]:
+    """Live children only (a zombie, a child that died and was not reaped yet, is none)."""
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in found if _state(int(p)) not in ("Z", None)]
+
+
+def _stat(pid: int, field: int) -> str | None:
+    """A field of /proc/<pid>/stat after the command's name: 0 the state, 1 the parent's pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[field]
+    except (OSError, IndexError):
+        return None
+
+
+def _state(pid: int) -> str | None:
+    return _stat(pid, 0)
+
+
+def _parent(pid: int) -> int | None:
+    ppid = _stat(pid, 1)
+    return int(ppid) if ppid else None
+
+
 def runner_pid(cid: uuid.UUID, timeout: float = 60.0) -> int:
-    """The flow process running the campaign under its supervisor (not the supervisor itself)."""
+    """The flow process running the campaign under its supervisor (not the supervisor itself): the
+    supervisor's child, a fork of it (same command line) or a new interpreter (`campaigns.cli run <id>`)."""
 
     def one() -> int | None:
-        found = pids_of(f"campaigns.cli run {cid}$")
+        forks = pids_of(f"campaigns.cli run {cid} --supervise$")  # the supervisor, and its forks: one command line
+        supervisors = [pid for pid in forks if _parent(pid) not in forks]
+        found = children_of(supervisors[0]) if len(supervisors) == 1 else []
         return found[0] if len(found) == 1 else None
 
     return wait_for_value(one, timeout, 0.1, message=f"no runner process for campaign {cid}")
 
 
 def engine_pid(runner: int, timeout: float = 60.0) -> int:
-    """The send-engine process (campaigns/sending/engine_process.py) of a runner."""
+    """The send-engine process (campaigns/sending/engine_process.py) of a runner: its child, a fork of it or a
+    new interpreter."""
 
     def first() -> int | None:
-        found = subprocess.run(
-            ["pgrep", "-P", str(runner), "-f", "campaigns.sending.engine_process"], capture_output=True, text=True
-        ).stdout.split()
-        return int(found[0]) if found else None
+        found = children_of(runner)
+        return found[0] if found else None
 
     return wait_for_value(first, timeout, 0.1, message=f"runner {runner} has no send engine")
 
