@@ -18,10 +18,12 @@ sync: .venv/.synced
 demo: sync
 	$(UV) run --locked campaigns demo
 
-# The import contract (tests/test_layout.py: the README's layout table) runs alone, without the test services.
+# ruff (lint and format), mypy (strict on the domain folders: pyproject.toml) and the import contract
+# (tests/test_layout.py: the README's layout table), which runs alone, without the test services.
 lint: sync
 	$(UV) run --locked ruff check .
 	$(UV) run --locked ruff format --check .
+	$(UV) run --locked mypy campaigns sandbox flows tasks deployments blocks
 	$(UV) run --locked pytest --noconftest -p no:cacheprovider -q tests/test_layout.py
 
 # Two workers (pytest-xdist), each with its own database, Redis db and Prefect server (tests/conftest.py): most

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from prefect.exceptions import ObjectAlreadyExists
 from pydantic import SecretStr
 
-from blocks.whatsapp import WhatsAppNumberCredentials
+from blocks.whatsapp import WhatsAppNumberCredentials, _load_block
 from campaigns.control import tenancy
 from campaigns.settings import get_settings
 from campaigns.store.schema import whatsapp_numbers
@@ -83,7 +83,7 @@ def secrets_loader() -> KnownSecrets:
     refused = []
     for block_name, provider in rows:
         try:
-            creds = WhatsAppNumberCredentials.load(block_name).to_credentials()
+            creds = _load_block(block_name).to_credentials()
         except ValueError:
             continue  # a number whose block was deleted signs nothing we can check
         if well_known(creds.token if provider == "evolution" else creds.app_secret or ""):

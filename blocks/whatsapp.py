@@ -7,6 +7,7 @@ logs and artifacts only ever carry the block's name.
 from __future__ import annotations
 
 import time
+from typing import cast
 
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
@@ -44,12 +45,17 @@ _cache: dict[str, tuple[float, Credentials]] = {}
 CACHE_SECONDS = 30.0
 
 
+def _load_block(block_name: str) -> WhatsAppNumberCredentials:
+    """The block, loaded synchronously (Prefect's sync-or-async `load` types as either)."""
+    return cast(WhatsAppNumberCredentials, WhatsAppNumberCredentials.load(block_name))
+
+
 def load_credentials(block_name: str, *, fresh: bool = False) -> Credentials:
     """Cached per process for 30 s: a fixed token reaches running workers without a restart."""
     hit = _cache.get(block_name)
     if hit and not fresh and time.monotonic() - hit[0] < CACHE_SECONDS:
         return hit[1]
-    creds = WhatsAppNumberCredentials.load(block_name).to_credentials()
+    creds = _load_block(block_name).to_credentials()
     _cache[block_name] = (time.monotonic(), creds)
     return creds
 

@@ -153,7 +153,7 @@ def run_demo(n_contacts: int = 10_000, latency_ms: int = 100) -> int:
             f"sandbox answered 130429 {sandbox.stats()['throttled_130429']} times"
         )
         print(json.dumps(stats, indent=2, ensure_ascii=False))
-        _say(f"\nPrefect UI: {get_settings().prefect_api_url.removesuffix('/api')}  (flow runs, artifacts)")
+        _say(f"\nPrefect UI: {(get_settings().prefect_api_url or '').removesuffix('/api')}  (flow runs, artifacts)")
         _say(f"try: .venv/bin/campaigns stats {campaign_id}   |   .venv/bin/campaigns recipients {campaign_id}")
         return 0
     finally:

@@ -8,8 +8,12 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING, cast
 
 from campaigns.control.runs import RunState
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
 
 SEND_DEPLOYMENT = "send-campaign/default"
 
@@ -46,7 +50,7 @@ def launch_send_run(campaign_id: uuid.UUID, deployment: str = SEND_DEPLOYMENT) -
     from prefect.deployments import run_deployment
 
     run = run_deployment(deployment, parameters={"campaign_id": str(campaign_id)}, timeout=0, as_subflow=False)
-    return str(run.id)
+    return str(cast(FlowRun, run).id)  # sync here: Prefect's sync-or-async call types as either
 
 
 def wake_suspended_run(campaign_id: uuid.UUID) -> str | None:
@@ -97,7 +101,7 @@ def schedule_send_run(campaign_id: uuid.UUID, at: datetime, deployment: str = SE
         as_subflow=False,
         flow_run_name=f"send-campaign-{campaign_id}",
     )
-    return str(run.id)
+    return str(cast(FlowRun, run).id)
 
 
 def drop_scheduled_run(flow_run_id: str | None, why: str) -> bool:

@@ -16,6 +16,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.states import State
 from pydantic import Field
+from pydantic.config import JsonDict
 
 from blocks.whatsapp import fresh_credentials
 from campaigns.control import operator
@@ -26,7 +27,7 @@ from deployments.launch import PrefectRuns
 from flows import console
 
 # The UI offers the two branches of `at` by these titles (by default: "date-time" and "None").
-START_AT = {
+START_AT: JsonDict = {
     "anyOf": [
         {"type": "string", "format": "date-time", "title": "Date and time"},
         {"type": "null", "title": "Not scheduled"},

@@ -85,7 +85,7 @@ class SendingLog:
 
 @flow(
     name="send-campaign",
-    task_runner=ThreadPoolTaskRunner(max_workers=get_settings().parallel_batches),
+    task_runner=ThreadPoolTaskRunner(max_workers=get_settings().parallel_batches),  # type: ignore[arg-type]  # Prefect's own generic
     flow_run_name=console.campaign_run_name,
     on_cancellation=[console.on_cancellation],
 )

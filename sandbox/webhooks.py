@@ -184,20 +184,25 @@ class WebhookSender:
             yield [kind for _, kind, _ in meta], body, _meta_target
         for provider, instance, kind, item in batch:
             if provider == "evolution":
-                body = json.dumps(evolution_envelope(cfg, instance, item, self.server_url), separators=(",", ":"))
-                yield [kind], body.encode(), functools.partial(_evolution_target, instance)
+                envelope = evolution_envelope(cfg, instance, item, self.server_url)
+                yield (
+                    [kind],
+                    json.dumps(envelope, separators=(",", ":")).encode(),
+                    functools.partial(_evolution_target, instance),
+                )
 
     async def _post(self, kinds: list[str], body: bytes, target: _Target) -> None:
         """POST one webhook body, retrying with exponential backoff as Meta and Evolution do; count the outcome."""
         try:
             for attempt in range(self._config().webhook_max_retries + 1):
                 cfg = self._config()
-                destination = target(cfg, body) if self._session is not None else None
-                if destination is None:
+                session = self._session
+                destination = target(cfg, body) if session is not None else None
+                if session is None or destination is None:
                     break
                 url, headers = destination
                 try:
-                    async with self._session.post(
+                    async with session.post(
                         url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=cfg.webhook_timeout_s)
                     ) as resp:
                         await resp.read()

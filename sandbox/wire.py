@@ -205,6 +205,7 @@ def evolution_refusal(err: GraphError, msg: Outgoing | None) -> tuple[int, dict[
     133004 or a rule's ``http_status`` ≥ 500) → 500; a malformed request → 400 naming the field; any other
     code (131026, 131049, …) → 400 ``exists: false``, the only per-recipient refusal Evolution has.
     """
+    message: str | list[Any]
     if err.http_status in (401, 403):
         status, message = 401, "Unauthorized"
     elif err.code == 130429:

@@ -9,7 +9,8 @@ Artifacts page holds one version per run, not one a minute per campaign forever.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 from prefect.client.orchestration import get_client
 
@@ -45,10 +46,11 @@ def publish_summary(
     description = f"{rep['campaign']['name']}: {rep['campaign']['status']}"
     wrote = False
     with get_client(sync_client=True) as client:
-        for key, data, create in (
+        creators: list[tuple[str, Any, Callable[..., Any]]] = [
             (summary_key(campaign_id), markdown, create_markdown_artifact),
             (failures_key(campaign_id), table, create_table_artifact),
-        ):
+        ]
+        for key, data, create in creators:
             latest = client.read_artifacts(
                 artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
                 sort=ArtifactSort.CREATED_DESC,
@@ -85,4 +87,5 @@ def progress_card(campaign_id: uuid.UUID, flow_run_id: uuid.UUID, percent: float
     if mine:
         update_progress_artifact(mine[0].id, percent)
         return mine[0].id
-    return create_progress_artifact(percent, key=progress_key(campaign_id), description="Recipients processed")
+    created = create_progress_artifact(percent, key=progress_key(campaign_id), description="Recipients processed")
+    return cast(uuid.UUID, created)  # sync here: Prefect's sync-or-async call types as either

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from campaigns.audience.phones import is_valid_expr
 from campaigns.store import recipients
+from campaigns.store.db import psycopg_of
 
 WINDOW = timedelta(hours=24)
 AUDIENCE_TYPES = ("all_contacts", "tags", "contacts")
@@ -58,7 +59,7 @@ def load_contacts(
         f"where organization_id = %(org)s{where} order by created_at, id) to stdout (format csv)"
     )
     buf = io.BytesIO()
-    raw = conn.connection.driver_connection
+    raw = psycopg_of(conn)
     # COPY takes no server-side parameters: psycopg merges them client-side, safely quoted.
     with raw.cursor() as cur, cur.copy(sql, params) as copy:
         for chunk in copy:

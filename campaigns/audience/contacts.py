@@ -18,6 +18,7 @@ import polars as pl
 import sqlalchemy as sa
 
 from campaigns.audience.phones import is_valid_expr, normalise_expr
+from campaigns.store.db import psycopg_of
 
 KNOWN = ("phone", "name", "tags", "opted_out", "last_inbound_at")
 TRUE = {"1", "true", "t", "yes", "y", "sim", "s"}
@@ -248,7 +249,7 @@ def import_contacts(conn: sa.Connection, organization_id: uuid.UUID, good: pl.Da
     )
     buf = io.BytesIO()
     good.write_csv(buf, include_header=False, datetime_format="%Y-%m-%dT%H:%M:%S%.f%z")
-    raw = conn.connection.driver_connection
+    raw = psycopg_of(conn)
     with raw.cursor() as cur, cur.copy("copy _import from stdin (format csv)") as copy:
         copy.write(buf.getvalue())
     params = {"org": organization_id}

@@ -13,6 +13,7 @@ from campaigns.audience.build import contacts_query
 from campaigns.sending.number_check import NumberHealth, check_number
 from campaigns.sending.ratelimit import LimitUsage, caps_of_number, portfolio_limit
 from campaigns.sending.rendering import placeholders
+from campaigns.store.db import psycopg_of
 
 KNOWN_FIELDS = {"contact.name", "contact.phone", "contact.first_name"}
 WINDOWED_PROVIDERS = ("meta_cloud", "sandbox")  # Evolution (WhatsApp Web) has no 24 h window
@@ -77,7 +78,7 @@ def run_preflight(
 
     where, params = contacts_query(campaign["audience_type"], campaign["audience_filter"] or {})
     params["org"] = str(campaign["organization_id"])
-    raw = conn.connection.driver_connection
+    raw = psycopg_of(conn)
     with raw.cursor() as cur:
         # In the window and not skipped for another reason: the contacts free-form text would reach.
         params["respect"], params["skip_active"] = campaign["respect_opt_out"], campaign["skip_active_conversations"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import IO, Any
+from typing import Any
 
 import redis
 import sqlalchemy as sa
@@ -22,7 +22,7 @@ from campaigns.store.runlock import runner_alive
 from campaigns.store.schema import CAMPAIGN_STATUSES, campaigns
 
 log = logging.getLogger(__name__)
-Logger = logging.Logger | logging.LoggerAdapter  # a run logger in flows, the module's elsewhere
+Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]  # a run logger in flows, the module's elsewhere
 
 
 def ping_redis() -> None:
@@ -93,7 +93,7 @@ def recipients_of(
 
 
 def export_recipients(
-    conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID, status: str | None, out: IO[bytes]
+    conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID, status: str | None, out: recipient_statuses.ByteSink
 ) -> int:
     """Every matching recipient as CSV to `out` (streamed); returns how many rows were written."""
     lifecycle.get(conn, org, campaign_id)

@@ -60,7 +60,7 @@ def add_number(
         mps=mps,
         webhook_signer=webhook_signer,
     )
-    stmt = stmt.on_conflict_do_update(
+    upsert = stmt.on_conflict_do_update(
         index_elements=["organization_id", "phone_number_id"],
         set_={
             "provider": provider,
@@ -71,7 +71,7 @@ def add_number(
             "webhook_signer": webhook_signer,
         },
     ).returning(whatsapp_numbers.c.id)
-    return conn.execute(stmt).scalar_one()
+    return conn.execute(upsert).scalar_one()
 
 
 def get_number(conn: sa.Connection, org: uuid.UUID, number_id: uuid.UUID) -> dict[str, Any]:

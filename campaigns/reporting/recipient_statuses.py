@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import IO, Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 
 from campaigns.errors import Invalid
+from campaigns.store.db import psycopg_of
 from campaigns.store.schema import INT8_MAX, RECIPIENT_STATUSES
 
 # "replied" is not a recipient status but what operators ask for next to "failed": replied_at is set.
@@ -42,6 +43,14 @@ CSV_COLUMNS = (
     "replied_at",
 )
 TIMESTAMPS = ("sent_at", "delivered_at", "read_at", "failed_at", "replied_at")
+
+
+class ByteSink(Protocol):
+    """Where an export's CSV goes: a file, or the API's bounded pipe to a streamed response."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
 
 
 def _ts(expr: str) -> str:
@@ -182,7 +191,7 @@ def export_csv(
     organization_id: uuid.UUID,
     campaign_id: uuid.UUID,
     status: str | None,
-    out: IO[bytes],
+    out: ByteSink,
 ) -> int:
     """Write every matching recipient as CSV (header first, CSV_COLUMNS) to `out`; returns the row count.
 
@@ -196,11 +205,11 @@ def export_csv(
         order by r.id
     ) to stdout (format csv, header)"""
     params = {"c": campaign_id, "o": organization_id, "status": status}
-    raw = conn.connection.driver_connection
+    raw = psycopg_of(conn)
     # COPY takes no server-side parameters: psycopg merges them client-side, safely quoted.
     with raw.cursor() as cur, cur.copy(sql, params) as copy:
         for chunk in copy:
-            out.write(chunk)
+            out.write(bytes(chunk))
         written = max(cur.rowcount, 0)  # from the COPY's "COPY n" once drained (closing the cursor resets it)
     out.flush()
     return written

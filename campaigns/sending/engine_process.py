@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -113,7 +114,8 @@ class EngineClient:
 
     def _relog(self, level: int, name: str, message: str) -> None:
         logger = logging.getLogger(name)
-        for run_id in list(_log_runs) or [None]:
+        runs: list[str | None] = [*_log_runs] or [None]
+        for run_id in runs:
             logger.log(
                 level, "send engine: %s", message, extra={"flow_run_id": run_id} if run_id else {"send_to_api": False}
             )
@@ -176,7 +178,7 @@ def _child_main(conn: Connection) -> None:
             providers[key] = build_provider(provider_name, credentials)
         coro = deliver(engine, providers[key], spec, messages, claimed_at)
         future = asyncio.run_coroutine_threadsafe(coro, engine.loop)
-        future.add_done_callback(lambda f, rid=request_id: reply(rid, f))
+        future.add_done_callback(functools.partial(reply, request_id))
 
 
 class _Forked:

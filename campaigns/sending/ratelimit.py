@@ -171,8 +171,15 @@ PORTFOLIO_TIERS = (250, 2_000, 10_000, 100_000)  # Meta's messaging limits; None
 CHUNK_SECONDS = 0.5
 WINDOWS = {"minute": 60, "hour": 3600, "day": 86400}
 LABELS = {"minute": "per-minute", "hour": "hourly", "day": "daily"}
-META_CONSERVATIVE = {"per_minute": 20, "per_hour": 100, "per_day": 500}  # the seed's figures, as a preset
-PRESETS = {"meta-conservative": META_CONSERVATIVE, "none": {"per_minute": None, "per_hour": None, "per_day": None}}
+META_CONSERVATIVE: dict[str, int | None] = {
+    "per_minute": 20,
+    "per_hour": 100,
+    "per_day": 500,
+}  # the seed's figures, as a preset
+PRESETS: dict[str, dict[str, int | None]] = {
+    "meta-conservative": META_CONSERVATIVE,
+    "none": {"per_minute": None, "per_hour": None, "per_day": None},
+}
 EVOLUTION_INTERVAL_S = 0.5  # Evolution (WhatsApp Web): one message every 500 ms per instance
 EVOLUTION_SOFT_PER_HOUR = 1000
 

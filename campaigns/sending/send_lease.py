@@ -57,7 +57,7 @@ class RunnerLease:
         campaign's runner lock (the previous runner is gone then)."""
         value = self._best_effort("getdel", self._key)
         try:
-            return uuid.UUID(value.decode() if isinstance(value, bytes) else value) if value else None
+            return uuid.UUID(value.decode() if isinstance(value, bytes) else str(value)) if value else None
         except ValueError:
             return None
 

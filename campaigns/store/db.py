@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -52,3 +54,12 @@ def upgrade(url: str | None = None) -> None:
     cfg.set_main_option("script_location", str(root / "migrations"))
     cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(url or get_settings().database_url or ""))
     command.upgrade(cfg, "head")
+
+
+def psycopg_of(conn: sa.Connection) -> psycopg.Connection[Any]:
+    """The psycopg connection under a SQLAlchemy one, in the same transaction: for COPY, which SQLAlchemy
+    does not offer (the bulk paths: audience, contact import, exports, preflight's counts)."""
+    raw = conn.connection.driver_connection
+    if not isinstance(raw, psycopg.Connection):
+        raise TypeError(f"expected a psycopg connection, got {type(raw).__name__}")
+    return raw

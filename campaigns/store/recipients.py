@@ -39,6 +39,8 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
+from campaigns.store.db import psycopg_of
+
 # ---------------------------------------------------------------------------------------------- the table
 
 PENDING, SENDING, SENT, DELIVERED, READ, FAILED, SKIPPED, CANCELLED = (
@@ -190,7 +192,7 @@ def copy_audience(db: sa.Engine, csv: bytes) -> None:
     """COPY audience rows (CSV of AUDIENCE_COLUMNS, no header; statuses checked by the caller on its frame
     with check_audience_statuses) in one transaction of its own."""
     with db.begin() as conn:
-        raw = conn.connection.driver_connection
+        raw = psycopg_of(conn)
         with (
             raw.cursor() as cur,
             cur.copy(f"copy campaign_recipients ({AUDIENCE_COLUMNS}) from stdin (format csv)") as copy,

@@ -148,7 +148,12 @@ def apply_replies(conn: sa.Connection, replies: list[tuple[int, datetime]]) -> s
 
 def _channels(conn: sa.Connection, events: list[Claimed]) -> dict[str, list[tuple[uuid.UUID, str | None]]]:
     """phone_number_id / instance → [(organization, signer)] for the numbers inbound events name."""
-    wanted = {i.channel for e in events for i in (*e.parsed.inbound, *e.parsed.preferences) if i.channel}
+    wanted = {
+        channel
+        for e in events
+        for channel in [*(i.channel for i in e.parsed.inbound), *(p.channel for p in e.parsed.preferences)]
+        if channel
+    }
     if not wanted:
         return {}
     out: dict[str, list[tuple[uuid.UUID, str | None]]] = {}
@@ -252,7 +257,8 @@ def _claim(conn: sa.Connection, limit: int, max_bytes: int) -> tuple[list[Any], 
     """),
         {"n": limit},
     ).all()
-    kept, total = [], 0
+    kept: list[int] = []
+    total = 0
     for event_id, size in sizes:
         total += size
         if kept and total > max_bytes:
@@ -264,7 +270,7 @@ def _claim(conn: sa.Connection, limit: int, max_bytes: int) -> tuple[list[Any], 
         sa.text("select id, provider, body, signers, received_at from webhook_events where id = any(:ids) order by id"),
         {"ids": kept},
     ).all()
-    return rows, len(sizes) == limit or len(kept) < len(sizes)
+    return list(rows), len(sizes) == limit or len(kept) < len(sizes)
 
 
 def ingest_once(conn: sa.Connection, limit: int = 5000, max_bytes: int = ROUND_MAX_BYTES) -> IngestResult:
