@@ -50,7 +50,7 @@ def launch_send_run(campaign_id: uuid.UUID, deployment: str = SEND_DEPLOYMENT) -
     from prefect.deployments import run_deployment
 
     run = run_deployment(deployment, parameters={"campaign_id": str(campaign_id)}, timeout=0, as_subflow=False)
-    return str(cast(FlowRun, run).id)  # sync here: Prefect's sync-or-async call types as either
+    return str(cast("FlowRun", run).id)  # sync here: Prefect's sync-or-async call types as either
 
 
 def wake_suspended_run(campaign_id: uuid.UUID) -> str | None:
@@ -101,7 +101,7 @@ def schedule_send_run(campaign_id: uuid.UUID, at: datetime, deployment: str = SE
         as_subflow=False,
         flow_run_name=f"send-campaign-{campaign_id}",
     )
-    return str(cast(FlowRun, run).id)
+    return str(cast("FlowRun", run).id)
 
 
 def drop_scheduled_run(flow_run_id: str | None, why: str) -> bool:
