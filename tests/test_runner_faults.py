@@ -134,3 +134,37 @@ def test_a_runner_whose_lock_died_with_its_postgres_connection_takes_it_again_an
     assert killed == [True] and accepted_then[0] < total  # it happened mid-campaign
     assert result["status"] == "completed", result  # was: 'runner lock lost', left to the scheduler's next pass
     _exactly_once(db, sandbox, cid)
+
+
+def test_the_supervisor_starts_a_killed_runner_again_even_while_postgres_still_holds_its_lock(db, org, sandbox):
+    """A killed runner's lock outlives it until Postgres sees its connection close (seconds on a loaded
+    machine). Read at once, it looked like another runner's, and the supervisor left the campaign running with
+    nobody sending (a fault test waited 120 s for a runner that was never started)."""
+    import threading
+    import time
+
+    import sqlalchemy as sa
+
+    from campaigns.sending.runner import supervise
+    from campaigns.store.runlock import _key
+    from tests.helpers import start_campaign
+
+    number = add_sandbox_number(db, org, sandbox)
+    add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(3)])
+    cid = create_campaign(db, org, number)
+    start_campaign(db, org, cid)
+    runs: list[float] = []
+
+    def run_once() -> None:
+        runs.append(time.monotonic())
+        if len(runs) == 1:  # the runner dies; its lock's connection is closed by Postgres a second later
+            held = db.connect()
+            held.execute(sa.text("select pg_advisory_lock(:k)"), {"k": _key(cid)})
+            held.commit()
+            threading.Timer(1.0, held.close).start()
+        else:  # the runner started again finishes the campaign
+            with db.begin() as conn:
+                conn.execute(sa.text("update campaigns set status = 'completed' where id = :c"), {"c": cid})
+
+    assert supervise(db, cid, run_once) == 1
+    assert len(runs) == 2 and campaign_row(db, cid)["status"] == "completed"

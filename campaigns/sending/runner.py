@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -182,6 +183,7 @@ def remaining(db: sa.Engine, campaign_id: uuid.UUID) -> Remaining:
 
 
 MAX_IDLE_SLEEP = 5.0  # a waiting run looks again at least this often (a resume, a new due row)
+LOCK_SETTLE_SECONDS = 10.0  # how long a killed runner's lock may outlive it (Postgres noticing its connection close)
 MAX_FAILED_WAVES = 3  # waves in a row whose every batch failed (e.g. the credentials block is gone): stop
 
 
@@ -254,10 +256,7 @@ def supervise(db: sa.Engine, campaign_id: uuid.UUID, run_once: Callable[[], obje
     while True:
         run_once()
         now = remaining(db, campaign_id)
-        with db.connect() as conn:
-            alive = runner_alive(conn, campaign_id)
-            conn.commit()
-        if now.status != "running" or alive:  # finished, paused, cancelled; or another runner has it
+        if now.status != "running" or _held_by_another(db, campaign_id):  # done, paused, cancelled; or taken
             return lost
         lost += 1
         in_a_row = 0 if _left(now) < left else in_a_row + 1
@@ -274,6 +273,23 @@ def supervise(db: sa.Engine, campaign_id: uuid.UUID, run_once: Callable[[], obje
         log.warning(
             "campaign %s: its runner ended with the campaign running and nobody sending; starting it again", campaign_id
         )
+
+
+def _held_by_another(db: sa.Engine, campaign_id: uuid.UUID, settle_seconds: float = LOCK_SETTLE_SECONDS) -> bool:
+    """Whether another runner holds the campaign once the one that just ended has let go. A runner killed a
+    moment ago still holds its lock until Postgres sees its connection close (milliseconds when idle, seconds
+    on a loaded machine): read at once, the dead runner's lock looked like another's, and the supervisor
+    left the campaign `running` with nobody sending. So look again until the lock is free or the time is up."""
+    deadline = time.monotonic() + settle_seconds
+    while True:
+        with db.connect() as conn:
+            alive = runner_alive(conn, campaign_id)
+            conn.commit()
+        if not alive:
+            return False
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(0.2)
 
 
 def _left(r: Remaining) -> int:
