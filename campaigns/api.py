@@ -10,6 +10,9 @@ chosen here for each refusal's class (`STATUS`): the domain's (404, 409, 422) an
 `start` and `resume` hand the campaign to Prefect: a run of the send-campaign/default deployment that
 `campaigns serve` (or a worker) executes. The launcher is injected, so tests can run the flow in a thread;
 so are Prefect's other runs (schedule, drop, wake) and the numbers' credentials, which the domain asks for.
+
+Why it stays one module (over 600 lines): issue #12 replaces it with FastAPI; splitting code that is about to be
+rewritten would only move it twice.
 """
 
 from __future__ import annotations

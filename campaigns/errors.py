@@ -1,7 +1,7 @@
 """The refusals every folder may raise: a message and its details, in the domain's words.
 
 They say what went wrong, not how to answer: the faces choose (campaigns/api.py maps each class to an HTTP
-status, campaigns/cli.py to an exit code, the operator flows end Failed with the message).
+status, campaigns/cli/ to an exit code, the operator flows end Failed with the message).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from pydantic.config import JsonDict
 
 from blocks.whatsapp import fresh_credentials
 from campaigns.control import operator
-from campaigns.control.operator import DEFAULT_TIME_ZONE, ControlAction
+from campaigns.control.forms import DEFAULT_TIME_ZONE, ControlAction
 from campaigns.errors import CampaignError
 from campaigns.store.db import get_engine
 from deployments.launch import PrefectRuns

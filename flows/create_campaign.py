@@ -4,8 +4,8 @@ send-campaign run, under Upcoming).
 
 Requires: DATABASE_URL, REDIS_URL (the checklist of a start), the send-campaign/default deployment (start,
 schedule). Deployed as `create-campaign/default`. The logic is campaigns.control.operator.create_campaign; the
-form's sections are its pydantic models. A wrong field ends the run Failed with the field named, as the
-HTTP API's 422 names it.
+form's sections are the pydantic models of campaigns.control.forms. A wrong field ends the run Failed with the
+field named, as the HTTP API's 422 names it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from prefect.states import State
 
 from blocks.whatsapp import fresh_credentials
 from campaigns.control import operator
-from campaigns.control.operator import AfterCreate, AudienceForm, CampaignDetails, MessageForm, PaceForm
+from campaigns.control.forms import AfterCreate, AudienceForm, CampaignDetails, MessageForm, PaceForm
 from campaigns.errors import CampaignError
 from campaigns.store.db import get_engine
 from deployments.launch import PrefectRuns

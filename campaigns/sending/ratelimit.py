@@ -27,6 +27,9 @@ day cap pauses the campaign with reason `rate_limit` until that window ends.
 
 When Meta still answers 130429 (its own view of the number's throughput is lower than ours), the number's
 rate drops by a fifth (at most once a second, down to an eighth) and recovers 10 s after the last 130429.
+
+Why it stays one module (about 410 lines): the Lua scripts and `RateLimiter`, their only caller, share the keys'
+layout and the order of their arguments, which only make sense read side by side.
 """
 
 from __future__ import annotations

@@ -17,6 +17,10 @@ nothing about the events. A round is bounded by count and by bytes of stored bod
 
 Tenancy: an event only touches the numbers whose webhook signer vouched for it (the secret that signed it,
 see `campaigns.webhooks.receiver.signer_id`). A status about another signer's message is rejected and noted.
+
+Why it stays one module (about 450 lines): the round's machinery (claim, savepoint, halving, settling) and what an
+event does to the rows share the `Claimed` events' counters, which the appliers set and `_settle` reads; split
+apart, each half would reach into the other's state.
 """
 
 from __future__ import annotations
