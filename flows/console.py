@@ -72,12 +72,15 @@ def campaign_run_name() -> str:
 
 
 def tag_run(flow_run_id: uuid.UUID, org_name: str) -> None:
-    """Tag the run `org:<organization>` (so the runs page filters by tenant), however it was launched."""
-    tag = f"org:{org_name}"[:100]
+    """Tag the run `campaigns` and `org:<organization>` (the runs page filters campaigns, and by tenant),
+    however it was launched: a run started without the deployment (`campaigns demo`, `campaigns run`) has
+    none of the deployment's tags."""
+    wanted = ["campaigns", f"org:{org_name}"[:100]]
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(flow_run_id)
-        if tag not in run.tags:
-            client.update_flow_run(flow_run_id, tags=[*run.tags, tag])
+        missing = [tag for tag in wanted if tag not in run.tags]
+        if missing:
+            client.update_flow_run(flow_run_id, tags=[*run.tags, *missing])
 
 
 def was_suspended(flow_run_id: uuid.UUID) -> bool:
