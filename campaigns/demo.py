@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 
 from campaigns.audience.contacts import import_csv
+from campaigns.cli.common import ProgressLine
 from campaigns.control import lifecycle, tenancy
 from campaigns.control.models import CampaignCreate
 from campaigns.control.services import progress_of, start_campaign, stats_of
@@ -50,12 +51,12 @@ def write_contacts_csv(path: Path, n: int, seed: int = 7) -> None:
 
 def _progress_bar(org: uuid.UUID, campaign_id: uuid.UUID, stop: threading.Event) -> None:
     db = get_engine()
+    line = ProgressLine(prefix="  ")
     while not stop.is_set():
         with db.connect() as conn:
-            sys.stderr.write("\r  " + progress_line(progress_of(conn, org, campaign_id)))
-        sys.stderr.flush()
+            line.show(progress_line(progress_of(conn, org, campaign_id)))
         stop.wait(0.5)
-    sys.stderr.write("\n")
+    line.end()
 
 
 def run_demo(n_contacts: int = 10_000, latency_ms: int = 100) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from campaigns.cli.common import as_json, db, err, org_of
+from campaigns.cli.common import ProgressLine, as_json, db, err, org_of
 from campaigns.control import lifecycle, tenancy
 from campaigns.errors import Invalid
 
@@ -139,13 +139,13 @@ def _wait(campaign_id: uuid.UUID, org: uuid.UUID) -> int:
     from campaigns.control.services import progress_of
     from campaigns.reporting.stats import progress_line
 
+    line = ProgressLine()
     while True:
         with db().connect() as conn:
             p = progress_of(conn, org, campaign_id)
-        sys.stderr.write("\r" + progress_line(p))
-        sys.stderr.flush()
+        line.show(progress_line(p))
         if p["current_status"] not in ("running", "scheduled", "draft"):
-            sys.stderr.write("\n")
+            line.end()
             return 0
         time.sleep(0.5)
 
