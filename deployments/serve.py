@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -101,44 +102,71 @@ async def close_orphaned_runs(deployment_ids: list[Any]) -> int:
     return len(runs)
 
 
+@dataclass(frozen=True)
+class Served:
+    """One served deployment, as plain data: `serve` builds its deployments from these, and
+    tests/unit/test_deployments.py holds prefect.yaml (the work-pool path) to the same."""
+
+    flow: Flow[..., Any]
+    tags: tuple[str, ...]
+    queue: str  # the runner in `serve`, the work queue in prefect.yaml: campaigns never hold up housekeeping
+    parameters: dict[str, Any] = field(default_factory=dict)
+    every_seconds: int | None = None  # a schedule
+    one_at_a_time: bool = False  # a deployment concurrency limit of one that cancels a new run (CANCEL_NEW)
+
+
+CAMPAIGNS_QUEUE, HOUSEKEEPING_QUEUE = "campaigns", "housekeeping"
+SERVED = (
+    Served(send_campaign, ("campaigns",), CAMPAIGNS_QUEUE),
+    Served(
+        ingest_statuses,
+        tuple(HOUSEKEEPING),
+        HOUSEKEEPING_QUEUE,
+        {"run_for_seconds": INGEST_INTERVAL, "every_seconds": 1.0},
+        every_seconds=INGEST_INTERVAL,
+    ),
+    Served(
+        campaign_scheduler,
+        tuple(HOUSEKEEPING),
+        HOUSEKEEPING_QUEUE,
+        {"run_for_seconds": SCHEDULER_RUN - 30, "every_seconds": 30.0},
+        every_seconds=SCHEDULER_RUN,
+        one_at_a_time=True,
+    ),
+    Served(create_campaign, tuple(OPERATOR_TAGS), HOUSEKEEPING_QUEUE),
+    Served(campaign_control, tuple(OPERATOR_TAGS), HOUSEKEEPING_QUEUE),
+)
+
+
+def _options(served: Served) -> dict[str, Any]:
+    """Runner.add_flow's options for one served deployment."""
+    options: dict[str, Any] = {"tags": list(served.tags)}
+    if served.parameters:
+        options["parameters"] = served.parameters
+    if served.every_seconds:
+        options["schedule"] = soon_and_every(served.every_seconds)
+    if served.one_at_a_time:
+        options["concurrency_limit"] = ConcurrencyLimitConfig(
+            limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
+        )
+    return options
+
+
 def main(limit: int = 8) -> None:
     """Register the deployments with their flows (so each run forks from the warm server: warm_start.py; a
     deployment registered without its flow would start `python -m prefect.engine`, importing everything
     again) and poll for runs until SIGINT or SIGTERM: campaign runs on one runner (`limit` at once),
     housekeeping and the operator's forms on another, so that neither waits for the other's slots."""
-    campaign_flows: list[tuple[Flow[..., Any], dict[str, Any]]] = [(send_campaign, {"tags": ["campaigns"]})]
-    housekeeping_flows: list[tuple[Flow[..., Any], dict[str, Any]]] = [
-        (
-            ingest_statuses,
-            {
-                "schedule": soon_and_every(INGEST_INTERVAL),
-                "tags": HOUSEKEEPING,
-                "parameters": {"run_for_seconds": INGEST_INTERVAL, "every_seconds": 1.0},
-            },
-        ),
-        (
-            campaign_scheduler,
-            {
-                "schedule": soon_and_every(SCHEDULER_RUN),
-                "tags": HOUSEKEEPING,
-                "concurrency_limit": ConcurrencyLimitConfig(
-                    limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
-                ),
-                "parameters": {"run_for_seconds": SCHEDULER_RUN - 30, "every_seconds": 30.0},
-            },
-        ),
-        (create_campaign, {"tags": OPERATOR_TAGS}),
-        (campaign_control, {"tags": OPERATOR_TAGS}),
-    ]
     ensure_send_limit()
-    start_runs_warm([served_flow for served_flow, _ in campaign_flows + housekeeping_flows])
+    start_runs_warm([served.flow for served in SERVED])
     signal.signal(signal.SIGINT, lambda *_: signal.raise_signal(signal.SIGTERM))  # Prefect handles SIGTERM
     runners = []
     deployment_ids = []
-    for flows, slots in ((campaign_flows, limit), (housekeeping_flows, HOUSEKEEPING_SLOTS)):
+    for queue, slots in ((CAMPAIGNS_QUEUE, limit), (HOUSEKEEPING_QUEUE, HOUSEKEEPING_SLOTS)):
         runner = Runner(limit=slots, query_seconds=POLL_SECONDS, pause_on_shutdown=True)
-        for served_flow, options in flows:
-            deployment_ids.append(runner.add_flow(served_flow, name="default", **options))
+        for served in SERVED:
+            if served.queue == queue:
+                deployment_ids.append(runner.add_flow(served.flow, name="default", **_options(served)))
         runners.append(runner)
 
     def stop_all(*_: Any) -> None:

@@ -1,23 +1,43 @@
-"""prefect.yaml is tested like code: every entrypoint imports and is a Prefect flow."""
+"""prefect.yaml (the work-pool path) and `campaigns serve` (deployments/serve.py SERVED) describe the same
+deployments: a change to one that is not made to the other fails here."""
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
+import pytest
 import yaml
-from prefect import Flow
+
+from deployments.serve import SERVED, Served
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_every_deployment_entrypoint_is_a_flow():
-    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    names = set()
-    for dep in spec["deployments"]:
-        path, func = dep["entrypoint"].split(":")
-        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
-        flow = getattr(module, func)
-        assert isinstance(flow, Flow)
-        names.add(flow.name)
-    assert names == {"send-campaign", "ingest-statuses", "campaign-scheduler", "create-campaign", "campaign-control"}
+def _pool_deployments() -> dict[str, dict]:
+    """prefect.yaml's deployments by the name of the flow their entrypoint names."""
+    import importlib
+
+    out = {}
+    for deployment in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]:
+        path, attr = deployment["entrypoint"].split(":")
+        module = path.removesuffix(".py").replace("/", ".")
+        out[getattr(importlib.import_module(module), attr).name] = deployment
+    return out
+
+
+def test_prefect_yaml_deploys_exactly_what_serve_serves():
+    assert sorted(_pool_deployments()) == sorted(served.flow.name for served in SERVED)
+
+
+@pytest.mark.parametrize("served", SERVED, ids=lambda served: served.flow.name)
+def test_each_deployment_has_the_same_tags_queue_parameters_schedule_and_limit(served: Served):
+    pool = _pool_deployments()[served.flow.name]
+    assert set(pool.get("tags", [])) == set(served.tags)
+    assert pool["work_pool"] == {"name": "campaigns", "work_queue_name": served.queue}
+    assert pool.get("parameters", {}) == served.parameters
+    assert [s["interval"] for s in pool.get("schedules", [])] == (
+        [served.every_seconds] if served.every_seconds else []
+    )
+    expected_limit = {"limit": 1, "collision_strategy": "CANCEL_NEW"} if served.one_at_a_time else None
+    assert pool.get("concurrency_limit") == expected_limit
+    assert pool.get("description"), "the UI shows it on the deployment's page"
