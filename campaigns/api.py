@@ -123,7 +123,10 @@ class PrefectLauncher:
 
         from campaigns.settings import get_settings
 
-        serve = "`campaigns serve` must be running to send campaigns"
+        serve = (
+            "`campaigns serve` (or a worker of the `campaigns` work pool, queue `campaigns`) must be running "
+            "to send campaigns"
+        )
         try:
             with get_client(sync_client=True) as client:
                 deployment = client.read_deployment_by_name(self.deployment)

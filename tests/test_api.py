@@ -384,7 +384,11 @@ def test_start_answers_503_and_changes_nothing_when_nothing_serves_the_send_depl
     http = client(serve(PrefectLauncher(f"send-campaign/missing-{uuid.uuid4().hex[:8]}")), db, org)
     cid = create(http, number)
     r = http.post(f"/campaigns/{cid}/start")
-    assert r.status_code == 503 and "`campaigns serve` must be running" in r.json()["detail"]
+    assert (
+        r.status_code == 503
+        and "`campaigns serve` (or a worker of the `campaigns` work pool, queue `campaigns`) must be running"
+        in r.json()["detail"]
+    )
     assert campaign_row(db, uuid.UUID(cid))["status"] == "draft"
 
     def broken(campaign_id: uuid.UUID) -> str:
