@@ -104,6 +104,36 @@ def test_a_runner_stopped_with_serve_is_relaunched_one_waiting_for_a_slot_is_lef
     assert row["last_error_message"].startswith("its runner was lost 3 times in a row")
 
 
+def _running_since(db, org, number, seconds: int, flow_run_id: str) -> uuid.UUID:
+    cid = _running_since_two_minutes(db, org, number, flow_run_id)
+    with db.begin() as conn:
+        conn.execute(
+            sa.text("update campaigns set updated_at = now() - make_interval(secs => :s) where id = :c"),
+            {"c": cid, "s": seconds},
+        )
+    return cid
+
+
+def test_a_campaign_whose_last_run_ended_is_taken_up_at_once_not_a_minute_later(db, org, sandbox):
+    """`serve` back after a stop takes its interrupted campaigns up on its first pass: their last run is over
+    (stopped with `serve`, crashed), so none is on its way. A run that may still be starting gets its minute,
+    and a campaign started a moment ago (its new run not recorded yet) is left alone."""
+    from prefect.states import Crashed, Running
+
+    number = add_sandbox_number(db, org, sandbox)
+    add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(2, start=9600)])
+    stopped = _running_since(db, org, number, 20, _flow_run_in(Cancelled(message="Runner is shutting down.")))
+    crashed = _running_since(db, org, number, 20, _flow_run_in(Crashed()))
+    starting = _running_since(db, org, number, 20, _flow_run_in(Running()))
+    just_started = _running_since(db, org, number, 1, _flow_run_in(Crashed()))
+
+    due = due_campaigns(db, start_campaign, flow_run_state)
+
+    assert stopped in due.recovered and crashed in due.recovered
+    assert starting not in due.recovered and just_started not in due.recovered
+    assert stopped not in due_campaigns(db, start_campaign, flow_run_state).recovered  # not twice
+
+
 # -- an operator acting while the scheduler starts a scheduled campaign ------------------------------------------
 # `due_campaigns` takes its `start` as a parameter: these wrap the real start to act at a chosen moment of
 # the scheduler's pass, so each interleaving happens every time (no sleeps).

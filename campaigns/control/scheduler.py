@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 ORPHAN_AFTER_SECONDS = 60  # a launched run takes seconds to take its lock; a minute leaves room to spare
 RELAUNCH_LIMIT = 3  # runners lost in a row before the campaign is paused instead (a crash that repeats)
 WAITING_STATES = ("SCHEDULED", "PENDING")  # its last run was launched and waits for a slot
+ENDED_STATES = ("CANCELLED", "CRASHED", "COMPLETED", "FAILED")  # its last run is over: nothing is on its way
+SETTLED_SECONDS = 10  # a start or resume records its new run within this (before, the last run is the old one)
 # A scheduled campaign's own Prefect run (campaigns.control.services.schedule_run) starts it at its time; this flow
 # starts it only if that run is not on its way within ORPHAN_AFTER_SECONDS (nothing served it, or it failed).
 SCHEDULED_RUN_ON_ITS_WAY = ("SCHEDULED", "PENDING", "RUNNING")
@@ -126,20 +128,27 @@ def _refuse(db: sa.Engine, due: Due, org: uuid.UUID, cid: uuid.UUID, detail: str
 
 
 def _recover_orphans(db: sa.Engine, due: Due, run_state: Callable[[str | None], RunState | None]) -> None:
+    """Running campaigns whose runner is gone. One untouched for ORPHAN_AFTER_SECONDS is, whatever Prefect
+    says of its last run (a killed run may still read RUNNING); one whose last run has ended (stopped with
+    `serve`, crashed) is after SETTLED_SECONDS: no run of it is on its way, so `serve` back takes it up on its
+    first pass instead of a minute later."""
     with db.connect() as conn:
         candidates = conn.execute(
             sa.text("""
-            select id, organization_id, flow_run_id, relaunches from campaigns
-            where status = 'running' and updated_at < now() - make_interval(secs => :s)
+            select id, organization_id, flow_run_id, relaunches,
+                   updated_at < now() - make_interval(secs => :s) as quiet
+            from campaigns where status = 'running' and updated_at < now() - make_interval(secs => :settled)
         """),
-            {"s": ORPHAN_AFTER_SECONDS},
+            {"s": ORPHAN_AFTER_SECONDS, "settled": SETTLED_SECONDS},
         ).all()
         orphans = [c for c in candidates if not runner_alive(conn, c.id)]
         conn.commit()
-    for cid, org, flow_run_id, relaunches in orphans:
+    for cid, org, flow_run_id, relaunches, quiet in orphans:
         state = run_state(flow_run_id)
         kind = state.type if state else None
         if kind in WAITING_STATES:  # launched and waiting for a slot in `serve`: on its way
+            continue
+        if not quiet and kind not in ENDED_STATES:  # its run may be starting: give it the minute
             continue
         if state and kind in ("CANCELLED", "CANCELLING") and state.message != RUNNER_SHUTDOWN:
             _stop(
@@ -174,11 +183,11 @@ def _recover_orphans(db: sa.Engine, due: Due, run_state: Callable[[str | None], 
                 claimed = conn.execute(
                     sa.text("""
                     update campaigns set updated_at = now(), relaunches = relaunches + 1
-                    where id = :c and status = 'running' and updated_at < now() - make_interval(secs => :s)
+                    where id = :c and status = 'running' and relaunches = :r
                     returning id
                 """),
-                    {"c": cid, "s": ORPHAN_AFTER_SECONDS},
-                ).scalar()  # one scheduler pass wins a race
+                    {"c": cid, "r": relaunches},
+                ).scalar()  # one scheduler pass wins a race (the count it read is the token)
             if claimed:
                 due.recovered.append(cid)
                 due.orgs[cid] = org
