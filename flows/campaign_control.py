@@ -37,9 +37,9 @@ START_AT: JsonDict = {
 
 @flow(name="campaign-control", flow_run_name="{action}: {campaign}")
 def campaign_control(
-    organization: str,
     campaign: str,
     action: ControlAction,
+    organization: str = "",
     error_codes: tuple[int, ...] = (),
     at: datetime | None = Field(None, json_schema_extra=START_AT),
     time_zone: str = DEFAULT_TIME_ZONE,
@@ -47,10 +47,10 @@ def campaign_control(
     """Pause, resume, cancel, retry the failures of, schedule or start a campaign.
 
     Args:
-        organization: The organization's name (or id).
         campaign: The campaign's name or id; a name several campaigns share is refused, listing their ids.
         action: pause / resume / cancel (final) / retry-failed (failed recipients are sent again, never
             opted-out ones) / schedule (start by itself at the time below) / start (checklist, then send now).
+        organization: The organization's name (or id); needed only when the campaign is given by name.
         error_codes: For retry-failed: only failures with these error codes (e.g. 131026); none: every failure.
         at: For schedule: the date and time to start (it shows under Upcoming).
         time_zone: For a start time written without a zone; an IANA name (America/Sao_Paulo, UTC).

@@ -266,7 +266,7 @@ def test_create_and_schedule_puts_a_scheduled_run_under_upcoming(db, org, sandbo
 
 
 def control(db, org, campaign: str, action: str, **kwargs):
-    return campaign_control(org_name(db, org), campaign, action, return_state=True, **kwargs)
+    return campaign_control(campaign, action, org_name(db, org), return_state=True, **kwargs)
 
 
 @pytest.mark.flow
@@ -362,3 +362,17 @@ def test_campaign_control_starts_pauses_resumes_and_retries_failures_through_sen
     assert missing.message == "Campaign not found: no campaign named 'Nope' in this organization"
     with db.begin() as conn:
         lifecycle.cancel(conn, org, cid)
+
+
+def test_campaign_control_needs_the_organization_only_for_a_campaign_given_by_name(db, org, sandbox):
+    """The form's organization is optional: a campaign's id says whose it is; a name may exist in two
+    organizations, so without one it is refused naming the field (the form used to just stay open)."""
+    from campaigns.errors import Invalid
+
+    number = add_sandbox_number(db, org, sandbox)
+    cid = new_campaign(db, org, number, name="Natal")
+
+    with pytest.raises(Invalid, match=r"^organization: needed when the campaign is given by name"):
+        operator.control_campaign(db, None, "Natal", "cancel", runs=PrefectRuns(), credentials=fresh_credentials)
+    out = operator.control_campaign(db, None, str(cid), "cancel", runs=PrefectRuns(), credentials=fresh_credentials)
+    assert out.status == "cancelled" and campaign_row(db, cid)["status"] == "cancelled"

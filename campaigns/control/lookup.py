@@ -26,6 +26,15 @@ def find_org(conn: sa.Connection, organization: str) -> uuid.UUID:
         raise Invalid(f"organization: no organization named {organization!r}") from None
 
 
+def org_of_campaign(conn: sa.Connection, campaign: str) -> uuid.UUID:
+    """The organization of a campaign given by id, for a form left without one; a name needs its organization
+    (two organizations may each have a campaign of that name)."""
+    try:
+        return lifecycle.get_any_org(conn, uuid.UUID((campaign or "").strip()))["organization_id"]
+    except ValueError:
+        raise Invalid("organization: needed when the campaign is given by name (or give the campaign's id)") from None
+
+
 def find_number(conn: sa.Connection, org: uuid.UUID, ref: str) -> uuid.UUID:
     """The organization's number by its phone_number_id, display number (any punctuation) or id."""
     ref = (ref or "").strip()

@@ -31,7 +31,7 @@ from campaigns.control.forms import (
     form_values,
     start_time,
 )
-from campaigns.control.lookup import find_campaign, find_org
+from campaigns.control.lookup import find_campaign, find_org, org_of_campaign
 from campaigns.control.runs import LoadCredentials, Runs
 from campaigns.errors import CampaignError, Conflict, Invalid
 
@@ -125,7 +125,7 @@ def create_campaign(
 
 def control_campaign(
     db: sa.Engine,
-    organization: str,
+    organization: str | None,
     campaign: str,
     action: str,
     error_codes: Sequence[int] | None = None,
@@ -142,7 +142,7 @@ def control_campaign(
         raise Invalid(f"action: one of {', '.join(get_args(ControlAction))} (got {action!r})")
     when = start_time(at, time_zone) if action == "schedule" else None
     with db.connect() as conn:
-        org = find_org(conn, organization)
+        org = find_org(conn, organization) if organization and organization.strip() else org_of_campaign(conn, campaign)
         row = find_campaign(conn, org, campaign)
     cid = row["id"]
     out = Outcome(cid, row["name"], row["status"])
