@@ -64,7 +64,9 @@ def bulk_contacts(org: uuid.UUID, n: int) -> None:
 class SandboxProcess:
     """The sandbox in its own process, as Meta is: the engine's GIL and event loop never slow it down."""
 
-    def __init__(self, latency_ms: float, mps_cap: int | None, webhook_url: str | None = None) -> None:
+    def __init__(
+        self, latency_ms: float, mps_cap: int | None, webhook_url: str | None = None, app_secret: str | None = None
+    ) -> None:
         import socket
 
         with socket.socket() as s:
@@ -76,6 +78,8 @@ class SandboxProcess:
             self.args += ["--mps-cap", str(mps_cap)]
         if webhook_url:
             self.args += ["--webhook-url", webhook_url]
+        if app_secret:  # what it signs its webhooks with (else a random one the receiver cannot know)
+            self.args += ["--app-secret", app_secret]
 
     def __enter__(self) -> SandboxProcess:
         import subprocess
