@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import logging
 import os
 import signal
 import socket
@@ -23,8 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from campaigns.settings import Settings, get_settings
-
-log = logging.getLogger(__name__)
 
 PREFECT_PORT = 4277
 
@@ -142,16 +139,17 @@ def ensure_prefect(settings: Settings) -> str:
     api_url = f"http://127.0.0.1:{port}/api"
     with _file_lock(home / "prefect.lock"):
         if _prefect_healthy(api_url):
+            if not _started_here(home):
+                # Another checkout's server (its code, its data, its UI): using it would mix two installations
+                # without a word, and its owner could stop it under us.
+                raise RuntimeError(
+                    f"port {port} is taken by a Prefect server that {home} did not start (another checkout's?): "
+                    "stop it there (`campaigns stop`), or give this one another port (CAMPAIGNS_PREFECT_PORT) or "
+                    "that server's URL on purpose (PREFECT_API_URL)"
+                )
             if ui_api_url(api_url) == api_url or os.environ.get("PREFECT_UI_ENABLED") == "false":
                 return api_url
-            # Started by an older version whose UI looked for its API on port 4200: start it again.
-            if not _stop_prefect(home):  # not ours to restart: its API still works, its UI may not
-                log.warning(
-                    "the Prefect server on port %d is not this home's; its UI looks for its API at %s",
-                    port,
-                    ui_api_url(api_url),
-                )
-                return api_url
+            _stop_prefect(home)  # started by an older version whose UI looked for its API on port 4200: again
             for _ in range(100):
                 if not _port_open(port):
                     break
@@ -193,6 +191,14 @@ def _runs(pid: int, program: str) -> bool:
     try:
         return program.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
+        return False
+
+
+def _started_here(home: Path) -> bool:
+    """Whether the Prefect server this home started still runs (its pid file names a live Prefect process)."""
+    try:
+        return _runs(int((home / "prefect.pid").read_text()), "prefect")
+    except (OSError, ValueError):
         return False
 
 
