@@ -7,6 +7,7 @@ import os
 import signal
 
 import pytest
+import redis
 
 from tests.faults.harness import runner_pid
 from tests.helpers import (
@@ -78,6 +79,10 @@ def test_a_campaign_started_from_the_cli_without_serve_survives_its_runner_being
     assert "running the campaign in a background process" in cli("start", str(cid), "--org", org_name(db, org)).stderr
     wait_for(lambda: len(sandbox.messages()) >= total // 4, timeout=120)
     first = runner_pid(cid)  # the flow process `campaigns start` left running it (not its supervisor)
+    # Killed while it holds send slots whose lease it has written down (it writes it the moment Prefect grants
+    # them): a kill inside the grant itself, before the write, leaves them to the lease's expiry, as before.
+    written_down = redis.Redis.from_url(os.environ["REDIS_URL"])
+    wait_for(lambda: written_down.exists(f"campaign:{cid}:send-lease"), timeout=30, interval=0.001)
     os.kill(first, signal.SIGKILL)
 
     wait_for(lambda: campaign_row(db, cid)["status"] != "running", timeout=180, interval=0.5)
