@@ -66,8 +66,8 @@ from flows.send_campaign import send_campaign
 log = logging.getLogger(__name__)
 INGEST_INTERVAL = 600  # fewer, longer runs: housekeeping must not bury the campaign runs
 SCHEDULER_RUN = 600  # a pass every 30 s, in runs of ten minutes (one at a time)
-HOUSEKEEPING = ["campaigns", "housekeeping"]
-OPERATOR_TAGS = ["campaigns", "operator"]
+HOUSEKEEPING = ("campaigns", "housekeeping")
+OPERATOR_TAGS = ("campaigns", "operator")
 POLL_SECONDS = 0.5  # a started campaign is picked up within half a second (Prefect's default poll is every 10 s)
 FIRST_RUN_SECONDS = 15  # housekeeping's first run after start-up: Prefect's scheduler adds a new schedule's runs
 # within 5 s and never schedules one in the past, so the first run is due a little after that
@@ -120,21 +120,21 @@ SERVED = (
     Served(send_campaign, ("campaigns",), CAMPAIGNS_QUEUE),
     Served(
         ingest_statuses,
-        tuple(HOUSEKEEPING),
+        HOUSEKEEPING,
         HOUSEKEEPING_QUEUE,
         {"run_for_seconds": INGEST_INTERVAL, "every_seconds": 1.0},
         every_seconds=INGEST_INTERVAL,
     ),
     Served(
         campaign_scheduler,
-        tuple(HOUSEKEEPING),
+        HOUSEKEEPING,
         HOUSEKEEPING_QUEUE,
         {"run_for_seconds": SCHEDULER_RUN - 30, "every_seconds": 30.0},
         every_seconds=SCHEDULER_RUN,
         one_at_a_time=True,
     ),
-    Served(create_campaign, tuple(OPERATOR_TAGS), HOUSEKEEPING_QUEUE),
-    Served(campaign_control, tuple(OPERATOR_TAGS), HOUSEKEEPING_QUEUE),
+    Served(create_campaign, OPERATOR_TAGS, HOUSEKEEPING_QUEUE),
+    Served(campaign_control, OPERATOR_TAGS, HOUSEKEEPING_QUEUE),
 )
 
 

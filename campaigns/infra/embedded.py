@@ -194,26 +194,28 @@ def _runs(pid: int, program: str) -> bool:
         return False
 
 
-def _started_here(home: Path) -> bool:
-    """Whether the Prefect server this home started still runs (its pid file names a live Prefect process)."""
+def _server_pid(home: Path) -> int | None:
+    """The pid of the Prefect server this home started, while it runs (a stale file's pid may belong to another
+    process by now)."""
     try:
-        return _runs(int((home / "prefect.pid").read_text()), "prefect")
+        pid = int((home / "prefect.pid").read_text())
     except (OSError, ValueError):
-        return False
+        return None
+    return pid if _runs(pid, "prefect") else None
+
+
+def _started_here(home: Path) -> bool:
+    return _server_pid(home) is not None
 
 
 def _stop_prefect(home: Path) -> bool:
     """End the Prefect server this home started, if it still runs."""
-    pid_file = home / "prefect.pid"
-    stopped = False
-    if pid_file.exists():
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            pid = int(pid_file.read_text())
-            if _runs(pid, "prefect"):  # a stale file's pid may belong to another process by now
-                os.killpg(pid, signal.SIGTERM)
-                stopped = True
-        pid_file.unlink()
-    return stopped
+    pid = _server_pid(home)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+    (home / "prefect.pid").unlink(missing_ok=True)
+    return pid is not None
 
 
 def stop_services(home: Path) -> list[str]:

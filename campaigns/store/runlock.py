@@ -20,9 +20,13 @@ from collections.abc import Iterator
 import sqlalchemy as sa
 
 
+def _lock_key(name: bytes) -> int:
+    """A 64-bit advisory lock key for `name` (Postgres' bigint: signed)."""
+    return int.from_bytes(hashlib.blake2b(name, digest_size=8).digest(), "big", signed=True)
+
+
 def _key(campaign_id: uuid.UUID) -> int:
-    digest = hashlib.blake2b(b"pytake-campaign-runner:" + campaign_id.bytes, digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+    return _lock_key(b"pytake-campaign-runner:" + campaign_id.bytes)
 
 
 class RunnerLock:
@@ -121,11 +125,9 @@ def sole_serve_lock(db: sa.Engine, prefect_api: str) -> sa.Connection | None:
     live `serve` holds it. Held until the process exits (the lock dies with the connection, so a killed
     `serve` frees it at once). Only the sole `serve` may take runs left Running for orphans: a second one
     beside it would otherwise mark the first one's live runs Crashed."""
-    digest = hashlib.blake2b(b"pytake-campaigns-serve:" + prefect_api.encode(), digest_size=8).digest()
     conn = db.connect()
-    if conn.execute(
-        sa.text("select pg_try_advisory_lock(:k)"), {"k": int.from_bytes(digest, "big", signed=True)}
-    ).scalar():
+    key = _lock_key(b"pytake-campaigns-serve:" + prefect_api.encode())
+    if conn.execute(sa.text("select pg_try_advisory_lock(:k)"), {"k": key}).scalar():
         conn.commit()  # the session lock outlives the transaction
         return conn
     conn.close()
