@@ -4,7 +4,9 @@ Why not a tag limit on `send-batch`: since Prefect 3.4.19 a tagged task takes a 
 for every run. Measured here (BENCHMARKS.md), those calls stalled all task threads for ~1.5 s every
 few seconds whenever the API server was busy: 730 msg/s instead of 910 at a cap of 1,000. A flow run
 instead takes its slots once per wave of batches (`occupy` = the batches it runs at once) and gives
-them back while it only waits for retries.
+them back while it only waits for retries. A paced campaign (one batch a wave, its messages waiting for
+their turn) and a probe take none: a slot held while waiting 36 s for the next message would let 32
+slow campaigns stop every other campaign of the platform (flows/send_campaign.py).
 
 A runner killed while it holds slots leaves them held until their lease expires (LEASE_SECONDS after its
 last renewal): `send_slots` writes the lease's id down (campaigns/sending/send_lease.py) and the campaign's

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ from prefect.states import Crashed
 
 from campaigns.store.db import get_engine
 from campaigns.store.runlock import sole_serve_lock
+from deployments.dispatch import Dispatcher
 from deployments.limits import ensure_send_limit
 from deployments.warm_start import start_runs_warm
 from flows.campaign_control import campaign_control
@@ -152,42 +154,40 @@ def _options(served: Served) -> dict[str, Any]:
     return options
 
 
-def main(limit: int = 8) -> None:
-    """Register the deployments with their flows (so each run forks from the warm server: warm_start.py; a
-    deployment registered without its flow would start `python -m prefect.engine`, importing everything
-    again) and poll for runs until SIGINT or SIGTERM: campaign runs on one runner (`limit` at once),
-    housekeeping and the operator's forms on another, so that neither waits for the other's slots."""
+CAMPAIGN_RUNS = 500  # campaigns at once in one `serve` (threads: deployments/dispatch.py)
+
+
+def main(limit: int = CAMPAIGN_RUNS) -> None:
+    """Register the deployments and poll for runs until SIGINT or SIGTERM: campaign runs are threads of this
+    process (the dispatcher, `limit` at once), housekeeping and the operator's forms are processes forked
+    from a warm server (warm_start.py) on a runner with HOUSEKEEPING_SLOTS of their own."""
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: every thread's stack on stderr
     ensure_send_limit()
-    start_runs_warm([served.flow for served in SERVED])
+    housekeeping = [served for served in SERVED if served.queue == HOUSEKEEPING_QUEUE]
+    start_runs_warm([served.flow for served in housekeeping])
     signal.signal(signal.SIGINT, lambda *_: signal.raise_signal(signal.SIGTERM))  # Prefect handles SIGTERM
-    runners = []
-    deployment_ids = []
-    for queue, slots in ((CAMPAIGNS_QUEUE, limit), (HOUSEKEEPING_QUEUE, HOUSEKEEPING_SLOTS)):
-        runner = Runner(limit=slots, query_seconds=POLL_SECONDS, pause_on_shutdown=True)
-        for served in SERVED:
-            if served.queue == queue:
-                deployment_ids.append(runner.add_flow(served.flow, name="default", **_options(served)))
-        runners.append(runner)
+    runner = Runner(limit=HOUSEKEEPING_SLOTS, query_seconds=POLL_SECONDS, pause_on_shutdown=True)
+    deployment_ids = [runner.add_flow(served.flow, name="default", **_options(served)) for served in housekeeping]
+    (campaigns,) = [served for served in SERVED if served.queue == CAMPAIGNS_QUEUE]
+    dispatcher = Dispatcher(campaigns.flow, limit, POLL_SECONDS)
 
     def stop_all(*_: Any) -> None:
-        """Each runner installs its own SIGTERM handler, and the last one installed would stop only itself."""
-        running = [runner for runner in runners if runner.started and not runner.stopping]
-        if not running:
+        """The runner installs its own SIGTERM handler, which would stop only itself."""
+        if not runner.started or runner.stopping:
             raise SystemExit(0)
-        for runner in running:
-            Runner.handle_sigterm(runner)
+        dispatcher.stop()
+        Runner.handle_sigterm(runner)
 
-    for runner in runners:
-        runner.handle_sigterm = stop_all  # type: ignore[method-assign]
-
+    runner.handle_sigterm = stop_all  # type: ignore[method-assign]
     sole = sole_serve_lock(get_engine(), PREFECT_API_URL.value() or "")
 
     async def serve_all() -> None:
+        deployment_ids.append(await dispatcher.register(**_options(campaigns)))
         if sole is not None:
             await close_orphaned_runs(deployment_ids)
         else:
             log.warning("another `campaigns serve` is running on this Prefect server: runs left Running stay so")
-        await asyncio.gather(*(runner.start() for runner in runners))
+        await asyncio.gather(dispatcher.start(), runner.start())
 
     with contextlib.suppress(KeyboardInterrupt, TerminationSignal):
         asyncio.run(serve_all())

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -91,40 +92,32 @@ def was_suspended(flow_run_id: uuid.UUID) -> bool:
 
 
 class ButtonWatcher:
-    """Watches the run's own state once a second. Prefect's serve or worker would kill the process only
-    after a grace period (sends went on for ~27 s); this pauses the campaign as soon as Cancel or Suspend is
-    pressed, and every send in flight sees that within the send path's control poll."""
+    """Pauses the campaign as soon as Cancel or Suspend is pressed on its run (Prefect's serve or worker would
+    kill the process only after a grace period: sends went on for ~27 s), and wakes the run's waits; every
+    send in flight sees the pause within the send path's control poll. The run's state is read once a
+    second by the process's one RunStates poller, however many runs the process holds."""
 
-    def __init__(self, campaign_id: uuid.UUID, flow_run_id: uuid.UUID, logger: Any, interval: float = 1.0) -> None:
-        self.campaign_id, self.flow_run_id, self.logger, self.interval = campaign_id, flow_run_id, logger, interval
+    def __init__(self, campaign_id: uuid.UUID, flow_run_id: uuid.UUID, logger: Any) -> None:
+        self.campaign_id, self.flow_run_id, self.logger = campaign_id, flow_run_id, logger
         self.pressed: str | None = None  # "cancel" or "suspend"
+        self.stopping = False  # the dispatcher running this run in `campaigns serve` is stopping
         self._woken = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="run-buttons", daemon=True)
 
     def __enter__(self) -> ButtonWatcher:
-        self._thread.start()
+        RUN_STATES.watch(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        RUN_STATES.forget(self)
 
     def wait(self, seconds: float) -> None:
-        """Sleep up to `seconds`, waking at once when a button is pressed."""
+        """Sleep up to `seconds`, waking at once when a button is pressed or the dispatcher stops."""
         self._woken.wait(seconds)
 
-    def _loop(self) -> None:
-        with get_client(sync_client=True) as client:
-            while not self._stop.wait(self.interval):
-                try:
-                    state = client.read_flow_run(self.flow_run_id).state
-                except Exception:  # the API is briefly unreachable: look again next second
-                    continue
-                if state and state.type == StateType.CANCELLING:
-                    self.press("cancel")
-                elif state and state.type == StateType.PAUSED:
-                    self.press("suspend")
+    def stop(self) -> None:
+        """The dispatcher is stopping: the run leaves after its wave, the campaign stays running."""
+        self.stopping = True
+        self._woken.set()
 
     def press(self, button: str) -> None:
         if self.pressed:
@@ -134,6 +127,71 @@ class ButtonWatcher:
         if pause_campaign(self.campaign_id, message):
             self.logger.warning("campaign paused (operator): %s", message)
         self._woken.set()
+
+
+class RunStates:
+    """One thread per process that reads the states of every watched run in one request a second: with a
+    thread and a request per run, 200 campaigns in one `serve` would ask the Prefect API 200 times a second."""
+
+    PAGE = 200  # Prefect's default read limit
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self._watchers: dict[uuid.UUID, ButtonWatcher] = {}
+        self._mutex = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    def watch(self, watcher: ButtonWatcher) -> None:
+        with self._mutex:
+            if self._stopping:  # started while `serve` stops: leave at once
+                watcher.stop()
+            self._watchers[watcher.flow_run_id] = watcher
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="run-buttons", daemon=True)
+                self._thread.start()
+
+    def forget(self, watcher: ButtonWatcher) -> None:
+        with self._mutex:
+            self._watchers.pop(watcher.flow_run_id, None)
+
+    def stop_all(self) -> None:
+        """Every watched run leaves after its wave (`serve` stopping)."""
+        with self._mutex:
+            self._stopping = True
+            watchers = list(self._watchers.values())
+        for watcher in watchers:
+            watcher.stop()
+
+    def _loop(self) -> None:
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        with get_client(sync_client=True) as client:
+            while True:
+                time.sleep(self.interval)
+                with self._mutex:
+                    watched = dict(self._watchers)
+                ids = list(watched)
+                for start in range(0, len(ids), self.PAGE):
+                    page = ids[start : start + self.PAGE]
+                    try:
+                        runs = client.read_flow_runs(
+                            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=page)), limit=len(page)
+                        )
+                    except Exception:  # the API is briefly unreachable: look again next second
+                        continue
+                    for run in runs:
+                        button = {StateType.CANCELLING: "cancel", StateType.PAUSED: "suspend"}.get(
+                            run.state.type if run.state else None  # type: ignore[arg-type]
+                        )
+                        try:
+                            if button:
+                                watched[run.id].press(button)
+                        except Exception:  # Postgres briefly away: pressed again next second
+                            log.warning("could not pause the campaign of run %s", run.id, exc_info=True)
+
+
+RUN_STATES = RunStates()
 
 
 def pause_campaign(campaign_id: uuid.UUID, message: str) -> bool:

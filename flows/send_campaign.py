@@ -22,10 +22,11 @@ from prefect.artifacts import update_progress_artifact
 from prefect.exceptions import Pause, TerminationSignal
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
-from prefect.states import Completed, State
+from prefect.states import Cancelled, Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from campaigns.control import lifecycle
+from campaigns.control.scheduler import RUNNER_SHUTDOWN
 from campaigns.reporting import run_report, stats
 from campaigns.sending import runner
 from campaigns.sending.engine_process import engine_logs_to, get_engine_client
@@ -134,6 +135,9 @@ def send_campaign(campaign_id: uuid.UUID) -> State:
             except Exception as exc:  # never "running" with nobody sending: paused, with the error
                 _runner_failed(campaign_id, exc, log)
                 raise
+        if buttons.stopping:  # `campaigns serve` stopping: the campaign stays running for the next one
+            log.warning("the run is being stopped (%s): the next run continues", RUNNER_SHUTDOWN)
+            return Cancelled(message=RUNNER_SHUTDOWN, data={"campaign_id": str(campaign_id), **outcome})
         with db.connect() as conn:
             rep = run_report.report(conn, campaign_id)  # read once: the log, the summary and the state agree
         _log_outcome(log, rep)
@@ -183,10 +187,16 @@ def _send(
     wave_cap, allowed = runner.wave_plan(
         db, campaign_id, settings.batch_size, settings.rate_headroom, settings.parallel_batches
     )
+    # A paced campaign's wave is one batch whose messages mostly wait for their turn (one every 36 s at the seed's
+    # default pace): it takes no send slot, or a few dozen waiting campaigns would hold every slot of the platform.
+    paced = wave_cap == 1
     figures = SendingLog(log, allowed)
     waiting_said = None
     provider_said = False  # the wait for the provider is in the log (once per outage)
     while True:
+        if buttons.stopping:
+            figures.flush(force=True)
+            return {"status": "stopped with its dispatcher"}
         retaken = held.retaken
         if not held.still_held():  # its connection died and another runner has the campaign, or Postgres is away
             log.error("the runner lock was lost; this run stops (the next runner continues)")
@@ -214,8 +224,9 @@ def _send(
         if step.action == "send":
             # Leases are renewed while held; a killed runner's slots are given back by the next one (or come
             # back when the lease expires). A probe, one message, takes no slot: waiting for one (seconds at
-            # times) would only delay the recovery.
-            slots = nullcontext() if step.probe else send_slots(limit_name, slots_for_run(), lease)
+            # times) would only delay the recovery. A wave takes a slot per batch it runs at once.
+            taken = min(step.batches, slots_for_run())
+            slots = nullcontext() if step.probe or paced else send_slots(limit_name, taken, lease)
             with slots:
                 futures = send_batch.map(campaign_id, range(batch_no, batch_no + step.batches), probe=step.probe)
                 batch_no += step.batches

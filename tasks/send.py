@@ -15,7 +15,7 @@ from prefect.exceptions import TerminationSignal
 from blocks.whatsapp import fresh_credentials, load_credentials
 from campaigns.control.services import limit_usage, ping_redis
 from campaigns.sending import batch, runner
-from campaigns.sending.engine_process import get_engine_client
+from campaigns.sending.engine_process import engine_stopped, get_engine_client
 from campaigns.sending.providers import OutboundMessage, SendResult
 from campaigns.sending.reconcile import reconcile
 from campaigns.settings import get_settings
@@ -33,7 +33,19 @@ def prepare_campaign(campaign_id: uuid.UUID) -> runner.Prepared:
     return runner.prepare(get_engine(), campaign_id, fresh_credentials, ping_redis, usage=limit_usage())
 
 
-@task(name="send-batch", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, task_run_name="send-batch-{batch_no}")
+def _unless_stopping(*_: Any) -> bool:
+    """Retry a failed batch, except when the send engine was stopped with its process (`serve` stopping)."""
+    return not engine_stopped()
+
+
+@task(
+    name="send-batch",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=_unless_stopping,
+    task_run_name="send-batch-{batch_no}",
+)
 def send_batch(campaign_id: uuid.UUID, batch_no: int, probe: bool = False) -> dict[str, Any]:
     """Claim, send and record one batch (`probe`: one row, to a provider the campaign waits for). A retry
     claims only rows still pending: never a double send."""

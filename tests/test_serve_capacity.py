@@ -71,8 +71,12 @@ def _serve(*args: str) -> Iterator[subprocess.Popen[bytes]]:
             raise AssertionError(f"serve did not poll within 120 s; its log:\n{_tail(Path(log.name))}") from None
         yield process
     finally:
-        _stop(process)
-        Path(log.name).unlink(missing_ok=True)
+        try:
+            _stop(process)
+        except UserWarning as slow:
+            raise AssertionError(f"{slow}; its log:\n{_tail(Path(log.name), 80)}") from None
+        finally:
+            Path(log.name).unlink(missing_ok=True)
 
 
 def _runs_of(deployment: str, *states: StateType) -> list[FlowRun]:

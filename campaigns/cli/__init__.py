@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(fn=cmd_run, prefect=True)
 
     a = sub.add_parser("serve", help="serve the Prefect deployments (UI runs, schedules, the main app)")
-    a.add_argument("--limit", type=int, default=8, help="flow runs at once in this process")
+    a.add_argument("--limit", type=int, default=500, help="campaign runs at once in this process (each a thread)")
     a.set_defaults(fn=cmd_serve, prefect=True)
 
     a = sub.add_parser("ingest", help="apply stored webhook events now")

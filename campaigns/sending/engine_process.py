@@ -120,8 +120,11 @@ class EngineClient:
                 level, "send engine: %s", message, extra={"flow_run_id": run_id} if run_id else {"send_to_api": False}
             )
 
-    def close(self) -> None:
+    def close(self, now: bool = False) -> None:
+        """Let the engine finish what it holds (up to 5 s), or (`now`) kill it: nothing more leaves."""
         self._conn.close()
+        if now:
+            self.process.kill()
         try:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -246,6 +249,7 @@ def _leave_the_worker_behind() -> None:
 
 _client: EngineClient | None = None
 _lock = threading.Lock()
+_stopped = threading.Event()
 _log_runs: set[str] = set()  # flow runs sending through this process's engine: its warnings go to their logs
 
 
@@ -260,9 +264,15 @@ def engine_logs_to(flow_run_id: str) -> Iterator[None]:
         _log_runs.discard(flow_run_id)
 
 
+class EngineStopped(RuntimeError):
+    """The process is stopping (`campaigns serve`): no batch may start a new send engine."""
+
+
 def get_engine_client() -> EngineClient:
     global _client
     with _lock:
+        if _stopped.is_set():
+            raise EngineStopped("the send engine was stopped with its process; the next run continues")
         if _client is None or not _client.alive:
             if _client is not None:
                 _client.close()
@@ -290,6 +300,22 @@ def close_engine_client() -> None:
         if _client is not None:
             _client.close()
             _client = None
+
+
+def stop_engine_for_good() -> None:
+    """Kill the send engine and start no other in this process (`serve` stopping): the batches in flight fail
+    at once and are not retried (engine_stopped), and their rows are reconciled by the next run, as after a
+    crash. Waiting instead for a paced campaign's message to get its turn would hold `serve` up to 36 s."""
+    global _client
+    with _lock:
+        _stopped.set()
+        if _client is not None:
+            _client.close(now=True)
+            _client = None
+
+
+def engine_stopped() -> bool:
+    return _stopped.is_set()
 
 
 if __name__ == "__main__":
