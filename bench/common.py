@@ -122,13 +122,15 @@ class SandboxProcess:
 
 def sandbox_campaign(org: uuid.UUID, api_base: str, mps: int, phone_number_id: str, app_secret: str = "s") -> uuid.UUID:
     """A sandbox number and a template campaign to every contact of `org`, paced only by the number."""
+    return template_campaign(org, sandbox_number(org, api_base, mps, phone_number_id, app_secret))
+
+
+def sandbox_number(org: uuid.UUID, api_base: str, mps: int, phone_number_id: str, app_secret: str = "s") -> uuid.UUID:
     from blocks.numbers import add_number
-    from campaigns.control import lifecycle
-    from campaigns.control.models import CampaignCreate
     from campaigns.store.db import get_engine
 
     with get_engine().begin() as conn:
-        number = add_number(
+        return add_number(
             conn,
             org,
             provider="sandbox",
@@ -139,6 +141,17 @@ def sandbox_campaign(org: uuid.UUID, api_base: str, mps: int, phone_number_id: s
             api_base=api_base,
             mps=mps,
         )
+
+
+def template_campaign(
+    org: uuid.UUID, number: uuid.UUID, messages_per_hour: int | None = None, delay_seconds: int = 0
+) -> uuid.UUID:
+    """A template campaign to every contact of `org` on `number` (by default paced only by the number)."""
+    from campaigns.control import lifecycle
+    from campaigns.control.models import CampaignCreate
+    from campaigns.store.db import get_engine
+
+    with get_engine().begin() as conn:
         return lifecycle.create(
             conn,
             org,
@@ -148,8 +161,8 @@ def sandbox_campaign(org: uuid.UUID, api_base: str, mps: int, phone_number_id: s
                 message_type="template",
                 message_content={"template_name": "bench", "language": "pt_BR"},
                 template_variables={"body": ["{{contact.name}}"]},
-                messages_per_hour=None,
-                delay_between_messages_seconds=0,
+                messages_per_hour=messages_per_hour,
+                delay_between_messages_seconds=delay_seconds,
             ),
         )
 

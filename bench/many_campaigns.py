@@ -1,0 +1,215 @@
+"""A platform's day on one machine: many organizations' campaigns at the seed's default pace (100 messages an
+hour) plus two fast ones at 80 msg/s, all under one `campaigns serve`, with the webhook receiver and the
+sandbox (its own process) posting signed statuses.
+
+Reported: time from `start` to each campaign's first message, each slow campaign's achieved pace against its
+own (one message every 36 s), status freshness (webhook receipt → statistics) meanwhile, the fast campaigns'
+rate against their cap, and the resident memory of every process involved (RSS, and PSS, which counts the
+pages forked processes share once).
+
+    uv run python -m bench.many_campaigns [--orgs 50 --per-org 4 --seconds 180]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from bench.common import (
+    SandboxProcess,
+    bulk_contacts,
+    fresh_services,
+    new_org,
+    sandbox_campaign,
+    sandbox_number,
+    template_campaign,
+)
+from bench.freshness import _wait_for_a_running_ingester
+
+SECRET = secrets.token_urlsafe(24)
+PACE_SECONDS = 36.0  # the seed's default: 100 messages an hour
+FAST_MPS = 80
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and every descendant (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo.extend(children.get(p, []))
+    return found
+
+
+def _memory(pids: list[int]) -> tuple[float, float]:
+    """(RSS, PSS) in MiB, summed over `pids`."""
+    rss = pss = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1])
+        except OSError:
+            continue
+    return rss / 1024, pss / 1024
+
+
+class MemoryPeak(threading.Thread):
+    """Samples the memory of the processes `roots()` returns (with their descendants) every second."""
+
+    def __init__(self, roots: object) -> None:
+        super().__init__(daemon=True)
+        self.roots, self.peak, self.stop = roots, (0.0, 0.0), threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(1.0):
+            pids = [p for root in self.roots() for p in _tree(root)]  # type: ignore[operator]
+            rss, pss = _memory(pids)
+            if pss > self.peak[1]:
+                self.peak = (rss, pss)
+
+
+def run(orgs: int, per_org: int, seconds: float) -> dict[str, object]:
+    import sqlalchemy as sa
+    from prefect.deployments import run_deployment
+
+    from blocks.whatsapp import fresh_credentials
+    from campaigns.control import services
+    from campaigns.infra.asgi_thread import ThreadedServer
+    from campaigns.store.db import get_engine
+    from campaigns.webhook_app import create_app
+    from campaigns.webhooks.receiver import KnownSecrets
+    from deployments.launch import PrefectRuns
+
+    db = get_engine()
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "campaigns.cli", "serve"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    receiver = ThreadedServer(create_app(os.environ["DATABASE_URL"], KnownSecrets(app_secrets=[SECRET.encode()])))
+    receiver.start()
+    prefect_pid = int((Path(os.environ["CAMPAIGNS_HOME"]) / "prefect.pid").read_text())
+    try:
+        _wait_for_a_running_ingester()
+        with SandboxProcess(50, None, webhook_url=receiver.url + "/webhooks/whatsapp", app_secret=SECRET) as sandbox:
+            memory = MemoryPeak(lambda: [serve.pid, sandbox.proc.pid, prefect_pid, os.getpid()])
+            memory.start()
+            slow, fast = [], []
+            for o in range(orgs):
+                org = new_org("tenant")
+                bulk_contacts(org, 20)
+                number = sandbox_number(org, sandbox.url, FAST_MPS, f"9100{o:04d}", app_secret=SECRET)
+                slow += [
+                    (org, template_campaign(org, number, messages_per_hour=100, delay_seconds=2))
+                    for _ in range(per_org)
+                ]
+            for f in range(2):
+                org = new_org("fast")
+                bulk_contacts(org, int(FAST_MPS * seconds * 0.6))
+                fast.append((org, sandbox_campaign(org, sandbox.url, FAST_MPS, f"9200{f:04d}", app_secret=SECRET)))
+            started: dict[object, float] = {}
+            t0 = time.time()
+            for org, cid in fast + slow:
+                services.start_campaign(db, org, cid, credentials=fresh_credentials, runs=PrefectRuns())
+                started[cid] = time.time()
+                run_deployment(
+                    "send-campaign/default", parameters={"campaign_id": str(cid)}, timeout=0, as_subflow=False
+                )
+            launched = time.time() - t0
+            time.sleep(max(0.0, seconds - (time.time() - t0)))
+            memory.stop.set()
+            with db.connect() as conn:
+                sends = conn.execute(
+                    sa.text("""
+                    select campaign_id, array_agg(extract(epoch from sent_at) order by sent_at)
+                    from campaign_recipients where sent_at is not null group by campaign_id
+                """)
+                ).all()
+                fresh = conn.execute(
+                    sa.text("""
+                    select count(*), percentile_cont(array[0.5, 0.95]) within group (order by s), max(s)
+                    from (select extract(epoch from processed_at - received_at) as s
+                          from webhook_events where state = 'processed') t
+                """)
+                ).one()
+            sent = {cid: [float(x) for x in times] for cid, times in sends}
+    finally:
+        receiver.stop()
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(60)
+    firsts = sorted(sent[cid][0] - started[cid] for _, cid in slow + fast if cid in sent)
+    paces = sorted(
+        PACE_SECONDS * (len(sent[cid]) - 1) / (sent[cid][-1] - sent[cid][0])
+        for _, cid in slow
+        if cid in sent and len(sent[cid]) > 1
+    )
+    fast_ratio = [
+        (len(sent[cid]) - 1) / (sent[cid][-1] - sent[cid][0]) / FAST_MPS
+        for _, cid in fast
+        if len(sent.get(cid, [])) > 1
+    ]
+    return {
+        "campaigns": len(slow) + len(fast),
+        "sending": len(firsts),
+        "launched": launched,
+        "first_p50": statistics.median(firsts),
+        "first_p95": firsts[int(0.95 * (len(firsts) - 1))],
+        "first_max": firsts[-1],
+        "pace_min": paces[0] if paces else 0.0,
+        "pace_median": statistics.median(paces) if paces else 0.0,
+        "events": fresh[0],
+        "fresh_p50": fresh[1][0],
+        "fresh_p95": fresh[1][1],
+        "fresh_max": fresh[2],
+        "fast": fast_ratio,
+        "rss": memory.peak[0],
+        "pss": memory.peak[1],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--orgs", type=int, default=50)
+    p.add_argument("--per-org", type=int, default=4)
+    p.add_argument("--seconds", type=float, default=180)
+    args = p.parse_args()
+    fresh_services("campaigns_bench_many")
+    r = run(args.orgs, args.per_org, args.seconds)
+    print(
+        f"{r['campaigns']} campaigns ({args.orgs} organizations x {args.per_org} at 100/h + 2 at {FAST_MPS} msg/s), "
+        f"{args.seconds:.0f} s, started in {r['launched']:.1f} s: {r['sending']} sending\n"
+        f"  start -> first message: p50 {r['first_p50']:.2f} s, p95 {r['first_p95']:.2f} s (target 10 s), "
+        f"max {r['first_max']:.2f} s\n"
+        f"  slow campaigns' pace against their own: min {r['pace_min']:.3f}, median {r['pace_median']:.3f} "
+        f"(target >= 0.95)\n"
+        f"  status freshness over {r['events']} events: p50 {r['fresh_p50']:.2f} s, p95 {r['fresh_p95']:.2f} s "
+        f"(target 5 s), max {r['fresh_max']:.2f} s\n"
+        f"  fast campaigns against their {FAST_MPS} msg/s cap: {', '.join(f'{x:.3f}' for x in r['fast'])} "
+        f"(target >= 0.95)\n"
+        f"  peak memory of serve (and its processes), Prefect's server, the sandbox and this process (receiver): "
+        f"RSS {r['rss']:.0f} MiB, PSS {r['pss']:.0f} MiB (target 2048 MiB)"
+    )
+
+
+if __name__ == "__main__":
+    main()
