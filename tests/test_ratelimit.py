@@ -49,6 +49,28 @@ def test_a_campaign_cap_and_a_number_rate_hold_together():
     assert b.slots()[0] >= a.slots()[-1] + 0.001 - 1e-6
 
 
+def test_a_paced_campaign_never_holds_its_number_for_the_other_campaigns_on_it():
+    """At the seed's default pace (one message every 36 s) a campaign's next slot is far ahead: taking the
+    number's slot that far ahead held every other campaign on the number back until then (36 s)."""
+
+    async def main():
+        client = aredis.Redis.from_url(os.environ["REDIS_URL"])
+        limiter = RateLimiter(client)
+        number = number_limit(f"shared{os.getpid()}", 80, 0.0)
+        paced = campaign_limit(f"paced{os.getpid()}", 100, 2)
+        other = campaign_limit(f"other{os.getpid()}", 100, 2)
+        first = await limiter.reserve([number, paced], 1)
+        second = await limiter.reserve([number, paced], 1)  # its next message: 36 s on
+        meanwhile = await limiter.reserve([number, other], 1)
+        await client.aclose()
+        return first, second, meanwhile
+
+    first, second, meanwhile = _run(main())
+    assert first.count == 1
+    assert second.count == 0 and second.start >= first.start + 36 - 1e-6  # nothing reserved; ask again then
+    assert meanwhile.count == 1 and meanwhile.start < first.start + 1  # not 36 s later
+
+
 def test_a_key_redis_lost_goes_on_after_the_slots_already_reserved_on_it():
     """Redis restarted without its data (or flushed) while slots reserved on the key are still being sent:
     the next reservation comes after them, so the number is never asked for more than its rate."""

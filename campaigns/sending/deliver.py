@@ -110,6 +110,10 @@ async def deliver(
             n = chunk_size(limits, len(queue))
             try:
                 reservation = await engine.limiter.reserve(limits, n)
+                if not reservation.count:  # the campaign's own pace: its turn comes at `start`, ask again then
+                    if not await control.sleep_until(spec.id, reservation.start - MARK_LEAD_SECONDS):
+                        break
+                    continue
                 if not await control.sleep_until(spec.id, reservation.start - MARK_LEAD_SECONDS):
                     break
                 grant = Grant(n)

@@ -11,7 +11,10 @@ message is subject to, atomically, using Redis' own clock so that every process 
 Callers then sleep until each slot, on the wall clock (Redis' TIME; hosts are assumed NTP-synced to
 a few milliseconds). Two campaigns on one number interleave their slots; none can take
 more than the number's rate, and there is no burst at a window edge because there are no windows.
-A chunk is at most ~50 ms of sending, so a pause never strands many reserved slots.
+A chunk is at most ~50 ms of sending, so a pause never strands many reserved slots. A campaign whose own
+pace puts its next slot more than DEFER_US past what its number allows reserves nothing yet: the number has
+one TAT, and a slot taken 36 s ahead (the seed's 100 messages an hour) held every other campaign on that
+number back for 36 s. It waits for its turn and asks again.
 
 Redis restarted without its data (or flushed) loses every TAT while the slots already reserved are still
 being sent: starting a key again from "now" would ask the number for twice its rate until they are done
@@ -55,10 +58,19 @@ for i = 1, #KEYS do
   if iv[i] > step then step = iv[i] end
 end
 local start = now
+local number = now  -- what the first key (the number's) allows
+local own = now  -- what the others (the campaign's own pace) allow
 for i = 1, #KEYS do
   -- a key Redis lost (restarted without its data, flushed) goes on from the TAT the caller last saw on it
   local tat = tonumber(redis.call('GET', KEYS[i]) or ARGV[#KEYS + i + 1])
   if tat > start then start = tat end
+  if i == 1 and tat > number then number = tat end
+  if i > 1 and tat > own then own = tat end
+end
+-- The campaign's own pace puts its next slot far past the number's: reserve nothing (a number slot taken that
+-- far ahead would hold back every other campaign on the number until then); the caller waits and asks again
+if own - number > tonumber(ARGV[2 * #KEYS + 2]) then
+  return {string.format('%.0f', start), string.format('%.0f', step)}
 end
 local tats = {string.format('%.0f', start), string.format('%.0f', step)}
 for i = 1, #KEYS do
@@ -134,6 +146,7 @@ end
 redis.call('PEXPIRE', KEYS[1] .. ':slow', ARGV[2])
 return {0, tostring(redis.call('GET', KEYS[1] .. ':slow') or '1')}
 """
+DEFER_US = 1_000_000  # a campaign whose own pace is further ahead than this reserves nothing on its number yet
 SLOW_FACTOR = 0.8  # each 130429 takes a fifth off the number's rate (a single late send costs little)
 SLOW_FLOOR = 0.125  # never below an eighth of the number's rate
 SLOW_FOR_MS = 10_000  # back to the full rate after 10 s without a 130429
@@ -333,12 +346,17 @@ class RateLimiter:
         self._tats: dict[str, int] = {}  # the TAT (Redis' clock, µs) last seen on each key: see the module doc
 
     async def reserve(self, limits: list[Limit], n: int) -> Reservation:
+        """`n` consecutive slots on every limit (the number's first). A reservation of no slots (count 0) says
+        the campaign's own pace allows its next message only at `start`, over DEFER_US past what the number
+        allows: the caller waits until then and asks again."""
         if not limits or n <= 0:
             return Reservation(time.time(), 0.0, max(n, 0))
         keys = [limit.key for limit in limits]
         intervals = [f"{limit.interval_us:.3f}" for limit in limits]
         last_seen = [self._tats.get(key, 0) for key in keys]
-        start_us, step_us, *tats = await self._script(keys=keys, args=[n, *intervals, *last_seen])
+        start_us, step_us, *tats = await self._script(keys=keys, args=[n, *intervals, *last_seen, DEFER_US])
+        if not tats:  # deferred: nothing reserved before `start`
+            return Reservation(int(start_us) / 1_000_000, int(step_us) / 1_000_000, 0)
         self._remember(dict(zip(keys, map(int, tats), strict=True)))
         return Reservation(int(start_us) / 1_000_000, int(step_us) / 1_000_000, n)
 
