@@ -57,9 +57,20 @@ def _tree(pid: int) -> list[int]:
     return found
 
 
-def _memory(pids: list[int]) -> tuple[float, float]:
-    """(RSS, PSS) in MiB, summed over `pids`."""
+def _name(pid: int) -> str:
+    """A short name for the process: its command line's module or program."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return "?"
+    words = [a for a in args[1:] if a and not a.startswith("-")][:2] or args[:1]
+    return " ".join(w.rsplit("/", 1)[-1] for w in words)[:40]
+
+
+def _memory(pids: list[int]) -> tuple[float, float, dict[str, float]]:
+    """(RSS, PSS) in MiB summed over `pids`, and the PSS by process name."""
     rss = pss = 0
+    by: dict[str, float] = {}
     for pid in pids:
         try:
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
@@ -67,9 +78,23 @@ def _memory(pids: list[int]) -> tuple[float, float]:
                     rss += int(line.split()[1])
                 elif line.startswith("Pss:"):
                     pss += int(line.split()[1])
+                    by[_name(pid)] = by.get(_name(pid), 0) + int(line.split()[1]) / 1024
         except OSError:
             continue
-    return rss / 1024, pss / 1024
+    return rss / 1024, pss / 1024, by
+
+
+def _cpu(pids: list[int]) -> dict[str, float]:
+    """CPU seconds used so far, by process name."""
+    tick = os.sysconf("SC_CLK_TCK")
+    by: dict[str, float] = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        by[_name(pid)] = by.get(_name(pid), 0) + (int(fields[11]) + int(fields[12])) / tick
+    return by
 
 
 class MemoryPeak(threading.Thread):
@@ -77,14 +102,17 @@ class MemoryPeak(threading.Thread):
 
     def __init__(self, roots: object) -> None:
         super().__init__(daemon=True)
-        self.roots, self.peak, self.stop = roots, (0.0, 0.0), threading.Event()
+        self.roots, self.stop = roots, threading.Event()
+        self.peak: tuple[float, float, dict[str, float]] = (0.0, 0.0, {})
+        self.cpu: dict[str, float] = {}
 
     def run(self) -> None:
         while not self.stop.wait(1.0):
             pids = [p for root in self.roots() for p in _tree(root)]  # type: ignore[operator]
-            rss, pss = _memory(pids)
+            rss, pss, by = _memory(pids)
             if pss > self.peak[1]:
-                self.peak = (rss, pss)
+                self.peak = (rss, pss, by)
+            self.cpu = _cpu(pids)
 
 
 def run(orgs: int, per_org: int, seconds: float) -> dict[str, object]:
@@ -184,6 +212,8 @@ def run(orgs: int, per_org: int, seconds: float) -> dict[str, object]:
         "fast": fast_ratio,
         "rss": memory.peak[0],
         "pss": memory.peak[1],
+        "pss_by": memory.peak[2],
+        "cpu_by": memory.cpu,
     }
 
 
@@ -207,8 +237,14 @@ def main() -> None:
         f"  fast campaigns against their {FAST_MPS} msg/s cap: {', '.join(f'{x:.3f}' for x in r['fast'])} "
         f"(target >= 0.95)\n"
         f"  peak memory of serve (and its processes), Prefect's server, the sandbox and this process (receiver): "
-        f"RSS {r['rss']:.0f} MiB, PSS {r['pss']:.0f} MiB (target 2048 MiB)"
+        f"RSS {r['rss']:.0f} MiB, PSS {r['pss']:.0f} MiB (target 2048 MiB)\n"
+        f"  PSS by process (MiB): {_top(r['pss_by'])}\n"
+        f"  CPU seconds by process over the run: {_top(r['cpu_by'])}"
     )
+
+
+def _top(by: object) -> str:
+    return ", ".join(f"{name} {value:.0f}" for name, value in sorted(by.items(), key=lambda kv: -kv[1])[:8])  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from campaigns.control.scheduler import RUNNER_SHUTDOWN
 from campaigns.reporting import run_report, stats
 from campaigns.sending import runner
 from campaigns.sending.engine_process import engine_logs_to, get_engine_client
+from campaigns.sending.reconcile import reconcile
 from campaigns.sending.send_engine import tune_gc
 from campaigns.sending.send_lease import RunnerLease
 from campaigns.settings import get_settings
@@ -38,7 +39,7 @@ from campaigns.store.runlock import RunnerLock, campaign_runner_lock
 from deployments.limits import ensure_send_limit, give_back, send_slots, slots_for_run
 from flows import console
 from tasks.artifacts import progress_card, publish_summary
-from tasks.send import prepare_campaign, reconcile_unknown, send_batch
+from tasks.send import prepare_campaign, send_batch
 
 LOG_EVERY_SECONDS = 10.0  # one line of sending figures at most this often (a slow campaign's waves are many)
 
@@ -203,7 +204,9 @@ def _send(
             return {"status": "runner lock lost"}
         if held.retaken > retaken:
             log.warning("the runner lock's connection to Postgres died; the lock was taken again and sending goes on")
-        reconcile_unknown(campaign_id)
+        # Rows left in `sending` (a crash, a timeout) are settled from their status webhooks before any resend. A
+        # plain call, not a task: a task run per wave was half of what 200 paced campaigns asked of Prefect.
+        reconcile(db, campaign_id, settings.reconcile_grace_seconds)
         left = runner.remaining(db, campaign_id)
         step = runner.next_step(left, wave_cap, settings.batch_size, settings.reconcile_grace_seconds)
         provider_said = provider_said and left.probe_in is not None

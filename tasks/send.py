@@ -17,7 +17,6 @@ from campaigns.control.services import limit_usage, ping_redis
 from campaigns.sending import batch, runner
 from campaigns.sending.engine_process import engine_stopped, get_engine_client
 from campaigns.sending.providers import OutboundMessage, SendResult
-from campaigns.sending.reconcile import reconcile
 from campaigns.settings import get_settings
 from campaigns.store.db import get_engine
 from campaigns.webhooks.ingest import IngestResult, ingest_for
@@ -58,13 +57,6 @@ def send_batch(campaign_id: uuid.UUID, batch_no: int, probe: bool = False) -> di
         return engine.deliver(provider, credentials, spec, messages, claimed_at)
 
     return batch.send_batch(db, deliver, spec, settings.batch_size, settings.rate_headroom, probe).as_dict()
-
-
-@task(name="reconcile-unknown", cache_policy=NO_CACHE)
-def reconcile_unknown(campaign_id: uuid.UUID) -> dict[str, Any]:
-    """Settle rows left in `sending` (crash or timeout) from status webhooks before any resend."""
-    result = reconcile(get_engine(), campaign_id, get_settings().reconcile_grace_seconds)
-    return dict(result.__dict__)
 
 
 @task(name="ingest-statuses", cache_policy=NO_CACHE)
