@@ -12,19 +12,21 @@ The two housekeeping deployments are tagged `housekeeping`, campaign runs `campa
 the Runs page filtered by tag shows one or the other. The global concurrency limit for send batches is
 created here if missing.
 
-Two runners share the process, each with its own slots: one runs campaigns (`--limit`, 8 by default: each
-run is a process), the other housekeeping and the operator's forms. However many campaigns run, statuses
-are still ingested, scheduled and capped campaigns still start, and an operator's pause is not queued
-behind the campaign it pauses. The scheduler's deployment admits one run at a time and cancels a new one
-while one runs (CANCEL_NEW): two passes at once would launch the same campaign twice. Runs left Running or
-Pending by a `serve` that was killed (kill -9, a lost machine) are closed as Crashed when `serve` starts
-again, if it is the only one (a Postgres advisory lock per Prefect server, held while it lives): nothing
-else would, the UI would show them running forever, and the scheduler's would hold its one slot until
-Prefect's five-minute lease ran out.
+Campaign runs are threads of this process, run by the dispatcher (dispatch.py, `--limit` at once, 500 by
+default): a campaign waiting for its pace costs a thread, not a process and a slot. Housekeeping and the
+operator's forms run on Prefect's runner, each run a process forked warm, with HOUSEKEEPING_SLOTS of their
+own: however many campaigns run, statuses are still ingested, scheduled and capped campaigns still start,
+and an operator's pause is not queued behind the campaign it pauses. The scheduler's deployment admits one
+run at a time and cancels a new one while one runs (CANCEL_NEW): two passes at once would launch the same
+campaign twice. Runs left Running or Pending by a `serve` that was killed (kill -9, a lost machine) are
+closed as Crashed when `serve` starts again, if it is the only one (a Postgres advisory lock per Prefect
+server, held while it lives): nothing else would, the UI would show them running forever, and the
+scheduler's would hold its one slot until Prefect's five-minute lease ran out. `kill -USR1` writes every
+thread's stack to stderr.
 
-Ctrl-C (SIGINT) stops it as SIGTERM does, within seconds: Prefect's runner cancels the runs in progress
-("Runner is shutting down."; the scheduler launches interrupted campaigns again once it is back), and the
-runs themselves ignore the terminal's SIGINT, which would otherwise crash them.
+Ctrl-C (SIGINT) stops it as SIGTERM does, within seconds: the dispatcher and Prefect's runner end the runs in
+progress ("Runner is shutting down."; the scheduler launches interrupted campaigns again once it is back),
+and the housekeeping runs ignore the terminal's SIGINT, which would otherwise crash them.
 """
 
 from __future__ import annotations

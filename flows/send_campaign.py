@@ -124,7 +124,7 @@ def send_campaign(campaign_id: uuid.UUID) -> State:
             with db.begin() as conn:
                 t = lifecycle.resume(conn, head["organization_id"], campaign_id)
             log.info("Resume pressed on this run: campaign %s -> %s", t.previous, t.status)
-        with console.ButtonWatcher(campaign_id, run_id, log) as buttons, engine_logs_to(str(run_id)):
+        with console.ButtonWatcher(campaign_id, run_id, log) as buttons, engine_logs_to(str(run_id), str(campaign_id)):
             try:
                 outcome = _send(campaign_id, log, buttons, held, lease)
             except Pause:  # Suspend pressed: Prefect stops the run at its next task; the campaign pauses too

@@ -14,6 +14,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import replace
 from datetime import datetime
 
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 # sending) per batch marked without having been sent, waiting the grace period.
 MARK_LEAD_SECONDS = 0.1
 PACED_STEP_S = 1.0  # slots this far apart are sent late rather than skipped (see deliver)
+# The campaign a batch's coroutine sends for: the engine's warnings go to that campaign's run alone
+# (engine_process._ForwardLogs), not to every run sharing the engine (200 in one `campaigns serve`).
+SENDING_FOR: ContextVar[str | None] = ContextVar("sending_for", default=None)
 
 
 Deliver = Callable[[list[OutboundMessage], datetime], dict[int, SendResult | None]]  # (messages, the claim's token)
@@ -57,6 +61,7 @@ async def deliver(
     for its slots holds none (taken earlier, a dozen batches' chunks were uncounted after a Redis loss, and
     at a pausing cap they were given back after the campaign had paused, leaving the window under-used).
     """
+    SENDING_FOR.set(str(spec.id))  # this batch's task and the tasks it starts
     control = engine.control
     marks = InFlightMarks(claimed_at)
     control.register(spec.id, "running")

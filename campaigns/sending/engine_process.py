@@ -112,9 +112,11 @@ class EngineClient:
             else:
                 fut.set_exception(RuntimeError(f"send engine: {payload}"))
 
-    def _relog(self, level: int, name: str, message: str) -> None:
+    def _relog(self, level: int, name: str, message: str, campaign_id: str | None) -> None:
+        """Into the log of the run sending for `campaign_id` (every run here when the warning is no campaign's),
+        or the process's own log when none is."""
         logger = logging.getLogger(name)
-        runs: list[str | None] = [*_log_runs] or [None]
+        runs: list[str | None] = [run for run, c in _log_runs.items() if campaign_id in (None, c)] or [None]
         for run_id in runs:
             logger.log(
                 level, "send engine: %s", message, extra={"flow_run_id": run_id} if run_id else {"send_to_api": False}
@@ -140,8 +142,10 @@ class _ForwardLogs(logging.Handler):
         self.send = send
 
     def emit(self, record: logging.LogRecord) -> None:
+        from campaigns.sending.deliver import SENDING_FOR
+
         with contextlib.suppress(Exception):
-            self.send((LOG_RECORD, True, (record.levelno, record.name, record.getMessage())))
+            self.send((LOG_RECORD, True, (record.levelno, record.name, record.getMessage(), SENDING_FOR.get())))
 
 
 def _child_main(conn: Connection) -> None:
@@ -250,18 +254,18 @@ def _leave_the_worker_behind() -> None:
 _client: EngineClient | None = None
 _lock = threading.Lock()
 _stopped = threading.Event()
-_log_runs: set[str] = set()  # flow runs sending through this process's engine: its warnings go to their logs
+_log_runs: dict[str, str] = {}  # flow run -> its campaign, sending through this process's engine
 
 
 @contextlib.contextmanager
-def engine_logs_to(flow_run_id: str) -> Iterator[None]:
-    """While a flow run sends, the send engine's warnings (a 130429 slowdown, the rate limiter unreachable)
-    are written to that run's log too, not only to the worker's stderr."""
-    _log_runs.add(flow_run_id)
+def engine_logs_to(flow_run_id: str, campaign_id: str) -> Iterator[None]:
+    """While a flow run sends, the send engine's warnings about its campaign (a 130429 slowdown, the rate
+    limiter unreachable) are written to that run's log too, not only to the worker's stderr."""
+    _log_runs[flow_run_id] = campaign_id
     try:
         yield
     finally:
-        _log_runs.discard(flow_run_id)
+        _log_runs.pop(flow_run_id, None)
 
 
 class EngineStopped(RuntimeError):
