@@ -6,6 +6,7 @@ import os
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -165,6 +166,27 @@ def template_campaign(
                 delay_between_messages_seconds=delay_seconds,
             ),
         )
+
+
+def serve_and_receiver(secret: str) -> tuple[Any, Any]:
+    """`campaigns serve` in its own process group, and the webhook receiver (a thread of this process) that
+    knows the app secret `secret`, started."""
+    import subprocess
+    import sys
+
+    from campaigns.infra.asgi_thread import ThreadedServer
+    from campaigns.webhook_app import create_app
+    from campaigns.webhooks.receiver import KnownSecrets
+
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "campaigns.cli", "serve"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    receiver = ThreadedServer(create_app(os.environ["DATABASE_URL"], KnownSecrets(app_secrets=[secret.encode()])))
+    receiver.start()
+    return serve, receiver
 
 
 class StatementTimer:

@@ -11,14 +11,11 @@ rows, which is what `stats` reads (it is derived from those rows on every read).
 from __future__ import annotations
 
 import argparse
-import os
 import secrets
 import signal
-import subprocess
-import sys
 import time
 
-from bench.common import SandboxProcess, bulk_contacts, fresh_services, new_org, sandbox_campaign
+from bench.common import SandboxProcess, bulk_contacts, fresh_services, new_org, sandbox_campaign, serve_and_receiver
 
 SECRET = secrets.token_urlsafe(24)  # the sandbox signs with it, the receiver knows it (a well-known one it refuses)
 
@@ -50,21 +47,11 @@ def _wait_for_a_running_ingester(timeout: float = 240.0) -> None:
 def run(mps: int, recipients: int) -> dict[str, float]:
     import sqlalchemy as sa
 
-    from campaigns.infra.asgi_thread import ThreadedServer
     from campaigns.store.db import get_engine
-    from campaigns.webhook_app import create_app
-    from campaigns.webhooks.receiver import KnownSecrets
     from flows.send_campaign import send_campaign
 
     db = get_engine()
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "campaigns.cli", "serve"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    receiver = ThreadedServer(create_app(os.environ["DATABASE_URL"], KnownSecrets(app_secrets=[SECRET.encode()])))
-    receiver.start()
+    serve, receiver = serve_and_receiver(SECRET)
     try:
         _wait_for_a_running_ingester()
         with SandboxProcess(50, mps, webhook_url=receiver.url + "/webhooks/whatsapp", app_secret=SECRET) as sandbox:

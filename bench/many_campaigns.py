@@ -17,8 +17,6 @@ import os
 import secrets
 import signal
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -30,6 +28,7 @@ from bench.common import (
     new_org,
     sandbox_campaign,
     sandbox_number,
+    serve_and_receiver,
     template_campaign,
 )
 from bench.freshness import _wait_for_a_running_ingester
@@ -121,21 +120,11 @@ def run(orgs: int, per_org: int, seconds: float) -> dict[str, object]:
 
     from blocks.whatsapp import fresh_credentials
     from campaigns.control import services
-    from campaigns.infra.asgi_thread import ThreadedServer
     from campaigns.store.db import get_engine
-    from campaigns.webhook_app import create_app
-    from campaigns.webhooks.receiver import KnownSecrets
     from deployments.launch import PrefectRuns
 
     db = get_engine()
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "campaigns.cli", "serve"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    receiver = ThreadedServer(create_app(os.environ["DATABASE_URL"], KnownSecrets(app_secrets=[SECRET.encode()])))
-    receiver.start()
+    serve, receiver = serve_and_receiver(SECRET)
     prefect_pid = int((Path(os.environ["CAMPAIGNS_HOME"]) / "prefect.pid").read_text())
     try:
         _wait_for_a_running_ingester()
