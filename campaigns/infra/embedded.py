@@ -148,9 +148,7 @@ def prefect_database(home: Path, database_url: str) -> str | None:
 
     import psycopg
 
-    from campaigns.store.db import libpq_url
-
-    url = libpq_url(database_url)
+    url = database_url.replace("postgresql+psycopg://", "postgresql://", 1)  # libpq's form (infra imports no store)
     name = "prefect_" + hashlib.blake2b(str(home).encode(), digest_size=5).hexdigest()
     marker = home / "prefect" / "postgres-database"
     with psycopg.connect(url, autocommit=True) as conn:
