@@ -29,7 +29,7 @@ from campaigns.control import lifecycle
 from campaigns.control.scheduler import RUNNER_SHUTDOWN
 from campaigns.reporting import run_report, stats
 from campaigns.sending import runner
-from campaigns.sending.engine_process import engine_logs_to, get_engine_client
+from campaigns.sending.engine_process import EngineStopped, engine_logs_to, get_engine_client
 from campaigns.sending.reconcile import reconcile
 from campaigns.sending.send_engine import tune_gc
 from campaigns.sending.send_lease import RunnerLease
@@ -134,8 +134,11 @@ def send_campaign(campaign_id: uuid.UUID) -> State:
                 console.on_termination(campaign_id, run_id, log)
                 raise
             except Exception as exc:  # never "running" with nobody sending: paused, with the error
-                _runner_failed(campaign_id, exc, log)
-                raise
+                if not (buttons.stopping or isinstance(exc, EngineStopped)):
+                    _runner_failed(campaign_id, exc, log)
+                    raise
+                outcome = {"status": "stopped with its dispatcher"}  # `serve` stopping mid-wave: not a failure
+                buttons.stop()
         if buttons.stopping:  # `campaigns serve` stopping: the campaign stays running for the next one
             log.warning("the run is being stopped (%s): the next run continues", RUNNER_SHUTDOWN)
             return Cancelled(message=RUNNER_SHUTDOWN, data={"campaign_id": str(campaign_id), **outcome})
