@@ -149,3 +149,16 @@ def test_number_limits_and_portfolios_from_the_command_line(sandbox):
     assert (limits["per_day"], limits["per_hour"], limits["mps"]) == (None, 100, 1000)
     bad = cli("numbers", "limits", number, "--org", org, "--per-hour", "0", check=False)
     assert bad.returncode == 2 and "at least 1" in bad.stderr
+
+
+def test_orgs_list_names_every_organization_so_a_newcomer_can_find_the_demos(db, sandbox):
+    """`make demo` names its organization `demo <time>`: `orgs list` is how one finds it to mint a token."""
+    from tests.helpers import add_sandbox_number, new_org
+
+    org = new_org(db, prefix="listed")
+    add_sandbox_number(db, org, sandbox)
+    listed = {o["id"]: o for o in json.loads(cli("orgs", "list", "--json").stdout)}
+    assert listed[str(org)]["numbers"] == 1 and listed[str(org)]["campaigns"] == 0
+    assert listed[str(org)]["name"].startswith("listed-")
+    table = cli("orgs", "list")
+    assert str(org) in table.stdout and "organizations" in table.stderr

@@ -38,6 +38,7 @@ from campaigns.cli.tenants import (
     cmd_numbers_add,
     cmd_numbers_limits,
     cmd_orgs_add,
+    cmd_orgs_list,
     cmd_portfolios_add,
     limit_arguments,
 )
@@ -57,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     a = orgs.add_parser("add", help="add an organization; prints its id")
     a.add_argument("name")
     a.set_defaults(fn=cmd_orgs_add, prefect=False)
+    a = orgs.add_parser("list", help="every organization: id, numbers, campaigns, name")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(fn=cmd_orgs_list, prefect=False)
 
     nums = sub.add_parser("numbers", help="WhatsApp numbers").add_subparsers(dest="numbers_command", required=True)
     a = nums.add_parser("add", help="add a number; its credentials go to a Prefect block; prints its id")

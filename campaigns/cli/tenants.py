@@ -1,4 +1,4 @@
-"""Who sends: `orgs add`, `numbers add` and `numbers limits` (with the rate and cap options both share),
+"""Who sends: `orgs add` and `orgs list`, `numbers add` and `numbers limits` (with the rate and cap options both share),
 `portfolios add`, and the API's bearer tokens (`api token`, `api revoke`)."""
 
 from __future__ import annotations
@@ -15,6 +15,18 @@ from campaigns.errors import NotFound
 def cmd_orgs_add(args: argparse.Namespace) -> int:
     with db().begin() as conn:
         print(tenancy.add_org(conn, args.name))
+    return 0
+
+
+def cmd_orgs_list(args: argparse.Namespace) -> int:
+    with db().connect() as conn:
+        orgs = tenancy.list_orgs(conn)
+    if args.json:
+        print(as_json(orgs, indent=2))
+        return 0
+    for o in orgs:
+        print(f"{o['id']}  {o['numbers']:>3} numbers  {o['campaigns']:>5} campaigns  {o['name']}")
+    err(f"{len(orgs)} organizations")
     return 0
 
 

@@ -28,6 +28,20 @@ def org_id_by_name(conn: sa.Connection, name_or_id: str) -> uuid.UUID:
     return found
 
 
+def list_orgs(conn: sa.Connection) -> list[dict[str, Any]]:
+    """Every organization, oldest first, with how many numbers and campaigns it has: the names the CLI's `--org`
+    takes (the demo names its organization `demo <time>`)."""
+    rows = conn.execute(
+        sa.text("""
+        select o.id, o.name,
+               (select count(*) from whatsapp_numbers n where n.organization_id = o.id) as numbers,
+               (select count(*) from campaigns c where c.organization_id = o.id) as campaigns
+        from organizations o order by o.created_at, o.name
+    """)
+    )
+    return [dict(r._mapping) for r in rows]
+
+
 def add_org(conn: sa.Connection, name: str) -> uuid.UUID:
     stmt = (
         sa.dialects.postgresql.insert(organizations)
