@@ -41,7 +41,7 @@ from campaigns.sending.engine_process import stop_engine_for_good
 from flows.console import RUN_STATES
 
 log = logging.getLogger(__name__)
-STOP_SECONDS = 10.0  # how long `serve` waits for its runs to leave after their wave
+STOP_SECONDS = 10.0  # how long `serve` waits for its runs to end once its send engine is stopped
 
 
 class Dispatcher:
