@@ -120,7 +120,7 @@ def _button_problem(button: Any, at: str) -> str | None:
     if unknown:
         return f"{at}.{unknown[0]}: unknown (use index, sub_type, payload or text)"
     sub_type = button.get("sub_type", "quick_reply")
-    if sub_type not in BUTTON_TEXT:
+    if not isinstance(sub_type, str) or sub_type not in BUTTON_TEXT:  # a list or an object is no key: not a 500
         return f"{at}.sub_type: must be quick_reply or url"
     index = button.get("index", 0)
     if isinstance(index, bool) or str(index) not in {str(i) for i in range(10)}:

@@ -127,6 +127,10 @@ def test_a_template_without_variables_has_no_components_and_a_url_button_takes_i
             "template_variables.buttons[0].sub_type: must be quick_reply or url",
         ),
         (
+            {"buttons": [{"sub_type": [], "payload": "x"}]},  # hypothesis found it: a 500 (unhashable), not a 422
+            "template_variables.buttons[0].sub_type: must be quick_reply or url",
+        ),
+        (
             {"buttons": [{"index": 10, "payload": "x"}]},
             "template_variables.buttons[0].index: must be a whole number from 0 to 9",
         ),
