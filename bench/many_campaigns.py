@@ -76,8 +76,10 @@ def _memory(pids: list[int]) -> tuple[float, float, dict[str, float]]:
                 if line.startswith("Rss:"):
                     rss += int(line.split()[1])
                 elif line.startswith("Pss:"):
-                    pss += int(line.split()[1])
-                    by[_name(pid)] = by.get(_name(pid), 0) + int(line.split()[1]) / 1024
+                    kib = int(line.split()[1])
+                    pss += kib
+                    name = _name(pid)
+                    by[name] = by.get(name, 0) + kib / 1024
         except OSError:
             continue
     return rss / 1024, pss / 1024, by

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import faulthandler
 import logging
 import signal
@@ -157,14 +156,6 @@ def _options(served: Served) -> dict[str, Any]:
     return options
 
 
-def _few_malloc_arenas() -> None:
-    """glibc gives threads that allocate at once arenas of their own (up to eight per core) and keeps what
-    they free in them: hundreds of campaign threads grow the process for nothing. Two arenas (the setting
-    MALLOC_ARENA_MAX=2, made here because the environment is read before `serve` could set it)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
-
-
 CAMPAIGN_RUNS = 500  # campaigns at once in one `serve` (threads: deployments/dispatch.py)
 
 
@@ -173,7 +164,6 @@ def main(limit: int = CAMPAIGN_RUNS) -> None:
     process (the dispatcher, `limit` at once), housekeeping and the operator's forms are processes forked
     from a warm server (warm_start.py) on a runner with HOUSEKEEPING_SLOTS of their own."""
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: every thread's stack on stderr
-    _few_malloc_arenas()
     ensure_send_limit()
     housekeeping = [served for served in SERVED if served.queue == HOUSEKEEPING_QUEUE]
     start_runs_warm([served.flow for served in housekeeping])

@@ -129,6 +129,9 @@ class ButtonWatcher:
         self._woken.set()
 
 
+BUTTONS = {StateType.CANCELLING: "cancel", StateType.PAUSED: "suspend"}  # a run's state -> the button pressed
+
+
 class RunStates:
     """One thread per process that reads the states of every watched run in one request a second: with a
     thread and a request per run, 200 campaigns in one `serve` would ask the Prefect API 200 times a second."""
@@ -140,12 +143,9 @@ class RunStates:
         self._watchers: dict[uuid.UUID, ButtonWatcher] = {}
         self._mutex = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._stopping = False
 
     def watch(self, watcher: ButtonWatcher) -> None:
         with self._mutex:
-            if self._stopping:  # started while `serve` stops: leave at once
-                watcher.stop()
             self._watchers[watcher.flow_run_id] = watcher
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name="run-buttons", daemon=True)
@@ -156,9 +156,9 @@ class RunStates:
             self._watchers.pop(watcher.flow_run_id, None)
 
     def stop_all(self) -> None:
-        """Every watched run leaves after its wave (`serve` stopping)."""
+        """Every watched run leaves after its wave (`serve` stopping; a run that starts after this meets the
+        stopped send engine and leaves too: flows/send_campaign.py)."""
         with self._mutex:
-            self._stopping = True
             watchers = list(self._watchers.values())
         for watcher in watchers:
             watcher.stop()
@@ -173,7 +173,7 @@ class RunStates:
             FlowRunFilterStateType,
         )
 
-        pressed = FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CANCELLING, StateType.PAUSED]))
+        pressed = FlowRunFilterState(type=FlowRunFilterStateType(any_=list(BUTTONS)))
 
         with get_client(sync_client=True) as client:
             while True:
@@ -190,12 +190,9 @@ class RunStates:
                     except Exception:  # the API is briefly unreachable: look again next second
                         continue
                     for run in runs:
-                        button = {StateType.CANCELLING: "cancel", StateType.PAUSED: "suspend"}.get(
-                            run.state.type if run.state else None  # type: ignore[arg-type]
-                        )
                         try:
-                            if button:
-                                watched[run.id].press(button)
+                            if run.state and run.state.type in BUTTONS:
+                                watched[run.id].press(BUTTONS[run.state.type])
                         except Exception:  # Postgres briefly away: pressed again next second
                             log.warning("could not pause the campaign of run %s", run.id, exc_info=True)
 

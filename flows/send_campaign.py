@@ -41,6 +41,7 @@ from flows import console
 from tasks.artifacts import progress_card, publish_summary
 from tasks.send import prepare_campaign, send_batch
 
+STOPPED = "stopped with its dispatcher"  # `campaigns serve` stopping: the campaign stays running
 LOG_EVERY_SECONDS = 10.0  # one line of sending figures at most this often (a slow campaign's waves are many)
 
 
@@ -137,7 +138,7 @@ def send_campaign(campaign_id: uuid.UUID) -> State:
                 if not (buttons.stopping or isinstance(exc, EngineStopped)):
                     _runner_failed(campaign_id, exc, log)
                     raise
-                outcome = {"status": "stopped with its dispatcher"}  # `serve` stopping mid-wave: not a failure
+                outcome = {"status": STOPPED}  # `serve` stopping mid-wave: not a failure
                 buttons.stop()
         if buttons.stopping:  # `campaigns serve` stopping: the campaign stays running for the next one
             log.warning("the run is being stopped (%s): the next run continues", RUNNER_SHUTDOWN)
@@ -200,7 +201,7 @@ def _send(
     while True:
         if buttons.stopping:
             figures.flush(force=True)
-            return {"status": "stopped with its dispatcher"}
+            return {"status": STOPPED}
         retaken = held.retaken
         if not held.still_held():  # its connection died and another runner has the campaign, or Postgres is away
             log.error("the runner lock was lost; this run stops (the next runner continues)")
