@@ -198,17 +198,22 @@ def fill_json(editor, text: str, attempts: int = 3) -> None:
                 raise
 
 
-def submit(page: Page, attempts: int = 3) -> dict:
-    """Submit the form; returns the flow run Prefect created (id, parameters as the form sent them). A busy
-    Prefect server on SQLite answers 503 ("database is locked", nothing created): Submit again, as an
+def press(button, endpoint: str, attempts: int = 3) -> dict:
+    """Press a button that POSTs to Prefect's `endpoint`; returns the answer's JSON. A busy Prefect server on
+    SQLite answers 503 ("database is locked", nothing done) and the UI only shows a toast: press again, as an
     operator would (Prefect's Python client retries those by itself; its UI does not)."""
     for attempt in range(attempts):
-        with page.expect_response(lambda r: r.url.endswith("/create_flow_run") and r.request.method == "POST") as sent:
-            page.get_by_role("button", name="Submit").click()
+        with button.page.expect_response(lambda r: r.url.endswith(endpoint) and r.request.method == "POST") as sent:
+            button.click()
         if sent.value.status != 503 or attempt == attempts - 1:
             break
     assert sent.value.ok, f"{sent.value.status}: {sent.value.text()}"
     return sent.value.json()
+
+
+def submit(page: Page) -> dict:
+    """Submit the form; returns the flow run Prefect created (id, parameters as the form sent them)."""
+    return press(page.get_by_role("button", name="Submit"), "/create_flow_run")
 
 
 def control_campaign(page: Page, organization: str, campaign: str, action: str, shot: str | None = None) -> State:
@@ -408,7 +413,7 @@ def test_campaign_control_pauses_a_sending_campaign_resume_and_cancel_on_its_run
     page.get_by_role("menuitem", name="Resume").click()
     dialog = page.get_by_role("dialog", name="Resume Flow Run")
     expect(dialog).to_contain_text(f"Resume the paused flow run {run_name}?")
-    dialog.get_by_role("button", name="Resume", exact=True).click()
+    press(dialog.get_by_role("button", name="Resume", exact=True), "/resume")
     expect(state_badge(page, "Running")).to_be_visible(timeout=45_000)  # once `campaigns serve` has taken it up
     wait_for(lambda: campaign_row(db, cid)["status"] == "running" and len(sent_counts(sandbox)) > held, timeout=30)
 
@@ -418,7 +423,7 @@ def test_campaign_control_pauses_a_sending_campaign_resume_and_cancel_on_its_run
     dialog = page.get_by_role("alertdialog", name="Cancel Flow Run")
     expect(dialog).to_contain_text(f"Are you sure you want to cancel {run_name}?")
     screenshot(page, "11-cancel-dialog")
-    dialog.get_by_role("button", name="Cancel Flow Run").click()
+    press(dialog.get_by_role("button", name="Cancel Flow Run"), "/set_state")
     expect(state_badge(page, "Cancelled")).to_be_visible()
     wait_for(lambda: campaign_row(db, cid)["status"] != "running", timeout=10)
     campaign = campaign_row(db, cid)
