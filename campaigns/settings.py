@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     serve_poll_stale_seconds: float = Field(
         15.0, gt=0, description="start/resume answer 503 when nothing polled the send deployment for this long"
     )
+    pending_lost_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="a send run a worker took (Pending) that has not started for this long lost its worker",
+    )
     circuit_breaker_failures: int = Field(
         50, ge=0, description="pause a campaign after this many failed sends in a row (0: never)"
     )

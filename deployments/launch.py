@@ -39,6 +39,9 @@ class PrefectRuns:
     def state(self, flow_run_id: str | None) -> RunState | None:
         return flow_run_state(flow_run_id)
 
+    def close(self, flow_run_id: str | None, why: str) -> bool:
+        return close_lost_run(flow_run_id, why)
+
 
 def launch_send_run(campaign_id: uuid.UUID, deployment: str = SEND_DEPLOYMENT) -> str:
     """Hand the campaign to Prefect and return at once (whoever serves the deployment runs it): its run
@@ -85,7 +88,25 @@ def flow_run_state(flow_run_id: str | None) -> RunState | None:
             run = client.read_flow_run(uuid.UUID(flow_run_id))
     except Exception:  # not a Prefect id (a test launcher's), or unreadable: no verdict
         return None
-    return RunState(run.state.type.value, run.state.message or "") if run.state else None
+    if run.state is None:
+        return None
+    return RunState(run.state.type.value, run.state.message or "", run.state.timestamp)
+
+
+def close_lost_run(flow_run_id: str | None, why: str) -> bool:
+    """Mark Crashed a run whose process is gone (a worker killed, a machine lost) but that still reads Running
+    or Pending, so the UI stops showing it as live; an ended run, or an id Prefect does not know, is left
+    alone. True when it was closed."""
+    state = flow_run_state(flow_run_id)
+    if state is None or state.type not in ("RUNNING", "PENDING"):
+        return False
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.responses import SetStateStatus
+    from prefect.states import Crashed
+
+    with get_client(sync_client=True) as client:
+        answer = client.set_flow_run_state(uuid.UUID(str(flow_run_id)), Crashed(message=why))
+    return answer.status == SetStateStatus.ACCEPT
 
 
 def schedule_send_run(campaign_id: uuid.UUID, at: datetime, deployment: str = SEND_DEPLOYMENT) -> str:

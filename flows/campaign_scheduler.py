@@ -51,6 +51,8 @@ def _pass() -> dict[str, Any]:
         with db.begin() as conn:  # the scheduler's next pass sees this run waiting, not a lost runner
             record_flow_run(conn, due.orgs[cid], cid, run_id)
         log.info("campaign %s: launched flow run %s", cid, run_id)
+        if lost := due.lost_runs.get(cid):
+            runs.close(lost, f"Its runner was lost (a worker or serve gone); the campaign went on in run {run_id}.")
     for cid, why in due.refused.items():
         log.warning("scheduled campaign %s paused, preflight failed: %s", cid, why)
     for cid, why in due.stopped.items():

@@ -134,6 +134,37 @@ def test_a_campaign_whose_last_run_ended_is_taken_up_at_once_not_a_minute_later(
     assert stopped not in due_campaigns(db, start_campaign, flow_run_state).recovered  # not twice
 
 
+def test_a_run_a_lost_worker_left_pending_is_launched_again_and_closed_in_prefect(db, org, sandbox):
+    """A worker took the run (Pending) and died before its process started: nothing else would ever move
+    it on, and the campaign would stay `running` at 0%. Past `pending_lost_seconds` it is launched again
+    and its old run closed (Crashed, saying where the campaign went on); a run a worker is starting now is
+    left to start."""
+    from dataclasses import replace
+    from datetime import timedelta
+
+    from prefect.states import Pending
+
+    from deployments.launch import PrefectRuns
+
+    number = add_sandbox_number(db, org, sandbox)
+    add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(2, start=9700)])
+    lost_run, starting_run = _flow_run_in(Pending()), _flow_run_in(Pending())
+    lost = _running_since_two_minutes(db, org, number, lost_run)
+    starting = _running_since_two_minutes(db, org, number, starting_run)
+
+    def state_of(run_id):  # the lost run took its Pending five minutes ago
+        state = flow_run_state(run_id)
+        return replace(state, since=state.since - timedelta(minutes=5)) if run_id == lost_run else state
+
+    due = due_campaigns(db, start_campaign, state_of)
+
+    assert due.recovered == [lost] and due.lost_runs == {lost: lost_run}
+    assert campaign_row(db, starting)["status"] == "running"
+    runs = PrefectRuns()
+    assert runs.close(lost_run, "Its runner was lost.") and flow_run_state(lost_run).type == "CRASHED"
+    assert not runs.close(lost_run, "again") and not runs.close(str(uuid.uuid4()), "unknown")
+
+
 # -- an operator acting while the scheduler starts a scheduled campaign ------------------------------------------
 # `due_campaigns` takes its `start` as a parameter: these wrap the real start to act at a chosen moment of
 # the scheduler's pass, so each interleaving happens every time (no sleeps).

@@ -23,6 +23,7 @@ LoadCredentials = Callable[[str], Credentials]  # a number's block name -> its c
 class RunState:
     type: str  # CANCELLED, FAILED, CRASHED, RUNNING, SCHEDULED, PENDING…
     message: str = ""
+    since: datetime | None = None  # when the run entered this state
 
 
 class Runs(Protocol):
@@ -46,4 +47,8 @@ class Runs(Protocol):
 
     def state(self, flow_run_id: str | None) -> RunState | None:
         """The run's state, or None when there is no such run."""
+        ...
+
+    def close(self, flow_run_id: str | None, why: str) -> bool:
+        """Mark Crashed a run whose process is gone but that still reads Running or Pending; True when it did."""
         ...

@@ -8,7 +8,9 @@ killed or crashed, a machine lost. It is launched again (every run continues whe
 sends nothing twice). If its last flow run was cancelled in the Prefect UI, that was an operator stopping
 it: it is paused instead (not when `serve` itself stopped and cancelled its runs). If that run failed,
 relaunching would fail again: it is paused with the reason, as it is after RELAUNCH_LIMIT lost runners
-in a row. A last run still waiting in Prefect for a slot is left to start.
+in a row. A last run still waiting in Prefect for a slot (Scheduled) is left to start; one a worker took
+(Pending) but never started within `pending_lost_seconds` lost its worker and is launched again. A lost
+run that still reads Running or Pending is named in `Due.lost_runs`, for the flow to close it in Prefect.
 
 `due_campaigns` only changes rows; the `campaign-scheduler` flow launches a send-campaign run for each.
 A scheduled campaign goes through the same preflight as `campaigns start`: when it fails, the campaign is
@@ -24,6 +26,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
@@ -40,7 +43,8 @@ log = logging.getLogger(__name__)
 
 ORPHAN_AFTER_SECONDS = 60  # a launched run takes seconds to take its lock; a minute leaves room to spare
 RELAUNCH_LIMIT = 3  # runners lost in a row before the campaign is paused instead (a crash that repeats)
-WAITING_STATES = ("SCHEDULED", "PENDING")  # its last run was launched and waits for a slot
+WAITING_STATES = ("SCHEDULED", "PENDING")  # its last run was launched and waits for a slot (or a worker's start)
+STALE_STATES = ("RUNNING", "PENDING")  # what a run whose process is gone may still read in Prefect
 ENDED_STATES = ("CANCELLED", "CRASHED", "COMPLETED", "FAILED")  # its last run is over: nothing is on its way
 SETTLED_SECONDS = 10  # a start or resume records its new run within this (before, the last run is the old one)
 # A scheduled campaign's own Prefect run (campaigns.control.services.schedule_run) starts it at its time; this flow
@@ -57,6 +61,7 @@ class Due:
     refused: dict[uuid.UUID, str] = field(default_factory=dict)
     stopped: dict[uuid.UUID, str] = field(default_factory=dict)  # paused: their flow run was cancelled or failed
     orgs: dict[uuid.UUID, uuid.UUID] = field(default_factory=dict)  # each campaign's organization
+    lost_runs: dict[uuid.UUID, str] = field(default_factory=dict)  # recovered: their last run, still Running/Pending
 
     @property
     def to_launch(self) -> list[uuid.UUID]:
@@ -143,10 +148,11 @@ def _recover_orphans(db: sa.Engine, due: Due, run_state: Callable[[str | None], 
         ).all()
         orphans = [c for c in candidates if not runner_alive(conn, c.id)]
         conn.commit()
+    pending_lost = get_settings().pending_lost_seconds
     for cid, org, flow_run_id, relaunches, quiet in orphans:
         state = run_state(flow_run_id)
         kind = state.type if state else None
-        if kind in WAITING_STATES:  # launched and waiting for a slot in `serve`: on its way
+        if kind in WAITING_STATES and not _lost_pending(state, pending_lost):  # on its way
             continue
         if not quiet and kind not in ENDED_STATES:  # its run may be starting: give it the minute
             continue
@@ -191,12 +197,22 @@ def _recover_orphans(db: sa.Engine, due: Due, run_state: Callable[[str | None], 
             if claimed:
                 due.recovered.append(cid)
                 due.orgs[cid] = org
+                if flow_run_id and kind in STALE_STATES:
+                    due.lost_runs[cid] = flow_run_id
                 log.warning(
                     "campaign %s was running without a runner (last run %s: %s); launching it again",
                     cid,
                     flow_run_id,
                     kind,
                 )
+
+
+def _lost_pending(state: RunState | None, after_seconds: float) -> bool:
+    """A run a worker took (Pending) and never started: the worker died while its process was starting.
+    Nothing else moves it on, and it would keep its campaign `running` at 0% for good."""
+    if state is None or state.type != "PENDING" or state.since is None:
+        return False
+    return (datetime.now(UTC) - state.since).total_seconds() > after_seconds
 
 
 def _settle_cancelled(db: sa.Engine) -> None:
