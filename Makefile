@@ -30,7 +30,8 @@ lint: sync
 # tests wait on flows, sandboxes and timers rather than on the two cores. The fault suite's fast variants run
 # here too. The `campaigns serve` modules (console, browser) then run alone in one process: under xdist, beside
 # the other worker, they missed their timings in CI.
-SERVE_TESTS := tests/test_console.py tests/test_ui_browser.py tests/test_serve_capacity.py tests/test_many_campaigns.py
+SERVE_TESTS := tests/test_console.py tests/test_ui_browser.py tests/test_serve_capacity.py tests/test_many_campaigns.py \
+	tests/test_work_pool.py
 test: lint
 	$(UV) run --locked pytest -n 2 --dist loadgroup --no-loadscope-reorder $(addprefix --ignore=,$(SERVE_TESTS))
 	$(UV) run --locked pytest $(SERVE_TESTS)

@@ -105,8 +105,8 @@ def close_lost_run(flow_run_id: str | None, why: str) -> bool:
     from prefect.states import Crashed
 
     with get_client(sync_client=True) as client:
-        answer = client.set_flow_run_state(uuid.UUID(str(flow_run_id)), Crashed(message=why))
-    return answer.status == SetStateStatus.ACCEPT
+        status = client.set_flow_run_state(uuid.UUID(str(flow_run_id)), Crashed(message=why)).status
+    return bool(status == SetStateStatus.ACCEPT)
 
 
 def schedule_send_run(campaign_id: uuid.UUID, at: datetime, deployment: str = SEND_DEPLOYMENT) -> str:

@@ -31,6 +31,7 @@ from campaigns.cli.runtime import (
     cmd_serve,
     cmd_stop,
     cmd_webhooks_serve,
+    cmd_worker,
 )
 from campaigns.cli.tenants import (
     cmd_api_revoke,
@@ -178,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--limit", type=int, default=500, help="campaign runs at once in this process (each a thread)")
     a.set_defaults(fn=cmd_serve, prefect=True)
 
+    a = sub.add_parser("worker", help="this machine as a worker of the `campaigns` work pool (prefect.yaml)")
+    a.add_argument("--queue", choices=("campaigns", "housekeeping"), default="campaigns")
+    a.add_argument("--limit", type=int, default=None, help="runs at once (campaigns: each a process of ~300 MB)")
+    a.add_argument("--name", default=None, help="the worker's name in the Prefect UI")
+    a.set_defaults(fn=cmd_worker, services=False, console="INFO")  # a worker's terminal names each run it takes
+
     a = sub.add_parser("ingest", help="apply stored webhook events now")
     a.set_defaults(fn=cmd_ingest, prefect=False)
 
@@ -242,7 +249,7 @@ def _prefect_logging(console: str = "WARNING") -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _runtime_dir()
-    _prefect_logging()
+    _prefect_logging(getattr(args, "console", "WARNING"))
     terminal = logging.StreamHandler(sys.stderr)
     # The handler's own level: records of Prefect's run loggers arrive here at INFO (they go to the UI).
     terminal.setLevel(os.environ.get("CAMPAIGNS_LOG_LEVEL", "WARNING"))

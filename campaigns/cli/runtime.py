@@ -88,6 +88,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Check this machine's setup (deployments/worker.py), then become Prefect's process worker for the queue."""
+    from deployments.worker import POOL, setup_problems, worker_command, worker_environment
+
+    if problems := setup_problems():
+        err("error: this machine cannot be a worker of the `campaigns` pool yet:")
+        for problem in problems:
+            err(f"  - {problem}")
+        return 2
+    command = worker_command(args.queue, args.limit, args.name)
+    err(f"worker of pool {POOL}, queue {args.queue}: {' '.join(command[1:])}")
+    sys.stderr.flush()
+    os.execve(command[0], command, worker_environment())  # Prefect's worker itself: signals reach it directly
+    return 0  # not reached
+
+
 def cmd_stop(args: argparse.Namespace) -> int:
     from campaigns.infra.embedded import stop_services
     from campaigns.settings import get_settings

@@ -152,9 +152,10 @@ def _recover_orphans(db: sa.Engine, due: Due, run_state: Callable[[str | None], 
     for cid, org, flow_run_id, relaunches, quiet in orphans:
         state = run_state(flow_run_id)
         kind = state.type if state else None
-        if kind in WAITING_STATES and not _lost_pending(state, pending_lost):  # on its way
+        lost_pending = _lost_pending(state, pending_lost)  # taken by a worker that died: it never starts
+        if kind in WAITING_STATES and not lost_pending:  # on its way
             continue
-        if not quiet and kind not in ENDED_STATES:  # its run may be starting: give it the minute
+        if not quiet and kind not in ENDED_STATES and not lost_pending:  # its run may be starting: give it the minute
             continue
         if state and kind in ("CANCELLED", "CANCELLING") and state.message != RUNNER_SHUTDOWN:
             _stop(

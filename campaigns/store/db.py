@@ -5,13 +5,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from campaigns.settings import get_settings
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 
 def iso_z(value: datetime | None) -> str | None:
@@ -44,16 +47,22 @@ def get_engine() -> Engine:
     return _engine_for(settings.database_url, max(5, settings.parallel_batches + 4))
 
 
-def upgrade(url: str | None = None) -> None:
-    """Apply the Alembic migrations (idempotent)."""
-    from alembic import command
+def alembic_config(url: str | None = None) -> Config:
+    """The migrations (the repository's migrations/) against `url`, or DATABASE_URL."""
     from alembic.config import Config
 
     root = Path(__file__).resolve().parents[2]  # the repository: campaigns/store/db.py
     cfg = Config()
     cfg.set_main_option("script_location", str(root / "migrations"))
     cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(url or get_settings().database_url or ""))
-    command.upgrade(cfg, "head")
+    return cfg
+
+
+def upgrade(url: str | None = None) -> None:
+    """Apply the Alembic migrations (idempotent)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), "head")
 
 
 def psycopg_of(conn: sa.Connection) -> psycopg.Connection[Any]:

@@ -19,14 +19,21 @@ def _pool_deployments() -> dict[str, dict]:
 
     out = {}
     for deployment in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]:
-        path, attr = deployment["entrypoint"].split(":")
-        module = path.removesuffix(".py").replace("/", ".")
+        module, attr = deployment["entrypoint"].rsplit(".", 1)  # a module path: no file path pinned
         out[getattr(importlib.import_module(module), attr).name] = deployment
     return out
 
 
 def test_prefect_yaml_deploys_exactly_what_serve_serves():
     assert sorted(_pool_deployments()) == sorted(served.flow.name for served in SERVED)
+
+
+def test_no_deployment_pins_the_deployers_folder():
+    """A pull step with a path (or `{{ $PWD }}`, resolved by `prefect deploy`) would send every worker to
+    the deploying machine's folder: the runs import the flows from the installed project instead."""
+    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    assert config["pull"] == []
+    assert all("/" not in d["entrypoint"] and ":" not in d["entrypoint"] for d in config["deployments"])
 
 
 @pytest.mark.parametrize("served", SERVED, ids=lambda served: served.flow.name)

@@ -1,0 +1,294 @@
+"""The distributed path, run for real: a Prefect server on Postgres (SQLite beside the embedded pgserver),
+`prefect deploy --all` from prefect.yaml, process workers started with `campaigns worker` from a folder that
+is not the code's (as on another machine), sharing Postgres and Redis; campaigns created and started through
+the HTTP API, as the main app does.
+
+Checked: every recipient exactly once, no number over its rate, the runs spread over the workers, a run a
+lost worker left Pending launched again and closed in Prefect, a machine without its shared URLs refused.
+`make scale` runs the heavy variant (more campaigns, three workers, one of them killed mid-send).
+
+Runs with the other `serve` modules, alone (see the Makefile): it starts a Prefect server and four workers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from tests.helpers import add_contacts, add_sandbox_number, campaign_row, new_org, phones, sent_counts, wait_for
+
+pytestmark = [pytest.mark.flow, pytest.mark.xdist_group("serve")]
+
+ROOT = Path(__file__).resolve().parents[1]
+PENDING_LOST_SECONDS = 10  # the workers' setting here: a Pending run untouched this long lost its worker
+MPS = 20  # each number's rate: low enough that two campaigns on a number run for seconds, side by side
+TEMPLATE = {"template_name": "black_friday", "language": "pt_BR"}
+
+
+def _port(offset: int) -> int:
+    return int(os.environ["CAMPAIGNS_PREFECT_PORT"]) + offset  # this test slot's range (tests/conftest.py)
+
+
+def _wait_http(url: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """The process and every process it started (a worker's flow runs are its children)."""
+    import psutil
+
+    try:
+        family = [*psutil.Process(process.pid).children(recursive=True), psutil.Process(process.pid)]
+    except psutil.NoSuchProcess:
+        return
+    for member in family:
+        try:
+            member.send_signal(signal.SIGCONT)
+            member.kill()
+        except psutil.NoSuchProcess:
+            pass
+    process.wait(10)
+
+
+@dataclass
+class Pool:
+    """The deployment under test: its Prefect server, the HTTP API, the workers and their logs."""
+
+    api_url: str
+    api: str
+    folder: Path
+    env: dict[str, str]
+    workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start_worker(self, name: str, queue: str = "campaigns", limit: int | None = 2) -> None:
+        command = [sys.executable, "-m", "campaigns.cli", "worker", "--queue", queue, "--name", name]
+        if limit:
+            command += ["--limit", str(limit)]
+        with (self.folder / f"{name}.log").open("ab") as log:
+            self.workers[name] = subprocess.Popen(
+                command, cwd=self.folder, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def log(self, name: str) -> str:
+        return (self.folder / f"{name}.log").read_text(errors="replace")
+
+    def took(self, name: str, run_ids: list[str]) -> set[str]:
+        """Which of these runs the worker submitted (Prefect's worker names each one it takes)."""
+        text = self.log(name)
+        return {run for run in run_ids if f"submitting flow run '{run}'" in text}
+
+    def prefect(self):
+        """A Prefect client on this deployment's server (not the test session's)."""
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        class _Client:
+            def __enter__(inner):
+                inner.settings = temporary_settings(updates={PREFECT_API_URL: self.api_url})
+                inner.settings.__enter__()
+                inner.client = get_client(sync_client=True)
+                return inner.client.__enter__()
+
+            def __exit__(inner, *exc):
+                inner.client.__exit__(*exc)
+                inner.settings.__exit__(*exc)
+
+        return _Client()
+
+
+def _run(command: list[str], env: dict[str, str]) -> None:
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, f"{' '.join(command)}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
+
+
+@pytest.fixture(scope="module")
+def pool(services, tmp_path_factory) -> Iterator[Pool]:
+    """A Prefect server on Postgres, the deployments, the HTTP API and three workers (two for campaigns)."""
+    from campaigns.infra.embedded import prefect_database
+    from campaigns.settings import get_settings
+
+    folder = tmp_path_factory.mktemp("worker-machine")  # not the code's folder: nothing may depend on it
+    settings = get_settings()
+    prefect_port, api_port = _port(7), _port(8)
+    api_url = f"http://127.0.0.1:{prefect_port}/api"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    server_env = {
+        **base,
+        "PREFECT_HOME": str(folder / "prefect-server"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+    }
+    # On the campaigns' Postgres, as a deployment would be (CI's); the embedded pgserver lacks pg_trgm, which
+    # Prefect needs: there it stays on SQLite.
+    if prefect_db := prefect_database(folder, settings.database_url or ""):
+        server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = prefect_db
+    env = {
+        **base,
+        "DATABASE_URL": settings.database_url or "",
+        "REDIS_URL": settings.redis_url or "",
+        "PREFECT_API_URL": api_url,
+        "PREFECT_HOME": str(folder / "prefect-client"),
+        "PENDING_LOST_SECONDS": str(PENDING_LOST_SECONDS),
+    }
+    result = Pool(api_url, f"http://127.0.0.1:{api_port}/api/v1", folder, env)
+    try:
+        with (folder / "prefect-server.log").open("ab") as log:
+            result.processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
+                    + ["--port", str(prefect_port)],
+                    env=server_env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+        _wait_http(f"{api_url}/health")
+        _run([sys.executable, "-m", "prefect", "work-pool", "create", "campaigns", "--type", "process"], env)
+        _run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"], env)
+        with (folder / "api.log").open("ab") as log:
+            result.processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "campaigns.cli", "api", "serve", "--port", str(api_port)],
+                    cwd=folder,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+        _wait_http(f"{result.api}/campaigns")
+        result.start_worker("w1")
+        result.start_worker("w2")
+        result.start_worker("housekeeping", queue="housekeeping", limit=None)
+        for name in result.workers:
+            wait_for(lambda n=name: "started!" in result.log(n), timeout=60, message=f"worker {name} started")
+        yield result
+    finally:
+        for process in [*result.workers.values(), *reversed(result.processes)]:
+            _stop(process)
+
+
+def _campaigns(pool: Pool, db: sa.Engine, sandbox, count: int, recipients: int, numbers: int = 2):
+    """`count` campaigns of `recipients` each for one organization, over `numbers` numbers; its API token."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from campaigns.api_tokens import issue
+
+    org = new_org(db, prefix="pool")
+    with temporary_settings(updates={PREFECT_API_URL: pool.api_url}):  # the credentials go to this Prefect
+        senders = [add_sandbox_number(db, org, sandbox, mps=MPS) for _ in range(numbers)]
+    add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(recipients)])
+    with db.begin() as conn:
+        _, token = issue(conn, org, "org_admin")
+    headers = {"Authorization": f"Bearer {token}"}
+    ids = []
+    for i in range(count):
+        body = {
+            "name": f"Pool {i}",
+            "whatsapp_number_id": str(senders[i % numbers]),
+            "message_type": "template",
+            "message_content": TEMPLATE,
+            "template_variables": {"body": ["{{contact.name}}"]},
+            "audience_type": "all_contacts",
+            "messages_per_hour": None,
+            "delay_between_messages_seconds": 0,
+        }
+        answer = httpx.post(f"{pool.api}/campaigns", json=body, headers=headers, timeout=30)
+        assert answer.status_code == 201, answer.text
+        ids.append(uuid.UUID(answer.json()["id"]))
+    return ids, headers
+
+
+def _start(pool: Pool, cid: uuid.UUID, headers: dict[str, str]) -> str:
+    answer = httpx.post(f"{pool.api}/campaigns/{cid}/start", headers=headers, timeout=60)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["flow_run_id"]
+
+
+def _finished(db: sa.Engine, ids: list[uuid.UUID]) -> bool:
+    return all(campaign_row(db, cid)["status"] == "completed" for cid in ids)
+
+
+def test_campaigns_started_through_the_api_spread_over_two_workers_each_recipient_once_within_the_rate(
+    pool: Pool, db, sandbox
+):
+    ids, headers = _campaigns(pool, db, sandbox, count=4, recipients=120)
+    runs = [_start(pool, cid, headers) for cid in ids]
+
+    wait_for(lambda: _finished(db, ids), timeout=240, interval=1, message="every campaign completed")
+
+    counts = sent_counts(sandbox)
+    assert len(counts) == 4 * 120 and set(counts.values()) == {1}  # each recipient once
+    stats = sandbox.stats()
+    assert stats["throttled_130429"] == 0
+    assert max(stats["max_window_per_second_by_phone"].values()) <= MPS  # no number over its rate
+    # Each worker takes at most two runs at once (--limit 2): four runs at once are spread over both.
+    assert pool.took("w1", runs) and pool.took("w2", runs), (pool.took("w1", runs), pool.took("w2", runs))
+    assert pool.took("w1", runs) | pool.took("w2", runs) == set(runs)
+    with pool.prefect() as client:
+        assert {client.read_flow_run(uuid.UUID(run)).state.type.value for run in runs} == {"COMPLETED"}
+
+
+def test_a_run_a_lost_worker_left_pending_is_launched_again_and_closed_in_prefect(pool: Pool, db, sandbox):
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.states import Pending
+
+    (cid,), headers = _campaigns(pool, db, sandbox, count=1, recipients=40, numbers=1)
+    campaign_workers = [pool.workers["w1"], pool.workers["w2"]]
+    for worker in campaign_workers:  # no worker may take the run before the one that "dies" with it
+        worker.send_signal(signal.SIGSTOP)
+    try:
+        lost = _start(pool, cid, headers)
+        with pool.prefect() as client:  # a worker took it (Pending), then its machine was lost
+            assert client.set_flow_run_state(uuid.UUID(lost), Pending()).status.value == "ACCEPT"
+    finally:
+        for worker in campaign_workers:
+            worker.send_signal(signal.SIGCONT)
+
+    # The scheduler's pass, on the housekeeping worker, as its schedule would run it.
+    with temporary_settings(updates={PREFECT_API_URL: pool.api_url}):
+        run_deployment(
+            "campaign-scheduler/default",
+            parameters={"run_for_seconds": 90, "every_seconds": 3},
+            timeout=0,
+            as_subflow=False,
+        )
+    wait_for(lambda: campaign_row(db, cid)["flow_run_id"] != lost, timeout=90, interval=1, message="relaunched")
+    wait_for(lambda: _finished(db, [cid]), timeout=120, interval=1, message="the campaign completed")
+
+    assert set(sent_counts(sandbox).values()) == {1} and len(sent_counts(sandbox)) == 40
+    with pool.prefect() as client:
+        closed = client.read_flow_run(uuid.UUID(lost)).state
+    assert closed.type.value == "CRASHED" and "the campaign went on in run" in (closed.message or "")
+
+
+def test_a_machine_without_the_shared_urls_is_refused_naming_each(pool: Pool):
+    env = {k: v for k, v in pool.env.items() if k not in ("REDIS_URL", "PREFECT_API_URL")}
+    done = subprocess.run(
+        [sys.executable, "-m", "campaigns.cli", "worker"], cwd=pool.folder, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert "REDIS_URL is not set" in done.stderr and "PREFECT_API_URL is not set" in done.stderr
+    assert "DATABASE_URL" not in done.stderr  # the one given is not blamed
