@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 export XDG_RUNTIME_DIR ?= /tmp/campaigns-runtime-$(shell id -u)
 
-.PHONY: sync demo test test-fast faults lint screenshots bench stop clean
+.PHONY: sync demo test test-fast faults scale lint screenshots bench stop clean
 
 .tools/bin/uv:
 	python3 -m venv .tools && .tools/bin/pip install --quiet --disable-pip-version-check uv
@@ -44,6 +44,11 @@ test-fast: sync
 # duplicates, missing, time to recover.
 faults: sync
 	$(UV) run --locked pytest tests/faults -m "heavy or not heavy" -p no:cacheprovider
+
+# The work-pool path at scale: a Prefect server on Postgres, prefect deploy --all, process workers; ten
+# campaigns queued over two workers, and a worker killed mid-send (tests/test_work_pool.py, heavy variants too).
+scale: sync
+	$(UV) run --locked pytest tests/test_work_pool.py -m "heavy or not heavy" -p no:cacheprovider -s
 
 # The browser tests (pytest -m browser, headless /usr/bin/chromium) save what the Prefect UI shows to docs/screenshots/.
 screenshots: sync

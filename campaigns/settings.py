@@ -48,6 +48,9 @@ class Settings(BaseSettings):
         gt=0,
         description="a send run a worker took (Pending) that has not started for this long lost its worker",
     )
+    webhook_retention_days: float = Field(
+        7.0, ge=0, description="applied webhook events older than this are deleted (0: kept forever)"
+    )
     circuit_breaker_failures: int = Field(
         50, ge=0, description="pause a campaign after this many failed sends in a row (0: never)"
     )

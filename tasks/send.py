@@ -20,6 +20,7 @@ from campaigns.sending.providers import OutboundMessage, SendResult
 from campaigns.settings import get_settings
 from campaigns.store.db import get_engine
 from campaigns.webhooks.ingest import IngestResult, ingest_for
+from campaigns.webhooks.retention import prune_expired_events
 from tasks.artifacts import publish_summary
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,8 @@ def ingest_statuses_task(run_for_seconds: float = 0.0, every_seconds: float = 1.
             last = time.monotonic()
 
     total = IngestResult()
+    if pruned := prune_expired_events(get_engine()):  # once a run (every ten minutes served): cheap when none
+        log.info("deleted %d applied webhook events past their retention (WEBHOOK_RETENTION_DAYS)", pruned)
 
     def one_pass(applied: IngestResult) -> None:
         total.add(applied)

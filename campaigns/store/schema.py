@@ -193,6 +193,7 @@ webhook_events = sa.Table(
     sa.Column("processed_at", sa.DateTime(timezone=True)),
     sa.Column("error", sa.Text),
     sa.Index("ix_webhook_events_pending", "id", postgresql_where=sa.text("state = 'pending'")),
+    sa.Index("ix_webhook_events_received_brin", "received_at", postgresql_using="brin"),  # retention
 )
 
 API_ROLES = ("org_admin", "agent", "viewer")
