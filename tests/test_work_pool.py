@@ -137,6 +137,17 @@ class Pool:
         return _Client()
 
 
+def _drop_database(url: str, via: str) -> None:
+    """Drop the database `url` names, connected to another (`via`): none can drop the one it is on."""
+    import psycopg
+
+    from campaigns.store.db import libpq_url
+
+    name = url.rsplit("/", 1)[1].split("?", 1)[0]
+    with psycopg.connect(libpq_url(via), autocommit=True) as conn:
+        conn.execute(f'drop database if exists "{name}" with (force)')
+
+
 def _run(command: list[str], env: dict[str, str]) -> None:
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, f"{' '.join(command)}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
@@ -161,7 +172,8 @@ def pool(services, tmp_path_factory) -> Iterator[Pool]:
     }
     # On the campaigns' Postgres, as a deployment would be (CI's); the embedded pgserver lacks pg_trgm, which
     # Prefect needs: there it stays on SQLite.
-    if prefect_db := prefect_database(folder, settings.database_url or ""):
+    prefect_db = prefect_database(folder, settings.database_url or "")
+    if prefect_db:
         server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = prefect_db
     env = {
         **base,
@@ -208,6 +220,8 @@ def pool(services, tmp_path_factory) -> Iterator[Pool]:
     finally:
         for process in [*result.workers.values(), *reversed(result.processes)]:
             _stop(process)
+        if prefect_db:  # a database per run, named after its folder: not left behind
+            _drop_database(prefect_db, via=settings.database_url or "")
 
 
 def _campaigns(pool: Pool, db: sa.Engine, sandbox, count: int, recipients: int, numbers: int = 2):

@@ -147,9 +147,9 @@ redis.call('PEXPIRE', KEYS[1] .. ':slow', ARGV[2])
 return {0, tostring(redis.call('GET', KEYS[1] .. ':slow') or '1')}
 """
 DEFER_US = 1_000_000  # a campaign whose own pace is further ahead than this reserves nothing on its number yet
-SLOW_FACTOR = 0.8  # each 130429 takes a fifth off the number's rate (a single late send costs little)
+SLOW_FACTOR = 0.9  # each 130429 takes a tenth off the number's rate
 SLOW_FLOOR = 0.125  # never below an eighth of the number's rate
-SLOW_FOR_MS = 10_000  # back to the full rate after 10 s without a 130429
+SLOW_FOR_MS = 3_000  # back to the full rate after 3 s without a 130429
 SLOW_STEP_MS = 1_000  # at most once a second: a burst of 130429s is one signal, not twenty
 
 ADMIT = """
