@@ -113,6 +113,11 @@ class SandboxProcess:
 
         return httpx.get(self.url + "/_sandbox/stats", timeout=60).json()
 
+    def configure(self, **fields: object) -> None:
+        import httpx
+
+        httpx.post(self.url + "/_sandbox/config", json=fields, timeout=10).raise_for_status()
+
     def set_token(self, phone_number_id: str, token: str | None) -> None:
         import httpx
 

@@ -16,13 +16,20 @@ import time
 from bench.common import SandboxProcess, bulk_contacts, fresh_services, new_org, sandbox_campaign
 
 
-def run(cap: int, recipients: int, latency_ms: float, timeline: bool = False, campaigns: int = 1) -> dict[str, float]:
-    """`campaigns` > 1: that many campaigns on the one number at once, sharing `recipients` between them."""
+def run(
+    cap: int, recipients: int, latency_ms: float, timeline: bool = False, campaigns: int = 1, inject: int = 0
+) -> dict[str, float]:
+    """`campaigns` > 1: that many campaigns on the one number at once, sharing `recipients` between them.
+    `inject`: about that many sends answered 130429 at random through the run (each recipient's first try
+    only), whatever the rate: what one 130429 costs, measured apart from whether the machine provokes one."""
     from concurrent.futures import ThreadPoolExecutor
 
     from flows.send_campaign import send_campaign
 
     with SandboxProcess(latency_ms, cap) as sandbox:
+        if inject:
+            rule = {"code": 130429, "http_status": 400, "times": 1, "probability": inject / recipients}
+            sandbox.configure(rules=[rule])
         org = new_org()
         bulk_contacts(org, recipients // campaigns)
         cids = [sandbox_campaign(org, sandbox.url, cap, phone_number_id=f"9{cap}") for _ in range(campaigns)]
@@ -64,12 +71,13 @@ def main() -> None:
     p.add_argument("--latency-ms", type=float, default=200)
     p.add_argument("--timeline", action="store_true", help="print messages accepted in each second")
     p.add_argument("--campaigns", type=int, default=1, help="campaigns on the one number at once")
+    p.add_argument("--inject-130429", type=int, default=0, help="about this many sends answered 130429 at random")
     args = p.parse_args()
     caps = args.cap or [1000, 80]
     sizes = args.recipients or [20_000 if c >= 1000 else 4_000 for c in caps]
     fresh_services()
     for cap, size in zip(caps, sizes, strict=True):
-        r = run(cap, size, args.latency_ms, args.timeline, args.campaigns)
+        r = run(cap, size, args.latency_ms, args.timeline, args.campaigns, args.inject_130429)
         print(
             f"cap {r['cap']:>5} msg/s, {r['recipients']} recipients in {args.campaigns} campaign(s), "
             f"latency {args.latency_ms:.0f} ms: "

@@ -127,7 +127,7 @@ def test_130429_slows_the_number_down_and_every_message_still_goes_once(db, org,
     factors: list[float] = []
     done = threading.Event()
 
-    def watch() -> None:  # the slowdown lasts 10 s after the last 130429, so it is read during the run
+    def watch() -> None:  # the slowdown lasts 3 s after the last 130429, so it is read during the run
         while not done.wait(0.02):
             factor = client.get(f"rl:number:sandbox:{pnid}:slow")
             if factor is not None:
