@@ -53,15 +53,14 @@ def body(i: int) -> bytes:
 
 
 def load(url: str, events: int, age_days: float) -> None:
-    with psycopg.connect(url) as conn, conn.cursor() as cur:
+    with psycopg.connect(url, autocommit=True) as conn, conn.cursor() as cur:
+        # read before the COPY: a query on the connection while its COPY is open waits for it for good
+        received = conn.execute(f"select now() - interval '{age_days} days'").fetchone()[0]  # type: ignore[index]
         with cur.copy(
             "copy webhook_events (provider, body, signers, state, received_at, processed_at) from stdin"
         ) as copy:
-            at = f"now() - interval '{age_days} days'"
-            received = conn.execute(f"select {at}").fetchone()[0]  # type: ignore[index]
             for i in range(events):
                 copy.write_row(("meta", body(i), ["s"], "processed", received, received))
-        conn.commit()
         conn.execute("vacuum analyze webhook_events")
 
 

@@ -7,8 +7,8 @@ Runs with the other `serve` modules, alone (see the Makefile).
 
 from __future__ import annotations
 
-import time
 import uuid
+from collections import Counter
 
 import pytest
 import sqlalchemy as sa
@@ -58,33 +58,37 @@ def test_a_dozen_slow_campaigns_all_send_at_once_and_statuses_keep_being_applied
         campaigns.append((org, cid))
 
     with _serve():
-        started = time.monotonic()
         for org, cid in campaigns:
             start_campaign(db, org, cid)
             run_deployment("send-campaign/default", parameters={"campaign_id": str(cid)}, timeout=0, as_subflow=False)
 
-        def sending() -> set[str]:
-            return {m["biz_opaque_callback_data"] for m in sandbox.messages()}
-
-        wait_for(lambda: len(sandbox.messages()) >= CAMPAIGNS, timeout=60, interval=0.5)
-        first_wave = time.monotonic() - started
         ids = [cid for _, cid in campaigns]
-        # every campaign sent its first message within seconds of its start, and the pace holds: one each
-        # (the next is 36 s later)
-        with db.connect() as conn:
-            rows = conn.execute(
-                sa.text("""
-                select r.campaign_id, count(*), extract(epoch from min(r.sent_at) - c.started_at)
-                from campaign_recipients r join campaigns c on c.id = r.campaign_id
-                where r.campaign_id = any(:ids) and r.wamid is not null group by r.campaign_id, c.started_at
-            """),
-                {"ids": ids},
-            ).all()
+
+        def first_messages() -> list[sa.Row]:
+            """Each campaign that has sent: its messages so far and its first one's delay after its start."""
+            with db.connect() as conn:
+                return conn.execute(
+                    sa.text("""
+                    select r.campaign_id, count(*), extract(epoch from min(r.sent_at) - c.started_at)
+                    from campaign_recipients r join campaigns c on c.id = r.campaign_id
+                    where r.campaign_id = any(:ids) and r.wamid is not null group by r.campaign_id, c.started_at
+                """),
+                    {"ids": ids},
+                ).all()
+
+        # every campaign sends its first message within seconds of its start (what the database records, the
+        # sandbox's own count being ahead of the recorded sends by a write)
+        try:
+            wait_for(lambda: len(first_messages()) == CAMPAIGNS, timeout=60, interval=0.5)
+        except AssertionError:
+            accepted = Counter(m["phone_number_id"] for m in sandbox.messages())
+            pytest.fail(f"{len(first_messages())} of {CAMPAIGNS} campaigns sent in 60 s; the sandbox took {accepted}")
+        rows = first_messages()
         sent_by = {cid: n for cid, n, _ in rows}
-        assert set(sent_by) == set(ids), f"{len(sent_by)} of {CAMPAIGNS} campaigns sent within {first_wave:.0f} s"
         assert max(sent_by.values()) <= 2, sent_by  # the pace: 100 an hour, not the number's 1,000 a second
-        assert max(float(first) for _, _, first in rows) < 15  # not a whole step (36 s) late
-        assert len(sending()) == len(sandbox.messages())  # each recipient once
+        assert max(float(first) for _, _, first in rows) < 15, rows  # not a whole step (36 s) late
+        recipients = [m["biz_opaque_callback_data"] for m in sandbox.messages()]
+        assert len(set(recipients)) == len(recipients)  # each recipient once
 
         # ingestion runs beside them (its first run is due 15 s after start-up) and applies their statuses
         wait_for(lambda: _delivered(db, ids) == set(ids), timeout=60, interval=0.5)
