@@ -15,7 +15,8 @@ import secrets
 import signal
 import time
 
-from bench.common import SandboxProcess, bulk_contacts, fresh_services, new_org, sandbox_campaign, serve_and_receiver
+from bench.common import bulk_contacts, fresh_services, new_org, sandbox_campaign, serve_and_receiver
+from sandbox import SandboxConfig, SandboxProcess
 
 SECRET = secrets.token_urlsafe(24)  # the sandbox signs with it, the receiver knows it (a well-known one it refuses)
 
@@ -54,7 +55,11 @@ def run(mps: int, recipients: int) -> dict[str, float]:
     serve, receiver = serve_and_receiver(SECRET)
     try:
         _wait_for_a_running_ingester()
-        with SandboxProcess(50, mps, webhook_url=receiver.url + "/webhooks/whatsapp", app_secret=SECRET) as sandbox:
+        with SandboxProcess(
+            SandboxConfig(
+                latency_ms=50, mps_cap=mps, webhook_url=receiver.url + "/webhooks/whatsapp", app_secret=SECRET
+            )
+        ) as sandbox:
             org = new_org("fresh")
             bulk_contacts(org, recipients)
             cid = sandbox_campaign(org, sandbox.url, mps, phone_number_id="77001", app_secret=SECRET)

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 from bench.common import (
-    SandboxProcess,
     bulk_contacts,
     fresh_services,
     new_org,
@@ -32,6 +31,7 @@ from bench.common import (
     template_campaign,
 )
 from bench.freshness import _wait_for_a_running_ingester
+from sandbox import SandboxConfig, SandboxProcess
 
 SECRET = secrets.token_urlsafe(24)
 PACE_SECONDS = 36.0  # the seed's default: 100 messages an hour
@@ -130,7 +130,9 @@ def run(orgs: int, per_org: int, seconds: float) -> dict[str, object]:
     prefect_pid = int((Path(os.environ["CAMPAIGNS_HOME"]) / "prefect.pid").read_text())
     try:
         _wait_for_a_running_ingester()
-        with SandboxProcess(50, None, webhook_url=receiver.url + "/webhooks/whatsapp", app_secret=SECRET) as sandbox:
+        with SandboxProcess(
+            SandboxConfig(latency_ms=50, webhook_url=receiver.url + "/webhooks/whatsapp", app_secret=SECRET)
+        ) as sandbox:
             memory = MemoryPeak(lambda: [serve.pid, sandbox.proc.pid, prefect_pid, os.getpid()])
             memory.start()
             slow, fast = [], []

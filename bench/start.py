@@ -18,7 +18,8 @@ import sys
 import time
 import uuid
 
-from bench.common import SandboxProcess, bulk_contacts, fresh_services, new_org, sandbox_campaign
+from bench.common import bulk_contacts, fresh_services, new_org, sandbox_campaign
+from sandbox import SandboxConfig, SandboxProcess
 
 
 def run(campaigns: int) -> dict[str, list[float]]:
@@ -54,7 +55,7 @@ def run(campaigns: int) -> dict[str, list[float]]:
             except Unavailable:
                 time.sleep(0.5)
         api = ThreadedServer(create_app()).start()
-        with SandboxProcess(50, None) as sandbox:
+        with SandboxProcess(SandboxConfig(latency_ms=50)) as sandbox:
             for i in range(campaigns):
                 org = new_org("start")
                 bulk_contacts(org, 100)

@@ -13,7 +13,8 @@ import argparse
 import collections
 import time
 
-from bench.common import SandboxProcess, bulk_contacts, fresh_services, new_org, sandbox_campaign
+from bench.common import bulk_contacts, fresh_services, new_org, sandbox_campaign
+from sandbox import SandboxConfig, SandboxProcess
 
 
 def run(
@@ -26,7 +27,7 @@ def run(
 
     from flows.send_campaign import send_campaign
 
-    with SandboxProcess(latency_ms, cap) as sandbox:
+    with SandboxProcess(SandboxConfig(latency_ms=latency_ms, mps_cap=cap)) as sandbox:
         if inject:
             rule = {"code": 130429, "http_status": 400, "times": 1, "probability": inject / recipients}
             sandbox.configure(rules=[rule])

@@ -18,10 +18,12 @@ Modules:
 * ``state``: :class:`Sandbox`, one fake API's records and counters and the decision on every send.
 * ``server``: the aiohttp app and admin API (:func:`create_app`), :class:`SandboxServer` (a background
   thread) and :func:`serve` (the foreground, ``campaigns sandbox serve``).
+* ``process``: :class:`SandboxProcess`, the sandbox in a process of its own (demo, benchmarks, rate tests).
 """
 
 from sandbox.config import FailureRule, SandboxConfig
 from sandbox.errors import ERROR_CATALOG, default_http_status
+from sandbox.process import SandboxProcess
 from sandbox.server import SandboxServer, create_app, serve
 from sandbox.state import Sandbox
 from sandbox.webhooks import sign_body, verify_signature
@@ -31,6 +33,7 @@ __all__ = [
     "FailureRule",
     "Sandbox",
     "SandboxConfig",
+    "SandboxProcess",
     "SandboxServer",
     "create_app",
     "default_http_status",

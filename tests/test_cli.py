@@ -162,3 +162,16 @@ def test_orgs_list_names_every_organization_so_a_newcomer_can_find_the_demos(db,
     assert listed[str(org)]["name"].startswith("listed-")
     table = cli("orgs", "list")
     assert str(org) in table.stdout and "organizations" in table.stderr
+
+
+@pytest.mark.flow
+def test_the_demo_runs_a_whole_campaign_and_says_its_rate_against_the_cap(db):
+    """`make demo` is a newcomer's first campaign: it completes, and it says what rate it held against which cap
+    and how often the provider said too fast (a few hundred contacts here; the README's figure is 10,000)."""
+    done = cli("demo", "--contacts", "400")
+    stats = json.loads(done.stdout)
+    assert "its run in Prefect: Completed" in done.stderr
+    # 400 lines, 2 of them bad phones and one more a duplicate, refused at the import; 8 contacts opted out
+    assert (stats["total_recipients"], stats["messages_sent"], stats["messages_skipped"]) == (398, 390, 8), stats
+    assert "msg/s sustained against the number's cap of 1,000 msg/s" in done.stderr
+    assert "the provider answered 130429 (too fast) 0 times" in done.stderr

@@ -29,13 +29,13 @@ def test_two_campaigns_on_one_number_never_exceed_its_rate_together(db, org):
     two cores with two flows, their engine and the test, and it stamps a request when it gets to read it,
     not when it arrived: a headroom of 10% (instead of 4%) keeps that jitter (up to 100 ms) from reading as
     a burst. bench/throughput.py shows zero 130429 at the default headroom on a quiet machine."""
-    from bench.common import SandboxProcess
     from campaigns.sending.engine_process import close_engine_client
+    from sandbox import SandboxConfig, SandboxProcess
 
     with use_settings(rate_headroom=0.1):
         close_engine_client()  # the send engine paces: a new one reads the headroom
         try:
-            with SandboxProcess(latency_ms=50, mps_cap=100) as sandbox:
+            with SandboxProcess(SandboxConfig(latency_ms=50, mps_cap=100)) as sandbox:
                 _two_campaigns(db, org, sandbox)
         finally:
             close_engine_client()

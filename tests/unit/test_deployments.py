@@ -1,8 +1,12 @@
 """prefect.yaml (the work-pool path) and `campaigns serve` (deployments/serve.py SERVED) describe the same
-deployments: a change to one that is not made to the other fails here."""
+deployments: a change to one that is not made to the other fails here. And a worker machine without what it
+must share is refused before it takes a run (tests/test_work_pool.py runs the pool itself, `make scale`)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,3 +52,16 @@ def test_each_deployment_has_the_same_tags_queue_parameters_schedule_and_limit(s
     expected_limit = {"limit": 1, "collision_strategy": "CANCEL_NEW"} if served.one_at_a_time else None
     assert pool.get("concurrency_limit") == expected_limit
     assert pool.get("description"), "the UI shows it on the deployment's page"
+
+
+def test_a_machine_without_the_shared_urls_is_refused_naming_each(tmp_path):
+    """Run from a folder that is not the code's, as on another machine: without REDIS_URL and PREFECT_API_URL
+    a worker would start its own embedded Redis and Prefect and take runs no one else sees."""
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "PREFECT_API_URL")}
+    env["DATABASE_URL"] = "postgresql://postgres@127.0.0.1:5432/anything"
+    done = subprocess.run(
+        [sys.executable, "-m", "campaigns.cli", "worker"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert "REDIS_URL is not set" in done.stderr and "PREFECT_API_URL is not set" in done.stderr
+    assert "DATABASE_URL" not in done.stderr  # the one given is not blamed
