@@ -137,7 +137,7 @@ def where_the_write_goes(
         phone=pl.col("phone").fill_null(""),
         status=pl.col("status"),
         skip_reason=pl.col("skip_reason"),
-    )
+    ).sort(pl.col("status") != "pending", maintain_order=True)  # as write_recipients orders them
     half = -(-out.height // 2)
     chunks = []
     for i in range(0, out.height, half):

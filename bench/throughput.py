@@ -5,6 +5,7 @@ sandbox with its throughput cap equal to the number's mps. Prints sustained rate
 message), end-to-end rate (flow start to end), 130429 answers and the largest one-second window.
 
     uv run python -m bench.throughput [--cap 1000 --recipients 20000] [--cap 80 --recipients 4000] [--campaigns 2]
+    uv run python -m bench.throughput --cap 80 --recipients 40000 --numbers 10    # aggregate: 10 numbers at once
 """
 
 from __future__ import annotations
@@ -18,9 +19,17 @@ from sandbox import SandboxConfig, SandboxProcess
 
 
 def run(
-    cap: int, recipients: int, latency_ms: float, timeline: bool = False, campaigns: int = 1, inject: int = 0
+    cap: int,
+    recipients: int,
+    latency_ms: float,
+    timeline: bool = False,
+    campaigns: int = 1,
+    inject: int = 0,
+    numbers: int = 1,
 ) -> dict[str, float]:
     """`campaigns` > 1: that many campaigns on the one number at once, sharing `recipients` between them.
+    `numbers` > 1: that many organizations, each with its number (at `cap`) and its share of `recipients`, all
+    sending at once: the machine's aggregate rate, against the sum of the caps.
     `inject`: about that many sends answered 130429 at random through the run (each recipient's first try
     only), whatever the rate: what one 130429 costs, measured apart from whether the machine provokes one."""
     from concurrent.futures import ThreadPoolExecutor
@@ -31,15 +40,21 @@ def run(
         if inject:
             rule = {"code": 130429, "http_status": 400, "times": 1, "probability": inject / recipients}
             sandbox.configure(rules=[rule])
-        org = new_org()
-        bulk_contacts(org, recipients // campaigns)
-        cids = [sandbox_campaign(org, sandbox.url, cap, phone_number_id=f"9{cap}") for _ in range(campaigns)]
+        cids = []
+        for k in range(numbers):
+            org = new_org()
+            bulk_contacts(org, recipients // (campaigns * numbers))
+            cids += [sandbox_campaign(org, sandbox.url, cap, phone_number_id=f"9{cap}{k}") for _ in range(campaigns)]
         t0 = time.time()
-        with ThreadPoolExecutor(campaigns) as pool:
+        with ThreadPoolExecutor(len(cids)) as pool:
             results = list(pool.map(send_campaign, cids))
         t1 = time.time()
         result = {"status": ",".join(sorted({r["status"] for r in results}))}
-        accepted = sorted(m["accepted_at"] for m in sandbox.messages())
+        messages = sandbox.messages()
+        accepted = sorted(m["accepted_at"] for m in messages)
+        by_number = collections.defaultdict(list)
+        for m in messages:
+            by_number[m["phone_number_id"]].append(m["accepted_at"])
         if timeline and accepted:
             per = collections.Counter(int(a - accepted[0]) for a in accepted)
             print("accepted per second:", [per[i] for i in range(max(per) + 1)])
@@ -49,16 +64,18 @@ def run(
     # Steady state: the middle 80% of messages, away from ramp-up and the tail.
     lo, hi = accepted[n // 10], accepted[n * 9 // 10]
     steady = (n * 8 // 10) / (hi - lo) if hi > lo else 0.0
+    slowest = min((len(t) - 1) / (max(t) - min(t)) for t in by_number.values() if len(t) > 1 and max(t) > min(t))
     return {
-        "cap": cap,
+        "cap": cap * numbers,
+        "slowest_number_ratio": slowest / cap,
         "recipients": recipients,
         "status": result["status"],
         "accepted": n,
         "sustained_mps": sustained,
         "steady_mps": steady,
         "end_to_end_mps": n / (t1 - t0),
-        "ratio_sustained": sustained / cap,
-        "ratio_steady": steady / cap,
+        "ratio_sustained": sustained / (cap * numbers),
+        "ratio_steady": steady / (cap * numbers),
         "throttled_130429": stats["throttled_130429"],
         "max_window": stats["max_window_per_second"],
         "seconds": t1 - t0,
@@ -73,14 +90,17 @@ def main() -> None:
     p.add_argument("--timeline", action="store_true", help="print messages accepted in each second")
     p.add_argument("--campaigns", type=int, default=1, help="campaigns on the one number at once")
     p.add_argument("--inject-130429", type=int, default=0, help="about this many sends answered 130429 at random")
+    p.add_argument("--numbers", type=int, default=1, help="organizations, each with a number at the cap, at once")
     args = p.parse_args()
     caps = args.cap or [1000, 80]
     sizes = args.recipients or [20_000 if c >= 1000 else 4_000 for c in caps]
     fresh_services()
     for cap, size in zip(caps, sizes, strict=True):
-        r = run(cap, size, args.latency_ms, args.timeline, args.campaigns, args.inject_130429)
+        r = run(cap, size, args.latency_ms, args.timeline, args.campaigns, args.inject_130429, args.numbers)
+        numbers = f" over {args.numbers} numbers at {cap} each (slowest {r['slowest_number_ratio']:.3f})"
         print(
-            f"cap {r['cap']:>5} msg/s, {r['recipients']} recipients in {args.campaigns} campaign(s), "
+            f"cap {r['cap']:>5} msg/s{numbers if args.numbers > 1 else ''}, "
+            f"{r['recipients']} recipients in {args.campaigns * args.numbers} campaign(s), "
             f"latency {args.latency_ms:.0f} ms: "
             f"sustained {r['sustained_mps']:.1f} msg/s (ratio {r['ratio_sustained']:.3f}), "
             f"steady {r['steady_mps']:.1f} (ratio {r['ratio_steady']:.3f}), "

@@ -79,7 +79,10 @@ class Settings(BaseSettings):
     # Prefect.
     send_concurrency_name: str = Field("whatsapp-send-batches", description="Prefect global concurrency limit")
     send_concurrency_limit: int = Field(
-        32, ge=1, description="send batches running at once across every flow run (created if missing)"
+        32,
+        ge=1,
+        description="the platform's sending shares (created if missing): a run takes parallel_batches of them at "
+        "1,000 msg/s, fewer at slower rates (at least one), so 32 are about 2,700 msg/s sending at once",
     )
 
 

@@ -1,10 +1,10 @@
-"""The Prefect global concurrency limit that caps parallel send batches across every flow run.
+"""The Prefect global concurrency limit that shares the platform's sending between its flow runs.
 
 Why not a tag limit on `send-batch`: since Prefect 3.4.19 a tagged task takes a lease from the API
 for every run. Measured here (BENCHMARKS.md), those calls stalled all task threads for ~1.5 s every
 few seconds whenever the API server was busy: 730 msg/s instead of 910 at a cap of 1,000. A flow run
-instead takes its slots once per wave of batches (`occupy` = the batches it runs at once) and gives
-them back while it only waits for retries. A paced campaign (one batch a wave, its messages waiting for
+instead takes its slots once per wave of batches (`occupy`: by the rate it may send at, `slots_for_run`)
+and gives them back while it only waits for retries. A paced campaign (one batch a wave, its messages waiting for
 their turn) and a probe take none: a slot held while waiting 36 s for the next message would let 32
 slow campaigns stop every other campaign of the platform (flows/send_campaign.py).
 
@@ -16,6 +16,7 @@ next runner gives it back at once (`give_back`).
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,9 +48,20 @@ def ensure_send_limit() -> str:
     return name
 
 
-def slots_for_run() -> int:
+FULL_RATE = 1_000.0  # msg/s: the rate `parallel_batches` (12) was tuned to hold (BENCHMARKS.md, throughput)
+
+
+def slots_for_run(rate: float) -> int:
+    """The slots a wave of this run takes: its share of the platform's sending, by the rate its limits allow.
+
+    A slot stands for about 1/12 of a 1,000 msg/s number's sending, not for a batch: a campaign at 80 msg/s
+    runs its twelve batches at once as one at 1,000 does (each paced by the limiter, so a wave ends together
+    and the number never idles between waves), but takes one slot, not twelve. With a slot a batch, two such
+    campaigns held 24 of the 32 slots, and eight more numbers of the same platform waited for them to finish
+    (`bench.throughput --numbers 10`: 160 msg/s of an 800 msg/s aggregate)."""
     settings = get_settings()
-    return min(settings.parallel_batches, settings.send_concurrency_limit)
+    full = min(settings.parallel_batches, settings.send_concurrency_limit)
+    return max(1, min(full, math.ceil(full * rate / FULL_RATE)))
 
 
 LEASE_SECONDS = 60  # Prefect renews a held lease every 45 s; a dead holder's slots come back 60 s after that

@@ -231,8 +231,8 @@ def _send(
         if step.action == "send":
             # Leases are renewed while held; a killed runner's slots are given back by the next one (or come
             # back when the lease expires). A probe, one message, takes no slot: waiting for one (seconds at
-            # times) would only delay the recovery. A wave takes a slot per batch it runs at once.
-            taken = min(step.batches, slots_for_run())
+            # times) would only delay the recovery. A wave takes slots by its rate (deployments/limits.py).
+            taken = min(step.batches, slots_for_run(allowed))
             slots = nullcontext() if step.probe or paced else send_slots(limit_name, taken, lease)
             with slots:
                 futures = send_batch.map(campaign_id, range(batch_no, batch_no + step.batches), probe=step.probe)

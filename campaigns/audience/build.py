@@ -142,6 +142,11 @@ def write_recipients(
     if out.is_empty():
         return 0
     recipients.check_audience_statuses(out.get_column("status").unique().to_list())
+    # The rows to send first, in the contacts' order, then the skipped ones: the claim's index is (campaign,
+    # status, id), and with 'skipped' entries interleaved every 'pending' one lands mid-index (a descent from
+    # the root each); this way each COPY appends at the index's right edge. Skipped rows are never sent, so
+    # their ids (the send order) do not matter.
+    out = out.sort(pl.col("status") != recipients.PENDING, maintain_order=True)
     if out.height < PARALLEL_COPY_MIN_ROWS:
         parallel = 1  # small audiences keep one COPY, so ids (the send order) follow the contacts' order
     size = -(-out.height // max(parallel, 1))

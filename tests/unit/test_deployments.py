@@ -65,3 +65,15 @@ def test_a_machine_without_the_shared_urls_is_refused_naming_each(tmp_path):
     assert done.returncode == 2
     assert "REDIS_URL is not set" in done.stderr and "PREFECT_API_URL is not set" in done.stderr
     assert "DATABASE_URL" not in done.stderr  # the one given is not blamed
+
+
+def test_a_run_takes_send_slots_by_its_rate_so_slow_numbers_do_not_hold_the_platforms_sending():
+    """32 slots: with twelve a run whatever its rate, two 80 msg/s campaigns held 24 and the platform's other
+    numbers waited for them; by rate, 32 slots hold ten 80 msg/s numbers and two at 1,000 at once."""
+    from deployments.limits import slots_for_run
+
+    assert slots_for_run(76.8) == 1  # 80 msg/s less the headroom
+    assert slots_for_run(480) == 6
+    assert slots_for_run(960) == 12  # the rate twelve parallel batches were tuned for
+    assert slots_for_run(5_000) == 12  # never more than a run's parallel batches
+    assert slots_for_run(100 / 3600) == 1  # at least one
