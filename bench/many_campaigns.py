@@ -17,7 +17,6 @@ import os
 import secrets
 import signal
 import statistics
-import threading
 import time
 from pathlib import Path
 
@@ -31,89 +30,12 @@ from bench.common import (
     template_campaign,
 )
 from bench.freshness import _wait_for_a_running_ingester
+from bench.processes import MemoryPeak, top
 from sandbox import SandboxConfig, SandboxProcess
 
 SECRET = secrets.token_urlsafe(24)
 PACE_SECONDS = 36.0  # the seed's default: 100 messages an hour
 FAST_MPS = 80
-
-
-def _tree(pid: int) -> list[int]:
-    """`pid` and every descendant (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        found.append(p)
-        todo.extend(children.get(p, []))
-    return found
-
-
-def _name(pid: int) -> str:
-    """A short name for the process: its command line's module or program."""
-    try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return "?"
-    words = [a for a in args[1:] if a and not a.startswith("-")][:2] or args[:1]
-    return " ".join(w.rsplit("/", 1)[-1] for w in words)[:40]
-
-
-def _memory(pids: list[int]) -> tuple[float, float, dict[str, float]]:
-    """(RSS, PSS) in MiB summed over `pids`, and the PSS by process name."""
-    rss = pss = 0
-    by: dict[str, float] = {}
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Rss:"):
-                    rss += int(line.split()[1])
-                elif line.startswith("Pss:"):
-                    kib = int(line.split()[1])
-                    pss += kib
-                    name = _name(pid)
-                    by[name] = by.get(name, 0) + kib / 1024
-        except OSError:
-            continue
-    return rss / 1024, pss / 1024, by
-
-
-def _cpu(pids: list[int]) -> dict[str, float]:
-    """CPU seconds used so far, by process name."""
-    tick = os.sysconf("SC_CLK_TCK")
-    by: dict[str, float] = {}
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        by[_name(pid)] = by.get(_name(pid), 0) + (int(fields[11]) + int(fields[12])) / tick
-    return by
-
-
-class MemoryPeak(threading.Thread):
-    """Samples the memory of the processes `roots()` returns (with their descendants) every second."""
-
-    def __init__(self, roots: object) -> None:
-        super().__init__(daemon=True)
-        self.roots, self.stop = roots, threading.Event()
-        self.peak: tuple[float, float, dict[str, float]] = (0.0, 0.0, {})
-        self.cpu: dict[str, float] = {}
-
-    def run(self) -> None:
-        while not self.stop.wait(1.0):
-            pids = [p for root in self.roots() for p in _tree(root)]  # type: ignore[operator]
-            rss, pss, by = _memory(pids)
-            if pss > self.peak[1]:
-                self.peak = (rss, pss, by)
-            self.cpu = _cpu(pids)
 
 
 def run(orgs: int, per_org: int, seconds: float) -> dict[str, object]:
@@ -231,13 +153,9 @@ def main() -> None:
         f"(target >= 0.95)\n"
         f"  peak memory of serve (and its processes), Prefect's server, the sandbox and this process (receiver): "
         f"RSS {r['rss']:.0f} MiB, PSS {r['pss']:.0f} MiB (target 2048 MiB)\n"
-        f"  PSS by process (MiB): {_top(r['pss_by'])}\n"
-        f"  CPU seconds by process over the run: {_top(r['cpu_by'])}"
+        f"  PSS by process (MiB): {top(r['pss_by'])}\n"
+        f"  CPU seconds by process over the run: {top(r['cpu_by'])}"
     )
-
-
-def _top(by: object) -> str:
-    return ", ".join(f"{name} {value:.0f}" for name, value in sorted(by.items(), key=lambda kv: -kv[1])[:8])  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":

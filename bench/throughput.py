@@ -12,10 +12,32 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import time
+from pathlib import Path
 
 from bench.common import bulk_contacts, fresh_services, new_org, sandbox_campaign
+from bench.processes import MemoryPeak, top
 from sandbox import SandboxConfig, SandboxProcess
+
+
+def _prefect_pid() -> int:
+    """The embedded Prefect server's process (its pid file under CAMPAIGNS_HOME), 0 if another serves."""
+    path = Path(os.environ["CAMPAIGNS_HOME"]) / "prefect.pid"
+    return int(path.read_text()) if path.exists() else 0
+
+
+def _bytes_a_row() -> str:
+    import sqlalchemy as sa
+
+    from campaigns.store.db import get_engine
+
+    with get_engine().connect() as conn:
+        rows, table, indexes = conn.execute(
+            sa.text("""select (select count(*) from campaign_recipients), pg_table_size('campaign_recipients'),
+                       pg_indexes_size('campaign_recipients')""")
+        ).one()
+    return f"{table / rows:.0f} bytes a row + {indexes / rows:.0f} of indexes ({rows:,} rows)"
 
 
 def run(
@@ -26,10 +48,13 @@ def run(
     campaigns: int = 1,
     inject: int = 0,
     numbers: int = 1,
+    processes: bool = False,
 ) -> dict[str, float]:
     """`campaigns` > 1: that many campaigns on the one number at once, sharing `recipients` between them.
     `numbers` > 1: that many organizations, each with its number (at `cap`) and its share of `recipients`, all
-    sending at once: the machine's aggregate rate, against the sum of the caps.
+    sending at once: the machine's aggregate rate, against the sum of the caps. `processes`: each process's peak
+    RSS and CPU seconds (this one, where the flows run, with the send engine it starts; the sandbox; Prefect's
+    server), printed after the run.
     `inject`: about that many sends answered 130429 at random through the run (each recipient's first try
     only), whatever the rate: what one 130429 costs, measured apart from whether the machine provokes one."""
     from concurrent.futures import ThreadPoolExecutor
@@ -45,10 +70,19 @@ def run(
             org = new_org()
             bulk_contacts(org, recipients // (campaigns * numbers))
             cids += [sandbox_campaign(org, sandbox.url, cap, phone_number_id=f"9{cap}{k}") for _ in range(campaigns)]
+        roots = [p for p in (os.getpid(), sandbox.proc.pid, _prefect_pid()) if p]
+        watch = MemoryPeak(lambda: roots) if processes else None
+        if watch:
+            watch.start()
         t0 = time.time()
         with ThreadPoolExecutor(len(cids)) as pool:
             results = list(pool.map(send_campaign, cids))
         t1 = time.time()
+        if watch:
+            watch.stop.set()
+            print(f"  peak RSS by process (MiB): {top(watch.rss_peak)}")
+            print(f"  CPU seconds by process over the run: {top(watch.cpu)} (the run: {t1 - t0:.0f} s)")
+            print(f"  campaign_recipients after the run: {_bytes_a_row()}")
         result = {"status": ",".join(sorted({r["status"] for r in results}))}
         messages = sandbox.messages()
         accepted = sorted(m["accepted_at"] for m in messages)
@@ -91,12 +125,15 @@ def main() -> None:
     p.add_argument("--campaigns", type=int, default=1, help="campaigns on the one number at once")
     p.add_argument("--inject-130429", type=int, default=0, help="about this many sends answered 130429 at random")
     p.add_argument("--numbers", type=int, default=1, help="organizations, each with a number at the cap, at once")
+    p.add_argument("--processes", action="store_true", help="each process's peak RSS and CPU seconds")
     args = p.parse_args()
     caps = args.cap or [1000, 80]
     sizes = args.recipients or [20_000 if c >= 1000 else 4_000 for c in caps]
     fresh_services()
     for cap, size in zip(caps, sizes, strict=True):
-        r = run(cap, size, args.latency_ms, args.timeline, args.campaigns, args.inject_130429, args.numbers)
+        r = run(
+            cap, size, args.latency_ms, args.timeline, args.campaigns, args.inject_130429, args.numbers, args.processes
+        )
         numbers = f" over {args.numbers} numbers at {cap} each (slowest {r['slowest_number_ratio']:.3f})"
         print(
             f"cap {r['cap']:>5} msg/s{numbers if args.numbers > 1 else ''}, "
