@@ -32,6 +32,8 @@ def _name(pid: int) -> str:
         args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return "?"
+    if args[0].startswith(("postgres", "redis")):  # the server's processes, under one name
+        return args[0].split(":")[0].split()[0].rsplit("/", 1)[-1]
     words = [a for a in args[1:] if a and not a.startswith("-")][:2] or args[:1]
     return " ".join(w.rsplit("/", 1)[-1] for w in words)[:40]
 
@@ -71,21 +73,23 @@ def _rss(pids: list[int]) -> dict[str, float]:
     return by
 
 
-def _cpu(pids: list[int]) -> dict[str, float]:
-    """CPU seconds used so far, by process name."""
+def _cpu(pids: list[int]) -> dict[int, float]:
+    """CPU seconds each process has used since it started."""
     tick = os.sysconf("SC_CLK_TCK")
-    by: dict[str, float] = {}
+    by: dict[int, float] = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        by[_name(pid)] = by.get(_name(pid), 0) + (int(fields[11]) + int(fields[12])) / tick
+        by[pid] = (int(fields[11]) + int(fields[12])) / tick
     return by
 
 
 class MemoryPeak(threading.Thread):
-    """Samples the memory of the processes `roots()` returns (with their descendants) every second."""
+    """Samples the memory and CPU of the processes `roots()` returns (with their descendants) every second.
+    CPU is what each used while sampled: a process seen at the first sample counts from there, one that
+    started later from its start."""
 
     def __init__(self, roots: object) -> None:
         super().__init__(daemon=True)
@@ -93,6 +97,8 @@ class MemoryPeak(threading.Thread):
         self.peak: tuple[float, float, dict[str, float]] = (0.0, 0.0, {})
         self.rss_peak: dict[str, float] = {}  # each process's own peak RSS (MiB), by name
         self.cpu: dict[str, float] = {}
+        self._base: dict[int, float] | None = None
+        self._used: dict[int, tuple[str, float]] = {}  # every process seen: its name and CPU used while seen
 
     def run(self) -> None:
         while not self.stop.wait(1.0):
@@ -102,7 +108,15 @@ class MemoryPeak(threading.Thread):
                 self.peak = (rss, pss, by)
             for name, mib in _rss(pids).items():
                 self.rss_peak[name] = max(self.rss_peak.get(name, 0.0), mib)
-            self.cpu = _cpu(pids)
+            now = _cpu(pids)
+            if self._base is None:
+                self._base = now
+            for pid, seconds in now.items():
+                self._used[pid] = (_name(pid), seconds - self._base.get(pid, 0.0))
+            totals: dict[str, float] = {}
+            for name, seconds in self._used.values():
+                totals[name] = totals.get(name, 0.0) + seconds
+            self.cpu = totals
 
 
 def top(by: object) -> str:

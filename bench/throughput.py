@@ -21,10 +21,12 @@ from bench.processes import MemoryPeak, top
 from sandbox import SandboxConfig, SandboxProcess
 
 
-def _prefect_pid() -> int:
-    """The embedded Prefect server's process (its pid file under CAMPAIGNS_HOME), 0 if another serves."""
-    path = Path(os.environ["CAMPAIGNS_HOME"]) / "prefect.pid"
-    return int(path.read_text()) if path.exists() else 0
+def _service_pids() -> list[int]:
+    """The embedded services' processes (their pid files under CAMPAIGNS_HOME): Prefect's server, Postgres,
+    Redis; none for a service given by URL."""
+    home = Path(os.environ["CAMPAIGNS_HOME"])
+    files = [home / "prefect.pid", home / "pg" / "postmaster.pid", home / "redis.pid"]
+    return [int(f.read_text().split()[0]) for f in files if f.exists()]
 
 
 def _bytes_a_row() -> str:
@@ -54,7 +56,7 @@ def run(
     `numbers` > 1: that many organizations, each with its number (at `cap`) and its share of `recipients`, all
     sending at once: the machine's aggregate rate, against the sum of the caps. `processes`: each process's peak
     RSS and CPU seconds (this one, where the flows run, with the send engine it starts; the sandbox; Prefect's
-    server), printed after the run.
+    server, Postgres and Redis when embedded), printed after the run.
     `inject`: about that many sends answered 130429 at random through the run (each recipient's first try
     only), whatever the rate: what one 130429 costs, measured apart from whether the machine provokes one."""
     from concurrent.futures import ThreadPoolExecutor
@@ -70,7 +72,7 @@ def run(
             org = new_org()
             bulk_contacts(org, recipients // (campaigns * numbers))
             cids += [sandbox_campaign(org, sandbox.url, cap, phone_number_id=f"9{cap}{k}") for _ in range(campaigns)]
-        roots = [p for p in (os.getpid(), sandbox.proc.pid, _prefect_pid()) if p]
+        roots = [os.getpid(), sandbox.proc.pid, *_service_pids()]
         watch = MemoryPeak(lambda: roots) if processes else None
         if watch:
             watch.start()
