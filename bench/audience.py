@@ -120,63 +120,42 @@ def bare_copy_seconds(db: sa.Engine, campaign_id: object) -> float:
 def where_the_write_goes(
     db: sa.Engine, campaign_id: object, organization_id: object, classified
 ) -> list[tuple[str, float]]:
-    """The write's own COPYs (CSV of the audience columns, two at once, as write_recipients makes them) into
-    copies of the table gaining one index at a time: what the format, the defaults and each index cost."""
-    import io
+    """The write's own COPYs (write_recipients' rows, CSV and COPY, two at once) into copies of the table
+    gaining the table's own indexes a few at a time: what the format, the defaults and each index cost."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import polars as pl
+    from campaigns.audience.build import as_csv, audience_rows, split
+    from campaigns.store.recipients import copy_audience
 
-    from campaigns.store.db import psycopg_of
-    from campaigns.store.recipients import AUDIENCE_COLUMNS
-
-    out = classified.select(
-        campaign_id=pl.lit(str(campaign_id)),
-        organization_id=pl.lit(str(organization_id)),
-        contact_id=pl.col("contact_id"),
-        phone=pl.col("phone").fill_null(""),
-        status=pl.col("status"),
-        skip_reason=pl.col("skip_reason"),
-    ).sort(pl.col("status") != "pending", maintain_order=True)  # as write_recipients orders them
-    half = -(-out.height // 2)
-    chunks = []
-    for i in range(0, out.height, half):
-        buf = io.BytesIO()
-        out.slice(i, half).write_csv(buf, include_header=False)
-        chunks.append(buf.getvalue())
-
-    def copy(chunk: bytes) -> None:
-        statement = f"copy recipients_floor ({AUDIENCE_COLUMNS}) from stdin (format csv)"
-        with db.begin() as conn, psycopg_of(conn).cursor() as cur, cur.copy(statement) as c:
-            c.write(chunk)
-
+    chunks = [as_csv(chunk) for chunk in split(audience_rows(classified, campaign_id, organization_id), 2)]
+    with db.connect() as conn:
+        indexes = dict(
+            conn.execute(
+                sa.text("select indexname, indexdef from pg_indexes where tablename = 'campaign_recipients'")
+            ).all()
+        )
+    claim = "ix_recipients_campaign_status_id"
+    primary = next(name for name in indexes if name.endswith("_pkey"))
     steps = [
-        ("no index (its defaults and identity only)", ""),
-        ("its primary key", "alter table recipients_floor add primary key (id)"),
-        ("+ (campaign_id, status, id), the claim's", "create index on recipients_floor (campaign_id, status, id)"),
-        (
-            "+ the partial indexes (skipped rows and empty ones)",
-            """create index on recipients_floor (campaign_id, skip_reason) where status = 'skipped';
-            create index on recipients_floor (campaign_id, error_code) where status = 'failed';
-            create unique index on recipients_floor (wamid) where wamid is not null;
-            create index on recipients_floor (campaign_id, id) where replied_at is not null;
-            create index on recipients_floor (campaign_id, coalesce(sent_at, failed_at))
-                where coalesce(sent_at, failed_at) is not null""",
-        ),
+        ("no index (its defaults and identity only)", []),
+        ("its primary key", [primary]),
+        ("+ (campaign_id, status, id), the claim's", [claim]),
+        ("+ the partial indexes (skipped rows and empty ones)", sorted(set(indexes) - {primary, claim})),
     ]
-    ddl: list[str] = []
+    built: list[str] = []
     figures = []
-    for what, index in steps:
-        ddl += [s for s in index.split(";") if s.strip()]
+    for what, names in steps:
+        built += names
         with db.begin() as conn:
             conn.execute(sa.text("drop table if exists recipients_floor"))
             like = "like campaign_recipients including defaults including identity"
             conn.execute(sa.text(f"create table recipients_floor ({like})"))
-            for statement in ddl:
-                conn.execute(sa.text(statement))
+            for name in built:  # the table's own definition, on the copy
+                definition = indexes[name].replace(" ON public.campaign_recipients ", " ON recipients_floor ")
+                conn.execute(sa.text(definition.replace(f"INDEX {name} ", f"INDEX {name}_floor ")))
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
-            list(pool.map(copy, chunks))
+            list(pool.map(lambda chunk: copy_audience(db, chunk, table="recipients_floor"), chunks))
         figures.append((what, time.perf_counter() - started))
     with db.begin() as conn:
         conn.execute(sa.text("drop table recipients_floor"))

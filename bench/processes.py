@@ -38,39 +38,18 @@ def _name(pid: int) -> str:
     return " ".join(w.rsplit("/", 1)[-1] for w in words)[:40]
 
 
-def _memory(pids: list[int]) -> tuple[float, float, dict[str, float]]:
-    """(RSS, PSS) in MiB summed over `pids`, and the PSS by process name."""
+def _memory(pid: int) -> tuple[float, float] | None:
+    """(RSS, PSS) of one process in MiB, None once it is gone."""
     rss = pss = 0
-    by: dict[str, float] = {}
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Rss:"):
-                    rss += int(line.split()[1])
-                elif line.startswith("Pss:"):
-                    kib = int(line.split()[1])
-                    pss += kib
-                    name = _name(pid)
-                    by[name] = by.get(name, 0) + kib / 1024
-        except OSError:
-            continue
-    return rss / 1024, pss / 1024, by
-
-
-def _rss(pids: list[int]) -> dict[str, float]:
-    """RSS in MiB by process name (the largest process of a name)."""
-    by: dict[str, float] = {}
-    for pid in pids:
-        try:
-            kib = next(
-                int(line.split()[1])
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                if line.startswith("VmRSS:")
-            )
-        except (OSError, StopIteration):
-            continue
-        by[_name(pid)] = max(by.get(_name(pid), 0.0), kib / 1024)
-    return by
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Rss:"):
+                rss = int(line.split()[1])
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1])
+    except OSError:
+        return None
+    return rss / 1024, pss / 1024
 
 
 def _cpu(pids: list[int]) -> dict[int, float]:
@@ -103,16 +82,20 @@ class MemoryPeak(threading.Thread):
     def run(self) -> None:
         while not self.stop.wait(1.0):
             pids = [p for root in self.roots() for p in _tree(root)]  # type: ignore[operator]
-            rss, pss, by = _memory(pids)
-            if pss > self.peak[1]:
-                self.peak = (rss, pss, by)
-            for name, mib in _rss(pids).items():
-                self.rss_peak[name] = max(self.rss_peak.get(name, 0.0), mib)
+            names = {pid: _name(pid) for pid in pids}
+            memory = {pid: m for pid in pids if (m := _memory(pid))}
+            pss_by: dict[str, float] = {}
+            for pid, (rss, pss) in memory.items():
+                pss_by[names[pid]] = pss_by.get(names[pid], 0.0) + pss
+                self.rss_peak[names[pid]] = max(self.rss_peak.get(names[pid], 0.0), rss)
+            total_pss = sum(pss for _, pss in memory.values())
+            if total_pss > self.peak[1]:
+                self.peak = (sum(rss for rss, _ in memory.values()), total_pss, pss_by)
             now = _cpu(pids)
             if self._base is None:
                 self._base = now
             for pid, seconds in now.items():
-                self._used[pid] = (_name(pid), seconds - self._base.get(pid, 0.0))
+                self._used[pid] = (names[pid], seconds - self._base.get(pid, 0.0))
             totals: dict[str, float] = {}
             for name, seconds in self._used.values():
                 totals[name] = totals.get(name, 0.0) + seconds

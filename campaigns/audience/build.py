@@ -116,10 +116,36 @@ def classify(frame: pl.DataFrame, rules: AudienceRules, now: datetime | None = N
     )
 
 
-def _copy_chunk(db: sa.Engine, chunk: pl.DataFrame) -> None:
+def audience_rows(frame: pl.DataFrame, campaign_id: uuid.UUID, organization_id: uuid.UUID) -> pl.DataFrame:
+    """The classified audience as the recipient rows COPY takes (recipients.AUDIENCE_COLUMNS).
+
+    The rows to send first, in the contacts' order, then the skipped ones: the claim's index is (campaign,
+    status, id), and with 'skipped' entries interleaved every 'pending' one lands mid-index (a descent from the
+    root each); this way each COPY appends at the index's right edge. Skipped rows are never sent, so their
+    ids (the send order) do not matter."""
+    return frame.select(
+        campaign_id=pl.lit(str(campaign_id)),
+        organization_id=pl.lit(str(organization_id)),
+        contact_id=pl.col("contact_id"),
+        phone=pl.col("phone").fill_null(""),
+        status=pl.col("status"),
+        skip_reason=pl.col("skip_reason"),
+    ).sort(pl.col("status") != recipients.PENDING, maintain_order=True)
+
+
+def split(rows: pl.DataFrame, parallel: int) -> list[pl.DataFrame]:
+    """The rows in `parallel` consecutive slices, one a COPY; one for a small audience, so that ids (the send
+    order) follow the contacts' order."""
+    if rows.height < PARALLEL_COPY_MIN_ROWS:
+        parallel = 1
+    size = -(-rows.height // max(parallel, 1))
+    return [rows.slice(i, size) for i in range(0, rows.height, size)]
+
+
+def as_csv(rows: pl.DataFrame) -> bytes:
     buf = io.BytesIO()
-    chunk.write_csv(buf, include_header=False)
-    recipients.copy_audience(db, buf.getvalue())
+    rows.write_csv(buf, include_header=False)
+    return buf.getvalue()
 
 
 def write_recipients(
@@ -131,29 +157,14 @@ def write_recipients(
     (1,000,000 rows: 4.7 s → 2.6 s here). The halves commit separately: the caller marks the audience
     frozen only after all of them, and a rebuild first deletes what a crashed build left.
     """
-    out = frame.select(
-        campaign_id=pl.lit(str(campaign_id)),
-        organization_id=pl.lit(str(organization_id)),
-        contact_id=pl.col("contact_id"),
-        phone=pl.col("phone").fill_null(""),
-        status=pl.col("status"),
-        skip_reason=pl.col("skip_reason"),
-    )
-    if out.is_empty():
+    rows = audience_rows(frame, campaign_id, organization_id)
+    if rows.is_empty():
         return 0
-    recipients.check_audience_statuses(out.get_column("status").unique().to_list())
-    # The rows to send first, in the contacts' order, then the skipped ones: the claim's index is (campaign,
-    # status, id), and with 'skipped' entries interleaved every 'pending' one lands mid-index (a descent from
-    # the root each); this way each COPY appends at the index's right edge. Skipped rows are never sent, so
-    # their ids (the send order) do not matter.
-    out = out.sort(pl.col("status") != recipients.PENDING, maintain_order=True)
-    if out.height < PARALLEL_COPY_MIN_ROWS:
-        parallel = 1  # small audiences keep one COPY, so ids (the send order) follow the contacts' order
-    size = -(-out.height // max(parallel, 1))
-    chunks = [out.slice(i, size) for i in range(0, out.height, size)]
+    recipients.check_audience_statuses(rows.get_column("status").unique().to_list())
+    chunks = split(rows, parallel)
     with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
-        list(pool.map(lambda chunk: _copy_chunk(db, chunk), chunks))
-    return out.height
+        list(pool.map(lambda chunk: recipients.copy_audience(db, as_csv(chunk)), chunks))
+    return rows.height
 
 
 def counts(frame: pl.DataFrame) -> dict[str, int]:

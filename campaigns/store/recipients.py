@@ -191,14 +191,14 @@ def check_audience_statuses(statuses: Iterable[str]) -> None:
 AUDIENCE_COLUMNS = "campaign_id, organization_id, contact_id, phone, status, skip_reason"
 
 
-def copy_audience(db: sa.Engine, csv: bytes) -> None:
+def copy_audience(db: sa.Engine, csv: bytes, table: str = "campaign_recipients") -> None:
     """COPY audience rows (CSV of AUDIENCE_COLUMNS, no header; statuses checked by the caller on its frame
-    with check_audience_statuses) in one transaction of its own."""
+    with check_audience_statuses) in one transaction of its own. `table`: bench/audience.py's copies of it."""
     with db.begin() as conn:
         raw = psycopg_of(conn)
         with (
             raw.cursor() as cur,
-            cur.copy(f"copy campaign_recipients ({AUDIENCE_COLUMNS}) from stdin (format csv)") as copy,
+            cur.copy(f"copy {table} ({AUDIENCE_COLUMNS}) from stdin (format csv)") as copy,
         ):
             copy.write(csv)
 
