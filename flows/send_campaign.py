@@ -43,6 +43,7 @@ from tasks.send import prepare_campaign, send_batch
 
 STOPPED = "stopped with its dispatcher"  # `campaigns serve` stopping: the campaign stays running
 LOG_EVERY_SECONDS = 10.0  # one line of sending figures at most this often (a slow campaign's waves are many)
+PROGRESS_EVERY_SECONDS = 2.0  # the progress card's refresh at most this often
 
 
 def _progress(campaign_id: uuid.UUID) -> tuple[float, dict[str, int]]:
@@ -51,6 +52,21 @@ def _progress(campaign_id: uuid.UUID) -> tuple[float, dict[str, int]]:
     total = sum(by.values()) or 1
     done = total - by.get("pending", 0) - by.get("sending", 0)
     return 100.0 * done / total, by
+
+
+class ProgressCard:
+    """The run's progress card, refreshed as batches end but at most every PROGRESS_EVERY_SECONDS, as
+    SendingLog writes its lines: each refresh counts the campaign's rows by status and writes to Prefect. Once
+    a batch, a 1,000,000-recipient campaign at 1,000 msg/s counted a million index entries ten times a second
+    (Postgres used 711 CPU seconds of its 1,560-s run, more than any other process)."""
+
+    def __init__(self, campaign_id: uuid.UUID, artifact: uuid.UUID) -> None:
+        self.campaign_id, self.artifact, self.at = campaign_id, artifact, time.monotonic()
+
+    def refresh(self, force: bool = False) -> None:
+        if force or time.monotonic() - self.at >= PROGRESS_EVERY_SECONDS:
+            update_progress_artifact(self.artifact, _progress(self.campaign_id)[0])
+            self.at = time.monotonic()
 
 
 class SendingLog:
@@ -187,7 +203,7 @@ def _send(
     limit_name = ensure_send_limit()
     pct, _ = _progress(campaign_id)
     log.info("sending: %.1f%% of %s recipients already processed", pct, f"{prepared.total_recipients:,}")
-    artifact = progress_card(campaign_id, buttons.flow_run_id, pct)
+    progress = ProgressCard(campaign_id, progress_card(campaign_id, buttons.flow_run_id, pct))
     batch_no = failed_waves = 0
     wave_cap, allowed = runner.wave_plan(
         db, campaign_id, settings.batch_size, settings.rate_headroom, settings.parallel_batches
@@ -201,6 +217,7 @@ def _send(
     while True:
         if buttons.stopping:
             figures.flush(force=True)
+            progress.refresh(force=True)
             return {"status": STOPPED}
         retaken = held.retaken
         if not held.still_held():  # its connection died and another runner has the campaign, or Postgres is away
@@ -238,7 +255,7 @@ def _send(
                 futures = send_batch.map(campaign_id, range(batch_no, batch_no + step.batches), probe=step.probe)
                 batch_no += step.batches
                 for future in as_completed(futures):
-                    update_progress_artifact(artifact, _progress(campaign_id)[0])
+                    progress.refresh()
                     lease.refresh()  # a long wave outlives the entry's TTL; Prefect renews the lease itself
                     counts = future.result(raise_on_failure=False)  # its state as read back may lag
                     if isinstance(counts, dict):
@@ -264,7 +281,7 @@ def _send(
     figures.flush(force=True)
     with db.begin() as conn:
         lifecycle.complete_if_done(conn, campaign_id)
-    update_progress_artifact(artifact, _progress(campaign_id)[0])
+    progress.refresh(force=True)
     return {}
 
 
