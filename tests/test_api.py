@@ -23,21 +23,11 @@ import sqlalchemy as sa
 from campaigns import api_tokens
 from campaigns.api import PrefectLauncher, create_app
 from campaigns.control import tenancy
+from campaigns.control.models import SEED_EXAMPLE
 from campaigns.infra.asgi_thread import ThreadedServer
 from tests.helpers import add_contacts, add_sandbox_number, campaign_row, cli, new_org, phones, use_settings, wait_for
 
-SEED_BODY = {  # the seed's "1. Criar Campanha" body
-    "name": "Black Friday 2024",
-    "description": "Promo especial",
-    "campaign_type": "broadcast",
-    "message_type": "text",
-    "message_content": {"text": "Olá {{contact.name}}, aproveite nossa promoção!"},
-    "audience_type": "all_contacts",
-    "messages_per_hour": 100,
-    "delay_between_messages_seconds": 2,
-    "retry_max_attempts": 3,
-    "retry_base_delay": 60,
-}
+SEED_BODY = {k: v for k, v in SEED_EXAMPLE.items() if k != "whatsapp_number_id"}  # each test gives its number
 FAST = {"messages_per_hour": None, "delay_between_messages_seconds": 0}
 
 
@@ -244,7 +234,8 @@ def test_a_client_leaving_mid_export_stops_the_copy(db, org, sandbox, serve, cap
 
 def test_pause_resume_cancel_and_schedule_answer_their_status_codes(db, org, sandbox, serve):
     launcher = Recorder()
-    http = client(serve(launcher), db, org, "agent")
+    url = serve(launcher)
+    http, admin = client(url, db, org, "agent"), client(url, db, org)
     number = add_sandbox_number(db, org, sandbox)
     empty = create(http, number)
     r = http.post(f"/campaigns/{empty}/start")
@@ -264,9 +255,11 @@ def test_pause_resume_cancel_and_schedule_answer_their_status_codes(db, org, san
     assert launcher.launched == [uuid.UUID(cid)] * 2
     r = http.patch(f"/campaigns/{cid}", json={"name": "x"})
     assert r.status_code == 409 and r.json()["detail"] == "Cannot edit running campaign"  # the seed's message
-    assert http.post(f"/campaigns/{cid}/cancel").json()["status"] == "cancelled"
+    refused = http.post(f"/campaigns/{cid}/cancel")  # irreversible, more than DELETE does: org_admin only
+    assert refused.status_code == 403 and "org_admin" in refused.json()["detail"]
+    assert admin.post(f"/campaigns/{cid}/cancel").json()["status"] == "cancelled"
     assert http.post(f"/campaigns/{cid}/resume").json()["detail"] == "Cannot resume a cancelled campaign"
-    assert http.post(f"/campaigns/{cid}/cancel").status_code == 409
+    assert admin.post(f"/campaigns/{cid}/cancel").status_code == 409
     assert len(launcher.launched) == 2
     r = http.post(f"/campaigns/{cid}/retry-failed", json={"codes": "131026"})
     assert r.status_code == 422 and r.json()["detail"].startswith("codes:")

@@ -9,10 +9,20 @@ from __future__ import annotations
 import json
 import math
 import uuid
+from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from campaigns.sending.rendering import PLACEHOLDER, template_variables_problem
 
@@ -54,6 +64,17 @@ def storable_problem(value: Any, path: str, depth: int = 0) -> str | None:
     return None
 
 
+def _time_as_text(value: Any) -> Any:
+    """A time is ISO 8601 text (2026-12-01T09:00:00-03:00): a bare number would silently be read as seconds
+    since 1970 and schedule a campaign in the past."""
+    if value is not None and not isinstance(value, str | datetime):
+        raise ValueError("give the time as ISO 8601 text with its time zone, e.g. 2026-12-01T09:00:00-03:00")
+    return value
+
+
+TimeText = Annotated[datetime | None, BeforeValidator(_time_as_text)]
+
+
 def _storable(value: Any, path: str) -> Any:
     problem = storable_problem(value, path)
     if problem:
@@ -74,8 +95,25 @@ class AudienceFilter(BaseModel):
         return _storable(tags, "audience_filter.tags")
 
 
+SEED_EXAMPLE: dict[str, Any] = {  # the seed's "1. Criar Campanha" body: the example the API's docs show
+    "name": "Black Friday 2024",
+    "description": "Promo especial",
+    "campaign_type": "broadcast",
+    "whatsapp_number_id": "6f1c2a1e-3b5d-4c8e-9a7f-2d4b6e8a0c1f",
+    "message_type": "text",
+    "message_content": {"text": "Olá {{contact.name}}, aproveite nossa promoção!"},
+    "audience_type": "all_contacts",
+    "messages_per_hour": 100,
+    "delay_between_messages_seconds": 2,
+    "retry_max_attempts": 3,
+    "retry_base_delay": 60,
+}
+
+
 class CampaignCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Numbers and switches are strict: "100" or 1 for true are refused, not guessed (a client's bug shows)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [SEED_EXAMPLE]})
 
     name: str = Field(min_length=1, max_length=255)
     description: str | None = None
@@ -86,14 +124,16 @@ class CampaignCreate(BaseModel):
     template_variables: dict[str, Any] = Field(default_factory=dict)
     audience_type: Literal["all_contacts", "tags", "contacts"] = "all_contacts"
     audience_filter: AudienceFilter = Field(default_factory=AudienceFilter)
-    messages_per_hour: int | None = Field(100, ge=1, le=3_600_000)
-    delay_between_messages_seconds: float = Field(2, ge=0, le=60)
-    retry_max_attempts: int = Field(3, ge=1, le=10, description="retries after the first send (60 s, 120 s, 240 s)")
-    retry_base_delay: int = Field(60, ge=10, le=600)
-    retry_max_delay: int = Field(3600, ge=60, le=7200)
-    respect_opt_out: bool = True
-    skip_active_conversations: bool = False
-    scheduled_at: datetime | None = None
+    messages_per_hour: int | None = Field(100, ge=1, le=3_600_000, strict=True)
+    delay_between_messages_seconds: float = Field(2, ge=0, le=60, strict=True)
+    retry_max_attempts: int = Field(
+        3, ge=1, le=10, strict=True, description="retries after the first send (60 s, 120 s, 240 s)"
+    )
+    retry_base_delay: int = Field(60, ge=10, le=600, strict=True)
+    retry_max_delay: int = Field(3600, ge=60, le=7200, strict=True)
+    respect_opt_out: bool = Field(True, strict=True)
+    skip_active_conversations: bool = Field(False, strict=True)
+    scheduled_at: TimeText = None
 
     @model_validator(mode="before")
     @classmethod
@@ -145,8 +185,13 @@ class CampaignCreate(BaseModel):
 def field_errors(exc: ValidationError) -> list[str]:
     """One line per problem, each naming its field. A client's own key (an unknown field) is escaped: a NUL
     or a lone surrogate in it must not break the answer that refuses it."""
+    return error_lines(exc.errors())
+
+
+def error_lines(errors: Iterable[Mapping[str, Any]]) -> list[str]:
+    """`field_errors` for errors as Pydantic lists them (FastAPI's request errors too)."""
     lines = []
-    for err in exc.errors():
+    for err in errors:
         loc = ".".join(str(p) for p in err["loc"]) or ('""' if err["loc"] else "")  # a field named ""
         msg = err["msg"].removeprefix("Value error, ")
         names_itself = msg.startswith((f"{loc}:", f"{loc}.", f"{loc}["))  # our messages say which part

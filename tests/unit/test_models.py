@@ -5,21 +5,9 @@ import uuid
 import pytest
 from pydantic import ValidationError
 
-from campaigns.control.models import CampaignCreate, describe_validation_error, storable_problem
+from campaigns.control.models import SEED_EXAMPLE, CampaignCreate, describe_validation_error, storable_problem
 
-SEED_BODY = {
-    "name": "Black Friday 2024",
-    "description": "Promo especial",
-    "campaign_type": "broadcast",
-    "whatsapp_number_id": str(uuid.uuid4()),
-    "message_type": "text",
-    "message_content": {"text": "Olá {{contact.name}}, aproveite nossa promoção!"},
-    "audience_type": "all_contacts",
-    "messages_per_hour": 100,
-    "delay_between_messages_seconds": 2,
-    "retry_max_attempts": 3,
-    "retry_base_delay": 60,
-}
+SEED_BODY = {**SEED_EXAMPLE, "whatsapp_number_id": str(uuid.uuid4())}  # the seed's "1. Criar Campanha"
 
 
 def test_the_seed_body_is_accepted_with_the_seed_defaults():

@@ -1,0 +1,106 @@
+"""How the API answers a refusal: `{"detail": message, "errors": [details]}` with the status chosen here for
+each refusal's class. The domain raises NotFound, Conflict and Invalid (404, 409, 422); this face adds its own
+(401, 403, 413, 429, 503). FastAPI's own validation errors are rewritten into the same shape, each line naming
+its field, so a client meets one error format whichever layer refused."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+from starlette.responses import JSONResponse
+
+from campaigns.control.models import error_lines, shown
+from campaigns.errors import CampaignError, Conflict, Invalid, NotFound
+from campaigns.store.db import iso_z
+
+
+class Unauthorized(CampaignError):
+    pass
+
+
+class Forbidden(CampaignError):
+    pass
+
+
+class TooLarge(CampaignError):
+    pass
+
+
+class Unavailable(CampaignError):
+    pass
+
+
+class TooMany(CampaignError):
+    retry_after = 5  # seconds; said in Retry-After
+
+
+# Each refusal's status; a class not named answers as its nearest named ancestor.
+STATUS: dict[type[CampaignError], int] = {
+    CampaignError: 400,
+    NotFound: 404,
+    Conflict: 409,
+    Invalid: 422,
+    Unauthorized: 401,
+    Forbidden: 403,
+    TooLarge: 413,
+    TooMany: 429,
+    Unavailable: 503,
+}
+
+
+class ErrorBody(BaseModel):
+    """Every refusal's body."""
+
+    detail: str
+    errors: list[str]
+
+
+def status_of(exc: CampaignError) -> int:
+    return next(STATUS[cls] for cls in type(exc).__mro__ if cls in STATUS)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return iso_z(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+class Json(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, default=_jsonable, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def refusal(exc: CampaignError) -> Json:
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    if isinstance(exc, TooMany):
+        headers = {"Retry-After": str(exc.retry_after)}
+    return Json({"detail": exc.message, "errors": exc.details}, status_code=status_of(exc), headers=headers)
+
+
+def invalid(lines: list[str]) -> Json:
+    return Json({"detail": "; ".join(lines), "errors": lines}, status_code=422)
+
+
+_WHERE = ("body", "query", "path", "header")
+
+
+def validation_lines(errors: Any) -> list[str]:
+    """FastAPI's request errors as our lines: "field: what is wrong", the request part (body, query) left out."""
+    lines, rest = [], []
+    for err in errors:
+        where, *loc = err["loc"] if err["loc"] and err["loc"][0] in _WHERE else ("", *err["loc"])
+        if where == "query" and err["type"] in ("int_parsing", "int_from_float"):
+            lines.append(shown(f"{'.'.join(map(str, loc))} must be a whole number (got {err['input']!r})"))
+        elif not loc and where == "body" and err["type"] == "missing":
+            lines.append("The request body is required")
+        elif not loc and where == "body" and err["type"] in ("model_attributes_type", "dict_type", "model_type"):
+            lines.append("The request body must be a JSON object")
+        else:
+            rest.append({**err, "loc": tuple(loc)})
+    return lines + error_lines(rest)
