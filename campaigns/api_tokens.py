@@ -10,6 +10,7 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 import sqlalchemy as sa
 
@@ -21,25 +22,29 @@ PREFIX = "pytk_"  # recognisable in a leaked config or a secret scanner, and nev
 
 @dataclass(frozen=True)
 class Caller:
-    """Who a request acts for: every query it makes is scoped to this organization."""
+    """Who a request acts for: every query it makes is scoped to this organization. `actor` is who acted, as
+    the audit log records it: the main app's user (a JWT's `sub`), or `token:<id>` for an opaque token."""
 
     organization_id: uuid.UUID
     role: str
-    token_id: uuid.UUID
+    actor: str
 
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def issue(conn: sa.Connection, organization_id: uuid.UUID, role: str) -> tuple[uuid.UUID, str]:
-    """A new token for the organization: returns its id and the token, which is never seen again."""
+def issue(
+    conn: sa.Connection, organization_id: uuid.UUID, role: str, expires_at: datetime | None = None
+) -> tuple[uuid.UUID, str]:
+    """A new token for the organization (until `expires_at`, or until revoked): returns its id and the token,
+    which is never seen again."""
     if role not in API_ROLES:
         raise Invalid(f"role: one of {', '.join(API_ROLES)} (got {role!r})")
     token = PREFIX + secrets.token_urlsafe(32)
     token_id = conn.execute(
         sa.insert(api_tokens)
-        .values(organization_id=organization_id, role=role, token_hash=token_hash(token))
+        .values(organization_id=organization_id, role=role, token_hash=token_hash(token), expires_at=expires_at)
         .returning(api_tokens.c.id)
     ).scalar_one()
     return token_id, token
@@ -57,10 +62,12 @@ def revoke(conn: sa.Connection, token_id: uuid.UUID) -> bool:
 
 
 def caller(conn: sa.Connection, token: str) -> Caller | None:
-    """The caller a live token stands for; None for an unknown or revoked token."""
+    """The caller a live token stands for; None for an unknown, revoked or expired token."""
     row = conn.execute(
         sa.select(api_tokens.c.organization_id, api_tokens.c.role, api_tokens.c.id).where(
-            api_tokens.c.token_hash == token_hash(token), api_tokens.c.revoked_at.is_(None)
+            api_tokens.c.token_hash == token_hash(token),
+            api_tokens.c.revoked_at.is_(None),
+            sa.or_(api_tokens.c.expires_at.is_(None), api_tokens.c.expires_at > sa.func.now()),
         )
     ).first()
-    return Caller(*row) if row else None
+    return Caller(row.organization_id, row.role, f"token:{row.id}") if row else None

@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="largest request body (a contacts audience lists its ids)"
     )
+    api_jwt_secret: SecretStr | None = Field(None, description="HS256 secret shared with the main app for its JWTs")
+    api_jwt_jwks_url: str | None = Field(None, description="the main app's JWKS, for RS256/ES256/EdDSA JWTs")
+    api_jwt_audience: str | None = Field(None, description="the JWTs' required aud")
+    api_jwt_issuer: str | None = Field(None, description="the JWTs' required iss")
+    api_jwt_leeway_seconds: float = Field(30, ge=0, le=600, description="clock skew allowed on exp, nbf and iat")
     api_max_csv_exports: int = Field(
         4, ge=1, description="CSV exports streaming at once; each holds a database connection while its client reads"
     )

@@ -334,7 +334,7 @@ def test_tokens_scope_every_request_to_their_organization_and_roles_are_enforced
     assert revoked.get("/campaigns").status_code == 200
     with db.begin() as conn:
         assert api_tokens.revoke(conn, token_id)
-    assert revoked.get("/campaigns").json()["detail"] == "Invalid or revoked token"
+    assert revoked.get("/campaigns").json()["detail"] == "Invalid, revoked or expired token"
 
 
 def test_number_limits_round_trip_with_the_preset(db, org, sandbox, serve):

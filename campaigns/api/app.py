@@ -26,12 +26,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
+from pydantic_core import to_jsonable_python
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Match
 
 from campaigns import api_tokens, json_input
+from campaigns.api.auth import JwtSettings, JwtVerifier
 from campaigns.api.csv_export import CsvExports
 from campaigns.api.errors import (
     ErrorBody,
@@ -46,6 +48,7 @@ from campaigns.api.errors import (
 )
 from campaigns.api.launcher import Launch, PrefectLauncher, Ready
 from campaigns.api.schemas import (
+    AuditEntry,
     Campaign,
     CampaignPage,
     CampaignUpdate,
@@ -67,6 +70,7 @@ from campaigns.control.models import CampaignCreate, field_errors, shown
 from campaigns.control.runs import LoadCredentials, Runs
 from campaigns.errors import CampaignError, Conflict, Invalid, NotFound
 from campaigns.reporting import stats
+from campaigns.store import audit as audit_log
 from campaigns.store.schema import API_ROLES
 from campaigns.webhook_app import read_limited
 from deployments.launch import PrefectRuns
@@ -186,6 +190,28 @@ Admin = Annotated[Caller, _role(*ADMIN)]
 CampaignId = Annotated[uuid.UUID, Depends(campaign_id)]
 
 
+def audit(
+    conn: sa.Connection,
+    caller: Caller,
+    action: str,
+    campaign_id: uuid.UUID | None = None,
+    *,
+    number_id: uuid.UUID | None = None,
+    **details: Any,
+) -> None:
+    """Record the caller's action in its own transaction (audit_log)."""
+    audit_log.record(
+        conn,
+        caller.organization_id,
+        caller.actor,
+        caller.role,
+        action,
+        campaign_id=campaign_id,
+        number_id=number_id,
+        details=to_jsonable_python(details),
+    )
+
+
 def _moved(cid: uuid.UUID, t: lifecycle.Transition, **extra: Any) -> dict[str, Any]:
     """The answer to a lifecycle transition: the campaign, where it is now and where it was."""
     return {"campaign_id": cid, "status": t.status, "previous_status": t.previous, **extra}
@@ -198,9 +224,16 @@ class CampaignsApi:
     """What the endpoints do, over the domain; one per app, holding what the app was given."""
 
     def __init__(
-        self, db: sa.Engine, launch: Launch, ready: Ready | None, runs: Runs, credentials: LoadCredentials
+        self,
+        db: sa.Engine,
+        launch: Launch,
+        ready: Ready | None,
+        runs: Runs,
+        credentials: LoadCredentials,
+        jwt: JwtVerifier | None = None,
     ) -> None:
         self.db = db
+        self.jwt = jwt  # None: opaque tokens only
         self.launch = launch
         self.ready = ready or (lambda: None)
         self.runs = runs  # a scheduled campaign's run under Upcoming, a cancelled one's suspended run woken
@@ -210,10 +243,17 @@ class CampaignsApi:
         """The token's caller, if its role may do this. Tokens are never logged nor echoed."""
         if credentials is None or not credentials.credentials.strip():
             raise Unauthorized("Not authenticated: send Authorization: Bearer <token>")
-        with self.db.connect() as conn:
-            caller = api_tokens.caller(conn, credentials.credentials.strip())
+        token = credentials.credentials.strip()
+        if self.jwt is not None and not token.startswith(api_tokens.PREFIX):
+            claims = self.jwt.claims(token)
+            with self.db.begin() as conn:
+                org = tenancy.org_for_external_id(conn, claims.org, claims.org_name)
+            caller: Caller | None = Caller(org, claims.role, claims.user)
+        else:
+            with self.db.connect() as conn:
+                caller = api_tokens.caller(conn, token)
         if caller is None:
-            raise Unauthorized("Invalid or revoked token")
+            raise Unauthorized("Invalid, revoked or expired token")
         if caller.role not in roles:
             raise Forbidden(
                 f"Not enough permissions: this needs the role {' or '.join(roles)}; the token's role is {caller.role}"
@@ -262,6 +302,7 @@ def routers(api: CampaignsApi, csv: CsvExports, max_body_bytes: int) -> list[API
         """Create a draft campaign (the seed's "1. Criar Campanha")."""
         with api.db.begin() as conn:
             cid = lifecycle.create(conn, caller.organization_id, body)
+            audit(conn, caller, "create", cid, name=body.name)
             return lifecycle.get(conn, caller.organization_id, cid)
 
     # The seed writes POST /api/v1/campaigns/ ; a 307 to the other would lose bodies in some clients.
@@ -302,6 +343,7 @@ def routers(api: CampaignsApi, csv: CsvExports, max_body_bytes: int) -> list[API
         changes = body.model_dump(mode="json", exclude_unset=True)  # type: ignore[attr-defined]
         with api.db.begin() as conn:
             campaign = services.update_campaign(conn, caller.organization_id, cid, changes)
+            audit(conn, caller, "update", cid, fields=sorted(changes))
         if campaign["status"] == "scheduled" and "scheduled_at" in changes:  # its run in Prefect moves too
             services.schedule_run(api.db, caller.organization_id, cid, api.runs)
         return campaign
@@ -316,6 +358,7 @@ def routers(api: CampaignsApi, csv: CsvExports, max_body_bytes: int) -> list[API
         """Cancel the campaign: campaigns are kept with their history, never erased."""
         with api.db.begin() as conn:
             t = services.delete_campaign(conn, caller.organization_id, cid)
+            audit(conn, caller, "delete", cid)
         return api.moved(
             caller.organization_id,
             cid,
@@ -330,6 +373,8 @@ def routers(api: CampaignsApi, csv: CsvExports, max_body_bytes: int) -> list[API
         result = services.start_campaign(
             api.db, caller.organization_id, cid, credentials=api.credentials, runs=api.runs
         )
+        with api.db.begin() as conn:
+            audit(conn, caller, "start", cid, total_recipients=result["total_recipients"])
         run_id = api.hand_to_prefect(caller.organization_id, cid)
         return {**result, "flow_run_id": run_id, "message": f"Campaign started. Flow run ID: {run_id}"}
 
@@ -338,6 +383,7 @@ def routers(api: CampaignsApi, csv: CsvExports, max_body_bytes: int) -> list[API
         """Pause sending; resume continues where it stopped."""
         with api.db.begin() as conn:
             t = lifecycle.pause(conn, caller.organization_id, cid)
+            audit(conn, caller, "pause", cid)
         return api.moved(caller.organization_id, cid, t)
 
     @r.post("/campaigns/{id}/cancel", response_model=Transition, **moves)
@@ -345,6 +391,7 @@ def routers(api: CampaignsApi, csv: CsvExports, max_body_bytes: int) -> list[API
         """Cancel for good: what was not sent never will be (org_admin, as DELETE)."""
         with api.db.begin() as conn:
             t = lifecycle.cancel(conn, caller.organization_id, cid)
+            audit(conn, caller, "cancel", cid)
         return api.moved(caller.organization_id, cid, t)
 
     @r.post(
@@ -358,6 +405,7 @@ def routers(api: CampaignsApi, csv: CsvExports, max_body_bytes: int) -> list[API
         api.ready()
         with api.db.begin() as conn:
             t = lifecycle.resume(conn, caller.organization_id, cid)
+            audit(conn, caller, "resume", cid)
         if t.status == "scheduled":
             return api.moved(
                 caller.organization_id,
@@ -379,6 +427,7 @@ def routers(api: CampaignsApi, csv: CsvExports, max_body_bytes: int) -> list[API
         api.ready()
         with api.db.begin() as conn:
             t, n = lifecycle.retry_failed(conn, caller.organization_id, cid, body.codes if body else None)
+            audit(conn, caller, "retry-failed", cid, codes=body.codes if body else None, requeued=n)
         run_id = api.hand_to_prefect(caller.organization_id, cid)
         return _moved(cid, t, requeued=n, flow_run_id=run_id)
 
@@ -393,6 +442,7 @@ def routers(api: CampaignsApi, csv: CsvExports, max_body_bytes: int) -> list[API
         with api.db.begin() as conn:
             t = lifecycle.schedule(conn, caller.organization_id, cid, body.scheduled_at if body else None)
             campaign = lifecycle.get(conn, caller.organization_id, cid)
+            audit(conn, caller, "schedule", cid, scheduled_at=campaign["scheduled_at"])
         run_id = services.follow_transition(api.db, caller.organization_id, cid, t, api.runs)  # Upcoming
         return _moved(cid, t, scheduled_at=campaign["scheduled_at"], **({"flow_run_id": run_id} if run_id else {}))
 
@@ -410,6 +460,13 @@ def routers(api: CampaignsApi, csv: CsvExports, max_body_bytes: int) -> list[API
     def campaign_retry_stats(caller: Reader, cid: CampaignId) -> dict[str, Any]:
         """Retries: the policy, recipients by attempts, what waits and when, failures by code."""
         return api.read(services.retry_stats_of, caller, cid)
+
+    @r.get("/campaigns/{id}/audit", response_model=list[AuditEntry], responses=_errors())
+    def campaign_audit(caller: Reader, cid: CampaignId) -> list[dict[str, Any]]:
+        """Who did what to the campaign through the API, oldest first: the user (a JWT's sub) and their role."""
+        with api.db.connect() as conn:
+            lifecycle.get(conn, caller.organization_id, cid)  # another organization's: "Campaign not found"
+            return audit_log.of_campaign(conn, caller.organization_id, cid)
 
     @r.get("/campaigns/{id}/recipients", response_model=RecipientsPage, responses=_errors())
     def campaign_recipients(
@@ -448,7 +505,9 @@ def routers(api: CampaignsApi, csv: CsvExports, max_body_bytes: int) -> list[API
     def set_number_limits(body: NumberLimitsBody, caller: Admin, nid: NumberId) -> dict[str, Any]:
         """Change a number's rate, caps (null removes one) and portfolio; a preset applies first."""
         with api.db.begin() as conn:
-            return tenancy.set_number_limits(conn, caller.organization_id, nid, body.changes(), body.preset)
+            limits = tenancy.set_number_limits(conn, caller.organization_id, nid, body.changes(), body.preset)
+            audit(conn, caller, "number-limits", number_id=nid, **body.model_dump(mode="json", exclude_unset=True))
+            return limits
 
     return [r, n]
 
@@ -461,11 +520,13 @@ def create_app(
     credentials: LoadCredentials | None = None,
     db: sa.Engine | None = None,
     max_body_bytes: int | None = None,
+    jwt: JwtSettings | None = None,
 ) -> FastAPI:
     """The API app. Without `launch`, start and resume create runs of send-campaign/default in Prefect;
     `ready` (by default the launcher's own `ready`, if it has one) is asked first. `runs` (by default
     Prefect's) keeps Upcoming in step; `credentials` (by default from the number's Prefect block) reads a
-    number's for a start's checklist."""
+    number's for a start's checklist. `jwt` (by default from the environment, API_JWT_*) accepts the main app's
+    JWTs beside the opaque tokens."""
     from blocks.whatsapp import fresh_credentials
     from campaigns.settings import get_settings
     from campaigns.store.db import get_engine
@@ -473,8 +534,14 @@ def create_app(
     launch = launch or PrefectLauncher()
     settings = get_settings()
     db = db or get_engine()
+    jwt = jwt or JwtSettings.from_environment()
     api = CampaignsApi(
-        db, launch, ready or getattr(launch, "ready", None), runs or PrefectRuns(), credentials or fresh_credentials
+        db,
+        launch,
+        ready or getattr(launch, "ready", None),
+        runs or PrefectRuns(),
+        credentials or fresh_credentials,
+        JwtVerifier(jwt) if jwt else None,
     )
     app = FastAPI(
         title="PyTake Campaigns",

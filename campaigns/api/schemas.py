@@ -235,3 +235,13 @@ class NumberLimits(BaseModel):
     per_day: int | None
     portfolio_id: uuid.UUID | None
     portfolio_limit: int | None = Field(description="the business portfolio's daily conversations, if in one")
+
+
+class AuditEntry(BaseModel):
+    """One action through the API: who (the main app's user, or `token:<id>`), with which role, what."""
+
+    at: Time
+    actor: str
+    role: str
+    action: str
+    details: dict[str, Any]

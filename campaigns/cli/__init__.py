@@ -221,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = api.add_parser("token", help="issue a bearer token for an organization; prints it, once")
     a.add_argument("--org", required=True)
     a.add_argument("--role", required=True, choices=API_ROLES)
+    a.add_argument("--expires-days", type=float, default=None, help="refused after this many days (default: never)")
     a.set_defaults(fn=cmd_api_token, prefect=False)
     a = api.add_parser("revoke", help="refuse a token from now on")
     a.add_argument("token_id")

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from campaigns.cli.common import as_json, db, err
 from campaigns.control import tenancy
 from campaigns.errors import NotFound
+from campaigns.store.db import iso_z
 
 
 def cmd_orgs_add(args: argparse.Namespace) -> int:
@@ -99,10 +101,12 @@ def cmd_api_token(args: argparse.Namespace) -> int:
 
     with db().begin() as conn:
         org = tenancy.org_id_by_name(conn, args.org)
-        token_id, token = api_tokens.issue(conn, org, args.role)
+        expires = datetime.now(UTC) + timedelta(days=args.expires_days) if args.expires_days else None
+        token_id, token = api_tokens.issue(conn, org, args.role, expires)
     print(token)
+    until = f"until {iso_z(expires)}" if expires else "until revoked"
     err(
-        f"token {token_id} ({args.role}) for {args.org}: shown once, store it now; "
+        f"token {token_id} ({args.role}) for {args.org}, {until}: shown once, store it now; "
         f"`campaigns api revoke {token_id}` ends it"
     )
     return 0

@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from campaigns.errors import Invalid, NotFound
+from campaigns.errors import Conflict, Invalid, NotFound
 from campaigns.sending.ratelimit import PRESETS
 from campaigns.store.schema import INT4_MAX, business_portfolios, organizations, whatsapp_numbers
 
@@ -50,6 +50,22 @@ def add_org(conn: sa.Connection, name: str) -> uuid.UUID:
         .returning(organizations.c.id)
     )
     return conn.execute(stmt).scalar_one()
+
+
+def org_for_external_id(conn: sa.Connection, external_id: str, name: str | None = None) -> uuid.UUID:
+    """The organization the main app calls `external_id`, created on first use (named `name`, or after the id):
+    the main app's signature on a token is what says an organization exists, so a new tenant needs no step here.
+    Two first requests at once create it once."""
+    by_id = sa.select(organizations.c.id).where(organizations.c.external_id == external_id)
+    wanted = name or f"ext-{external_id}"
+    for candidate in (wanted, f"{wanted} ({external_id})"):  # a name already taken by another organization
+        if found := conn.execute(by_id).scalar():
+            return found
+        insert = sa.dialects.postgresql.insert(organizations).values(name=candidate, external_id=external_id)
+        conn.execute(insert.on_conflict_do_nothing())
+    if found := conn.execute(by_id).scalar():
+        return found
+    raise Conflict(f"org: no organization could be made for {external_id!r}: its names are taken")
 
 
 def add_number(

@@ -21,6 +21,8 @@ organizations = sa.Table(
     metadata,
     sa.Column("id", UUID(as_uuid=True), primary_key=True, server_default=_uuid),
     sa.Column("name", sa.Text, nullable=False, unique=True),
+    # The main app's own id for it (a JWT's `org` claim): created on that claim's first use.
+    sa.Column("external_id", sa.Text, unique=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
 )
 
@@ -208,5 +210,22 @@ api_tokens = sa.Table(
     sa.Column("token_hash", sa.Text, nullable=False, unique=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
     sa.Column("revoked_at", sa.DateTime(timezone=True)),
+    sa.Column("expires_at", sa.DateTime(timezone=True)),  # none: until revoked
     sa.CheckConstraint("role in ('org_admin', 'agent', 'viewer')", name="api_token_role_known"),
+)
+
+# Who did what through the API: the acting user (a JWT's `sub`, or `token:<id>` for an opaque token).
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("organization_id", UUID(as_uuid=True), nullable=False),
+    sa.Column("campaign_id", UUID(as_uuid=True)),
+    sa.Column("number_id", UUID(as_uuid=True)),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("role", sa.Text, nullable=False),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("details", JSONB, nullable=False, server_default="{}"),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Index("ix_audit_log_campaign", "campaign_id", "id"),
 )
