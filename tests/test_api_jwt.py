@@ -54,6 +54,11 @@ PERMISSIONS = {
     ("get", "/api/v1/campaigns/{id}/recipients.csv"): ANY,
     ("get", "/api/v1/numbers/{id}/limits"): ANY,
     ("put", "/api/v1/numbers/{id}/limits"): ADMIN,
+    ("get", "/api/v1/campaigns/{id}/preflight"): ANY,
+    ("post", "/api/v1/numbers"): ADMIN,
+    ("get", "/api/v1/numbers"): ANY,
+    ("post", "/api/v1/contacts"): OPERATE,
+    ("post", "/api/v1/contacts/import"): OPERATE,
 }
 
 

@@ -25,7 +25,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from pydantic_core import to_jsonable_python
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -53,8 +53,13 @@ from campaigns.api.schemas import (
     CampaignPage,
     CampaignUpdate,
     CampaignWithStats,
+    ContactsBody,
+    ImportReport,
+    Number,
+    NumberCreate,
     NumberLimits,
     NumberLimitsBody,
+    PreflightReport,
     Progress,
     RecipientsPage,
     RetryFailedBody,
@@ -65,6 +70,8 @@ from campaigns.api.schemas import (
     Transition,
 )
 from campaigns.api_tokens import Caller
+from campaigns.audience.contacts import ImportFileError, import_csv, import_records
+from campaigns.audience.contacts import ImportReport as ContactsImport
 from campaigns.control import lifecycle, services, tenancy
 from campaigns.control.models import CampaignCreate, field_errors, shown
 from campaigns.control.runs import LoadCredentials, Runs
@@ -127,7 +134,9 @@ def guarded_route(max_body_bytes: int) -> type[APIRoute]:
                         if raw is None:
                             raise TooLarge(f"Request body over {max_body_bytes} bytes")
                         request._body = raw  # FastAPI reads these two, already checked
-                        request._json = json_input.parse(raw) if raw.strip() else None
+                        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+                        if not media or media == "application/json" or media.endswith("+json"):
+                            request._json = json_input.parse(raw) if raw.strip() else None
                     return await handler(request)
                 except CampaignError as exc:
                     return refusal(exc)
@@ -212,6 +221,16 @@ def audit(
     )
 
 
+def _report(report: ContactsImport, at: str) -> dict[str, Any]:
+    return {
+        "imported": report.imported,
+        "inserted": report.inserted,
+        "updated": report.updated,
+        "rejected": [{"at": at.format(where), "reason": reason} for where, reason in report.errors],
+        "encoding": report.encoding,
+    }
+
+
 def _moved(cid: uuid.UUID, t: lifecycle.Transition, **extra: Any) -> dict[str, Any]:
     """The answer to a lifecycle transition: the campaign, where it is now and where it was."""
     return {"campaign_id": cid, "status": t.status, "previous_status": t.previous, **extra}
@@ -290,11 +309,12 @@ class CampaignsApi:
             return fn(conn, caller.organization_id, cid)
 
 
-def routers(api: CampaignsApi, csv: CsvExports, max_body_bytes: int) -> list[APIRouter]:
+def routers(api: CampaignsApi, csv: CsvExports, max_body_bytes: int, country_code: str) -> list[APIRouter]:
     # strict_content_type off: a body sent without a Content-Type is still read as JSON (curl -d, the old API)
     route_class = guarded_route(max_body_bytes)
     r = APIRouter(prefix=PREFIX, route_class=route_class, strict_content_type=False, tags=["campaigns"])
     n = APIRouter(prefix=PREFIX, route_class=route_class, strict_content_type=False, tags=["numbers"])
+    c = APIRouter(prefix=PREFIX, route_class=route_class, strict_content_type=False, tags=["contacts"])
     moves: dict[str, Any] = {"response_model_exclude_unset": True, "responses": _errors(409)}
 
     @r.post("/campaigns", status_code=201, response_model=Campaign, responses=_errors(413))
@@ -509,7 +529,79 @@ def routers(api: CampaignsApi, csv: CsvExports, max_body_bytes: int) -> list[API
             audit(conn, caller, "number-limits", number_id=nid, **body.model_dump(mode="json", exclude_unset=True))
             return limits
 
-    return [r, n]
+    @n.post("/numbers", status_code=201, response_model=Number, responses=_errors(413, 503))
+    def create_number(body: NumberCreate, caller: Admin) -> dict[str, Any]:
+        """Register a number (or update the one with this phone_number_id); its credentials go to its Prefect
+        block, never to the database nor to any answer."""
+        from blocks.numbers import add_number
+
+        def secret(value: SecretStr | None) -> str:
+            return value.get_secret_value() if value else ""
+
+        with api.db.begin() as conn:
+            try:
+                nid = add_number(
+                    conn,
+                    caller.organization_id,
+                    provider=body.provider,
+                    phone_number_id=body.phone_number_id,
+                    token=secret(body.access_token),
+                    app_secret=secret(body.app_secret),
+                    verify_token=secret(body.verify_token),
+                    api_base=body.api_base,
+                    mps=body.mps,
+                    display_phone_number=body.display_phone_number,
+                    graph_version=body.graph_version,
+                )
+            except sa.exc.SQLAlchemyError:
+                raise
+            except Exception as exc:  # the block could not be saved: Prefect is away
+                log.exception("saving the credentials block of a number failed")
+                raise Unavailable(
+                    "Prefect is not reachable: the number's credentials could not be stored", [type(exc).__name__]
+                ) from None
+            audit(conn, caller, "number-create", number_id=nid, phone_number_id=body.phone_number_id)
+            return tenancy.get_number(conn, caller.organization_id, nid)
+
+    @n.get("/numbers", response_model=list[Number], responses=_errors())
+    def list_numbers(caller: Reader) -> list[dict[str, Any]]:
+        """The organization's numbers, with their limits (never their credentials)."""
+        with api.db.connect() as conn:
+            return tenancy.list_numbers(conn, caller.organization_id)
+
+    @c.post("/contacts", response_model=ImportReport, responses=_errors(413))
+    def upsert_contacts(body: ContactsBody, caller: Operator) -> dict[str, Any]:
+        """Create or update contacts by phone, as the CSV import does; each refused one named by its index."""
+        with api.db.begin() as conn:
+            report = import_records(conn, caller.organization_id, [x.model_dump() for x in body.contacts], country_code)
+            audit(conn, caller, "contacts", imported=report.imported, rejected=len(report.errors))
+        return _report(report, "contacts[{}]")
+
+    @c.post(
+        "/contacts/import",
+        response_model=ImportReport,
+        responses=_errors(413),
+        openapi_extra={"requestBody": {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}}},
+    )
+    def import_contacts_csv(request: Request, caller: Operator) -> dict[str, Any]:
+        """A CSV file (phone,name,tags,opted_out,last_inbound_at and attribute columns), as `campaigns contacts
+        import` takes it: good rows kept, each refused row named by its line (the header is line 1)."""
+        raw: bytes = request._body  # read and size-checked by the route
+        try:
+            with api.db.begin() as conn:
+                report = import_csv(conn, caller.organization_id, raw, country_code)
+                audit(conn, caller, "contacts-import", imported=report.imported, rejected=len(report.errors))
+        except ImportFileError as exc:
+            raise Invalid(f"The file cannot be imported: {exc}") from None
+        return _report(report, "line {}")
+
+    @r.get("/campaigns/{id}/preflight", response_model=PreflightReport, responses=_errors())
+    def campaign_preflight(caller: Reader, cid: CampaignId) -> dict[str, Any]:
+        """The seed's pre-launch checklist, run now without starting anything: each item with its result."""
+        with api.db.connect() as conn:
+            return services.preflight_of(conn, caller.organization_id, cid, api.credentials)
+
+    return [r, n, c]
 
 
 def create_app(
@@ -554,7 +646,7 @@ def create_app(
     )
     app.state.campaigns = api
     csv = CsvExports(db, settings.api_max_csv_exports)
-    ours = routers(api, csv, max_body_bytes or settings.api_max_body_bytes)
+    ours = routers(api, csv, max_body_bytes or settings.api_max_body_bytes, settings.default_country_code)
     for router in ours:
         app.include_router(router)
     api_routes = [route for router in ours for route in router.routes if isinstance(route, APIRoute)]

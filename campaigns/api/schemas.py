@@ -8,16 +8,30 @@ Times are written as the seed writes them, 2024-12-14T10:00:00Z. Request bodies 
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StrictInt, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SecretStr,
+    StrictBool,
+    StrictInt,
+    ValidationInfo,
+    create_model,
+    field_validator,
+)
 
-from campaigns.control.models import CampaignCreate, TimeText
+from campaigns.audience.contacts import KNOWN as CONTACT_COLUMNS
+from campaigns.control.models import CampaignCreate, TimeText, storable_problem
 from campaigns.store.db import iso_z
 from campaigns.store.schema import INT4_MAX
 
+ATTRIBUTE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 Time = Annotated[datetime, PlainSerializer(iso_z, return_type=str, when_used="json")]
 CampaignStatus = Literal["draft", "scheduled", "running", "paused", "completed", "cancelled", "failed"]
 
@@ -245,3 +259,111 @@ class AuditEntry(BaseModel):
     role: str
     action: str
     details: dict[str, Any]
+
+
+class NumberCreate(BaseModel):
+    """A WhatsApp number and its credentials. The secrets go to the number's Prefect block; no answer, log or
+    artifact ever shows them again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: Literal["meta_cloud", "evolution", "sandbox"]
+    phone_number_id: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Meta's phone number id, or the Evolution instance's name"
+    )
+    access_token: SecretStr = Field(min_length=1, max_length=4096)
+    app_secret: SecretStr | None = Field(
+        None, max_length=4096, description="signs its webhooks; none: the platform app's"
+    )
+    verify_token: SecretStr | None = Field(None, max_length=4096)
+    api_base: str = Field(pattern=r"^https?://[\x21-\x7e]{1,2040}$", description="e.g. https://graph.facebook.com")
+    graph_version: str = Field("v24.0", pattern=r"^v\d{1,3}\.\d{1,3}$")
+    mps: int = Field(80, ge=1, le=1000, strict=True, description="messages a second (Meta's default tier: 80)")
+    display_phone_number: str | None = Field(None, pattern=r"^\+?[0-9 ()-]{3,32}$")
+
+    @field_validator("access_token", "app_secret", "verify_token")
+    @classmethod
+    def _storable_secret(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        problem = value and storable_problem(value.get_secret_value(), str(info.field_name))
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+class Number(NumberLimits):
+    """A number as the API shows it: never its credentials."""
+
+    id: uuid.UUID
+    provider: str
+    phone_number_id: str
+    display_phone_number: str | None
+    active: bool
+    created_at: Time
+
+
+class Contact(BaseModel):
+    """One contact, upserted by phone (the CSV import's columns, as JSON)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    phone: str = Field(min_length=1, max_length=64, description="E.164, or national with DEFAULT_COUNTRY_CODE")
+    name: str | None = Field(None, max_length=255)
+    tags: list[Annotated[str, Field(max_length=100)]] = Field(default_factory=list, max_length=100)
+    opted_out: StrictBool = False
+    last_inbound_at: TimeText = Field(None, description="the contact's last message: opens the 24 h window")
+    attributes: dict[str, str | int | float | bool | None] = Field(
+        default_factory=dict, description="for {{contact.<attribute>}} placeholders"
+    )
+
+    @field_validator("tags")
+    @classmethod
+    def _tags_without_separator(cls, tags: list[str]) -> list[str]:
+        if any("|" in t or not t.strip() for t in tags):
+            raise ValueError("a tag is text without '|' (the CSV's separator)")
+        return tags
+
+    @field_validator("attributes")
+    @classmethod
+    def _attribute_names(cls, attributes: dict[str, Any]) -> dict[str, Any]:
+        for name in attributes:
+            if not ATTRIBUTE.fullmatch(name) or name.lower() in CONTACT_COLUMNS:
+                raise ValueError(
+                    f"{name!r} is not an attribute name: letters, digits and _ (as in {{{{contact.city}}}}), "
+                    f"not one of {', '.join(CONTACT_COLUMNS)}"
+                )
+        return attributes
+
+
+class ContactsBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    contacts: list[Contact] = Field(max_length=100_000)
+
+
+class Rejected(BaseModel):
+    at: str = Field(description="line N of the CSV (the header is line 1), or contacts[i] of a JSON body")
+    reason: str
+
+
+class ImportReport(BaseModel):
+    imported: int
+    inserted: int
+    updated: int
+    rejected: list[Rejected]
+    encoding: str = Field(description="how a CSV was read: utf-8, or windows-1252 for a file that is not UTF-8")
+
+
+class Check(BaseModel):
+    name: str
+    ok: bool
+    blocking: bool = Field(description="false: a warning, reported, does not stop a start")
+    detail: str = Field(description="what is wrong and what to do; empty when ok")
+
+
+class PreflightReport(BaseModel):
+    """The seed's checklist, each item with its result: what a start would check, changing nothing."""
+
+    campaign_id: uuid.UUID
+    ok: bool = Field(description="a start would pass the checklist now")
+    audience_size: int
+    checks: list[Check]

@@ -13,6 +13,7 @@ import itertools
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import sqlalchemy as sa
@@ -288,3 +289,43 @@ def import_csv(
     good, errors, encoding = _parse(source, default_country_code)
     inserted, updated = import_contacts(conn, organization_id, good)
     return ImportReport(inserted=inserted, updated=updated, errors=errors, encoding=encoding)
+
+
+def import_records(
+    conn: sa.Connection, organization_id: uuid.UUID, records: list[dict[str, Any]], default_country_code: str = "55"
+) -> ImportReport:
+    """Contacts given as records (the API's JSON: phone, name, tags, opted_out, last_inbound_at, attributes)
+    through the CSV import's own checks, so both refuse the same rows for the same reasons; each refused row
+    is named by its index in `records` instead of a line."""
+    attribute_names = sorted({name for r in records for name in (r.get("attributes") or {})})
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([*KNOWN, *attribute_names])
+    index_of_line: dict[int, int] = {}
+    line = 2
+    for index, r in enumerate(records):
+        start = buf.tell()
+        attributes = r.get("attributes") or {}
+        writer.writerow(
+            [
+                r["phone"],
+                r.get("name") or "",
+                "|".join(r.get("tags") or ()),
+                "true" if r.get("opted_out") else "false",
+                r["last_inbound_at"].isoformat() if r.get("last_inbound_at") else "",
+                *(_cell(attributes.get(name)) for name in attribute_names),
+            ]
+        )
+        index_of_line[line] = index
+        line += buf.getvalue().count("\n", start)
+    report = import_csv(conn, organization_id, buf.getvalue().encode(), default_country_code)
+    report.errors = [(index_of_line.get(at, at), reason) for at, reason in report.errors]
+    return report
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

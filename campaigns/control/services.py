@@ -65,6 +65,26 @@ def start_campaign(
     }
 
 
+def preflight_of(
+    conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID, credentials: LoadCredentials
+) -> dict[str, Any]:
+    """The checklist a start would run, run now, changing nothing: each item with its result."""
+    campaign = lifecycle.get(conn, org, campaign_id)
+    number = get_number(conn, org, campaign["whatsapp_number_id"])
+    pf = run_preflight(
+        conn, campaign, number, lambda: credentials(number["block_name"]), ping_redis, usage=limit_usage()
+    )
+    return {
+        "campaign_id": campaign_id,
+        "ok": pf.ok,
+        "audience_size": pf.audience_size,
+        "checks": [
+            {"name": c.name, "ok": c.ok, "blocking": not c.warning, "detail": "" if c.ok else c.detail}
+            for c in pf.checks
+        ],
+    }
+
+
 def stats_of(conn: sa.Connection, org: uuid.UUID, campaign_id: uuid.UUID) -> dict[str, Any]:
     return stats.stats(conn, lifecycle.get(conn, org, campaign_id))
 

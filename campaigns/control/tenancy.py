@@ -104,6 +104,16 @@ def add_number(
     return conn.execute(upsert).scalar_one()
 
 
+def list_numbers(conn: sa.Connection, org: uuid.UUID) -> list[dict[str, Any]]:
+    """The organization's numbers, oldest first, each with its portfolio's limit (as `get_number`)."""
+    ids = conn.execute(
+        sa.select(whatsapp_numbers.c.id)
+        .where(whatsapp_numbers.c.organization_id == org)
+        .order_by(whatsapp_numbers.c.created_at, whatsapp_numbers.c.id)
+    ).scalars()
+    return [get_number(conn, org, number_id) for number_id in ids]
+
+
 def get_number(conn: sa.Connection, org: uuid.UUID, number_id: uuid.UUID) -> dict[str, Any]:
     """The number's row, with its business portfolio's messaging limit as `portfolio_limit`."""
     row = (
