@@ -6,17 +6,24 @@
   stored in webhook_events and only then answered 200; malformed JSON with a good signature is stored too
   and answered 200 (Meta would retry a 4xx for days; the ingester marks it unparseable for a human to see).
 - POST /webhooks/evolution/{instance}: Evolution signs nothing; its `apikey` must match the instance's.
+- GET  /health: 200 while Postgres answers, else 503 saying so. GET /metrics: posts received and refused.
 """
 
 from __future__ import annotations
 
 import hmac
 
+import sqlalchemy as sa
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from sqlalchemy.pool import NullPool
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from campaigns.infra import health
+from campaigns.store.db import sqlalchemy_url
 from campaigns.webhooks.receiver import Busy, EventWriter, KnownSecrets, SignatureChecker, evolution_signers
 
 
@@ -42,6 +49,9 @@ def create_app(
 ) -> Starlette:
     writer = EventWriter(database_url)
     checker = checker or SignatureChecker()
+    counted = CollectorRegistry(auto_describe=False)
+    received = Counter("webhooks_received", "Webhook posts stored, by provider", ["provider"], registry=counted)
+    rejected = Counter("webhooks_rejected", "Webhook posts refused, by reason", ["reason"], registry=counted)
 
     async def verify(request: Request) -> Response:
         q = request.query_params
@@ -55,37 +65,52 @@ def create_app(
     async def receive_meta(request: Request) -> Response:
         body = await read_limited(request, max_body_bytes)
         if body is None:
+            rejected.labels("too_large").inc()
             return PlainTextResponse("payload too large", status_code=413)
         known = await secrets.current()
         try:
             signers = await checker.meta(body, request.headers.get("x-hub-signature-256"), known)
         except Busy:
+            rejected.labels("busy").inc()
             return PlainTextResponse("busy: retry later", status_code=503, headers={"Retry-After": "1"})
         if signers is None:
+            rejected.labels("signature").inc()
             return PlainTextResponse("invalid signature", status_code=401)
         await writer.store("meta_cloud", body, signers)
+        received.labels("meta_cloud").inc()
         return PlainTextResponse("ok")
 
     async def receive_evolution(request: Request) -> Response:
         body = await read_limited(request, max_body_bytes)
         if body is None:
+            rejected.labels("too_large").inc()
             return PlainTextResponse("payload too large", status_code=413)
         known = await secrets.current()
         signers = evolution_signers(request.path_params["instance"], request.headers.get("apikey", ""), known)
         if signers is None:
+            rejected.labels("api_key").inc()
             return PlainTextResponse("invalid api key", status_code=401)
         await writer.store("evolution", body, signers)
+        received.labels("evolution").inc()
         return PlainTextResponse("ok")
 
-    async def health(_: Request) -> Response:
-        return PlainTextResponse("ok")
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(counted), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    database = health.postgres(sa.create_engine(sqlalchemy_url(database_url), poolclass=NullPool))
+
+    async def health_of_postgres(_: Request) -> Response:
+        """Postgres, where every event is stored before it is answered: 503 when it is down."""
+        status, body = await run_in_threadpool(health.report, {"postgres": database})
+        return JSONResponse(body, status_code=status)
 
     app = Starlette(
         routes=[
             Route("/webhooks/whatsapp", verify, methods=["GET"]),
             Route("/webhooks/whatsapp", receive_meta, methods=["POST"]),
             Route("/webhooks/evolution/{instance}", receive_evolution, methods=["POST"]),
-            Route("/health", health),
+            Route("/health", health_of_postgres),
+            Route("/metrics", metrics),
         ]
     )
     app.state.writer = writer

@@ -86,7 +86,9 @@ def test_a_dozen_slow_campaigns_all_send_at_once_and_statuses_keep_being_applied
         rows = first_messages()
         sent_by = {cid: n for cid, n, _ in rows}
         assert max(sent_by.values()) <= 2, sent_by  # the pace: 100 an hour, not the number's 1,000 a second
-        assert max(float(first) for _, _, first in rows) < 15, rows  # not a whole step (36 s) late
+        # Each sent its first message on starting, not a whole step (36 s) late: 5-12 s here, 21 s once on a
+        # machine busy with another test session, so the bound is the step, not this machine's seconds.
+        assert max(float(first) for _, _, first in rows) < 30, rows
         recipients = [m["biz_opaque_callback_data"] for m in sandbox.messages()]
         assert len(set(recipients)) == len(recipients)  # each recipient once
 

@@ -29,10 +29,11 @@ from pydantic import SecretStr, ValidationError
 from pydantic_core import to_jsonable_python
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Match
 
 from campaigns import api_tokens, json_input
+from campaigns.api import metrics
 from campaigns.api.auth import JwtSettings, JwtVerifier
 from campaigns.api.csv_export import CsvExports
 from campaigns.api.errors import (
@@ -76,6 +77,7 @@ from campaigns.control import lifecycle, services, tenancy
 from campaigns.control.models import CampaignCreate, field_errors, shown
 from campaigns.control.runs import LoadCredentials, Runs
 from campaigns.errors import CampaignError, Conflict, Invalid, NotFound
+from campaigns.infra import health
 from campaigns.reporting import stats
 from campaigns.store import audit as audit_log
 from campaigns.store.schema import API_ROLES
@@ -604,6 +606,18 @@ def routers(api: CampaignsApi, csv: CsvExports, max_body_bytes: int, country_cod
     return [r, n, c]
 
 
+def default_health_checks(db: sa.Engine) -> dict[str, health.Check]:
+    from prefect.settings import PREFECT_API_URL
+
+    from campaigns.settings import get_settings
+
+    return {
+        "postgres": health.postgres(db),
+        "redis": health.redis_at(get_settings().redis_url or ""),
+        "prefect": health.prefect_at(PREFECT_API_URL.value() or ""),
+    }
+
+
 def create_app(
     launch: Launch | None = None,
     *,
@@ -613,6 +627,7 @@ def create_app(
     db: sa.Engine | None = None,
     max_body_bytes: int | None = None,
     jwt: JwtSettings | None = None,
+    health_checks: dict[str, health.Check] | None = None,
 ) -> FastAPI:
     """The API app. Without `launch`, start and resume create runs of send-campaign/default in Prefect;
     `ready` (by default the launcher's own `ready`, if it has one) is asked first. `runs` (by default
@@ -651,9 +666,20 @@ def create_app(
         app.include_router(router)
     api_routes = [route for router in ours for route in router.routes if isinstance(route, APIRoute)]
 
-    @app.get("/health", response_class=PlainTextResponse, include_in_schema=False)
-    def health() -> str:
-        return "ok"
+    checks = health_checks if health_checks is not None else default_health_checks(db)
+
+    scraped = metrics.registry(db, settings.redis_url or "")
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        """Prometheus text format: the send path's counters, campaigns by status, the ingestion lag."""
+        return Response(metrics.exposition(scraped), media_type=metrics.CONTENT_TYPE)
+
+    @app.get("/health", include_in_schema=False)
+    def health_of_dependencies() -> Response:
+        """Postgres, Redis and Prefect, each checked now: 503 naming what is down."""
+        status, body = health.report(checks)
+        return Json(body, status_code=status)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

@@ -15,6 +15,7 @@ import time
 import sqlalchemy as sa
 
 from campaigns.infra.faultpoints import ANSWERED, CLAIMED, RECORDED, pause_point
+from campaigns.sending import metrics
 from campaigns.sending.claim import claim
 from campaigns.sending.deliver import Deliver
 from campaigns.sending.error_codes import PAIR_LIMIT, THROUGHPUT_CODES, FailureClass, classify, escalated
@@ -91,6 +92,8 @@ def send_batch(
                 raise
             time.sleep(0.2 * (attempt + 1))
     pause_point(RECORDED)
+    answers = [res.error_code for res in results.values() if res is not None]
+    metrics.count_batch(outcomes, answers, time.monotonic() - started)
     log.info(
         "batch of %d: claim %.3fs, send %.3fs, record %.3fs: %s",
         len(rows),

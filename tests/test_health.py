@@ -1,0 +1,58 @@
+"""`/health` on the API and the receiver: each dependency checked for real, a 503 naming what is down."""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+
+from campaigns.api import create_app
+from campaigns.api.app import default_health_checks
+from campaigns.infra import health
+from campaigns.infra.asgi_thread import ThreadedServer
+from campaigns.webhook_app import create_app as create_receiver
+from campaigns.webhooks.receiver import KnownSecrets
+
+NOBODY = "127.0.0.1:9"  # the discard port: nothing listens there
+
+
+def test_the_apis_health_names_each_dependency_and_which_is_down(db):
+    up = ThreadedServer(create_app(lambda _: "", ready=lambda: None, db=db)).start()
+    down = ThreadedServer(
+        create_app(
+            lambda _: "",
+            ready=lambda: None,
+            db=db,
+            health_checks={
+                **default_health_checks(db),
+                "redis": health.redis_at(f"redis://{NOBODY}/0"),
+                "prefect": health.prefect_at(f"http://{NOBODY}/api"),
+            },
+        )
+    ).start()
+    try:
+        r = httpx.get(up.url + "/health", timeout=10)
+        assert r.status_code == 200 and r.json() == {
+            "status": "ok",
+            "down": [],
+            "checks": {"postgres": "ok", "redis": "ok", "prefect": "ok"},
+        }
+        r = httpx.get(down.url + "/health", timeout=10)
+        assert r.status_code == 503 and r.json()["down"] == ["redis", "prefect"]
+        assert r.json()["checks"]["postgres"] == "ok" and r.json()["checks"]["redis"].startswith("down: ")
+    finally:
+        up.stop()
+        down.stop()
+
+
+def test_the_receivers_health_says_when_postgres_is_away():
+    good = ThreadedServer(create_receiver(os.environ["DATABASE_URL"], KnownSecrets())).start()
+    bad = ThreadedServer(create_receiver("postgresql://postgres:hunter2@127.0.0.1:9/nowhere", KnownSecrets())).start()
+    try:
+        assert httpx.get(good.url + "/health", timeout=10).json()["checks"] == {"postgres": "ok"}
+        r = httpx.get(bad.url + "/health", timeout=10)
+        assert r.status_code == 503 and r.json()["down"] == ["postgres"]
+        assert "hunter2" not in r.text  # a password in the URL never reaches the answer
+    finally:
+        good.stop()
+        bad.stop()
