@@ -58,13 +58,14 @@ screenshots: sync
 
 bench: sync
 	$(UV) run --locked python -m bench.audience
-	$(UV) run --locked python -m bench.throughput
+	$(UV) run --locked python -m bench.throughput --chart docs/charts/send-rate.png
 	$(UV) run --locked python -m bench.throughput --campaigns 2
 	$(UV) run --locked python -m bench.limiter
 	$(UV) run --locked python -m bench.webhooks
 	$(UV) run --locked python -m bench.webhook_flood
 	$(UV) run --locked python -m bench.ingest
 	$(UV) run --locked python -m bench.stats
+	$(UV) run --locked python -m bench.freshness --chart docs/charts/funnel.png
 	$(UV) run --locked python -m bench.freshness
 
 stop:

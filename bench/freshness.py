@@ -14,6 +14,8 @@ import argparse
 import secrets
 import signal
 import time
+from pathlib import Path
+from typing import Any
 
 from bench.common import bulk_contacts, fresh_services, new_org, sandbox_campaign, serve_and_receiver
 from sandbox import SandboxConfig, SandboxProcess
@@ -45,7 +47,7 @@ def _wait_for_a_running_ingester(timeout: float = 240.0) -> None:
     raise RuntimeError(f"no ingest-statuses run started within {timeout} s")
 
 
-def run(mps: int, recipients: int) -> dict[str, float]:
+def run(mps: int, recipients: int, chart: Path | None = None) -> dict[str, float]:
     import sqlalchemy as sa
 
     from campaigns.store.db import get_engine
@@ -84,6 +86,8 @@ def run(mps: int, recipients: int) -> dict[str, float]:
             """)
             ).one()
             left = conn.execute(sa.text("select count(*) from webhook_events where state <> 'processed'")).scalar_one()
+            if chart:
+                _funnel_chart(conn, cid, mps, chart)
     finally:
         receiver.stop()
         serve.send_signal(signal.SIGTERM)  # to `serve` alone: it stops its runs (SIGTERM to the group crashes them)
@@ -100,13 +104,29 @@ def run(mps: int, recipients: int) -> dict[str, float]:
     }
 
 
+def _funnel_chart(conn: Any, campaign_id: Any, mps: int, path: Path) -> None:
+    import sqlalchemy as sa
+
+    from bench.charts import funnel
+
+    rows = conn.execute(
+        sa.text("""select extract(epoch from sent_at), extract(epoch from delivered_at), extract(epoch from read_at)
+                   from campaign_recipients where campaign_id = :c and sent_at is not null"""),
+        {"c": campaign_id},
+    ).all()
+    stage = [[float(r[i]) for r in rows if r[i] is not None] for i in range(3)]
+    title = f"A campaign's funnel: {len(rows):,} recipients at {mps} msg/s, statuses from the sandbox's webhooks"
+    print(f"  chart: {funnel(*stage, path, title)}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--mps", type=int, default=100)
     p.add_argument("--recipients", type=int, default=12_000)
+    p.add_argument("--chart", type=Path, help="write the delivery funnel over time as a PNG here")
     args = p.parse_args()
     fresh_services("campaigns_bench_fresh")
-    r = run(args.mps, args.recipients)
+    r = run(args.mps, args.recipients, args.chart)
     print(
         f"{args.recipients} recipients at {args.mps} msg/s ({r['seconds']:.0f} s of webhooks, {r['status']}): "
         f"{r['events']} webhook events, receipt → statistics p50 {r['p50']:.2f} s, p95 {r['p95']:.2f} s "

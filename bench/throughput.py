@@ -51,6 +51,7 @@ def run(
     inject: int = 0,
     numbers: int = 1,
     processes: bool = False,
+    chart: Path | None = None,
 ) -> dict[str, float]:
     """`campaigns` > 1: that many campaigns on the one number at once, sharing `recipients` between them.
     `numbers` > 1: that many organizations, each with its number (at `cap`) and its share of `recipients`, all
@@ -95,6 +96,11 @@ def run(
             per = collections.Counter(int(a - accepted[0]) for a in accepted)
             print("accepted per second:", [per[i] for i in range(max(per) + 1)])
         stats = sandbox.stats()
+    if chart and accepted:
+        from bench.charts import send_rate
+
+        title = f"{len(accepted):,} messages at a {cap * numbers:,} msg/s cap (sandbox, {latency_ms:.0f} ms latency)"
+        print(f"  chart: {send_rate(accepted, cap * numbers, chart, title)}")
     n = len(accepted)
     sustained = (n - 1) / (accepted[-1] - accepted[0]) if n > 1 else 0.0
     # Steady state: the middle 80% of messages, away from ramp-up and the tail.
@@ -128,13 +134,22 @@ def main() -> None:
     p.add_argument("--inject-130429", type=int, default=0, help="about this many sends answered 130429 at random")
     p.add_argument("--numbers", type=int, default=1, help="organizations, each with a number at the cap, at once")
     p.add_argument("--processes", action="store_true", help="each process's peak RSS and CPU seconds")
+    p.add_argument("--chart", type=Path, help="write the send rate second by second as a PNG here (first cap only)")
     args = p.parse_args()
     caps = args.cap or [1000, 80]
     sizes = args.recipients or [20_000 if c >= 1000 else 4_000 for c in caps]
     fresh_services()
     for cap, size in zip(caps, sizes, strict=True):
         r = run(
-            cap, size, args.latency_ms, args.timeline, args.campaigns, args.inject_130429, args.numbers, args.processes
+            cap,
+            size,
+            args.latency_ms,
+            args.timeline,
+            args.campaigns,
+            args.inject_130429,
+            args.numbers,
+            args.processes,
+            args.chart if cap == caps[0] else None,
         )
         numbers = f" over {args.numbers} numbers at {cap} each (slowest {r['slowest_number_ratio']:.3f})"
         print(

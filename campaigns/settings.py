@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -72,6 +73,8 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="largest request body (a contacts audience lists its ids)"
     )
+    log_format: Literal["text", "json"] = Field("text", description="the HTTP servers' log lines: text or JSON")
+    access_log: bool = Field(True, description="an access line per request on the HTTP servers")
     api_jwt_secret: SecretStr | None = Field(None, description="HS256 secret shared with the main app for its JWTs")
     api_jwt_jwks_url: str | None = Field(None, description="the main app's JWKS, for RS256/ES256/EdDSA JWTs")
     api_jwt_audience: str | None = Field(None, description="the JWTs' required aud")

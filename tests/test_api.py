@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import os
 import re
@@ -441,7 +442,7 @@ def test_api_token_and_api_serve_from_the_command_line():
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "campaigns.cli", "api", "serve", "--port", str(port)],
-        env=os.environ.copy(),
+        env={**os.environ, "LOG_FORMAT": "json"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -462,3 +463,9 @@ def test_api_token_and_api_serve_from_the_command_line():
     finally:
         server.terminate()
         server.wait(timeout=10)
+    # Its log: one JSON object a line, an access line per request, never the token.
+    log = server.stderr.read().decode() if server.stderr else ""
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    access = [(x["method"], x["path"], x["status"]) for x in lines if x["logger"] == "uvicorn.access"]
+    assert ("GET", "/api/v1/campaigns", 200) in access and ("GET", "/api/v1/campaigns", 401) in access, log
+    assert token not in log

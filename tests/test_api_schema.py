@@ -19,6 +19,7 @@ import pytest
 import schemathesis
 import sqlalchemy as sa
 from hypothesis import HealthCheck, settings
+from schemathesis.specs.openapi import definitions
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from campaigns import api_tokens
@@ -110,6 +111,9 @@ def test_the_schema_is_served_and_documents_every_route(api: Api) -> None:
     """Every API route is in the schema (and nothing the app serves under /api/v1 is left out of it)."""
     doc = httpx.get(f"{api.url}/api/v1/openapi.json").json()
     assert doc == _schema()
+    assert doc["openapi"].startswith("3.1")
+    problems = [str(e) for e in definitions.OPENAPI_31_VALIDATOR.iter_errors(doc)]  # the OpenAPI 3.1 meta-schema
+    assert not problems, problems
     assert httpx.get(f"{api.url}/api/v1/docs").status_code == 200
     served = {(m, p) for p, item in doc["paths"].items() for m in item}
     assert ("post", "/api/v1/campaigns") in served and ("get", "/api/v1/numbers/{id}/limits") in served

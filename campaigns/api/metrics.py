@@ -26,14 +26,17 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class EngineCollector(Collector):
     def __init__(self, db: sa.Engine, redis_url: str) -> None:
         self.db = db
-        self.redis = redis.Redis.from_url(redis_url, socket_timeout=2.0)
+        self.redis_url = redis_url
+        self._redis: redis.Redis | None = None  # connected on the first scrape, not when the app is made
 
     def collect(self) -> Iterator[Metric]:
         yield from self._sending()
         yield from self._database()
 
     def _sending(self) -> Iterator[Metric]:
-        read = send_metrics.read(self.redis)
+        if self._redis is None:
+            self._redis = redis.Redis.from_url(self.redis_url, socket_timeout=2.0)
+        read = send_metrics.read(self._redis)
         c = read["counters"]
         yield CounterMetricFamily("campaigns_messages_sent", "Messages the provider accepted", value=c.get("sent", 0))
         failed = CounterMetricFamily(

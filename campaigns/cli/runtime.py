@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from campaigns.cli.common import db, err
 
@@ -163,7 +164,7 @@ def cmd_webhooks_serve(args: argparse.Namespace) -> int:
         f"receiving webhooks on http://{args.host}:{args.port}/webhooks/whatsapp (Meta) and "
         f"/webhooks/evolution/{{instance}} (Ctrl-C to stop)"
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(app, host=args.host, port=args.port, log_config=server_log_config())
     return 0
 
 
@@ -173,5 +174,14 @@ def cmd_api_serve(args: argparse.Namespace) -> int:
     from campaigns.api import create_app
 
     err(f"serving the HTTP API on http://{args.host}:{args.port}/api/v1 (start and resume need `campaigns serve`)")
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(create_app(), host=args.host, port=args.port, log_config=server_log_config())
     return 0
+
+
+def server_log_config() -> dict[str, Any]:
+    """Access lines and errors, as text or JSON (LOG_FORMAT, ACCESS_LOG)."""
+    from campaigns.infra.serverlog import uvicorn_config
+    from campaigns.settings import get_settings
+
+    settings = get_settings()
+    return uvicorn_config(settings.log_format, settings.access_log)
