@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import uuid
 
 import httpx
+import psycopg
 
 from campaigns.api import create_app
 from campaigns.api.app import default_health_checks
@@ -56,3 +60,27 @@ def test_the_receivers_health_says_when_postgres_is_away():
     finally:
         good.stop()
         bad.stop()
+
+
+def test_the_servers_refuse_a_database_that_is_not_migrated_and_say_what_to_run(db):
+    from campaigns.store.db import libpq_url
+
+    name = f"campaigns_unmigrated_{uuid.uuid4().hex[:8]}"
+    base = libpq_url(os.environ["DATABASE_URL"])
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"create database {name}")
+    try:
+        empty = base.rsplit("/", 1)[0] + f"/{name}"
+        for server in (["api", "serve"], ["webhooks", "serve"]):
+            done = subprocess.run(
+                [sys.executable, "-m", "campaigns.cli", *server, "--port", "9"],
+                env={**os.environ, "DATABASE_URL": empty},
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert done.returncode == 2, done.stderr
+            assert "the database has no tables yet: run `campaigns db upgrade`" in done.stderr
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f"drop database if exists {name} with (force)")

@@ -25,6 +25,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from pydantic import SecretStr, ValidationError
 from pydantic_core import to_jsonable_python
 from starlette.exceptions import HTTPException
@@ -80,6 +81,7 @@ from campaigns.errors import CampaignError, Conflict, Invalid, NotFound
 from campaigns.infra import health
 from campaigns.reporting import stats
 from campaigns.store import audit as audit_log
+from campaigns.store.db import schema_behind
 from campaigns.store.schema import API_ROLES
 from campaigns.webhook_app import read_limited
 from deployments.launch import PrefectRuns
@@ -611,8 +613,13 @@ def default_health_checks(db: sa.Engine) -> dict[str, health.Check]:
 
     from campaigns.settings import get_settings
 
+    def postgres() -> None:
+        health.postgres(db)()
+        if problem := schema_behind(db):
+            raise RuntimeError(problem)
+
     return {
-        "postgres": health.postgres(db),
+        "postgres": postgres,
         "redis": health.redis_at(get_settings().redis_url or ""),
         "prefect": health.prefect_at(PREFECT_API_URL.value() or ""),
     }
@@ -650,7 +657,9 @@ def create_app(
         credentials or fresh_credentials,
         JwtVerifier(jwt) if jwt else None,
     )
-    app = FastAPI(
+    # The docs page's Swagger UI is served from the package, not a CDN: it works on a machine without internet.
+    app = FastAPIOffline(
+        static_url=f"{PREFIX}/docs-static",
         title="PyTake Campaigns",
         version="1",
         description="WhatsApp campaigns for PyTake: create, start, watch and steer them.",

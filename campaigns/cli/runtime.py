@@ -159,6 +159,9 @@ def cmd_webhooks_serve(args: argparse.Namespace) -> int:
     from campaigns.webhooks.receiver import KnownSecrets
 
     settings = get_settings()
+    if problem := _schema_problem():
+        err(f"cannot serve: {problem}")
+        return 2
     app = create_app(settings.database_url or "", KnownSecrets(loader=secrets_loader), settings.webhook_max_body_bytes)
     err(
         f"receiving webhooks on http://{args.host}:{args.port}/webhooks/whatsapp (Meta) and "
@@ -173,9 +176,18 @@ def cmd_api_serve(args: argparse.Namespace) -> int:
 
     from campaigns.api import create_app
 
+    if problem := _schema_problem():
+        err(f"cannot serve: {problem}")
+        return 2
     err(f"serving the HTTP API on http://{args.host}:{args.port}/api/v1 (start and resume need `campaigns serve`)")
     uvicorn.run(create_app(), host=args.host, port=args.port, log_config=server_log_config())
     return 0
+
+
+def _schema_problem() -> str | None:
+    from campaigns.store.db import get_engine, schema_behind
+
+    return schema_behind(get_engine())
 
 
 def server_log_config() -> dict[str, Any]:

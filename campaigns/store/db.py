@@ -65,6 +65,21 @@ def upgrade(url: str | None = None) -> None:
     command.upgrade(alembic_config(url), "head")
 
 
+def schema_behind(engine: sa.Engine) -> str | None:
+    """Why the database cannot serve this code's queries, or None: no tables yet, or migrations not applied.
+    The servers say so when they start, and /health with them, instead of a 500 on the first request."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+    if current == head:
+        return None
+    where = "has no tables yet" if current is None else f"is at migration {current}, this code needs {head}"
+    return f"the database {where}: run `campaigns db upgrade`"
+
+
 def psycopg_of(conn: sa.Connection) -> psycopg.Connection[Any]:
     """The psycopg connection under a SQLAlchemy one, in the same transaction: for COPY, which SQLAlchemy
     does not offer (the bulk paths: audience, contact import, exports, preflight's counts)."""
