@@ -94,6 +94,11 @@ def test_a_new_organization_reaches_its_first_campaign_through_the_api_alone(api
         20,
         [{"at": "contacts[20]", "reason": "invalid phone 'not a phone'"}],
     )
+    # A second upsert that leaves `city` out keeps it, and one without `name` keeps the name.
+    again = agent.post("/contacts", json={"contacts": [{"phone": first[0], "attributes": {"plan": "gold"}}]})
+    assert (again.json()["updated"], again.json()["rejected"]) == (1, [])
+    twice = agent.post("/contacts", json={"contacts": [{"phone": first[1]}, {"phone": first[1]}]}).json()
+    assert twice["rejected"] == [{"at": "contacts[1]", "reason": "duplicate phone (first seen on contacts[0])"}]
     csv = "phone,name,last_inbound_at,city\n" + "".join(f"{p},Cliente CSV,{recent},Olinda\n" for p in rest)
     csv += "123,Curto,,Olinda\n"
     r = agent.post("/contacts/import", content=csv.encode(), headers={"Content-Type": "text/csv"})
@@ -131,5 +136,6 @@ def test_a_new_organization_reaches_its_first_campaign_through_the_api_alone(api
     sent = sandbox.messages(phone_number_id=phone_number_id)
     assert len(sent) == 30 and len({m["to"] for m in sent}) == 30  # each contact once
     assert any("Cliente 3 de Recife" in str(m) for m in sent)
+    assert any("Cliente 0 de Recife" in str(m) for m in sent)  # its city kept through the second upsert
     trail = admin.get(f"/campaigns/{cid}/audit").json()
     assert [(e["actor"], e["action"]) for e in trail] == [("bruno", "create"), ("bruno", "start")]

@@ -16,7 +16,7 @@ import httpx
 import jwt
 import pytest
 import sqlalchemy as sa
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -242,6 +242,10 @@ def test_keys_from_the_main_apps_jwks_rs256_and_eddsa_cached_and_rotated(db):
         stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         r = get(mint(stranger, "RS256", {"kid": "rsa-1"}, org=ext))  # a known kid, another key
         assert r.status_code == 401 and "Signature" in r.json()["detail"]
+        # A published RSA key's id on a token that says ES256: refused (401), not a 500.
+        ec_key = ec.generate_private_key(ec.SECP256R1())
+        r = get(mint(ec_key, "ES256", {"kid": "rsa-1"}, org=ext))
+        assert r.status_code == 401 and "RS256" in r.json()["detail"]
         # An HS256 token whose "secret" is the public key: refused, this server takes no shared secret.
         assert get(mint(SECRET, "HS256", org=ext)).status_code == 401
     finally:

@@ -70,7 +70,8 @@ def test_the_servers_refuse_a_database_that_is_not_migrated_and_say_what_to_run(
     with psycopg.connect(base, autocommit=True) as conn:
         conn.execute(f"create database {name}")
     try:
-        empty = base.rsplit("/", 1)[0] + f"/{name}"
+        head, query = base.split("?", 1) if "?" in base else (base, "")  # the embedded Postgres: ?host=/socket
+        empty = head.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
         for server in (["api", "serve"], ["webhooks", "serve"]):
             done = subprocess.run(
                 [sys.executable, "-m", "campaigns.cli", *server, "--port", "9"],

@@ -313,7 +313,8 @@ class CampaignsApi:
             return fn(conn, caller.organization_id, cid)
 
 
-def routers(api: CampaignsApi, csv: CsvExports, max_body_bytes: int, country_code: str) -> list[APIRouter]:
+def routers(api: CampaignsApi, csv: CsvExports, max_body_bytes: int, cc: str) -> list[APIRouter]:
+    """The API's routes; `cc` is the country code prepended to imported phones written without one."""
     # strict_content_type off: a body sent without a Content-Type is still read as JSON (curl -d, the old API)
     route_class = guarded_route(max_body_bytes)
     r = APIRouter(prefix=PREFIX, route_class=route_class, strict_content_type=False, tags=["campaigns"])
@@ -394,11 +395,13 @@ def routers(api: CampaignsApi, csv: CsvExports, max_body_bytes: int, country_cod
     def start_campaign(caller: Operator, cid: CampaignId) -> dict[str, Any]:
         """Run the pre-launch checklist, then hand the campaign to Prefect (the seed's "2. Iniciar Campanha")."""
         api.ready()
+
+        def audited(conn: sa.Connection, audience: int) -> None:
+            audit(conn, caller, "start", cid, total_recipients=audience)
+
         result = services.start_campaign(
-            api.db, caller.organization_id, cid, credentials=api.credentials, runs=api.runs
+            api.db, caller.organization_id, cid, credentials=api.credentials, runs=api.runs, on_started=audited
         )
-        with api.db.begin() as conn:
-            audit(conn, caller, "start", cid, total_recipients=result["total_recipients"])
         run_id = api.hand_to_prefect(caller.organization_id, cid)
         return {**result, "flow_run_id": run_id, "message": f"Campaign started. Flow run ID: {run_id}"}
 
@@ -543,6 +546,10 @@ def routers(api: CampaignsApi, csv: CsvExports, max_body_bytes: int, country_cod
             return value.get_secret_value() if value else ""
 
         with api.db.begin() as conn:
+            # A number belongs to one organization: registering another's would route its contacts' replies
+            # (signed by the platform's app) to this one too.
+            if tenancy.number_held_elsewhere(conn, caller.organization_id, body.provider, body.phone_number_id):
+                raise Conflict("phone_number_id: this number is registered by another organization")
             try:
                 nid = add_number(
                     conn,
@@ -576,10 +583,10 @@ def routers(api: CampaignsApi, csv: CsvExports, max_body_bytes: int, country_cod
     @c.post("/contacts", response_model=ImportReport, responses=_errors(413))
     def upsert_contacts(body: ContactsBody, caller: Operator) -> dict[str, Any]:
         """Create or update contacts by phone, as the CSV import does; each refused one named by its index."""
-        with api.db.begin() as conn:
-            report = import_records(conn, caller.organization_id, [x.model_dump() for x in body.contacts], country_code)
-            audit(conn, caller, "contacts", imported=report.imported, rejected=len(report.errors))
-        return _report(report, "contacts[{}]")
+        records = [x.model_dump() for x in body.contacts]
+        return imported(
+            caller, "contacts", "contacts[{}]", lambda conn: import_records(conn, caller.organization_id, records, cc)
+        )
 
     @c.post(
         "/contacts/import",
@@ -591,13 +598,21 @@ def routers(api: CampaignsApi, csv: CsvExports, max_body_bytes: int, country_cod
         """A CSV file (phone,name,tags,opted_out,last_inbound_at and attribute columns), as `campaigns contacts
         import` takes it: good rows kept, each refused row named by its line (the header is line 1)."""
         raw: bytes = request._body  # read and size-checked by the route
+        return imported(
+            caller, "contacts-import", "line {}", lambda conn: import_csv(conn, caller.organization_id, raw, cc)
+        )
+
+    def imported(
+        caller: Caller, action: str, at: str, run: Callable[[sa.Connection], ContactsImport]
+    ) -> dict[str, Any]:
+        """An import in one transaction with its audit row; a file or a body that cannot be imported is a 422."""
         try:
             with api.db.begin() as conn:
-                report = import_csv(conn, caller.organization_id, raw, country_code)
-                audit(conn, caller, "contacts-import", imported=report.imported, rejected=len(report.errors))
+                report = run(conn)
+                audit(conn, caller, action, imported=report.imported, rejected=len(report.errors))
         except ImportFileError as exc:
-            raise Invalid(f"The file cannot be imported: {exc}") from None
-        return _report(report, "line {}")
+            raise Invalid(f"The contacts cannot be imported: {exc}") from None
+        return _report(report, at)
 
     @r.get("/campaigns/{id}/preflight", response_model=PreflightReport, responses=_errors())
     def campaign_preflight(caller: Reader, cid: CampaignId) -> dict[str, Any]:

@@ -74,7 +74,7 @@ class JwtVerifier:
             raise Unauthorized(f"Invalid token: signed with {alg!r}; this server accepts {', '.join(self.algorithms)}")
         s = self.settings
         try:
-            key: Any = s.secret if alg == "HS256" else self._jwks().get_signing_key_from_jwt(token).key
+            key: Any = s.secret if alg == "HS256" else self._published_key(token, alg)
             payload = jwt.decode(
                 token,
                 key,
@@ -94,7 +94,16 @@ class JwtVerifier:
             raise Unauthorized("Invalid token: its signing key is not in the JWKS", [str(exc)[:200]]) from None
         except jwt.InvalidTokenError as exc:
             raise Unauthorized(f"Invalid token: {exc}") from None
+        except (jwt.PyJWTError, TypeError, ValueError):  # a key that does not fit the algorithm the token names
+            raise Unauthorized(f"Invalid token: its key cannot verify {alg}") from None
         return _checked(payload)
+
+    def _published_key(self, token: str, alg: str) -> Any:
+        """The JWKS key the token names, if it is published for the algorithm the token says it uses."""
+        jwk = self._jwks().get_signing_key_from_jwt(token)
+        if jwk.algorithm_name != alg:
+            raise Unauthorized(f"Invalid token: its key is published for {jwk.algorithm_name}, not {alg}")
+        return jwk.key
 
     def _jwks(self) -> jwt.PyJWKClient:
         assert self.jwks is not None  # an asymmetric alg is accepted only with a JWKS URL

@@ -31,7 +31,7 @@ from campaigns.control.models import CampaignCreate, TimeText, storable_problem
 from campaigns.store.db import iso_z
 from campaigns.store.schema import INT4_MAX
 
-ATTRIBUTE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+ATTRIBUTE = re.compile(r"[a-z_][a-z0-9_]{0,63}")  # lower case: the CSV import lower-cases its header too
 Time = Annotated[datetime, PlainSerializer(iso_z, return_type=str, when_used="json")]
 CampaignStatus = Literal["draft", "scheduled", "running", "paused", "completed", "cancelled", "failed"]
 
@@ -328,8 +328,8 @@ class Contact(BaseModel):
         for name in attributes:
             if not ATTRIBUTE.fullmatch(name) or name.lower() in CONTACT_COLUMNS:
                 raise ValueError(
-                    f"{name!r} is not an attribute name: letters, digits and _ (as in {{{{contact.city}}}}), "
-                    f"not one of {', '.join(CONTACT_COLUMNS)}"
+                    f"{name!r} is not an attribute name: lower-case letters, digits and _ "
+                    f"(as in {{{{contact.city}}}}), not one of {', '.join(CONTACT_COLUMNS)}"
                 )
         return attributes
 

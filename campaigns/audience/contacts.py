@@ -150,7 +150,7 @@ def _frame(
     if has_nul:  # rare: only then is each field looked at here
         kept_lines, kept = [], []
         for line, fields in zip(lines_at, rows, strict=True):
-            nul = [names[i] or f"column {i + 1}" for i, f in enumerate(fields) if "\x00" in f]
+            nul = [names[i] or f"column {i + 1}" for i, f in enumerate(fields) if f and "\x00" in f]
             if nul:
                 errors.append((line, f"a NUL character in {', '.join(repr(n) for n in nul)}"))
             else:
@@ -173,6 +173,16 @@ def _parse(source: Path | bytes, default_country_code: str) -> tuple[pl.DataFram
     text, encoding = decode(data)
     header, lines_at, rows, broken = read_records(text)
     frame, nul_rows = _frame(header, lines_at, rows, "\x00" in text)
+    good, errors = _checked(frame, default_country_code, [*broken, *nul_rows])
+    return good, errors, encoding
+
+
+def _checked(
+    frame: pl.DataFrame, default_country_code: str, errors: list[tuple[int, str]], at: str = "line {}"
+) -> tuple[pl.DataFrame, list[tuple[int, str]]]:
+    """The rows' checks and normalisation, whatever they came from (a CSV's lines, the API's records): the good
+    rows ready for `import_contacts`, and (where, reason) for each bad one; `at` says a row's place."""
+    before, after = at.split("{}")
     if "phone" not in frame.columns:
         found = ", ".join(c for c in frame.columns if c != LINE)
         raise ImportFileError(f"missing column 'phone' (columns found: {found})")
@@ -206,11 +216,11 @@ def _parse(source: Path | bytes, default_country_code: str) -> tuple[pl.DataFram
     first_line = frame.filter(pl.col("problem").is_null()).group_by("phone_e164").agg(first=pl.col(LINE).min())
     frame = frame.join(first_line, on="phone_e164", how="left").with_columns(
         problem=pl.when(pl.col("problem").is_null() & (pl.col(LINE) != pl.col("first")))
-        .then(pl.lit("duplicate phone (first seen on line ") + pl.col("first").cast(pl.Utf8) + ")")
+        .then(pl.lit(f"duplicate phone (first seen on {before}") + pl.col("first").cast(pl.Utf8) + f"{after})")
         .otherwise(pl.col("problem"))
     )
     bad = frame.filter(pl.col("problem").is_not_null()).sort(LINE)
-    errors = sorted([*broken, *nul_rows, *zip(bad[LINE].to_list(), bad["problem"].to_list(), strict=True)])
+    errors = sorted([*errors, *zip(bad[LINE].to_list(), bad["problem"].to_list(), strict=True)])
     good = frame.filter(pl.col("problem").is_null())
     attrs = pl.struct(attribute_cols).struct.json_encode() if attribute_cols else pl.lit("{}")
     tags = (
@@ -234,7 +244,7 @@ def _parse(source: Path | bytes, default_country_code: str) -> tuple[pl.DataFram
         opted_out=pl.col("opted_flag"),
         last_inbound_at=pl.col("inbound"),
     )
-    return good, errors, encoding
+    return good, errors
 
 
 def import_contacts(conn: sa.Connection, organization_id: uuid.UUID, good: pl.DataFrame) -> tuple[int, int]:
@@ -257,7 +267,7 @@ def import_contacts(conn: sa.Connection, organization_id: uuid.UUID, good: pl.Da
     updated = conn.execute(
         sa.text("""
         update contacts c set name = coalesce(i.name, c.name), tags = i.tags,
-               attributes = c.attributes || i.attributes,
+               attributes = c.attributes || jsonb_strip_nulls(i.attributes),  -- null: an attribute not given
                opted_out_at = case when i.opted_out then coalesce(c.opted_out_at, now())
                                    when coalesce(c.opt_out_source, 'import') = 'import' then null
                                    else c.opted_out_at end,  -- a user's own opt-out outlives any import
@@ -273,7 +283,7 @@ def import_contacts(conn: sa.Connection, organization_id: uuid.UUID, good: pl.Da
         sa.text("""
         insert into contacts (organization_id, phone, name, tags, attributes, opted_out_at, opt_out_source,
                               last_inbound_at)
-        select :org, i.phone, i.name, i.tags, i.attributes, case when i.opted_out then now() end,
+        select :org, i.phone, i.name, i.tags, jsonb_strip_nulls(i.attributes), case when i.opted_out then now() end,
                case when i.opted_out then 'import' end, i.last_inbound_at
         from _import i
         where not exists (select 1 from contacts c where c.organization_id = :org and c.phone = i.phone)
@@ -296,36 +306,33 @@ def import_records(
 ) -> ImportReport:
     """Contacts given as records (the API's JSON: phone, name, tags, opted_out, last_inbound_at, attributes)
     through the CSV import's own checks, so both refuse the same rows for the same reasons; each refused row
-    is named by its index in `records` instead of a line."""
-    attribute_names = sorted({name for r in records for name in (r.get("attributes") or {})})
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([*KNOWN, *attribute_names])
-    index_of_line: dict[int, int] = {}
-    line = 2
-    for index, r in enumerate(records):
-        start = buf.tell()
+    is named by its index in `records`. An attribute a record leaves out (or sends as null) is left as it is,
+    not emptied: only a CSV's empty cell empties one."""
+    names = sorted({name for r in records for name in (r.get("attributes") or {})})
+    rows = []
+    for r in records:
         attributes = r.get("attributes") or {}
-        writer.writerow(
+        inbound = r.get("last_inbound_at")
+        rows.append(
             [
                 r["phone"],
                 r.get("name") or "",
                 "|".join(r.get("tags") or ()),
                 "true" if r.get("opted_out") else "false",
-                r["last_inbound_at"].isoformat() if r.get("last_inbound_at") else "",
-                *(_cell(attributes.get(name)) for name in attribute_names),
+                inbound.isoformat() if inbound else "",
+                *(_cell(attributes.get(name)) for name in names),
             ]
         )
-        index_of_line[line] = index
-        line += buf.getvalue().count("\n", start)
-    report = import_csv(conn, organization_id, buf.getvalue().encode(), default_country_code)
-    report.errors = [(index_of_line.get(at, at), reason) for at, reason in report.errors]
-    return report
+    has_nul = any(cell and "\x00" in cell for row in rows for cell in row)
+    frame, nul_rows = _frame([*KNOWN, *names], list(range(len(records))), rows, has_nul)
+    good, errors = _checked(frame, default_country_code, nul_rows, "contacts[{}]")
+    inserted, updated = import_contacts(conn, organization_id, good)
+    return ImportReport(inserted=inserted, updated=updated, errors=errors)
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any) -> str | None:
     if value is None:
-        return ""
+        return None  # left as it is
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -64,10 +65,15 @@ def storable_problem(value: Any, path: str, depth: int = 0) -> str | None:
     return None
 
 
+RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+
+
 def _time_as_text(value: Any) -> Any:
     """A time is ISO 8601 text (2026-12-01T09:00:00-03:00): a bare number would silently be read as seconds
     since 1970 and schedule a campaign in the past."""
-    if value is not None and not isinstance(value, str | datetime):
+    if isinstance(value, datetime) or value is None:
+        return value
+    if not isinstance(value, str) or not RFC3339.fullmatch(value.strip()):  # "2026-12-01" alone is not a time
         raise ValueError("give the time as ISO 8601 text with its time zone, e.g. 2026-12-01T09:00:00-03:00")
     return value
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -34,7 +35,13 @@ def limit_usage() -> LimitUsage:
 
 
 def start_campaign(
-    db: sa.Engine, org: uuid.UUID, campaign_id: uuid.UUID, *, credentials: LoadCredentials, runs: Runs
+    db: sa.Engine,
+    org: uuid.UUID,
+    campaign_id: uuid.UUID,
+    *,
+    credentials: LoadCredentials,
+    runs: Runs,
+    on_started: Callable[[sa.Connection, int], None] | None = None,
 ) -> dict[str, Any]:
     """Preflight now (so the caller sees every failed check; `credentials` reads the number's, to ask its
     provider), then mark running; the flow does the rest. A scheduled campaign's waiting run is dropped
@@ -50,6 +57,8 @@ def start_campaign(
         if not pf.ok:
             raise Invalid("Preflight failed", pf.failures())
         lifecycle.mark_running(conn, org, campaign_id)
+        if on_started is not None:  # in the same transaction (the API's audit row): both or neither
+            on_started(conn, pf.audience_size)
         started = lifecycle.get(conn, org, campaign_id)
     if campaign["status"] == "scheduled":  # started now (by hand, or by campaign-scheduler at its time)
         _drop(

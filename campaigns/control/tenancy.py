@@ -104,6 +104,20 @@ def add_number(
     return conn.execute(upsert).scalar_one()
 
 
+def number_held_elsewhere(conn: sa.Connection, org: uuid.UUID, provider: str, phone_number_id: str) -> bool:
+    """Another organization has registered this provider's number."""
+    return (
+        conn.execute(
+            sa.select(whatsapp_numbers.c.id).where(
+                whatsapp_numbers.c.provider == provider,
+                whatsapp_numbers.c.phone_number_id == phone_number_id,
+                whatsapp_numbers.c.organization_id != org,
+            )
+        ).first()
+        is not None
+    )
+
+
 def list_numbers(conn: sa.Connection, org: uuid.UUID) -> list[dict[str, Any]]:
     """The organization's numbers, oldest first, each with its portfolio's limit (as `get_number`)."""
     ids = conn.execute(

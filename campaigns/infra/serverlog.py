@@ -1,17 +1,31 @@
 """How the HTTP servers (`campaigns api serve`, `campaigns webhooks serve`) log: an access line per request,
 and their own lines, as text or as one JSON object a line (`LOG_FORMAT=json`) for a log pipeline to parse.
 
-An access line holds the client, method, path with its query, status and duration; never a header, so a
-bearer token or a signature cannot reach the log (no endpoint takes a secret in its query)."""
+An access line holds the client, method, path with its query and status; never a header, so a bearer token
+or a signature cannot reach the log. The one secret a query carries, Meta's `hub.verify_token` on the
+webhook's subscription check, is blanked (`RedactSecrets`)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 ACCESS_FIELDS = ("client", "method", "path", "http_version", "status")
+SECRET_PARAMS = re.compile(r"((?:hub\.verify_token|hub%2[Ee]verify_token|token|apikey)=)[^&\s]*")
+
+
+class RedactSecrets(logging.Filter):
+    """Blank a secret's value in an access line's query (`hub.verify_token=***`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(record.args) == 5:
+            args = list(record.args)
+            args[2] = SECRET_PARAMS.sub(r"\1***", str(args[2]))
+            record.args = tuple(args)
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -40,11 +54,17 @@ def uvicorn_config(fmt: str = "text", access: bool = True) -> dict[str, Any]:
         if fmt == "json"
         else {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}
     )
-    handler = {"class": "logging.StreamHandler", "formatter": "line", "stream": "ext://sys.stderr"}
+    handler = {
+        "class": "logging.StreamHandler",
+        "formatter": "line",
+        "stream": "ext://sys.stderr",
+        "filters": ["secrets"],
+    }
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"line": formatter},
+        "filters": {"secrets": {"()": f"{__name__}.RedactSecrets"}},
         "handlers": {"stderr": handler},
         "loggers": {
             "uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
