@@ -30,7 +30,7 @@ from pydantic import SecretStr, ValidationError
 from pydantic_core import to_jsonable_python
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Match
 
 from campaigns import api_tokens, json_input
@@ -40,7 +40,6 @@ from campaigns.api.csv_export import CsvExports
 from campaigns.api.errors import (
     ErrorBody,
     Forbidden,
-    Json,
     TooLarge,
     Unauthorized,
     Unavailable,
@@ -153,14 +152,14 @@ def guarded_route(max_body_bytes: int) -> type[APIRoute]:
                         "%s %s: a value refused by the database: %s", request.method, request.url.path, exc.orig
                     )
                     cause = str(exc.orig).splitlines()[0] if exc.orig else "invalid value"
-                    return Json(
+                    return JSONResponse(
                         {"detail": f"A value was refused by the database: {cause}", "errors": [cause]}, status_code=422
                     )
                 except HTTPException:
                     raise
                 except Exception:
                     log.exception("%s %s failed", request.method, request.url.path)
-                    return Json({"detail": "Internal server error", "errors": []}, status_code=500)
+                    return JSONResponse({"detail": "Internal server error", "errors": []}, status_code=500)
 
             return guarded
 
@@ -288,6 +287,15 @@ class CampaignsApi:
         services.follow_transition(self.db, org, cid, t, self.runs)
         return _moved(cid, t, **extra)
 
+    def move(
+        self, caller: Caller, cid: uuid.UUID, action: str, fn: Callable[..., lifecycle.Transition], **extra: Any
+    ) -> dict[str, Any]:
+        """A transition with its audit row in one transaction, then its answer once Prefect follows it."""
+        with self.db.begin() as conn:
+            t = fn(conn, caller.organization_id, cid)
+            audit(conn, caller, action, cid)
+        return self.moved(caller.organization_id, cid, t, **extra)
+
     def hand_to_prefect(self, org: uuid.UUID, cid: uuid.UUID) -> str:
         """Launch the run; if that fails, pause the campaign (saying why) rather than leave it "running"
         with nobody sending: it can be resumed once Prefect is back."""
@@ -381,15 +389,8 @@ def routers(api: CampaignsApi, csv: CsvExports, max_body_bytes: int, cc: str) ->
     )
     def delete_campaign(caller: Admin, cid: CampaignId) -> dict[str, Any]:
         """Cancel the campaign: campaigns are kept with their history, never erased."""
-        with api.db.begin() as conn:
-            t = services.delete_campaign(conn, caller.organization_id, cid)
-            audit(conn, caller, "delete", cid)
-        return api.moved(
-            caller.organization_id,
-            cid,
-            t,
-            message="Campaign cancelled: campaigns are kept with their history, never erased",
-        )
+        message = "Campaign cancelled: campaigns are kept with their history, never erased"
+        return api.move(caller, cid, "delete", services.delete_campaign, message=message)
 
     @r.post("/campaigns/{id}/start", response_model=Started, responses=_errors(409, 503))
     def start_campaign(caller: Operator, cid: CampaignId) -> dict[str, Any]:
@@ -408,18 +409,12 @@ def routers(api: CampaignsApi, csv: CsvExports, max_body_bytes: int, cc: str) ->
     @r.post("/campaigns/{id}/pause", response_model=Transition, **moves)
     def pause_campaign(caller: Operator, cid: CampaignId) -> dict[str, Any]:
         """Pause sending; resume continues where it stopped."""
-        with api.db.begin() as conn:
-            t = lifecycle.pause(conn, caller.organization_id, cid)
-            audit(conn, caller, "pause", cid)
-        return api.moved(caller.organization_id, cid, t)
+        return api.move(caller, cid, "pause", lifecycle.pause)
 
     @r.post("/campaigns/{id}/cancel", response_model=Transition, **moves)
     def cancel_campaign(caller: Admin, cid: CampaignId) -> dict[str, Any]:
         """Cancel for good: what was not sent never will be (org_admin, as DELETE)."""
-        with api.db.begin() as conn:
-            t = lifecycle.cancel(conn, caller.organization_id, cid)
-            audit(conn, caller, "cancel", cid)
-        return api.moved(caller.organization_id, cid, t)
+        return api.move(caller, cid, "cancel", lifecycle.cancel)
 
     @r.post(
         "/campaigns/{id}/resume",
@@ -703,7 +698,7 @@ def create_app(
     def health_of_dependencies() -> Response:
         """Postgres, Redis and Prefect, each checked now: 503 naming what is down."""
         status, body = health.report(checks)
-        return Json(body, status_code=status)
+        return JSONResponse(body, status_code=status)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -711,7 +706,7 @@ def create_app(
         if exc.status_code == 405:  # each method is a route of its own: Allow names them all, not the first's
             allowed = {m for r in api_routes if r.matches(request.scope)[0] != Match.NONE for m in r.methods or ()}
             headers = {**(headers or {}), "Allow": ", ".join(sorted(allowed))}
-        return Json({"detail": exc.detail, "errors": []}, status_code=exc.status_code, headers=headers)
+        return JSONResponse({"detail": exc.detail, "errors": []}, status_code=exc.status_code, headers=headers)
 
     app.add_exception_handler(HTTPException, http_error)
     return app

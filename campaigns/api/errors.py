@@ -5,9 +5,6 @@ its field, so a client meets one error format whichever layer refused."""
 
 from __future__ import annotations
 
-import json
-import uuid
-from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
@@ -15,7 +12,6 @@ from starlette.responses import JSONResponse
 
 from campaigns.control.models import error_lines, shown
 from campaigns.errors import CampaignError, Conflict, Invalid, NotFound
-from campaigns.store.db import iso_z
 
 
 class Unauthorized(CampaignError):
@@ -63,28 +59,15 @@ def status_of(exc: CampaignError) -> int:
     return next(STATUS[cls] for cls in type(exc).__mro__ if cls in STATUS)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return iso_z(value)
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-class Json(JSONResponse):
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, default=_jsonable, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def refusal(exc: CampaignError) -> Json:
+def refusal(exc: CampaignError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
     if isinstance(exc, TooMany):
         headers = {"Retry-After": str(exc.retry_after)}
-    return Json({"detail": exc.message, "errors": exc.details}, status_code=status_of(exc), headers=headers)
+    return JSONResponse({"detail": exc.message, "errors": exc.details}, status_code=status_of(exc), headers=headers)
 
 
-def invalid(lines: list[str]) -> Json:
-    return Json({"detail": "; ".join(lines), "errors": lines}, status_code=422)
+def invalid(lines: list[str]) -> JSONResponse:
+    return JSONResponse({"detail": "; ".join(lines), "errors": lines}, status_code=422)
 
 
 _WHERE = ("body", "query", "path", "header")
