@@ -8,11 +8,15 @@ rate against their cap, and the resident memory of every process involved (RSS, 
 pages forked processes share once).
 
     uv run python -m bench.many_campaigns [--orgs 50 --per-org 4 --seconds 180]
+
+`--seconds` is how long they all run together after the last one started (202 starts, one after another, take
+a few minutes here); the fast campaigns start first, with enough contacts to send for about that long.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import secrets
 import signal
@@ -36,6 +40,7 @@ from sandbox import SandboxConfig, SandboxProcess
 SECRET = secrets.token_urlsafe(24)
 PACE_SECONDS = 36.0  # the seed's default: 100 messages an hour
 FAST_MPS = 80
+FAST_NUMBERS = ("92000000", "92000001")  # the two fast campaigns' numbers (phone_number_id)
 
 
 def run(orgs: int, per_org: int, seconds: float) -> dict[str, object]:
@@ -66,10 +71,10 @@ def run(orgs: int, per_org: int, seconds: float) -> dict[str, object]:
                     (org, template_campaign(org, number, messages_per_hour=100, delay_seconds=2))
                     for _ in range(per_org)
                 ]
-            for f in range(2):
+            for f in range(len(FAST_NUMBERS)):
                 org = new_org("fast")
                 bulk_contacts(org, int(FAST_MPS * seconds * 0.6))
-                fast.append((org, sandbox_campaign(org, sandbox.url, FAST_MPS, f"9200{f:04d}", app_secret=SECRET)))
+                fast.append((org, sandbox_campaign(org, sandbox.url, FAST_MPS, FAST_NUMBERS[f], app_secret=SECRET)))
             started: dict[object, float] = {}
             t0 = time.time()
             for org, cid in fast + slow:
@@ -79,15 +84,10 @@ def run(orgs: int, per_org: int, seconds: float) -> dict[str, object]:
                     "send-campaign/default", parameters={"campaign_id": str(cid)}, timeout=0, as_subflow=False
                 )
             launched = time.time() - t0
-            time.sleep(max(0.0, seconds - (time.time() - t0)))
+            time.sleep(seconds)  # every campaign running at once, after the last start
             memory.stop.set()
             with db.connect() as conn:
-                sends = conn.execute(
-                    sa.text("""
-                    select campaign_id, array_agg(extract(epoch from sent_at) order by sent_at)
-                    from campaign_recipients where sent_at is not null group by campaign_id
-                """)
-                ).all()
+                campaign_of = dict(conn.execute(sa.text("select id, campaign_id from campaign_recipients")).all())
                 fresh = conn.execute(
                     sa.text("""
                     select count(*), percentile_cont(array[0.5, 0.95]) within group (order by s), max(s)
@@ -95,7 +95,17 @@ def run(orgs: int, per_org: int, seconds: float) -> dict[str, object]:
                           from webhook_events where state = 'processed') t
                 """)
                 ).one()
-            sent = {cid: [float(x) for x in times] for cid, times in sends}
+            # When each message reached the provider, by the sandbox's own clock (sent_at is whole seconds: a
+            # second either way over a two-minute campaign is a point of its ratio).
+            sent: dict[object, list[float]] = collections.defaultdict(list)
+            fast_accepted: dict[str, list[float]] = {pid: [] for pid in FAST_NUMBERS}
+            for m in sandbox.messages():
+                cid = campaign_of.get(int(m["biz_opaque_callback_data"].removeprefix("pytake:")))
+                if cid is not None:
+                    sent[cid].append(m["accepted_at"])
+                fast_accepted.get(m["phone_number_id"], []).append(m["accepted_at"])
+            for times in sent.values():
+                times.sort()
     finally:
         receiver.stop()
         serve.send_signal(signal.SIGTERM)
@@ -106,11 +116,7 @@ def run(orgs: int, per_org: int, seconds: float) -> dict[str, object]:
         for _, cid in slow
         if cid in sent and len(sent[cid]) > 1
     )
-    fast_ratio = [
-        (len(sent[cid]) - 1) / (sent[cid][-1] - sent[cid][0]) / FAST_MPS
-        for _, cid in fast
-        if len(sent.get(cid, [])) > 1
-    ]
+    fast_ratio = [(len(t) - 1) / (max(t) - min(t)) / FAST_MPS for t in fast_accepted.values() if len(t) > 1]
     return {
         "campaigns": len(slow) + len(fast),
         "sending": len(firsts),
@@ -142,7 +148,7 @@ def main() -> None:
     r = run(args.orgs, args.per_org, args.seconds)
     print(
         f"{r['campaigns']} campaigns ({args.orgs} organizations x {args.per_org} at 100/h + 2 at {FAST_MPS} msg/s), "
-        f"{args.seconds:.0f} s, started in {r['launched']:.1f} s: {r['sending']} sending\n"
+        f"started in {r['launched']:.1f} s, then {args.seconds:.0f} s all at once: {r['sending']} sending\n"
         f"  start -> first message: p50 {r['first_p50']:.2f} s, p95 {r['first_p95']:.2f} s (target 10 s), "
         f"max {r['first_max']:.2f} s\n"
         f"  slow campaigns' pace against their own: min {r['pace_min']:.3f}, median {r['pace_median']:.3f} "

@@ -8,14 +8,19 @@ Artifacts page holds one version per run, not one a minute per campaign forever.
 
 from __future__ import annotations
 
+import contextvars
+import logging
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 from prefect.client.orchestration import get_client
 
 from campaigns.reporting import run_report
 from campaigns.store.db import get_engine
+
+log = logging.getLogger(__name__)
 
 
 def summary_key(campaign_id: uuid.UUID) -> str:
@@ -63,6 +68,47 @@ def publish_summary(
                 create(data, key=key, description=description)
                 wrote = True
     return wrote
+
+
+class SummaryRefresher:
+    """Brings the summary artifacts of the campaigns ingestion touched up to date, at most every `every`
+    seconds, from a thread of its own. Each refresh is a report read from Postgres and four calls to Prefect's
+    API a campaign: done inside ingestion's loop, 200 touched campaigns held each pass for a minute behind a
+    busy Prefect server (status freshness p95 74 s in bench.many_campaigns). The statistics themselves are
+    in Postgres as soon as a pass commits; only this view of them in the UI follows a few seconds later."""
+
+    def __init__(self, every: float, publish: Callable[[uuid.UUID], object] | None = None) -> None:
+        self.every = every
+        self.publish = publish or publish_summary
+        self.pending: set[uuid.UUID] = set()
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        context = contextvars.copy_context()  # the run's Prefect settings (its API URL) in the thread too
+        self.thread = threading.Thread(target=context.run, args=(self._loop,), name="summaries", daemon=True)
+        self.thread.start()
+
+    def touch(self, campaign_ids: Iterable[uuid.UUID]) -> None:
+        with self.lock:
+            self.pending.update(campaign_ids)
+
+    def close(self) -> None:
+        """Stop the thread, then refresh what is still due (statuses applied in the last seconds)."""
+        self.stopping.set()
+        self.thread.join(timeout=self.every)  # a flush in progress finishes on its own; what is left is below
+        self.flush()
+
+    def _loop(self) -> None:
+        while not self.stopping.wait(self.every):
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            due, self.pending = self.pending, set()
+        for cid in due:
+            try:
+                self.publish(cid)
+            except Exception:  # Prefect's API briefly away: the numbers stay right in the database
+                log.warning("summary artifact of campaign %s not refreshed", cid, exc_info=True)
 
 
 def progress_key(campaign_id: uuid.UUID) -> str:

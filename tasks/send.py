@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from datetime import datetime
 from typing import Any
@@ -21,7 +20,7 @@ from campaigns.settings import get_settings
 from campaigns.store.db import get_engine
 from campaigns.webhooks.ingest import IngestResult, ingest_for
 from campaigns.webhooks.retention import prune_expired_events
-from tasks.artifacts import publish_summary
+from tasks.artifacts import SummaryRefresher
 
 log = logging.getLogger(__name__)
 SUMMARY_EVERY_SECONDS = 5.0
@@ -62,36 +61,23 @@ def send_batch(campaign_id: uuid.UUID, batch_no: int, probe: bool = False) -> di
 
 @task(name="ingest-statuses", cache_policy=NO_CACHE)
 def ingest_statuses_task(run_for_seconds: float = 0.0, every_seconds: float = 1.0) -> dict[str, Any]:
-    """Ingest for the run's time, and bring the summary artifacts of the campaigns it touched up to date in
-    place at most every SUMMARY_EVERY_SECONDS (statuses keep arriving after a campaign completes)."""
-    touched: set[uuid.UUID] = set()
-    last = time.monotonic()
-
-    def refresh(applied: IngestResult | None = None) -> None:
-        nonlocal last
-        touched.update(applied.campaigns if applied else ())
-        if touched and (applied is None or time.monotonic() - last >= SUMMARY_EVERY_SECONDS):
-            for cid in touched:
-                try:
-                    publish_summary(cid)
-                except Exception:  # Prefect's API briefly away: the numbers stay right in the database
-                    log.warning("summary artifact of campaign %s not refreshed", cid, exc_info=True)
-            touched.clear()
-            last = time.monotonic()
-
+    """Ingest for the run's time; the summary artifacts of the campaigns it touched are brought up to date in
+    place by a thread of their own (SummaryRefresher), so no pass of ingestion waits for Prefect's API."""
     total = IngestResult()
     if pruned := prune_expired_events(get_engine()):  # once a run (every ten minutes served): cheap when none
         log.info("deleted %d applied webhook events past their retention (WEBHOOK_RETENTION_DAYS)", pruned)
+    summaries = SummaryRefresher(SUMMARY_EVERY_SECONDS)
 
     def one_pass(applied: IngestResult) -> None:
         total.add(applied)
-        refresh(applied)
+        summaries.touch(applied.campaigns)
 
     try:
         ingest_for(get_engine(), run_for_seconds, every_seconds, on_pass=one_pass)
     except TerminationSignal:  # `serve` stopping: what was applied is committed; end the run cleanly
         log.info("ingestion stopped with its runner after %d events", total.events)
-    refresh()
+    finally:
+        summaries.close()
     return {
         **{k: v for k, v in total.__dict__.items() if k != "campaigns"},
         "campaigns": [str(c) for c in total.campaigns],
