@@ -72,12 +72,16 @@ def ingest_statuses_task(run_for_seconds: float = 0.0, every_seconds: float = 1.
         total.add(applied)
         summaries.touch(applied.campaigns)
 
+    stopping = False
     try:
         ingest_for(get_engine(), run_for_seconds, every_seconds, on_pass=one_pass)
     except TerminationSignal:  # `serve` stopping: what was applied is committed; end the run cleanly
         log.info("ingestion stopped with its runner after %d events", total.events)
+        stopping = True
     finally:
-        summaries.close()
+        # Stopping, the last summaries are left to the next ingestion: two hundred of them are a minute of calls
+        # to a busy Prefect server, and `serve` would wait for them.
+        summaries.close(refresh_due=not stopping)
     return {
         **{k: v for k, v in total.__dict__.items() if k != "campaigns"},
         "campaigns": [str(c) for c in total.campaigns],

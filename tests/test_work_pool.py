@@ -5,7 +5,7 @@ the HTTP API, as the main app does.
 
 Checked: every recipient exactly once, no number over its rate, the runs spread over the workers; the heavy
 variants add more campaigns, a run a lost worker left Pending launched again and closed in Prefect, a worker
-killed mid-send. (A machine without its shared URLs refused: tests/unit/test_deployments.py.)
+killed mid-send, and the scale-out figure (three numbers at full rate over one, two and three workers). (A machine without its shared URLs refused: tests/unit/test_deployments.py.)
 
 `make scale` runs it, not `make test`: a Prefect server on Postgres, its migrations and four workers take
 minutes on two cores (70-80 s to set up here, more in CI), which `make test`'s 20 minutes cannot spare.
@@ -121,9 +121,14 @@ class Pool:
         return "\n".join(f"--- {name}\n{self.log(name)[-tail:]}" for name in self.workers)
 
     def took(self, name: str, run_ids: list[str]) -> set[str]:
-        """Which of these runs the worker submitted (Prefect's worker names each one it takes)."""
+        """Which of these runs the worker ran: it names each one it submits, and says so when Prefect refused it
+        the run because another worker had just taken it ("Aborted submission")."""
         text = self.log(name)
-        return {run for run in run_ids if f"submitting flow run '{run}'" in text}
+        return {
+            run
+            for run in run_ids
+            if f"submitting flow run '{run}'" in text and f"Aborted submission of flow run '{run}'" not in text
+        }
 
     def prefect(self):
         """A Prefect client on this deployment's server (not the test session's)."""
@@ -386,3 +391,94 @@ def test_a_worker_killed_mid_send_sends_nothing_twice_and_its_run_is_closed(pool
             assert closed.type.value == "CRASHED", pool.log("housekeeping")
             assert "went on in run" in (closed.message or "")
     pool.start_worker(victim)  # the machine back, for what follows
+
+
+SCALE_RATE = 1_000  # msg/s: each of the three numbers at the Cloud API's top rate
+SCALE_RECIPIENTS = 20_000  # a campaign each: about 20 s at its number's rate
+
+
+def _many_contacts(db: sa.Engine, org: uuid.UUID, count: int) -> None:
+    """`count` contacts in one statement (row by row, 20,000 take longer than sending them)."""
+    with db.begin() as conn:
+        conn.execute(
+            sa.text("""
+            insert into contacts (organization_id, phone, name, tags, attributes, in_conversation, created_at)
+            select :org, '+55119' || lpad(i::text, 8, '0'), 'Ana', '{}', '{}'::jsonb, false,
+                   now() + i * interval '1 microsecond'
+            from generate_series(0, :n - 1) i
+        """),
+            {"org": org, "n": count},
+        )
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_the_same_three_numbers_at_full_rate_over_one_two_and_three_workers(pool: Pool, db, workers: int):
+    """Scale-out, as far as one machine shows it: three campaigns on three numbers at 1,000 msg/s each, over
+    `workers` campaign workers (each with room for its share of the three runs), every one on this machine's two
+    cores. The figure
+    (aggregate rate, rate per worker) is printed; what is asserted is what must hold however fast: every
+    recipient once, every campaign completed, each run taken by one of this round's workers."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from campaigns.api_tokens import issue
+    from campaigns.settings import get_settings
+    from sandbox import SandboxConfig, SandboxProcess
+
+    names = [f"scale{workers}-{i}" for i in range(workers)]
+    idle = [pool.workers["w1"], pool.workers["w2"]]
+    with SandboxProcess(SandboxConfig(latency_ms=50, mps_cap=SCALE_RATE)) as sandbox:
+        org = new_org(db, prefix="scale")
+        with temporary_settings(updates={PREFECT_API_URL: pool.api_url}):
+            senders = [add_sandbox_number(db, org, sandbox, mps=SCALE_RATE) for _ in range(3)]
+        _many_contacts(db, org, SCALE_RECIPIENTS)
+        with db.begin() as conn:
+            _, token = issue(conn, org, "org_admin")
+        headers = {"Authorization": f"Bearer {token}"}
+        ids = []
+        for i, sender in enumerate(senders):
+            body = {
+                "name": f"Scale {workers}.{i}",
+                "whatsapp_number_id": str(sender),
+                "message_type": "template",
+                "message_content": TEMPLATE,
+                "template_variables": {"body": ["{{contact.name}}"]},
+                "audience_type": "all_contacts",
+                "messages_per_hour": None,
+                "delay_between_messages_seconds": 0,
+            }
+            answer = httpx.post(f"{pool.api}/campaigns", json=body, headers=headers, timeout=30)
+            assert answer.status_code == 201, answer.text
+            ids.append(uuid.UUID(answer.json()["id"]))
+        with pool.prefect() as client:  # three numbers at full rate take 36 of the platform's slots (32 by default)
+            client.upsert_global_concurrency_limit_by_name(get_settings().send_concurrency_name, 48)
+        for worker in idle:  # only this round's workers take runs
+            worker.send_signal(signal.SIGSTOP)
+        try:
+            for name in names:  # each sized to its share, as a machine would be: one worker would take all three
+                pool.start_worker(name, limit=-(-3 // workers))
+            for name in names:
+                wait_for(lambda n=name: "started!" in pool.log(n), timeout=60, message=f"worker {name} started")
+            runs = [_start(pool, cid, headers) for cid in ids]
+            wait_for(lambda: _finished(db, ids), timeout=600, interval=1, message="completed")
+            took = {name: pool.took(name, runs) for name in names}
+        finally:
+            for name in names:
+                _stop(pool.workers.pop(name))
+            for worker in idle:
+                worker.send_signal(signal.SIGCONT)
+        counts = sent_counts(sandbox)
+        accepted = sorted(m["accepted_at"] for m in sandbox.messages())
+        throttled = sandbox.stats()["throttled_130429"]
+
+    assert len(counts) == 3 * SCALE_RECIPIENTS and set(counts.values()) == {1}
+    assert set().union(*took.values()) == set(runs) and sum(map(len, took.values())) == len(runs), took  # each once
+    assert all(took.values()), took  # every worker had its share
+    n = len(accepted)
+    aggregate = (n - 1) / (accepted[-1] - accepted[0])
+    steady = (n * 8 // 10) / (accepted[n * 9 // 10] - accepted[n // 10])
+    _figure(
+        f"3 x {SCALE_RATE} msg/s over {workers} worker(s): {aggregate:,.0f} msg/s first to last message, steady "
+        f"{steady:,.0f} ({steady / (3 * SCALE_RATE):.2f} of the caps), {steady / workers:,.0f} a worker; runs a "
+        f"worker: {sorted(len(t) for t in took.values())}; 130429: {throttled}"
+    )

@@ -11,16 +11,16 @@ from tasks.artifacts import SummaryRefresher
 
 
 def test_touching_never_waits_for_a_slow_refresh_and_nothing_touched_is_left_behind():
-    refreshed: list[uuid.UUID] = []
+    refreshed: list[set[uuid.UUID]] = []
     in_refresh, release = threading.Event(), threading.Event()
 
-    def slow_publish(cid: uuid.UUID) -> None:
+    def slow_refresh(ids: set[uuid.UUID]) -> None:
         in_refresh.set()
         release.wait(5)  # Prefect's API answering slowly
-        refreshed.append(cid)
+        refreshed.append(ids)
 
     first, second, third = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    summaries = SummaryRefresher(0.05, publish=slow_publish)
+    summaries = SummaryRefresher(0.05, refresh=slow_refresh)
     summaries.touch([first])
     assert in_refresh.wait(5)
     began = time.monotonic()
@@ -28,20 +28,37 @@ def test_touching_never_waits_for_a_slow_refresh_and_nothing_touched_is_left_beh
     assert time.monotonic() - began < 0.5
     release.set()
     summaries.close()
-    assert sorted(map(str, refreshed)) == sorted(map(str, [first, second, third]))
+    assert refreshed[0] == {first} and set().union(*refreshed) == {first, second, third}
 
 
-def test_a_failing_refresh_is_logged_and_the_others_still_happen(caplog):
-    bad, good = uuid.uuid4(), uuid.uuid4()
-    done: list[uuid.UUID] = []
+def test_a_failed_refresh_is_logged_and_the_refresher_goes_on(caplog):
+    calls: list[set[uuid.UUID]] = []
 
-    def publish(cid: uuid.UUID) -> None:
-        if cid == bad:
+    def refresh(ids: set[uuid.UUID]) -> None:
+        calls.append(ids)
+        if len(calls) == 1:
             raise ConnectionError("Prefect's API away")
-        done.append(cid)
 
-    summaries = SummaryRefresher(60, publish=publish)
-    summaries.touch([bad, good])
+    summaries = SummaryRefresher(0.05, refresh=refresh)
+    a, b = uuid.uuid4(), uuid.uuid4()
+    summaries.touch([a])
+    deadline = time.monotonic() + 5
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    summaries.touch([b])
     summaries.close()
-    assert done == [good]
-    assert f"summary artifact of campaign {bad} not refreshed" in caplog.text
+    assert calls == [{a}, {b}]
+    assert "summary artifacts of 1 campaigns not refreshed" in caplog.text
+
+
+def test_a_flush_refreshes_at_most_its_share_longest_waiting_first_and_closing_refreshes_the_rest():
+    """With 200 campaigns touched, a flush every 5 s refreshing all of them would keep Prefect's server busy."""
+    batches: list[set[uuid.UUID]] = []
+    summaries = SummaryRefresher(3600, refresh=batches.append, most=2)  # flushed by hand below
+    ids = [uuid.uuid4() for _ in range(5)]
+    summaries.touch(ids[:3])
+    summaries.touch([ids[0], *ids[3:]])  # touched again: keeps its place
+    summaries.flush(summaries.most)
+    summaries.flush(summaries.most)
+    summaries.close()
+    assert batches == [{ids[0], ids[1]}, {ids[2], ids[3]}, {ids[4]}]
