@@ -5,7 +5,8 @@ the HTTP API, as the main app does.
 
 Checked: every recipient exactly once, no number over its rate, the runs spread over the workers; the heavy
 variants add more campaigns, a run a lost worker left Pending launched again and closed in Prefect, a worker
-killed mid-send, and the scale-out figure (three numbers at full rate over one, two and three workers). (A machine without its shared URLs refused: tests/unit/test_deployments.py.)
+killed mid-send, and the scale-out figure (three numbers at full rate over one, two and three workers). (A
+machine without its shared URLs refused: tests/unit/test_deployments.py.)
 
 `make scale` runs it, not `make test`: a Prefect server on Postgres, its migrations and four workers take
 minutes on two cores (70-80 s to set up here, more in CI), which `make test`'s 20 minutes cannot spare.
@@ -249,22 +250,24 @@ def _campaigns(pool: Pool, db: sa.Engine, sandbox, count: int, recipients: int, 
     with db.begin() as conn:
         _, token = issue(conn, org, "org_admin")
     headers = {"Authorization": f"Bearer {token}"}
-    ids = []
-    for i in range(count):
-        body = {
-            "name": f"Pool {i}",
-            "whatsapp_number_id": str(senders[i % numbers]),
-            "message_type": "template",
-            "message_content": TEMPLATE,
-            "template_variables": {"body": ["{{contact.name}}"]},
-            "audience_type": "all_contacts",
-            "messages_per_hour": None,
-            "delay_between_messages_seconds": 0,
-        }
-        answer = httpx.post(f"{pool.api}/campaigns", json=body, headers=headers, timeout=30)
-        assert answer.status_code == 201, answer.text
-        ids.append(uuid.UUID(answer.json()["id"]))
-    return ids, headers
+    return [_create(pool, headers, f"Pool {i}", senders[i % numbers]) for i in range(count)], headers
+
+
+def _create(pool: Pool, headers: dict[str, str], name: str, sender: uuid.UUID) -> uuid.UUID:
+    """A template campaign to every contact, paced only by its number, created through the API."""
+    body = {
+        "name": name,
+        "whatsapp_number_id": str(sender),
+        "message_type": "template",
+        "message_content": TEMPLATE,
+        "template_variables": {"body": ["{{contact.name}}"]},
+        "audience_type": "all_contacts",
+        "messages_per_hour": None,
+        "delay_between_messages_seconds": 0,
+    }
+    answer = httpx.post(f"{pool.api}/campaigns", json=body, headers=headers, timeout=30)
+    assert answer.status_code == 201, answer.text
+    return uuid.UUID(answer.json()["id"])
 
 
 def _start(pool: Pool, cid: uuid.UUID, headers: dict[str, str]) -> str:
@@ -435,21 +438,7 @@ def test_the_same_three_numbers_at_full_rate_over_one_two_and_three_workers(pool
         with db.begin() as conn:
             _, token = issue(conn, org, "org_admin")
         headers = {"Authorization": f"Bearer {token}"}
-        ids = []
-        for i, sender in enumerate(senders):
-            body = {
-                "name": f"Scale {workers}.{i}",
-                "whatsapp_number_id": str(sender),
-                "message_type": "template",
-                "message_content": TEMPLATE,
-                "template_variables": {"body": ["{{contact.name}}"]},
-                "audience_type": "all_contacts",
-                "messages_per_hour": None,
-                "delay_between_messages_seconds": 0,
-            }
-            answer = httpx.post(f"{pool.api}/campaigns", json=body, headers=headers, timeout=30)
-            assert answer.status_code == 201, answer.text
-            ids.append(uuid.UUID(answer.json()["id"]))
+        ids = [_create(pool, headers, f"Scale {workers}.{i}", sender) for i, sender in enumerate(senders)]
         with pool.prefect() as client:  # three numbers at full rate take 36 of the platform's slots (32 by default)
             client.upsert_global_concurrency_limit_by_name(get_settings().send_concurrency_name, 48)
         for worker in idle:  # only this round's workers take runs
