@@ -158,8 +158,10 @@ class SummaryRefresher:
             return
         try:
             self.refresh(due)
-        except Exception:  # Prefect's API away: the next touch of these campaigns refreshes them
-            log.warning("summary artifacts of %d campaigns not refreshed", len(due), exc_info=True)
+        except Exception:  # Prefect's API away: they wait for the next flush (a completed campaign may get no
+            # other touch, and its summary would keep the numbers of before its last statuses)
+            log.warning("summary artifacts of %d campaigns not refreshed; tried again next", len(due), exc_info=True)
+            self.touch(due)
 
 
 def progress_key(campaign_id: uuid.UUID) -> str:
