@@ -89,7 +89,7 @@ def run_demo(n_contacts: int = 10_000, latency_ms: int = 100) -> int:
     # one, a stall of the flow beside it would bunch its decisions and its 1-s window would answer 130429 to a
     # pace the engine kept (sandbox/process.py).
     from sandbox import SandboxConfig, SandboxProcess
-    from tasks.artifacts import publish_summary
+    from tasks.artifacts import refresh_summaries
 
     settings = get_settings()
     # Its own secret each run: a constant one, left on a number in a shared database, would let anyone sign
@@ -169,7 +169,7 @@ def run_demo(n_contacts: int = 10_000, latency_ms: int = 100) -> int:
         _say(f"its run in Prefect: {state.name}: {state.message}")
         sandbox.drain_webhooks(timeout=60)
         ingest_pending(db)
-        publish_summary(campaign_id)  # the run's summary in the UI shows these statuses too, as ingest-statuses does
+        refresh_summaries([campaign_id])  # the run's summary in the UI shows these statuses too, as ingestion does
         with db.connect() as conn:
             stats = stats_of(conn, org, campaign_id)
         _say(_rate_line(stats["messages_sent"], elapsed, sandbox))

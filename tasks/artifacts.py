@@ -42,20 +42,16 @@ def _report(campaign_id: uuid.UUID) -> dict[str, Any]:
         return run_report.report(conn, campaign_id)
 
 
-def publish_summary(
-    campaign_id: uuid.UUID, flow_run_id: uuid.UUID | None = None, rep: dict[str, Any] | None = None
-) -> bool:
-    """Write the campaign's summary (markdown) and failures (table) artifacts. Inside the campaign's run
-    (`flow_run_id`) they are created once for that run and then updated in place; from elsewhere (ingestion
-    refreshing statistics) the latest ones are updated in place, never versioned again. Returns whether
-    anything was written. `rep` is the campaign's run_report.report when the caller has just read it."""
+def publish_summary(campaign_id: uuid.UUID, flow_run_id: uuid.UUID, rep: dict[str, Any]) -> None:
+    """Write the campaign's summary (markdown) and failures (table) artifacts from inside its run: created once
+    for that run, then updated in place. `rep` is the campaign's run_report.report, just read. From elsewhere
+    (ingestion, the demo) the latest ones are updated in place by refresh_summaries, never versioned again."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
     from prefect.client.schemas.actions import ArtifactUpdate
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.client.schemas.sorting import ArtifactSort
 
-    markdown, table, description = _contents(rep or _report(campaign_id))
-    wrote = False
+    markdown, table, description = _contents(rep)
     with get_client(sync_client=True) as client:
         creators: list[tuple[str, Any, Callable[..., Any]]] = [
             (summary_key(campaign_id), markdown, create_markdown_artifact),
@@ -67,21 +63,18 @@ def publish_summary(
                 sort=ArtifactSort.CREATED_DESC,
                 limit=1,
             )
-            if latest and (flow_run_id is None or latest[0].flow_run_id == flow_run_id):
+            if latest and latest[0].flow_run_id == flow_run_id:
                 client.update_artifact(latest[0].id, ArtifactUpdate(data=data, description=description))
-                wrote = True
-            elif flow_run_id is not None:
+            else:
                 create(data, key=key, description=description)
-                wrote = True
-    return wrote
 
 
 KEYS_A_READ = 100  # Prefect answers at most 200 rows a read by default
 
 
 def refresh_summaries(campaign_ids: Iterable[uuid.UUID]) -> int:
-    """Update in place the latest summary and failures artifacts of these campaigns (as publish_summary does
-    from outside a run), reading the latest artifact of every key in one call per KEYS_A_READ keys rather than
+    """Update in place the latest summary and failures artifacts of these campaigns (those their runs made),
+    reading the latest artifact of every key in one call per KEYS_A_READ keys rather than
     one call per key: half of what 200 campaigns' refreshes asked of a busy Prefect server. A campaign whose
     run made no artifacts yet is left to that run. Returns how many campaigns were refreshed."""
     from prefect.client.schemas.actions import ArtifactUpdate

@@ -29,7 +29,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.helpers import add_contacts, add_sandbox_number, campaign_row, new_org, phones, sent_counts, wait_for
+from tests.helpers import add_sandbox_number, campaign_row, new_org, sent_counts, wait_for
 
 pytestmark = [pytest.mark.flow, pytest.mark.xdist_group("serve")]
 
@@ -237,20 +237,30 @@ def pool(services, tmp_path_factory) -> Iterator[Pool]:
             _drop_database(prefect_db, via=settings.database_url or "")
 
 
-def _campaigns(pool: Pool, db: sa.Engine, sandbox, count: int, recipients: int, numbers: int = 2):
-    """`count` campaigns of `recipients` each for one organization, over `numbers` numbers; its API token."""
+def _campaigns(
+    pool: Pool,
+    db: sa.Engine,
+    sandbox,
+    count: int,
+    recipients: int,
+    numbers: int = 2,
+    mps: int = MPS,
+    name: str = "Pool",
+):
+    """`count` campaigns of `recipients` each for one organization, over `numbers` numbers at `mps`; its API
+    token."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from campaigns.api_tokens import issue
 
     org = new_org(db, prefix="pool")
     with temporary_settings(updates={PREFECT_API_URL: pool.api_url}):  # the credentials go to this Prefect
-        senders = [add_sandbox_number(db, org, sandbox, mps=MPS) for _ in range(numbers)]
-    add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(recipients)])
+        senders = [add_sandbox_number(db, org, sandbox, mps=mps) for _ in range(numbers)]
+    _many_contacts(db, org, recipients)
     with db.begin() as conn:
         _, token = issue(conn, org, "org_admin")
     headers = {"Authorization": f"Bearer {token}"}
-    return [_create(pool, headers, f"Pool {i}", senders[i % numbers]) for i in range(count)], headers
+    return [_create(pool, headers, f"{name} {i}", senders[i % numbers]) for i in range(count)], headers
 
 
 def _create(pool: Pool, headers: dict[str, str], name: str, sender: uuid.UUID) -> uuid.UUID:
@@ -401,7 +411,8 @@ SCALE_RECIPIENTS = 20_000  # a campaign each: about 20 s at its number's rate
 
 
 def _many_contacts(db: sa.Engine, org: uuid.UUID, count: int) -> None:
-    """`count` contacts in one statement (row by row, 20,000 take longer than sending them)."""
+    """`count` contacts named Ana with the phones of tests.helpers.phones, in one statement (row by row, 20,000
+    take longer than sending them)."""
     with db.begin() as conn:
         conn.execute(
             sa.text("""
@@ -419,26 +430,18 @@ def _many_contacts(db: sa.Engine, org: uuid.UUID, count: int) -> None:
 def test_the_same_three_numbers_at_full_rate_over_one_two_and_three_workers(pool: Pool, db, workers: int):
     """Scale-out, as far as one machine shows it: three campaigns on three numbers at 1,000 msg/s each, over
     `workers` campaign workers (each with room for its share of the three runs), every one on this machine's two
-    cores. The figure
-    (aggregate rate, rate per worker) is printed; what is asserted is what must hold however fast: every
-    recipient once, every campaign completed, each run taken by one of this round's workers."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    cores. The figure (aggregate rate, rate per worker) is printed; what is asserted is what must hold however
+    fast: every recipient once, every campaign completed, each run taken by one of this round's workers."""
 
-    from campaigns.api_tokens import issue
     from campaigns.settings import get_settings
     from sandbox import SandboxConfig, SandboxProcess
 
     names = [f"scale{workers}-{i}" for i in range(workers)]
     idle = [pool.workers["w1"], pool.workers["w2"]]
     with SandboxProcess(SandboxConfig(latency_ms=50, mps_cap=SCALE_RATE)) as sandbox:
-        org = new_org(db, prefix="scale")
-        with temporary_settings(updates={PREFECT_API_URL: pool.api_url}):
-            senders = [add_sandbox_number(db, org, sandbox, mps=SCALE_RATE) for _ in range(3)]
-        _many_contacts(db, org, SCALE_RECIPIENTS)
-        with db.begin() as conn:
-            _, token = issue(conn, org, "org_admin")
-        headers = {"Authorization": f"Bearer {token}"}
-        ids = [_create(pool, headers, f"Scale {workers}.{i}", sender) for i, sender in enumerate(senders)]
+        ids, headers = _campaigns(
+            pool, db, sandbox, count=3, recipients=SCALE_RECIPIENTS, numbers=3, mps=SCALE_RATE, name=f"Scale {workers}"
+        )
         with pool.prefect() as client:  # three numbers at full rate take 36 of the platform's slots (32 by default)
             client.upsert_global_concurrency_limit_by_name(get_settings().send_concurrency_name, 48)
         for worker in idle:  # only this round's workers take runs
