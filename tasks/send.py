@@ -32,22 +32,18 @@ def prepare_campaign(campaign_id: uuid.UUID) -> runner.Prepared:
     return runner.prepare(get_engine(), campaign_id, fresh_credentials, ping_redis, usage=limit_usage())
 
 
-def _unless_stopping(*_: Any) -> bool:
+SEND_RETRIES, SEND_RETRY_DELAY_SECONDS = 2, 5.0  # a batch that raised is tried again, claiming only rows still pending
+
+
+def retry_batch(*_: Any) -> bool:
     """Retry a failed batch, except when the send engine was stopped with its process (`serve` stopping)."""
     return not engine_stopped()
 
 
-@task(
-    name="send-batch",
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=5,
-    retry_condition_fn=_unless_stopping,
-    task_run_name="send-batch-{batch_no}",
-)
-def send_batch(campaign_id: uuid.UUID, batch_no: int, probe: bool = False) -> dict[str, Any]:
+def send_one_batch(campaign_id: uuid.UUID, probe: bool = False) -> dict[str, Any]:
     """Claim, send and record one batch (`probe`: one row, to a provider the campaign waits for). A retry
-    claims only rows still pending: never a double send."""
+    claims only rows still pending: never a double send. A plain call: a paced campaign's wave is one of these,
+    not a task run (flows/send_campaign.py)."""
     db = get_engine()
     settings = get_settings()
     spec, provider, credentials = runner.load_spec(db, campaign_id, load_credentials)
@@ -57,6 +53,19 @@ def send_batch(campaign_id: uuid.UUID, batch_no: int, probe: bool = False) -> di
         return engine.deliver(provider, credentials, spec, messages, claimed_at)
 
     return batch.send_batch(db, deliver, spec, settings.batch_size, settings.rate_headroom, probe).as_dict()
+
+
+@task(
+    name="send-batch",
+    cache_policy=NO_CACHE,
+    retries=SEND_RETRIES,
+    retry_delay_seconds=SEND_RETRY_DELAY_SECONDS,
+    retry_condition_fn=retry_batch,
+    task_run_name="send-batch-{batch_no}",
+)
+def send_batch(campaign_id: uuid.UUID, batch_no: int, probe: bool = False) -> dict[str, Any]:
+    """One batch of a wave, as a task run: a fast campaign's waves map these over the run's threads."""
+    return send_one_batch(campaign_id, probe)
 
 
 @task(name="ingest-statuses", cache_policy=NO_CACHE)
