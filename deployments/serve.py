@@ -24,8 +24,9 @@ server, held while it lives): nothing else would, the UI would show them running
 scheduler's would hold its one slot until Prefect's five-minute lease ran out. `kill -USR1` writes every
 thread's stack to stderr.
 
-Ctrl-C (SIGINT) stops it as SIGTERM does, within seconds: the dispatcher and Prefect's runner end the runs in
-progress ("Runner is shutting down."; the scheduler launches interrupted campaigns again once it is back),
+Ctrl-C (SIGINT) stops it as SIGTERM does, within seconds: Prefect's runner ends the housekeeping runs, then the
+dispatcher the campaign runs ("Runner is shutting down."; the scheduler launches interrupted campaigns again once
+it is back, and not, being stopped first, while `serve` stops),
 and the housekeeping runs ignore the terminal's SIGINT, which would otherwise crash them.
 """
 
@@ -177,10 +178,21 @@ def main(limit: int = CAMPAIGN_RUNS) -> None:
         """The runner installs its own SIGTERM handler, which would stop only itself."""
         if not runner.started or runner.stopping:
             raise SystemExit(0)
-        dispatcher.stop()
-        Runner.handle_sigterm(runner)
+        Runner.handle_sigterm(runner)  # its astop, below, stops the dispatcher once housekeeping is gone
+
+    stop_housekeeping = runner.astop
+
+    async def stop_housekeeping_first() -> None:
+        """Housekeeping's runs end first, then the campaigns': a scheduler pass in between would take each
+        campaign run the dispatcher just ended ("Runner is shutting down.") for a lost runner and launch it
+        again, two hundred runs created through a busy Prefect while `serve` is stopping."""
+        try:
+            await stop_housekeeping()
+        finally:
+            await asyncio.to_thread(dispatcher.stop)
 
     runner.handle_sigterm = stop_all  # type: ignore[method-assign]
+    runner.astop = stop_housekeeping_first  # type: ignore[method-assign]
     sole = sole_serve_lock(get_engine(), PREFECT_API_URL.value() or "")
 
     async def serve_all() -> None:

@@ -82,15 +82,20 @@ def _serve(*args: str) -> Iterator[subprocess.Popen[bytes]]:
 def _runs_of(deployment: str, *states: StateType) -> list[FlowRun]:
     with get_client(sync_client=True) as client:
         deployment_id = client.read_deployment_by_name(deployment).id
+        in_states = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(states))))
         return client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(states)))),
+            flow_run_filter=in_states if states else None,
         )
 
 
-def _state(run_id: uuid.UUID):
+def _run(run_id: uuid.UUID) -> FlowRun:
     with get_client(sync_client=True) as client:
-        return client.read_flow_run(run_id).state
+        return client.read_flow_run(run_id)
+
+
+def _state(run_id: uuid.UUID):
+    return _run(run_id).state
 
 
 def test_an_operators_pause_and_housekeeping_run_while_campaigns_take_every_slot(db, org, sandbox):
@@ -147,20 +152,29 @@ def test_runs_a_killed_serve_left_running_are_closed_when_it_starts_again():
 
 def test_ctrl_c_on_serve_leaves_a_sending_campaign_running_and_the_next_serve_finishes_it(db, org, sandbox):
     """Stopping `serve` is not an operator's Cancel: Prefect gives its runs the same cancel intent, but the
-    campaign must stay running (not paused, reason `operator`) and be taken up by the next `serve`."""
+    campaign must stay running (not paused, reason `operator`) and be taken up by the next `serve`. The
+    stopping `serve` ends its scheduler before its campaign runs, so no pass of it takes the interrupted run
+    for a lost one and launches the campaign again (with 200 campaigns: 200 runs created while it stops)."""
     _settle_earlier_campaigns()
     number = add_sandbox_number(db, org, sandbox, mps=25)
     add_contacts(db, org, [{"phone": p, "name": "Ana"} for p in phones(300)])
     cid = create_campaign(db, org, number, name=f"Interrupted {uuid.uuid4().hex[:6]}")
     with _serve() as first:
+        wait_for(lambda: _runs_of("campaign-scheduler/default", StateType.RUNNING), timeout=90, interval=0.5)
+        (scheduler,) = _runs_of("campaign-scheduler/default", StateType.RUNNING)
         start_campaign(db, org, cid)
-        run_deployment("send-campaign/default", parameters={"campaign_id": str(cid)}, timeout=0, as_subflow=False)
+        run = run_deployment("send-campaign/default", parameters={"campaign_id": str(cid)}, timeout=0, as_subflow=False)
         wait_for(lambda: len(sandbox.messages()) >= 20, timeout=60)
         os.killpg(first.pid, signal.SIGINT)  # Ctrl-C in serve's terminal
         first.wait(timeout=30)
     campaign = campaign_row(db, cid)
     assert (campaign["status"], campaign["paused_reason"]) == ("running", None)
     assert len(sandbox.messages()) < 300
+    interrupted, scheduler = _run(run.id), _run(scheduler.id)
+    assert interrupted.state.message == "Runner is shutting down." and scheduler.state.is_final()
+    assert scheduler.end_time <= interrupted.end_time  # housekeeping first, then the campaigns
+    runs = [r for r in _runs_of("send-campaign/default") if r.parameters.get("campaign_id") == str(cid)]
+    assert [r.id for r in runs] == [run.id]  # not launched again by the scheduler of the serve that stopped
 
     with _serve():  # its scheduler's first pass (15 s after start-up) launches the interrupted campaign again
         wait_for(lambda: campaign_row(db, cid)["status"] == "completed", timeout=120, interval=0.5)
