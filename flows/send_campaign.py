@@ -71,7 +71,7 @@ class ProgressCard:
 
 class SendingLog:
     """Adds up the waves' figures and writes one line every LOG_EVERY_SECONDS: sent, failed, retrying, and
-    the rate against what the limits allow."""
+    the rate against what the limits allow, per hour for a paced campaign (100 an hour is 0.03 msg/s)."""
 
     def __init__(self, log: Any, allowed: float) -> None:
         self.log, self.allowed = log, allowed
@@ -86,20 +86,21 @@ class SendingLog:
         elapsed = time.monotonic() - self.since
         if not any(self.totals.values()) or (elapsed < LOG_EVERY_SECONDS and not force):
             return
-        t = self.totals
-        rate = t.get("sent", 0) / elapsed if elapsed > 0 else 0.0
-        extra = "".join(f", {t[k]:,} {k}" for k in ("retrying", "skipped", "unknown") if t.get(k))
-        self.log.info(
-            "sent %s, failed %s%s in %.1f s: %.1f msg/s, %.0f%% of the %.1f msg/s the limits allow",
-            f"{t.get('sent', 0):,}",
-            f"{t.get('failed', 0):,}",
-            extra,
-            elapsed,
-            rate,
-            100 * rate / self.allowed if self.allowed else 0,
-            self.allowed,
-        )
+        self.log.info(sending_line(self.totals, elapsed, self.allowed))
         self.since, self.totals = time.monotonic(), {}
+
+
+def sending_line(totals: dict[str, int], elapsed: float, allowed: float) -> str:
+    """One line of the run's log: "sent 1,200, failed 3 in 10.0 s: 120.0 msg/s, 96% of the 125.0 msg/s the
+    limits allow"; below one message a second, the rates are per hour."""
+    per, unit = (3600, "msg/h") if allowed < 1 else (1, "msg/s")
+    rate = totals.get("sent", 0) / elapsed if elapsed > 0 else 0.0
+    extra = "".join(f", {totals[k]:,} {k}" for k in ("retrying", "skipped", "unknown") if totals.get(k))
+    share = f"{100 * rate / allowed:.0f}%" if allowed else "0%"
+    return (
+        f"sent {totals.get('sent', 0):,}, failed {totals.get('failed', 0):,}{extra} in {elapsed:.1f} s: "
+        f"{rate * per:.1f} {unit}, {share} of the {allowed * per:.1f} {unit} the limits allow"
+    )
 
 
 @flow(
@@ -306,8 +307,10 @@ def _paced_wave(
         try:
             return send_one_batch(campaign_id, probe), None
         except Exception as exc:  # what the task would retry: a retry claims only rows still pending
+            if buttons.stopping or not retry_batch():  # `serve` stopping killed the send engine: not a failure
+                return {}, exc
             tries += 1
-            if tries > SEND_RETRIES or buttons.stopping or not retry_batch():
+            if tries > SEND_RETRIES:
                 log.error("a wave failed: %s: %s", type(exc).__name__, exc, exc_info=True)
                 return {}, exc
             log.warning(
