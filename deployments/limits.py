@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from prefect.client.orchestration import get_client
 from prefect.concurrency.context import ConcurrencyContext
 from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from campaigns.sending.send_lease import RunnerLease
 from campaigns.settings import get_settings
@@ -41,9 +42,12 @@ def ensure_send_limit() -> str:
     with get_client(sync_client=True) as client:
         try:
             client.read_global_concurrency_limit_by_name(name)
-        except Exception:  # ObjectNotFound: create it
-            client.upsert_global_concurrency_limit_by_name(name, settings.send_concurrency_limit)
-            log.info("created global concurrency limit %s = %d", name, settings.send_concurrency_limit)
+        except ObjectNotFound:
+            try:
+                client.upsert_global_concurrency_limit_by_name(name, settings.send_concurrency_limit)
+                log.info("created global concurrency limit %s = %d", name, settings.send_concurrency_limit)
+            except ObjectAlreadyExists:  # another run created it meanwhile: ten campaigns started at once
+                pass
     _ensured.add(name)
     return name
 

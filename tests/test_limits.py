@@ -181,3 +181,34 @@ def test_rate_refusals_back_off_without_spending_attempts():
         random.Random(0),
     )
     assert round((honoured.next_at - honoured.at).total_seconds()) == 7  # Retry-After wins
+
+
+def test_campaigns_starting_at_once_on_a_new_prefect_server_all_find_the_send_limit():
+    """Ten runs starting together on a Prefect server without the platform's send limit each found it
+    missing and created it: the ones that lost the race were answered 409, their runners failed and their
+    campaigns paused ("ObjectAlreadyExists": three of ten in bench.throughput --numbers 10). Each now finds
+    it there, whoever created it."""
+    from prefect.client.orchestration import get_client
+
+    from deployments import limits
+
+    with use_settings(send_concurrency_name=f"send-limit-{uuid.uuid4().hex[:8]}", send_concurrency_limit=7) as s:
+        start = threading.Barrier(8)
+        errors: list[BaseException] = []
+
+        def ensure() -> None:
+            start.wait()
+            try:
+                limits.ensure_send_limit()
+            except BaseException as exc:  # noqa: BLE001  # the test reports it
+                errors.append(exc)
+
+        threads = [threading.Thread(target=ensure) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        with get_client(sync_client=True) as client:
+            limit = client.read_global_concurrency_limit_by_name(s.send_concurrency_name)
+            client.delete_global_concurrency_limit_by_name(s.send_concurrency_name)
+    assert errors == [] and limit.limit == 7
