@@ -25,9 +25,9 @@ scheduler's would hold its one slot until Prefect's five-minute lease ran out. `
 thread's stack to stderr.
 
 Ctrl-C (SIGINT) stops it as SIGTERM does, within seconds: Prefect's runner ends the housekeeping runs, then the
-dispatcher the campaign runs ("Runner is shutting down."; the scheduler launches interrupted campaigns again once
-it is back, and not, being stopped first, while `serve` stops),
-and the housekeeping runs ignore the terminal's SIGINT, which would otherwise crash them.
+dispatcher the campaign runs ("Runner is shutting down."; the scheduler launches the interrupted campaigns again
+once `serve` is back, not while it stops), and the housekeeping runs ignore the terminal's SIGINT, which would
+otherwise crash them.
 """
 
 from __future__ import annotations

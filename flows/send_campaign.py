@@ -248,9 +248,6 @@ def _send(
             buttons.wait(step.seconds)
             continue
         if step.action == "send":
-            # Leases are renewed while held; a killed runner's slots are given back by the next one (or come
-            # back when the lease expires). A probe, one message, takes no slot: waiting for one (seconds at
-            # times) would only delay the recovery. A wave takes slots by its rate (deployments/limits.py).
             if paced:
                 counts, error = _paced_wave(campaign_id, step.probe, buttons, log)
                 progress.refresh()
@@ -260,6 +257,9 @@ def _send(
                 if error is not None and failed_waves >= runner.MAX_FAILED_WAVES:
                     raise error
                 continue
+            # Leases are renewed while held; a killed runner's slots are given back by the next one (or come
+            # back when the lease expires). A probe, one message, takes no slot: waiting for one (seconds at
+            # times) would only delay the recovery. A wave takes slots by its rate (deployments/limits.py).
             taken = min(step.batches, slots_for_run(allowed))
             with nullcontext() if step.probe else send_slots(limit_name, taken, lease):
                 futures = send_batch.map(campaign_id, range(batch_no, batch_no + step.batches), probe=step.probe)
