@@ -46,6 +46,8 @@ FAST_NUMBERS = ("92000000", "92000001")  # the two fast campaigns' numbers (phon
 
 def run(orgs: int, per_org: int, seconds: float) -> dict[str, object]:
     import sqlalchemy as sa
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.deployments import run_deployment
 
     from blocks.whatsapp import fresh_credentials
@@ -110,11 +112,19 @@ def run(orgs: int, per_org: int, seconds: float) -> dict[str, object]:
     finally:
         receiver.stop()
         serve.send_signal(signal.SIGTERM)
+        stopping = time.monotonic()
         try:
             serve.wait(60)
         except subprocess.TimeoutExpired:  # said, not raised: the figures above are measured already
             print("campaigns serve did not stop within 60 s of SIGTERM: killed")
             serve.kill()
+        stopped_in = time.monotonic() - stopping
+    with get_client(sync_client=True) as client:  # more than one run a campaign: launched again while serve stopped
+        runs = client.count_flow_runs(
+            deployment_filter=DeploymentFilter(
+                id=DeploymentFilterId(any_=[client.read_deployment_by_name("send-campaign/default").id])
+            )
+        )
     firsts = sorted(sent[cid][0] - started[cid] for _, cid in slow + fast if cid in sent)
     paces = sorted(
         PACE_SECONDS * (len(sent[cid]) - 1) / (sent[cid][-1] - sent[cid][0])
@@ -140,6 +150,8 @@ def run(orgs: int, per_org: int, seconds: float) -> dict[str, object]:
         "pss": memory.peak[1],
         "pss_by": memory.peak[2],
         "cpu_by": memory.cpu,
+        "stopped_in": stopped_in,
+        "runs": runs,
     }
 
 
@@ -170,7 +182,9 @@ def main() -> None:
         f"  peak memory of serve (and its processes), Prefect's server, the sandbox and this process (receiver): "
         f"RSS {r['rss']:.0f} MiB, PSS {r['pss']:.0f} MiB (target 2048 MiB)\n"
         f"  PSS by process (MiB): {top(r['pss_by'])}\n"
-        f"  CPU seconds by process over the run: {top(r['cpu_by'])}"
+        f"  CPU seconds by process over the run: {top(r['cpu_by'])}\n"
+        f"  serve stopped {r['stopped_in']:.1f} s after SIGTERM; send-campaign runs: {r['runs']} "
+        f"(one a campaign: none launched again while it stopped)"
     )
 
 
