@@ -16,6 +16,7 @@ none (testpaths: all of tests/), starts the services first.
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,6 +109,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             "campaigns_serve" in getattr(item, "fixturenames", ()),
         )
     )
+
+
+@pytest.fixture(autouse=True)
+def _api_clients_closed() -> Iterator[None]:
+    """The API clients a test made (tests.helpers.api_client) are closed when it ends."""
+    yield
+    if helpers := sys.modules.get("tests.helpers"):
+        helpers.close_api_clients()
 
 
 @pytest.fixture(scope="session")

@@ -289,3 +289,21 @@ def use_settings(**overrides: Any) -> Iterator[Any]:
         raise TypeError(f"not a setting: {', '.join(unknown)}")
     with environ(**{name.upper(): str(value) for name, value in overrides.items()}):
         yield get_settings()
+
+
+_api_clients: list[Any] = []
+
+
+def api_client(base_url: str, token: str | None = None) -> Any:
+    """An httpx client for the API, closed when the test ends (conftest): a pool left open is closed by the
+    garbage collector later, in whichever test it runs, with a ResourceWarning there."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    _api_clients.append(httpx.Client(base_url=base_url, headers=headers, timeout=30))
+    return _api_clients[-1]
+
+
+def close_api_clients() -> None:
+    while _api_clients:
+        _api_clients.pop().close()

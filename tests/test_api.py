@@ -26,7 +26,17 @@ from campaigns.api import PrefectLauncher, create_app
 from campaigns.control import tenancy
 from campaigns.control.models import SEED_EXAMPLE
 from campaigns.infra.asgi_thread import ThreadedServer
-from tests.helpers import add_contacts, add_sandbox_number, campaign_row, cli, new_org, phones, use_settings, wait_for
+from tests.helpers import (
+    add_contacts,
+    add_sandbox_number,
+    api_client,
+    campaign_row,
+    cli,
+    new_org,
+    phones,
+    use_settings,
+    wait_for,
+)
 
 SEED_BODY = {k: v for k, v in SEED_EXAMPLE.items() if k != "whatsapp_number_id"}  # each test gives its number
 FAST = {"messages_per_hour": None, "delay_between_messages_seconds": 0}
@@ -74,11 +84,10 @@ def serve(db) -> Iterator[Callable[..., str]]:
 
 
 def client(url: str, db: Any, org: uuid.UUID | None, role: str = "org_admin") -> httpx.Client:
-    headers = {}
-    if org is not None:
-        with db.begin() as conn:
-            headers["Authorization"] = f"Bearer {api_tokens.issue(conn, org, role)[1]}"
-    return httpx.Client(base_url=url + "/api/v1", headers=headers, timeout=30)
+    if org is None:
+        return api_client(url + "/api/v1")
+    with db.begin() as conn:
+        return api_client(url + "/api/v1", api_tokens.issue(conn, org, role)[1])
 
 
 def create(http: httpx.Client, number: uuid.UUID, **fields: Any) -> str:
@@ -331,7 +340,7 @@ def test_tokens_scope_every_request_to_their_organization_and_roles_are_enforced
 
     with db.begin() as conn:
         token_id, token = api_tokens.issue(conn, org, "org_admin")
-    revoked = httpx.Client(base_url=url + "/api/v1", headers={"Authorization": f"Bearer {token}"})
+    revoked = api_client(url + "/api/v1", token)
     assert revoked.get("/campaigns").status_code == 200
     with db.begin() as conn:
         assert api_tokens.revoke(conn, token_id)
@@ -447,7 +456,7 @@ def test_api_token_and_api_serve_from_the_command_line():
         stderr=subprocess.PIPE,
     )
     try:
-        http = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", headers={"Authorization": f"Bearer {token}"})
+        http = api_client(f"http://127.0.0.1:{port}/api/v1", token)
         deadline = time.monotonic() + 60
         while True:
             try:

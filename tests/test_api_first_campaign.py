@@ -9,14 +9,13 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import httpx
 import jwt
 import pytest
 
 from campaigns.api import create_app
 from campaigns.api.auth import JwtSettings
 from campaigns.infra.asgi_thread import ThreadedServer
-from tests.helpers import APP_SECRET, phones, wait_for
+from tests.helpers import APP_SECRET, api_client, phones, wait_for
 from tests.test_api import FlowInThread
 
 SECRET = "the-main-apps-secret-" + "z" * 24
@@ -43,12 +42,8 @@ def api(db):
 def test_a_new_organization_reaches_its_first_campaign_through_the_api_alone(api, sandbox):
     url, launcher = api
     org = f"loja-{uuid.uuid4().hex[:8]}"
-    admin = httpx.Client(
-        base_url=url + "/api/v1", headers={"Authorization": f"Bearer {token_for('ana', org, 'org_admin')}"}
-    )
-    agent = httpx.Client(
-        base_url=url + "/api/v1", headers={"Authorization": f"Bearer {token_for('bruno', org, 'agent')}"}
-    )
+    admin = api_client(url + "/api/v1", token_for("ana", org, "org_admin"))
+    agent = api_client(url + "/api/v1", token_for("bruno", org, "agent"))
 
     phone_number_id = str(uuid.uuid4().int)[:15]
     sandbox.set_token(phone_number_id, "meta-token")  # Meta's side: the number's access token

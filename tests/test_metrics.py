@@ -13,7 +13,7 @@ from campaigns import api_tokens
 from campaigns.api import create_app
 from campaigns.infra.asgi_thread import ThreadedServer
 from sandbox.config import FailureRule
-from tests.helpers import add_contacts, add_sandbox_number, phones, wait_for
+from tests.helpers import add_contacts, add_sandbox_number, api_client, phones, wait_for
 from tests.test_api import FlowInThread
 
 
@@ -43,7 +43,7 @@ def test_metrics_scraped_during_a_campaign_match_its_statistics(db, org, sandbox
         sandbox.configure(rules=[FailureRule(match="7$", code=131026), FailureRule(match="3$", code=130429, times=1)])
         with db.begin() as conn:
             token = api_tokens.issue(conn, org, "agent")[1]
-        http = httpx.Client(base_url=server.url + "/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        http = api_client(server.url + "/api/v1", token)
         body = {
             "name": "Metrics",
             "whatsapp_number_id": str(number),

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
-import httpx
 import pytest
 import sqlalchemy as sa
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -20,7 +19,16 @@ from campaigns.control.scheduler import due_campaigns
 from campaigns.infra.asgi_thread import ThreadedServer
 from deployments.launch import PrefectRuns, flow_run_state
 from flows.send_campaign import send_campaign
-from tests.helpers import add_contacts, add_sandbox_number, campaign_row, cli, phones, prefect_run, start_campaign
+from tests.helpers import (
+    add_contacts,
+    add_sandbox_number,
+    api_client,
+    campaign_row,
+    cli,
+    phones,
+    prefect_run,
+    start_campaign,
+)
 from tests.helpers import create_campaign as new_campaign
 
 
@@ -103,7 +111,7 @@ def test_the_api_and_the_cli_schedule_through_prefect_too(db, org, sandbox, send
     try:
         with db.begin() as conn:
             token = api_tokens.issue(conn, org, "agent")[1]
-        http = httpx.Client(base_url=server.url + "/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        http = api_client(server.url + "/api/v1", token)
         r = http.post(f"/campaigns/{cid}/schedule", json={"scheduled_at": "2031-12-01T09:00:00-03:00"})
         assert r.status_code == 200, r.text
         api_run = r.json()["flow_run_id"]
