@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.context import ConcurrencyContext
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
@@ -44,7 +45,9 @@ def ensure_send_limit() -> str:
             client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
             try:
-                client.upsert_global_concurrency_limit_by_name(name, settings.send_concurrency_limit)
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=settings.send_concurrency_limit)
+                )
                 log.info("created global concurrency limit %s = %d", name, settings.send_concurrency_limit)
             except ObjectAlreadyExists:  # another run created it meanwhile: ten campaigns started at once
                 pass

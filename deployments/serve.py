@@ -174,13 +174,7 @@ def main(limit: int = CAMPAIGN_RUNS) -> None:
     (campaigns,) = [served for served in SERVED if served.queue == CAMPAIGNS_QUEUE]
     dispatcher = Dispatcher(campaigns.flow, limit, POLL_SECONDS)
 
-    def stop_all(*_: Any) -> None:
-        """The runner installs its own SIGTERM handler, which would stop only itself."""
-        if not runner.started or runner.stopping:
-            raise SystemExit(0)
-        Runner.handle_sigterm(runner)  # its astop, below, stops the dispatcher once housekeeping is gone
-
-    stop_housekeeping = runner.astop
+    stop_housekeeping = runner.astop  # what the runner's SIGTERM handler calls: the dispatcher stops after it
 
     async def stop_housekeeping_first() -> None:
         """Housekeeping's runs end first, then the campaigns': a scheduler pass in between would take each
@@ -191,7 +185,6 @@ def main(limit: int = CAMPAIGN_RUNS) -> None:
         finally:
             await asyncio.to_thread(dispatcher.stop)
 
-    runner.handle_sigterm = stop_all  # type: ignore[method-assign]
     runner.astop = stop_housekeeping_first  # type: ignore[method-assign]
     sole = sole_serve_lock(get_engine(), PREFECT_API_URL.value() or "")
 

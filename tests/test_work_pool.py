@@ -29,6 +29,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from bench.common import bulk_contacts
 from tests.helpers import add_sandbox_number, campaign_row, new_org, sent_counts, wait_for
 
 pytestmark = [pytest.mark.flow, pytest.mark.xdist_group("serve")]
@@ -256,7 +257,7 @@ def _campaigns(
     org = new_org(db, prefix="pool")
     with temporary_settings(updates={PREFECT_API_URL: pool.api_url}):  # the credentials go to this Prefect
         senders = [add_sandbox_number(db, org, sandbox, mps=mps) for _ in range(numbers)]
-    _many_contacts(db, org, recipients)
+    bulk_contacts(org, recipients)
     with db.begin() as conn:
         _, token = issue(conn, org, "org_admin")
     headers = {"Authorization": f"Bearer {token}"}
@@ -408,21 +409,6 @@ def test_a_worker_killed_mid_send_sends_nothing_twice_and_its_run_is_closed(pool
 
 SCALE_RATE = 1_000  # msg/s: each of the three numbers at the Cloud API's top rate
 SCALE_RECIPIENTS = 20_000  # a campaign each: about 20 s at its number's rate
-
-
-def _many_contacts(db: sa.Engine, org: uuid.UUID, count: int) -> None:
-    """`count` contacts named Ana with the phones of tests.helpers.phones, in one statement (row by row, 20,000
-    take longer than sending them)."""
-    with db.begin() as conn:
-        conn.execute(
-            sa.text("""
-            insert into contacts (organization_id, phone, name, tags, attributes, in_conversation, created_at)
-            select :org, '+55119' || lpad(i::text, 8, '0'), 'Ana', '{}', '{}'::jsonb, false,
-                   now() + i * interval '1 microsecond'
-            from generate_series(0, :n - 1) i
-        """),
-            {"org": org, "n": count},
-        )
 
 
 @pytest.mark.heavy
